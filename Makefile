@@ -1,0 +1,75 @@
+# napari-foram: two commands get you going (see README.md).
+#   make demo   set up everything on a fresh machine, then run the simulated-microscope demo
+#   make test   set up what the tests need (test extras, Xvfb), then run the whole suite
+#
+# Both create .venv if it is missing and install torch first, on its own: with the range
+# alone pip would resolve torch together with napari's tree and could pick a different
+# build; installing it first lets a machine's local wheels (or a chosen CUDA build) win.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch>=2.2 torchvision>=0.17
+OUT    ?= demo-out
+PYTEST_ARGS ?=
+# Debian packages for napari under a virtual X server (Mesa and most xcb libraries are
+# usually present already; these are the ones a bare image lacks).
+APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0
+
+.PHONY: demo test setup setup-test xvfb lint typecheck bench sample-data clean
+
+demo: $(VENV)/.setup-demo
+	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
+		$(BIN)/napari-foram demo --out $(OUT); \
+	else \
+		$(MAKE) --no-print-directory xvfb; \
+		$(BIN)/napari-foram demo --headless --out $(OUT); \
+	fi
+
+test: $(VENV)/.setup-test xvfb
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+setup: $(VENV)/.setup-demo
+setup-test: $(VENV)/.setup-test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install $(TORCH)
+	@touch $@
+
+$(VENV)/.setup-demo: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -e '.[pyqt6]'
+	@touch $@
+
+$(VENV)/.setup-test: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -e '.[pyqt6,dev]'
+	@touch $@ $(VENV)/.setup-demo
+
+# Xvfb gives napari an X server and OpenGL (Mesa) without a screen. Installed with apt
+# when missing and we are root; otherwise we say what to install.
+xvfb:
+	@if ! command -v Xvfb >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); \
+		else \
+			echo "Xvfb is missing: install it (Debian/Ubuntu: sudo apt-get install $(APT_PACKAGES))"; \
+		fi; \
+	fi
+
+lint: $(VENV)/.setup-test
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
+
+typecheck: $(VENV)/.setup-test
+	$(BIN)/mypy
+
+bench: $(VENV)/.setup-demo
+	$(BIN)/napari-foram bench --json bench/latest.json
+
+sample-data: $(VENV)/.setup-demo
+	$(BIN)/python scripts/make_sample_data.py
+
+clean:
+	rm -rf $(OUT) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,288 @@
+"""`napari-foram`: the command line over the same core functions the widgets use.
+
+Every command explains itself with --help, shows progress on long work, and on bad input
+exits non-zero with one line that says why. Heavy imports (torch, napari, pymmcore-plus)
+happen inside the commands, so `napari-foram --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+app = typer.Typer(
+    name="napari-foram",
+    help=(
+        "Count and identify foraminifera under the microscope: acquire (Micro-Manager or the "
+        "built-in simulated microscope), detect specimens, classify them with VGG16 + Monte "
+        "Carlo dropout, keep tallies per sample in a Zarr store, export core-log tables."
+    ),
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    headless: Annotated[
+        bool,
+        typer.Option(
+            "--headless",
+            help="No window: write the store, CSV, plot, viewer screenshot and summary.json.",
+        ),
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder for the headless run.")
+    ] = Path("demo-out"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic tray.")] = 7,
+    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
+) -> None:
+    """Scan a synthetic tray on the built-in simulated microscope, count and classify it.
+
+    With a display (and without --headless) napari opens with the Foram counter running.
+    Without one, the same scan runs headless and writes its results into --out.
+    """
+    from napari_foram.demo import display_available, run_demo_gui, run_headless_demo
+
+    if headless or not display_available():
+        if not headless:
+            typer.echo("no display found: running headless", err=True)
+        summary = run_headless_demo(out, seed=seed, mc_samples=mc, progress=True)
+        typer.echo(f"demo finished: {summary['found_whole']} specimens counted, "
+                   f"{summary['truth_whole']} in the ground truth; outputs in {out.resolve()}")
+        for key in ("store", "csv", "plot", "screenshot", "summary"):
+            typer.echo(f"  {key:<10} {summary['files'][key]}")
+    else:
+        run_demo_gui(seed=seed, mc_samples=mc)
+
+
+# ----------------------------------------------------------------------------- synth
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write (created if missing).")],
+    trays: Annotated[int, typer.Option(min=0, help="Number of tray frames.")] = 2,
+    crops_per_class: Annotated[
+        int, typer.Option(min=0, help="Labelled 224x224 crops per class (ImageFolder).")
+    ] = 50,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same pixels.")] = 0,
+    specimens: Annotated[int, typer.Option(min=0, help="Specimens per tray frame.")] = 60,
+) -> None:
+    """Write synthetic tray frames with ground truth and an ImageFolder of labelled crops."""
+    from napari_foram.synthetic import write_synth
+
+    summary = write_synth(
+        out_dir,
+        trays=trays,
+        crops_per_class=crops_per_class,
+        seed=seed,
+        n_specimens=specimens,
+        progress=True,
+    )
+    typer.echo(f"wrote {trays} tray frame(s) and {crops_per_class} crops per class to "
+               f"{out_dir.resolve()}")
+    _ = summary
+
+
+# ----------------------------------------------------------------------------- detect
+@app.command("detect")
+def detect_cmd(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, TIFF, ...).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON, one entry per image.")] = (
+        False
+    ),
+    threshold: Annotated[
+        float | None, typer.Option(help="Grey level 0-255 (default: automatic, Otsu).")
+    ] = None,
+    min_area: Annotated[int, typer.Option(help="Smallest object in pixels.")] = 1024,
+    invert: Annotated[bool, typer.Option(help="Dark objects on a bright background.")] = False,
+    no_border: Annotated[
+        bool, typer.Option("--no-border", help="Skip the tray-border pass.")
+    ] = False,
+) -> None:
+    """Find specimens in images with the study's connected-component detector."""
+    from napari_foram.detect import DetectionParams, detect
+    from napari_foram.frames import read_image
+
+    params = DetectionParams(
+        threshold=threshold, min_area_px=min_area, invert=invert, mask_border=not no_border
+    )
+    results = []
+    for path in images:
+        det = detect(read_image(path), params, crops=False)
+        results.append(
+            {
+                "image": str(path),
+                "count": int(det.whole.sum()),
+                "clipped": int(det.clipped.sum()),
+                "threshold": round(det.threshold, 2),
+                "objects": det.to_records(),
+            }
+        )
+    if as_json:
+        _echo_json(results)
+    else:
+        for r in results:
+            typer.echo(f"{r['image']}: {r['count']} specimens (+{r['clipped']} clipped at edges)")
+
+
+# ----------------------------------------------------------------------------- classify
+@app.command()
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="Crops or whole frames (detected first).")],
+    model: Annotated[
+        str, typer.Option(help="Checkpoint file (.safetensors), or 'demo' for the demo model.")
+    ] = "demo",
+    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 100,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Classify crops (224x224 images) or whole frames with a checkpoint."""
+    import numpy as np
+
+    from napari_foram.detect import CROP_SIZE, cut_crops, detect
+    from napari_foram.frames import read_image, to_rgb_uint8
+    from napari_foram.pipeline import load_predictor
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
+    predictor = load_predictor(model, device=device)
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        image = read_image(path)
+        h, w = image.shape[:2]
+        if max(h, w) <= 2 * CROP_SIZE:
+            # A crop: bring it to 224 x 224 around its centre, as detection does.
+            crops = cut_crops(to_rgb_uint8(image), np.array([[(h - 1) / 2, (w - 1) / 2]]))
+            where = [None]
+        else:
+            det = detect(image)
+            keep = det.whole
+            assert det.crops is not None
+            crops, where = det.crops[keep], [c.tolist() for c in det.centroid[keep]]
+        if len(crops) == 0:
+            rows.append({"path": str(path), "centroid_yx": None, "class": None})
+            continue
+        pred = predictor.predict(crops, mc_samples=mc)
+        for i in range(len(crops)):
+            rows.append(
+                {
+                    "path": str(path),
+                    "centroid_yx": where[i],
+                    "class": pred.class_names[int(pred.class_index[i])],
+                    "probability": round(float(pred.mean_probs[i].max()), 4),
+                    "entropy": round(float(pred.entropy[i]), 4),
+                    "mutual_information": round(float(pred.mutual_information[i]), 4),
+                    "vote_fraction": round(float(pred.vote_fraction[i]), 4),
+                }
+            )
+    if as_json:
+        _echo_json(rows)
+    else:
+        for r in rows:
+            if r["class"] is None:
+                typer.echo(f"{r['path']}: no specimen found")
+            else:
+                typer.echo(f"{r['path']}: {r['class']} (p={r['probability']:.2f}, "
+                           f"entropy={r['entropy']:.2f})")
+
+
+# ----------------------------------------------------------------------------- export
+@app.command()
+def export(
+    store: Annotated[Path, typer.Argument(help="A napari-foram tally store (.zarr folder).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="CSV file to write.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="wide (row per sample), long, or specimens.")
+    ] = "wide",
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the tally (PNG or SVG).")
+    ] = None,
+) -> None:
+    """Export tallies as a core-log table (UTF-8 CSV), optionally with a plot."""
+    from napari_foram.tally.export import export_csv, plot_tally
+    from napari_foram.tally.store import TallyStore
+
+    if fmt not in ("wide", "long", "specimens"):
+        raise CommandError(f"--format must be wide, long or specimens, not {fmt!r}")
+    tally = TallyStore.open(store, mode="r")
+    export_csv(tally, output, fmt=fmt)
+    typer.echo(f"wrote {output}")
+    if plot is not None:
+        plot_tally(tally, plot)
+        typer.echo(f"wrote {plot}")
+
+
+# ----------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the JSON object to this file.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer repeats and no VGG16 passes (a smoke run).")
+    ] = False,
+) -> None:
+    """Measure the project's speed figures and print them as one JSON object."""
+    from napari_foram.bench import run_benchmarks
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
+    result = run_benchmarks(device=device, quick=quick, progress=True)
+    text = json.dumps(result, indent=2, default=_json_default)
+    typer.echo(text)
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(text + "\n", encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- entry point
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage errors and bad input become one line on stderr."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        typer.echo("napari-foram: aborted", err=True)
+        return 130
+    except click.UsageError as exc:
+        typer.echo(f"napari-foram: error: {exc.format_message()}", err=True)
+        return 2
+    except (CommandError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        typer.echo(f"napari-foram: error: {msg}", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""One frame type for every source, and image normalisation.
+
+Every source (Micro-Manager camera, the simulated microscope, a folder of files) yields a
+`Frame`; everything downstream (detect, de-duplicate, classify, store) is the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: File suffixes that `read_image` accepts (lower case).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Pixels plus where and how they were taken.
+
+    Attributes
+    ----------
+    image
+        (H, W) grey or (H, W, C) colour array, as delivered by the source.
+    index
+        Position of the frame in its acquisition or folder (0-based).
+    stage_xy_um
+        Stage position of the image centre in micrometres, or None when unknown.
+    pixel_size_um
+        Micrometres per pixel at the sample, or None when unknown.
+    timestamp
+        Seconds since the epoch at acquisition (or file modification).
+    source
+        Where it came from: "micro-manager", "simulated", or a file path.
+    metadata
+        Anything else worth keeping (exposure, MDA event index, ...).
+    """
+
+    image: np.ndarray
+    index: int = 0
+    stage_xy_um: tuple[float, float] | None = None
+    pixel_size_um: float | None = None
+    timestamp: float = field(default_factory=time.time)
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def pixel_to_stage_um(self, y: float, x: float) -> tuple[float, float] | None:
+        """Sample coordinates (x_um, y_um) of pixel (y, x), or None without stage/pixel size.
+
+        The stage position is the centre of the field; image rows grow with stage y and
+        columns with stage x (the convention of pymmcore-plus's grid plans).
+        """
+        if self.stage_xy_um is None or self.pixel_size_um is None:
+            return None
+        h, w = self.image.shape[:2]
+        sx, sy = self.stage_xy_um
+        return (
+            sx + (x - (w - 1) / 2.0) * self.pixel_size_um,
+            sy + (y - (h - 1) / 2.0) * self.pixel_size_um,
+        )
+
+
+def check_image(image: np.ndarray) -> None:
+    """Raise ValueError with a one-line reason if `image` is not a usable 2-D picture."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected a numpy array, got {type(image).__name__}")
+    if image.size == 0:
+        raise ValueError(f"image is empty (shape {image.shape})")
+    if image.ndim not in (2, 3):
+        raise ValueError(
+            f"expected a 2-D grey or (H, W, C) colour image, got {image.ndim}-D shape {image.shape}"
+        )
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected 1, 3 or 4 channels, got {image.shape[2]} (shape {image.shape})")
+    if image.dtype == bool or not (
+        np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+    ):
+        raise ValueError(f"unsupported pixel type {image.dtype}")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).any():
+        raise ValueError("image holds no finite values (all NaN or infinite)")
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Scale any integer or float image to uint8 without clipping its real range.
+
+    uint8 passes through. Wider integers are scaled by the largest value the data could
+    hold at its apparent bit depth (12-, 14- or 16-bit cameras), so a dim frame stays dim.
+    Floats in [0, 1] are scaled by 255; other floats are stretched from min to max.
+    Non-finite values become 0.
+    """
+    check_image(image)
+    if image.dtype == np.uint8:
+        return image
+    if np.issubdtype(image.dtype, np.integer):
+        lo = int(image.min())
+        if lo < 0:  # signed data: shift to zero
+            image = image.astype(np.int64) - lo
+        hi = int(image.max())
+        bits = max(8, int(np.ceil(np.log2(hi + 1)))) if hi > 0 else 8
+        # Round up to a camera bit depth: 10, 12, 14 or 16 bits.
+        for depth in (8, 10, 12, 14, 16, 32, 64):
+            if bits <= depth:
+                bits = depth
+                break
+        scale = 255.0 / float(2**bits - 1)
+        return np.clip(image.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
+    data = np.where(np.isfinite(image), image, np.nan).astype(np.float32)
+    lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+    if lo >= 0.0 and hi <= 1.0:
+        out = data * 255.0
+    elif hi > lo:
+        out = (data - lo) * (255.0 / (hi - lo))
+    else:
+        out = np.zeros_like(data)
+    return np.nan_to_num(np.clip(out + 0.5, 0, 255), nan=0.0).astype(np.uint8)
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any accepted image as an (H, W, 3) uint8 array (grey replicated, alpha dropped)."""
+    check_image(image)
+    img = to_uint8(image)
+    if img.ndim == 2:
+        return np.repeat(img[:, :, None], 3, axis=2)
+    if img.shape[2] == 1:
+        return np.repeat(img, 3, axis=2)
+    if img.shape[2] == 4:
+        # Alpha is display information, not sample information: drop it.
+        return np.ascontiguousarray(img[:, :, :3])
+    return img
+
+
+def to_grey_float(image: np.ndarray) -> np.ndarray:
+    """Any accepted image as (H, W) float32 in [0, 255] (luma for colour)."""
+    img = to_uint8(image)
+    if img.ndim == 2:
+        return img.astype(np.float32)
+    if img.shape[2] == 1:
+        return img[:, :, 0].astype(np.float32)
+    rgb = img[:, :, :3].astype(np.float32)
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file into a numpy array, or raise ValueError with a one-line reason."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{p}: no such file")
+    if p.is_dir():
+        raise ValueError(f"{p}: is a folder, not an image")
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            data = tifffile.imread(p)
+        else:
+            import imageio.v3 as iio
+
+            data = iio.imread(p)
+    except Exception as exc:  # every reader fails differently; the user needs one line
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{p}: cannot read image ({msg})") from exc
+    data = np.asarray(data)
+    # Multi-page TIFFs / animated files: take the first page, say nothing is lost silently.
+    if data.ndim == 4 or (data.ndim == 3 and data.shape[-1] not in (1, 3, 4)):
+        data = data[0]
+    try:
+        check_image(data)
+    except ValueError as exc:
+        raise ValueError(f"{p}: {exc}") from None
+    return data
+
+
+def frame_from_file(path: str | Path, index: int = 0, pixel_size_um: float | None = None) -> Frame:
+    """A `Frame` for an image file (no stage position: files are counted per frame)."""
+    p = Path(path)
+    return Frame(
+        image=read_image(p),
+        index=index,
+        stage_xy_um=None,
+        pixel_size_um=pixel_size_um,
+        timestamp=p.stat().st_mtime,
+        source=str(p),
+    )

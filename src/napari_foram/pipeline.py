@@ -1,0 +1,200 @@
+"""frame -> detect -> de-duplicate -> classify -> store: the same code for every source.
+
+`CountingPipeline.process(frame)` is what the live widget, the tray scan, the batch folder
+runner and the demo all call, one frame at a time, on one worker thread.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_foram.detect import DetectionParams, Detections, detect
+from napari_foram.tally.dedup import SpecimenRegistry
+
+if TYPE_CHECKING:
+    from napari_foram.classify.predict import Predictions, Predictor
+    from napari_foram.frames import Frame
+    from napari_foram.tally.store import TallyStore
+
+
+@dataclass
+class FrameResult:
+    """What one frame contributed.
+
+    Attributes
+    ----------
+    detections
+        Every object found in the frame, clipped ones included.
+    new_rows
+        Indices into `detections` of the specimens counted for the first time.
+    duplicate_rows
+        Indices of whole specimens already counted from an earlier frame.
+    predictions
+        Classification of the new specimens (same order as `new_rows`), or None if none.
+    sample_xy_um
+        (n, 2) sample coordinates of every detection (NaN without stage/pixel size).
+    seconds
+        Wall time spent on the frame, by stage.
+    """
+
+    frame: Frame
+    detections: Detections
+    new_rows: np.ndarray
+    duplicate_rows: np.ndarray
+    predictions: Predictions | None
+    sample_xy_um: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class CountingPipeline:
+    """Turns frames into counted, classified specimens in a tally store.
+
+    Parameters
+    ----------
+    predictor
+        A built classifier (reused for every frame).
+    store, sample_id
+        Where counted specimens go; None keeps results in memory only.
+    detection
+        Detector settings.
+    mc_samples
+        Monte Carlo dropout passes per specimen (1 = deterministic).
+    include_clipped
+        Count objects cut by the frame edge (off: a neighbouring field sees them whole).
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        store: TallyStore | None = None,
+        sample_id: str | None = None,
+        detection: DetectionParams | None = None,
+        mc_samples: int = 30,
+        include_clipped: bool = False,
+        registry: SpecimenRegistry | None = None,
+    ) -> None:
+        if store is not None and not sample_id:
+            raise ValueError("a sample_id is needed to write into a store")
+        self.predictor = predictor
+        self.store = store
+        self.sample_id = sample_id
+        self.detection = detection or DetectionParams()
+        self.mc_samples = int(mc_samples)
+        self.include_clipped = include_clipped
+        self.registry = registry or SpecimenRegistry()
+        #: Frames seen without stage position or pixel size: counted per frame, not deduped.
+        self.frames_without_position = 0
+        self.frames_processed = 0
+        self.specimens_counted = 0
+
+    def provenance(self) -> dict[str, Any]:
+        """Model and detector settings, for the store's per-sample record."""
+        info = self.predictor.info
+        return {
+            "model_sha256": info.sha256,
+            "class_names": list(info.class_names),
+            "mc_samples": self.mc_samples,
+            "detector": self.detection.to_dict(),
+            "include_clipped": self.include_clipped,
+            "dedup_tolerance_fraction": self.registry.tolerance_fraction,
+        }
+
+    def process(self, frame: Frame) -> FrameResult:
+        """Detect, de-duplicate, classify and store the specimens of one frame."""
+        t0 = time.perf_counter()
+        det = detect(frame.image, self.detection, pixel_size_um=frame.pixel_size_um)
+        t1 = time.perf_counter()
+
+        n = len(det)
+        xy = np.full((n, 2), np.nan)
+        for i, (cy, cx) in enumerate(det.centroid):
+            pos = frame.pixel_to_stage_um(cy, cx)
+            if pos is not None:
+                xy[i] = pos
+        candidates = np.arange(n) if self.include_clipped else np.flatnonzero(det.whole)
+        if frame.stage_xy_um is None or frame.pixel_size_um is None:
+            # No way to tell a specimen seen before from a new one: count per frame.
+            self.frames_without_position += 1
+            new_rows, dup_rows = candidates, np.zeros(0, dtype=np.int64)
+        else:
+            diam_um = det.equivalent_diameter_px[candidates] * frame.pixel_size_um
+            match = self.registry.match(xy[candidates], diam_um)
+            new_rows, dup_rows = candidates[match < 0], candidates[match >= 0]
+        t2 = time.perf_counter()
+
+        predictions = None
+        if len(new_rows):
+            assert det.crops is not None
+            predictions = self.predictor.predict(det.crops[new_rows], mc_samples=self.mc_samples)
+        t3 = time.perf_counter()
+
+        if self.store is not None and predictions is not None:
+            self._append(frame, det, new_rows, xy, predictions)
+        t4 = time.perf_counter()
+
+        self.frames_processed += 1
+        self.specimens_counted += len(new_rows)
+        return FrameResult(
+            frame=frame,
+            detections=det,
+            new_rows=new_rows,
+            duplicate_rows=dup_rows,
+            predictions=predictions,
+            sample_xy_um=xy,
+            seconds={"detect": t1 - t0, "dedup": t2 - t1, "classify": t3 - t2, "store": t4 - t3},
+        )
+
+    def _append(
+        self,
+        frame: Frame,
+        det: Detections,
+        rows: np.ndarray,
+        xy: np.ndarray,
+        pred: Predictions,
+    ) -> None:
+        from napari_foram.tally.store import SpecimenBatch
+
+        assert self.store is not None and self.sample_id is not None and det.crops is not None
+        n = len(rows)
+        batch = SpecimenBatch(
+            frame_index=np.full(n, frame.index, dtype=np.int64),
+            stage_x_um=xy[rows, 0],
+            stage_y_um=xy[rows, 1],
+            centroid_y=det.centroid[rows, 0],
+            centroid_x=det.centroid[rows, 1],
+            bbox=det.bbox[rows],
+            area_px=det.area_px[rows],
+            class_index=pred.class_index,
+            mean_probs=pred.mean_probs,
+            variance=pred.variance,
+            entropy=pred.entropy,
+            mutual_information=pred.mutual_information,
+            vote_fraction=pred.vote_fraction,
+            crops=det.crops[rows],
+        )
+        self.store.append_specimens(self.sample_id, batch)
+
+
+def load_predictor(
+    model: str, *, device: str = "auto", progress: bool = True
+) -> Predictor:
+    """A predictor from a checkpoint path, or from the demo model when `model` is "demo".
+
+    The demo model is trained on synthetic crops at first use and cached (see
+    `napari_foram.classify.demo_model`); a progress bar shows that first run.
+    """
+    from napari_foram._progress import progress_callback
+    from napari_foram.classify.demo_model import demo_checkpoint
+    from napari_foram.classify.predict import Predictor
+
+    if model == "demo":
+        with progress_callback("training the demo model (first run only)", progress) as cb:
+            path = demo_checkpoint(progress=cb)
+    else:
+        path = model
+    return Predictor.from_checkpoint(path, device=device)

@@ -1,0 +1,48 @@
+"""Shared fixtures.
+
+torch and torchvision are imported here, before any napari viewer exists: once napari has
+drawn a canvas with Mesa's llvmpipe, a first `import torchvision` segfaults (triton's
+bundled LLVM clashes with Mesa's). `import napari_foram` also blocks triton on machines
+without a CUDA driver; doing both makes the crash impossible in the suite.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PYMM_LOG_LEVEL", "CRITICAL")
+
+import napari_foram  # noqa: E402,F401  (blocks triton first)
+import pytest  # noqa: E402
+import torch  # noqa: E402,F401
+import torchvision  # noqa: E402,F401
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def realdata_dir() -> Path:
+    """../shared/realdata beside the checkout, or NAPARI_FORAM_REALDATA."""
+    env = os.environ.get("NAPARI_FORAM_REALDATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "realdata"
+
+
+@pytest.fixture
+def realdata() -> Path:
+    """The third-party real images; the test is skipped when they are absent."""
+    path = realdata_dir()
+    if not path.is_dir():
+        pytest.skip(f"real images not found at {path}")
+    return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests without CUDA; `slow` ones run only with -m slow or RUN_SLOW=1."""
+    has_cuda = torch.cuda.is_available()
+    markexpr = config.getoption("-m") or ""
+    run_slow = "slow" in markexpr or os.environ.get("RUN_SLOW") == "1"
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with -m slow or RUN_SLOW=1"))
