@@ -324,12 +324,12 @@ def detect(
     if params.threshold is None:
         # Otsu on a nearly empty tray splits noise: never go below a clear margin over the
         # tray floor's typical level.
-        base = float(np.median(floor))
-        spread = float(np.percentile(floor, 90) - base)
-        if not params.invert:
-            level = max(level, base + max(20.0, 2.0 * spread))
-        else:
-            level = min(level, base - max(20.0, 2.0 * spread))
+        # The median and MAD ignore the objects (up to half the frame) and see the floor.
+        sample = floor[:: max(1, floor.size // 50_000)]
+        base = float(np.median(sample))
+        noise = 1.4826 * float(np.median(np.abs(sample - base)))
+        margin = max(20.0, 5.0 * noise)
+        level = max(level, base + margin) if not params.invert else min(level, base - margin)
     binary = smooth > level if not params.invert else smooth < level
     binary &= ~border
 

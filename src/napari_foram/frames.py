@@ -83,13 +83,14 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError("image holds no finite values (all NaN or infinite)")
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
+def to_uint8(image: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     """Scale any integer or float image to uint8 without clipping its real range.
 
-    uint8 passes through. Wider integers are scaled by the largest value the data could
-    hold at its apparent bit depth (12-, 14- or 16-bit cameras), so a dim frame stays dim.
-    Floats in [0, 1] are scaled by 255; other floats are stretched from min to max.
-    Non-finite values become 0.
+    uint8 passes through. Wider integers are scaled by the largest value the camera could
+    deliver: `bit_depth` when the source knows it (Micro-Manager does), else the smallest
+    common scientific-camera depth (12, 14 or 16 bits) that holds the data, so a dim frame
+    stays dim instead of being stretched. Floats in [0, 1] are scaled by 255; other floats
+    are stretched from min to max. Non-finite values become 0.
     """
     check_image(image)
     if image.dtype == np.uint8:
@@ -99,12 +100,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         if lo < 0:  # signed data: shift to zero
             image = image.astype(np.int64) - lo
         hi = int(image.max())
-        bits = max(8, int(np.ceil(np.log2(hi + 1)))) if hi > 0 else 8
-        # Round up to a camera bit depth: 10, 12, 14 or 16 bits.
-        for depth in (8, 10, 12, 14, 16, 32, 64):
-            if bits <= depth:
-                bits = depth
-                break
+        if bit_depth is not None:
+            bits = int(bit_depth)
+        else:
+            needed = int(np.ceil(np.log2(hi + 1))) if hi > 0 else 1
+            depths = (8,) if image.dtype.itemsize == 1 else (12, 14, 16, 32, 64)
+            bits = next((d for d in depths if needed <= d), 64)
         scale = 255.0 / float(2**bits - 1)
         return np.clip(image.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
     data = np.where(np.isfinite(image), image, np.nan).astype(np.float32)
