@@ -15,6 +15,19 @@ from typing import Annotated, Any
 import click
 import typer
 
+# typer >= 0.20 vendors its own copy of click; accept the exceptions of both.
+_CLICK_MODULES: list[Any] = [click.exceptions]
+try:
+    import typer._click.exceptions as _typer_click_exceptions
+
+    _CLICK_MODULES.append(_typer_click_exceptions)
+except ImportError:  # older typer uses click itself
+    pass
+_EXIT = (click.exceptions.Exit, typer.Exit)
+_ABORT = (click.exceptions.Abort, typer.Abort)
+_USAGE = tuple(m.UsageError for m in _CLICK_MODULES)
+_CLICK_ERROR = tuple(m.ClickException for m in _CLICK_MODULES)
+
 app = typer.Typer(
     name="napari-foram",
     help=(
@@ -269,14 +282,21 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors and bad input become one line on stderr."""
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
+    except _ABORT:
         typer.echo("napari-foram: aborted", err=True)
         return 130
-    except click.UsageError as exc:
-        typer.echo(f"napari-foram: error: {exc.format_message()}", err=True)
+    except _USAGE as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `napari-foram`: show the help
+            typer.echo(exc.format_message() if exc.ctx is None else exc.ctx.get_help())
+            return 0
+        msg = " ".join(exc.format_message().split())
+        typer.echo(f"napari-foram: error: {msg}", err=True)
         return 2
+    except _CLICK_ERROR as exc:
+        typer.echo(f"napari-foram: error: {' '.join(exc.format_message().split())}", err=True)
+        return int(getattr(exc, "exit_code", 1) or 1)
     except (CommandError, ValueError, FileNotFoundError, RuntimeError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         typer.echo(f"napari-foram: error: {msg}", err=True)

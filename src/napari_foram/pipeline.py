@@ -7,7 +7,9 @@ runner and the demo all call, one frame at a time, on one worker thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -181,20 +183,27 @@ class CountingPipeline:
 
 
 def load_predictor(
-    model: str, *, device: str = "auto", progress: bool = True
+    model: str | Path,
+    *,
+    device: str = "auto",
+    progress: bool | Callable[[int, int, str], None] = True,
 ) -> Predictor:
     """A predictor from a checkpoint path, or from the demo model when `model` is "demo".
 
     The demo model is trained on synthetic crops at first use and cached (see
-    `napari_foram.classify.demo_model`); a progress bar shows that first run.
+    `napari_foram.classify.demo_model`); `progress` (a terminal bar when True, or a
+    ``(done, total, message)`` callback) shows that first run.
     """
     from napari_foram._progress import progress_callback
     from napari_foram.classify.demo_model import demo_checkpoint
     from napari_foram.classify.predict import Predictor
 
     if model == "demo":
-        with progress_callback("training the demo model (first run only)", progress) as cb:
-            path = demo_checkpoint(progress=cb)
+        if callable(progress):
+            path = demo_checkpoint(progress=progress)
+        else:
+            with progress_callback("training the demo model (first run only)", progress) as cb:
+                path = demo_checkpoint(progress=cb)
     else:
         path = model
     return Predictor.from_checkpoint(path, device=device)

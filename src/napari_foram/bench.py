@@ -1,0 +1,193 @@
+"""`napari-foram bench`: the project's speed figures as one JSON object.
+
+Our machines are noisy, so variants are compared as ratios measured in the same run, and
+each figure is the median of several repeats after a warm-up. Keys (docs/benchmarks.md
+records what we saw, with the machine):
+
+- ``detect_s_per_frame_5mp_rgb``: detection + 224 px crops on a 1944 x 2592 RGB synthetic
+  tray with ~100 specimens.
+- ``synth_render_s_5mp``: rendering that tray.
+- ``vgg16_bare_crops_per_s``: a bare torchvision VGG16 forward (same precision and layout
+  as the predictor), the floor for classification (15.5 GFLOP per crop).
+- ``classify_crops_per_s``: the predictor with MC dropout N=100.
+- ``mc_overhead_ratio``: time of N=100 over a deterministic pass on the same crops.
+- ``store_specimens_per_s``: appending specimens with crops to a Zarr tally store.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_foram._progress import ProgressCallback
+
+
+def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """What the figures were measured on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    resolved = device
+    if device == "auto":
+        resolved = "cuda" if torch.cuda.is_available() else "cpu"
+    info: dict[str, Any] = {
+        "device": resolved,
+        "device_name": torch.cuda.get_device_name(0) if resolved == "cuda" else cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    return info
+
+
+def bench_detection(repeats: int = 5) -> dict[str, float]:
+    """Detection with crops on a 5 MP RGB tray with ~100 specimens."""
+    from napari_foram.detect import detect
+    from napari_foram.synthetic import render_tray
+
+    t0 = time.perf_counter()
+    tray = render_tray(3, shape=(1944, 2592), n_specimens=100)
+    render_s = time.perf_counter() - t0
+    det_s = _median_time(lambda: detect(tray.image), repeats)
+    det = detect(tray.image)
+    return {
+        "detect_s_per_frame_5mp_rgb": round(det_s, 4),
+        "detect_objects_found_5mp": len(det),
+        "synth_render_s_5mp": round(render_s, 3),
+    }
+
+
+def bench_classification(device: str, quick: bool) -> dict[str, Any]:
+    """Bare VGG16 vs the predictor with MC dropout N=100, on the same crops."""
+    import torch
+    import torchvision
+
+    from napari_foram.classify.model import build_model
+    from napari_foram.classify.predict import Predictor
+
+    n_crops = 8 if quick else 32
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, size=(n_crops, 224, 224, 3), dtype=np.uint8)
+    model, info = build_model(["a", "b", "c", "d"], backbone_weights="none")
+    predictor = Predictor(model, info, device=device)
+    dev = predictor.device
+
+    bare = torchvision.models.vgg16(weights=None).features.eval().to(dev)
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255).to(dev)
+    if predictor.channels_last:
+        bare = bare.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def bare_pass() -> None:
+        with torch.inference_mode(), predictor.autocast():
+            bare(x)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    repeats = 1 if quick else 3
+    bare_s = _median_time(bare_pass, repeats)
+    det_s = _median_time(lambda: predictor.predict(crops, mc_samples=1), repeats)
+    mc_s = _median_time(lambda: predictor.predict(crops, mc_samples=100), repeats)
+    return {
+        "classify_precision": predictor.precision,
+        "classify_channels_last": predictor.channels_last,
+        "classify_batch_crops": n_crops,
+        "vgg16_bare_crops_per_s": round(n_crops / bare_s, 2),
+        "classify_crops_per_s_deterministic": round(n_crops / det_s, 2),
+        "classify_crops_per_s": round(n_crops / mc_s, 2),
+        "mc_overhead_ratio": round(mc_s / det_s, 3),
+        "classify_vs_bare_ratio": round((n_crops / mc_s) / (n_crops / bare_s), 3),
+    }
+
+
+def bench_store(n: int = 1000) -> dict[str, float]:
+    """Appending specimens with 224 px crops, in batches of 50, to a fresh store."""
+    from napari_foram.tally.store import SampleRecord, SpecimenBatch, TallyStore
+
+    classes = ["planktic", "calcareous_benthic", "agglutinated_benthic", "sediment"]
+    rng = np.random.default_rng(1)
+    batch_n = 50
+    crops = rng.integers(0, 256, size=(batch_n, 224, 224, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(4), size=batch_n).astype(np.float32)
+
+    def batch(i: int) -> SpecimenBatch:
+        return SpecimenBatch(
+            frame_index=np.full(batch_n, i),
+            stage_x_um=rng.random(batch_n) * 1e4,
+            stage_y_um=rng.random(batch_n) * 1e4,
+            centroid_y=rng.random(batch_n) * 900,
+            centroid_x=rng.random(batch_n) * 1200,
+            bbox=np.tile([10, 10, 90, 90], (batch_n, 1)),
+            area_px=np.full(batch_n, 3000.0),
+            class_index=probs.argmax(axis=1),
+            mean_probs=probs,
+            variance=np.zeros_like(probs),
+            entropy=np.zeros(batch_n),
+            mutual_information=np.zeros(batch_n),
+            vote_fraction=np.ones(batch_n),
+            crops=crops,
+        )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = TallyStore.create(Path(tmp) / "bench.zarr", classes=classes)
+        store.add_sample(SampleRecord(sample_id="BENCH"))
+        t0 = time.perf_counter()
+        for i in range(n // batch_n):
+            store.append_specimens("BENCH", batch(i))
+        elapsed = time.perf_counter() - t0
+        store.close()
+    return {"store_specimens_per_s": round(n / elapsed, 1)}
+
+
+def run_benchmarks(
+    *, device: str = "auto", quick: bool = False, progress: bool | ProgressCallback = False
+) -> dict[str, Any]:
+    """Every figure, in one dict. A part that fails reports its error under its name."""
+    from napari_foram._progress import progress_callback
+
+    parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+        ("detection", lambda: bench_detection(repeats=3 if quick else 7)),
+        ("store", lambda: bench_store(200 if quick else 1000)),
+        ("classification", lambda: bench_classification(device, quick)),
+    ]
+    result: dict[str, Any] = machine_info(device)
+    result["quick"] = quick
+    with progress_callback("benchmarking", progress is True) as bar:
+        cb = progress if callable(progress) else bar
+        for i, (name, fn) in enumerate(parts):
+            cb(i, len(parts), name)
+            try:
+                result.update(fn())
+            except Exception as exc:  # report, do not hide: the JSON says what broke
+                result[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
+        cb(len(parts), len(parts), "done")
+    return result

@@ -1,0 +1,356 @@
+"""The main job on the built-in simulated microscope, with and without a window.
+
+A seeded synthetic tray becomes the simulated microscope's sample; a Micro-Manager MDA grid
+scan (pymmcore-plus, Python camera and stage devices) images it field by field with
+overlap; every frame goes through the counting pipeline (detect -> de-duplicate -> classify
+with MC dropout -> Zarr store); the tally is exported as a core-log CSV and plot, and the
+counts are compared with the synthetic ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari_foram.classify.predict import Predictor
+    from napari_foram.mosaic import Mosaic
+    from napari_foram.pipeline import CountingPipeline, FrameResult
+    from napari_foram.session import CountingSession, ScanReport, SimulatedTray
+    from napari_foram.synthetic import TrayRender
+    from napari_foram.tally.store import TallyStore
+
+DEMO_SAMPLE_ID = "DEMO-001"
+
+
+@dataclass(frozen=True)
+class DemoScan:
+    """Geometry of the demo: a tray imaged as rows x cols overlapping camera fields.
+
+    The overlap must exceed the largest specimen (200 px) so that every specimen lies
+    whole inside at least one field; clipped views are never counted.
+    """
+
+    rows: int = 3
+    cols: int = 3
+    camera_shape: tuple[int, int] = (972, 1296)
+    overlap_fraction: float = 0.25
+    specimens: int = 45
+
+    def world_shape(self) -> tuple[int, int]:
+        """Tray size in pixels that the grid covers exactly."""
+        h, w = self.camera_shape
+        step_y = round(h * (1 - self.overlap_fraction))
+        step_x = round(w * (1 - self.overlap_fraction))
+        return (h + (self.rows - 1) * step_y, w + (self.cols - 1) * step_x)
+
+
+def display_available() -> bool:
+    """Whether a window can be opened (X11 or Wayland display set)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def make_demo_world(seed: int, scan: DemoScan | None = None) -> TrayRender:
+    """The synthetic tray the simulated microscope will scan."""
+    from napari_foram.synthetic import render_tray
+
+    scan = scan or DemoScan()
+    return render_tray(
+        seed, shape=scan.world_shape(), n_specimens=scan.specimens, clipped=False
+    )
+
+
+def compare_with_truth(
+    world: TrayRender,
+    results: list[FrameResult],
+    class_names: list[str],
+    world_px_to_um: Callable[[float, float], tuple[float, float]],
+) -> dict[str, Any]:
+    """Counts found vs. the synthetic ground truth, with classification accuracy.
+
+    A counted specimen matches a true one when its centre lies inside half the true
+    specimen's diameter; each true specimen matches at most once.
+    """
+    truth = [s for s in world.specimens if not s.clipped]
+    truth_xy = np.array([world_px_to_um(*s.centroid_yx) for s in truth]).reshape(-1, 2)
+    truth_radius = np.array([s.diameter_um / 2 for s in truth])
+    found_xy, found_class = [], []
+    for r in results:
+        if r.predictions is None:
+            continue
+        found_xy.extend(r.sample_xy_um[r.new_rows].tolist())
+        found_class.extend(int(c) for c in r.predictions.class_index)
+    found = np.array(found_xy, dtype=float).reshape(-1, 2)
+    matched_truth = np.full(len(found), -1)
+    used = np.zeros(len(truth), dtype=bool)
+    errors = []
+    for i, xy in enumerate(found):
+        if not len(truth):
+            break
+        d = np.hypot(*(truth_xy - xy).T)
+        d[used] = np.inf
+        j = int(np.argmin(d))
+        if d[j] <= truth_radius[j]:
+            matched_truth[i], used[j] = j, True
+            errors.append(float(d[j]))
+    truth_counts = {c: 0 for c in class_names}
+    for s in truth:
+        truth_counts[s.class_name] = truth_counts.get(s.class_name, 0) + 1
+    predicted = {c: 0 for c in class_names}
+    for c in found_class:
+        predicted[class_names[c]] += 1
+    correct = sum(
+        1
+        for i, j in enumerate(matched_truth)
+        if j >= 0 and class_names[found_class[i]] == truth[j].class_name
+    )
+    n_matched = int((matched_truth >= 0).sum())
+    return {
+        "truth_whole": len(truth),
+        "found_whole": len(found),
+        "matched": n_matched,
+        "missed": int(len(truth) - n_matched),
+        "false_detections": int(len(found) - n_matched),
+        "centroid_error_um": {
+            "mean": round(float(np.mean(errors)), 2) if errors else None,
+            "max": round(float(np.max(errors)), 2) if errors else None,
+        },
+        "truth_counts": truth_counts,
+        "predicted_counts": predicted,
+        "classification_accuracy": round(correct / n_matched, 4) if n_matched else None,
+    }
+
+
+@dataclass
+class DemoRun:
+    """Everything a demo scan needs, built once; `scan()` runs it.
+
+    Shared by the headless demo and the Foram counter widget, so both run the same code.
+    """
+
+    predictor: Predictor
+    world: TrayRender
+    microscope: SimulatedTray
+    store: TallyStore
+    store_path: Path
+    pipeline: CountingPipeline
+    session: CountingSession
+    mosaic: Mosaic
+    scan_plan: DemoScan
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.predictor.info.class_names)
+
+    def scan(
+        self,
+        *,
+        on_result: Callable[[FrameResult], None] | None = None,
+        progress: Callable[..., None] | None = None,
+    ) -> ScanReport:
+        """Run the grid scan through the pipeline; closes the store when done."""
+        plan = self.scan_plan
+        try:
+            return self.session.scan(
+                self.microscope.core,
+                self.microscope.grid_sequence(plan.rows, plan.cols, plan.overlap_fraction),
+                on_result=on_result,
+                progress=progress,
+            )
+        finally:
+            self.store.close()
+
+
+def prepare_demo_run(
+    store_path: Path,
+    *,
+    seed: int = 7,
+    mc_samples: int = 30,
+    scan: DemoScan | None = None,
+    progress: Callable[[int, int, str], None] | bool = True,
+) -> DemoRun:
+    """Model, synthetic tray, simulated microscope, a fresh store and the pipeline."""
+    from napari_foram.pipeline import CountingPipeline, load_predictor
+    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    scan = scan or DemoScan()
+    predictor = load_predictor("demo", progress=progress)
+    world = make_demo_world(seed, scan)
+    microscope = SimulatedTray(world, camera_shape=scan.camera_shape, seed=seed)
+    store_path = Path(store_path)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    store = TallyStore.create(store_path, classes=predictor.info.class_names, overwrite=True)
+    store.add_sample(
+        SampleRecord(
+            sample_id=DEMO_SAMPLE_ID,
+            site_hole="SIM-1",
+            core="1H",
+            section="1",
+            interval_top_cm=10.0,
+            interval_bottom_cm=12.0,
+            depth=0.1,
+            depth_unit="m",
+            depth_scale="mbsf",
+            sample_type="core",
+            size_fraction_um=">150",
+            split_factor=1.0,
+            dry_weight_g=1.0,
+            operator="napari-foram demo",
+            notes=f"synthetic tray, seed {seed}",
+        )
+    )
+    pipeline = CountingPipeline(
+        predictor, store=store, sample_id=DEMO_SAMPLE_ID, mc_samples=mc_samples
+    )
+    store.set_provenance(DEMO_SAMPLE_ID, {**pipeline.provenance(), **microscope.describe()})
+    return DemoRun(
+        predictor=predictor,
+        world=world,
+        microscope=microscope,
+        store=store,
+        store_path=store_path,
+        pipeline=pipeline,
+        session=CountingSession(pipeline),
+        mosaic=microscope.mosaic(),
+        scan_plan=scan,
+    )
+
+
+def run_headless_demo(
+    out_dir: Path, *, seed: int = 7, mc_samples: int = 30, progress: bool = True,
+    scan: DemoScan | None = None,
+) -> dict[str, Any]:
+    """Scan, count, store, export, screenshot and compare with the ground truth.
+
+    Writes into `out_dir`: tally.zarr, tally.csv, tally.png, screenshot.png, summary.json.
+    Returns the summary (also in summary.json).
+    """
+    from napari_foram._progress import progress_callback
+    from napari_foram.tally.export import export_csv, plot_tally
+    from napari_foram.tally.store import TallyStore
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    store_path = out_dir / "tally.zarr"
+    run = prepare_demo_run(store_path, seed=seed, mc_samples=mc_samples, scan=scan,
+                           progress=progress)
+    plan = run.scan_plan
+    results: list[FrameResult] = []
+    n_fields = plan.rows * plan.cols
+    with progress_callback("scanning the simulated tray", progress) as cb:
+        report = run.scan(
+            on_result=results.append,
+            progress=lambda done, msg="": cb(done, n_fields, msg),
+        )
+
+    files = {
+        "store": str(store_path),
+        "csv": str(out_dir / "tally.csv"),
+        "plot": str(out_dir / "tally.png"),
+        "screenshot": str(out_dir / "screenshot.png"),
+        "summary": str(out_dir / "summary.json"),
+    }
+    reader = TallyStore.open(store_path, mode="r")
+    export_csv(reader, files["csv"], fmt="wide")
+    plot_tally(reader, files["plot"])
+    screenshot_how = save_screenshot(run, results, Path(files["screenshot"]))
+
+    summary = {
+        "seed": seed,
+        "sample_id": DEMO_SAMPLE_ID,
+        "fields": n_fields,
+        "camera_shape": list(plan.camera_shape),
+        "overlap_fraction": plan.overlap_fraction,
+        "pixel_size_um": run.world.pixel_size_um,
+        "mc_samples": mc_samples,
+        "model_sha256": run.predictor.info.sha256,
+        **compare_with_truth(run.world, results, run.class_names, run.microscope.world_px_to_um),
+        "frames_acquired": report.frames_acquired,
+        "frames_processed": report.frames_processed,
+        "frames_dropped": report.frames_dropped,
+        "duplicates_suppressed": int(sum(len(r.duplicate_rows) for r in results)),
+        "scan_error": report.error,
+        "screenshot": screenshot_how,
+        "seconds_total": round(time.perf_counter() - t_start, 2),
+        "seconds_by_stage": {
+            k: round(sum(r.seconds.get(k, 0.0) for r in results), 3)
+            for k in ("detect", "dedup", "classify", "store")
+        },
+        "files": files,
+    }
+    Path(files["summary"]).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+# ----------------------------------------------------------------------------- screenshot
+def _start_xvfb() -> subprocess.Popen[bytes] | None:
+    """Start a private Xvfb for the screenshot when there is no display; None if absent."""
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        return None
+    for number in range(99, 160):
+        if Path(f"/tmp/.X{number}-lock").exists():
+            continue
+        proc = subprocess.Popen(
+            [exe, f":{number}", "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(50):
+            if Path(f"/tmp/.X11-unix/X{number}").exists():
+                os.environ["DISPLAY"] = f":{number}"
+                return proc
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        proc.kill()
+    return None
+
+
+def save_screenshot(run: DemoRun, results: list[FrameResult], path: Path) -> str:
+    """A PNG of the napari viewer showing the scan; says how it was made.
+
+    Uses a real napari viewer (on a private Xvfb when there is no display). Without any X
+    server it draws the same layers with matplotlib and says so.
+    """
+    xvfb = None
+    if not display_available():
+        xvfb = _start_xvfb()
+    try:
+        if display_available():
+            from napari_foram.widgets.layers import viewer_screenshot
+
+            viewer_screenshot(results, run.class_names, path)
+            return "napari viewer" + (" (private Xvfb)" if xvfb else "")
+    finally:
+        if xvfb is not None:
+            os.environ.pop("DISPLAY", None)
+            xvfb.terminate()
+    from napari_foram.widgets.layers import matplotlib_screenshot
+
+    matplotlib_screenshot(results, run.class_names, path)
+    return "matplotlib (no X server found for napari)"
+
+
+def run_demo_gui(*, seed: int = 7, mc_samples: int = 30) -> None:
+    """Open napari with the Foram counter docked and the simulated scan running."""
+    import napari
+
+    from napari_foram.widgets.counter import CounterWidget
+
+    viewer = napari.Viewer(title="napari-foram demo")
+    widget = CounterWidget(viewer, seed=seed, mc_samples=mc_samples)
+    viewer.window.add_dock_widget(widget, name="Foram counter", area="right")
+    widget.start_scan()
+    napari.run()

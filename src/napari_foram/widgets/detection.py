@@ -1,0 +1,113 @@
+"""Detection preview: tune the detector on your own images and see the result at once."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    SpinBox,
+    create_widget,
+)
+
+from napari_foram.detect import STUDY_MIN_AREA_PX, DetectionParams, detect
+
+if TYPE_CHECKING:
+    import napari
+    import napari.layers
+
+DETECTIONS_LAYER = "detections"
+CENTROIDS_LAYER = "specimen centres"
+
+
+def show_detections(
+    viewer: napari.Viewer, image_layer: napari.layers.Image, params: DetectionParams
+) -> str:
+    """Detect on `image_layer` and show labels + centres; returns a one-line summary."""
+    data = np.asarray(image_layer.data)
+    if image_layer.rgb is False and data.ndim == 3 and data.shape[-1] not in (3, 4):
+        data = data[viewer.dims.current_step[0]]  # a stack: preview the current plane
+    det = detect(data, params, crops=False)
+    scale = det.work_scale
+    # The label image lives at the working scale: show it scaled back onto the frame.
+    layer_scale = (scale, scale)
+    if DETECTIONS_LAYER in viewer.layers:
+        labels_layer = viewer.layers[DETECTIONS_LAYER]
+        labels_layer.data = det.labels
+        labels_layer.scale = layer_scale
+    else:
+        viewer.add_labels(det.labels, name=DETECTIONS_LAYER, scale=layer_scale, opacity=0.4)
+    colours = np.where(det.clipped[:, None], [[1.0, 0.6, 0.0, 1.0]], [[0.0, 1.0, 0.4, 1.0]])
+    features = {"clipped": det.clipped, "area_px": det.area_px.round(0)}
+    if CENTROIDS_LAYER in viewer.layers:
+        pts = viewer.layers[CENTROIDS_LAYER]
+        pts.data = det.centroid
+        pts.features = features
+        pts.face_color = colours
+    else:
+        viewer.add_points(
+            det.centroid,
+            name=CENTROIDS_LAYER,
+            size=24,
+            face_color=colours,
+            border_color="black",
+            features=features,
+        )
+    return (
+        f"{int(det.whole.sum())} specimens, {int(det.clipped.sum())} clipped; "
+        f"threshold {det.threshold:.1f} (at 1/{scale} scale)"
+    )
+
+
+class DetectionWidget(Container):
+    """Preview the study's detector on an image layer; every change re-runs it."""
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        super().__init__(scrollable=False)
+        self._viewer = viewer
+        self._image = create_widget(annotation="napari.layers.Image", label="image")
+        self._auto = CheckBox(value=True, label="automatic threshold (Otsu)")
+        self._threshold = FloatSlider(value=120.0, min=0, max=255, label="threshold")
+        self._min_area = SpinBox(value=STUDY_MIN_AREA_PX, min=1, max=500_000, step=64,
+                                 label="min area (px)")
+        self._sigma = FloatSpinBox(value=4.0, min=0.0, max=30.0, step=0.5,
+                                   label="smoothing sigma (px)")
+        self._invert = CheckBox(value=False, label="dark objects on bright")
+        self._border = CheckBox(value=True, label="mask tray border")
+        self._split = CheckBox(value=False, label="split touching specimens")
+        self.result = Label(value="choose an image layer")
+        self.extend([self._image, self._auto, self._threshold, self._min_area, self._sigma,
+                     self._invert, self._border, self._split, self.result])
+        for w in (self._image, self._auto, self._threshold, self._min_area, self._sigma,
+                  self._invert, self._border, self._split):
+            w.changed.connect(self.update_preview)
+        # The layer list changes after construction: keep the choices current.
+        viewer.layers.events.inserted.connect(self._image.reset_choices)
+        viewer.layers.events.removed.connect(self._image.reset_choices)
+
+    def params(self) -> DetectionParams:
+        """The detector settings the controls describe."""
+        return DetectionParams(
+            threshold=None if self._auto.value else float(self._threshold.value),
+            min_area_px=int(self._min_area.value),
+            smooth_sigma_px=float(self._sigma.value),
+            invert=bool(self._invert.value),
+            mask_border=bool(self._border.value),
+            split_touching=bool(self._split.value),
+        )
+
+    def update_preview(self, *_: object) -> None:
+        """Run the detector on the chosen layer and refresh the preview layers."""
+        layer = self._image.value
+        if layer is None:
+            self.result.value = "choose an image layer"
+            return
+        try:
+            self.result.value = show_detections(self._viewer, layer, self.params())
+        except ValueError as exc:
+            self.result.value = f"cannot detect: {exc}"

@@ -1,0 +1,84 @@
+"""The command line: help that explains, one-line errors, JSON where scripts want it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from napari_foram.cli import main
+
+COMMANDS = ["demo", "synth", "detect", "classify", "export", "bench"]
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "foraminifera" in out
+    for name in COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_each_command_explains_itself(name, capsys):
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage:" in out and len(out.splitlines()) > 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "fragment"),
+    [
+        (["frobnicate"], 2, "No such command"),
+        (["detect"], 2, "Missing argument"),
+        (["detect", "x.png", "--min-area", "lots"], 2, "Invalid value for '--min-area'"),
+        (["classify", "x.png", "--device", "tpu"], 1, "--device must be"),
+        (["bench", "--device", "gpu9"], 1, "--device must be"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_nonzero_exit(argv, code, fragment, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert fragment in err
+    assert len(err.splitlines()) == 1 and err.startswith("napari-foram: error:")
+
+
+def test_detect_missing_or_broken_image_is_one_line(tmp_path, capsys):
+    assert main(["detect", str(tmp_path / "nope.png")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no such file" in err and len(err.splitlines()) == 1
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00garbage")
+    assert main(["detect", str(broken)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "broken.tif" in err and len(err.splitlines()) == 1
+
+
+def test_detect_json_reports_counts_and_objects(tmp_path, capsys):
+    yy, xx = np.mgrid[:400, :500]
+    img = np.full((400, 500), 15, np.uint8)
+    for cy, cx in [(100, 120), (250, 350)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= 30**2] = 210
+    img[(yy - 0) ** 2 + (xx - 250) ** 2 <= 30**2] = 210  # cut by the top edge
+    path = tmp_path / "tray.png"
+    iio.imwrite(path, img)
+    assert main(["detect", str(path), "--json", "--no-border"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data[0]["count"] == 2 and data[0]["clipped"] == 1
+    obj = data[0]["objects"][0]
+    assert set(obj) >= {"centroid_yx", "bbox", "area_px", "clipped"}
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("napari-foram") or str(
+        __import__("pathlib").Path(sys.executable).parent / "napari-foram"
+    )
+    proc = subprocess.run([exe, "synth", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "ImageFolder" in proc.stdout
+    proc = subprocess.run([exe, "export"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
