@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 if TYPE_CHECKING:
     import napari
+    import napari.viewer
 
     from napari_foram.demo import DemoRun
     from napari_foram.pipeline import FrameResult
@@ -49,14 +50,14 @@ class CounterWidget(QWidget):
 
     def __init__(
         self,
-        viewer: napari.Viewer,
+        napari_viewer: napari.viewer.Viewer,
         *,
         seed: int = 7,
         mc_samples: int = 30,
         runs_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.viewer = viewer
+        self.viewer = napari_viewer
         self.runs_dir = Path(runs_dir) if runs_dir else Path.home() / "napari-foram-runs"
         self.results: list[FrameResult] = []
         self.run: DemoRun | None = None

@@ -20,6 +20,7 @@ from napari_foram.detect import STUDY_MIN_AREA_PX, DetectionParams, detect
 if TYPE_CHECKING:
     import napari
     import napari.layers
+    import napari.viewer
 
 DETECTIONS_LAYER = "detections"
 CENTROIDS_LAYER = "specimen centres"
@@ -42,14 +43,12 @@ def show_detections(
         labels_layer.scale = layer_scale
     else:
         viewer.add_labels(det.labels, name=DETECTIONS_LAYER, scale=layer_scale, opacity=0.4)
+    # Green: whole specimens (counted); orange: clipped by the frame edge or tray border.
     colours = np.where(det.clipped[:, None], [[1.0, 0.6, 0.0, 1.0]], [[0.0, 1.0, 0.4, 1.0]])
     features = {"clipped": det.clipped, "area_px": det.area_px.round(0)}
     if CENTROIDS_LAYER in viewer.layers:
-        pts = viewer.layers[CENTROIDS_LAYER]
-        pts.data = det.centroid
-        pts.features = features
-        pts.face_color = colours
-    else:
+        viewer.layers.remove(CENTROIDS_LAYER)
+    if len(det):
         viewer.add_points(
             det.centroid,
             name=CENTROIDS_LAYER,
@@ -67,8 +66,9 @@ def show_detections(
 class DetectionWidget(Container):
     """Preview the study's detector on an image layer; every change re-runs it."""
 
-    def __init__(self, viewer: napari.Viewer) -> None:
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=False)
+        viewer = napari_viewer
         self._viewer = viewer
         self._image = create_widget(annotation="napari.layers.Image", label="image")
         self._auto = CheckBox(value=True, label="automatic threshold (Otsu)")
