@@ -176,15 +176,20 @@ def prepare_demo_run(
     seed: int = 7,
     mc_samples: int = 30,
     scan: DemoScan | None = None,
+    model: str | Path = "demo",
     progress: Callable[[int, int, str], None] | bool = True,
 ) -> DemoRun:
-    """Model, synthetic tray, simulated microscope, a fresh store and the pipeline."""
+    """Model, synthetic tray, simulated microscope, a fresh store and the pipeline.
+
+    `model` is a checkpoint path, or "demo" for the demo model (trained on synthetic crops
+    at first use, then cached).
+    """
     from napari_foram.pipeline import CountingPipeline, load_predictor
     from napari_foram.session import CountingSession, SimulatedTray
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     scan = scan or DemoScan()
-    predictor = load_predictor("demo", progress=progress)
+    predictor = load_predictor(model, progress=progress)
     world = make_demo_world(seed, scan)
     microscope = SimulatedTray(world, camera_shape=scan.camera_shape, seed=seed)
     store_path = Path(store_path)
@@ -228,7 +233,7 @@ def prepare_demo_run(
 
 def run_headless_demo(
     out_dir: Path, *, seed: int = 7, mc_samples: int = 30, progress: bool = True,
-    scan: DemoScan | None = None,
+    scan: DemoScan | None = None, model: str | Path = "demo",
 ) -> dict[str, Any]:
     """Scan, count, store, export, screenshot and compare with the ground truth.
 
@@ -244,7 +249,7 @@ def run_headless_demo(
     t_start = time.perf_counter()
     store_path = out_dir / "tally.zarr"
     run = prepare_demo_run(store_path, seed=seed, mc_samples=mc_samples, scan=scan,
-                           progress=progress)
+                           model=model, progress=progress)
     plan = run.scan_plan
     results: list[FrameResult] = []
     n_fields = plan.rows * plan.cols

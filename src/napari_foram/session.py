@@ -65,11 +65,11 @@ class CountingSession:
 
     def stop(self) -> None:
         """Ask the running acquisition to stop; frames already taken are still processed."""
-        from napari_foram.acquire import cancel_acquisition
+        from napari_foram.acquire import cancel_scan
 
         self._stop_requested = True
         if self._core is not None:
-            cancel_acquisition(self._core)
+            cancel_scan(self._core)
 
     def scan(
         self,
@@ -104,10 +104,11 @@ class CountingSession:
         worker = ProcessingWorker(queue, handle)
         worker.start()
         try:
+            # run_scan calls on_frame on this thread, synchronously: with the "scan"
+            # policy a full queue holds the stage until the worker catches up.
             acquired = run_scan(core, sequence, on_frame=queue.put)
         finally:
-            queue.close()
-            worker.join()
+            worker.stop(drain=True)
             self._core = None
         worker.raise_if_failed()
         error = acquired.error

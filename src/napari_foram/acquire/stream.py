@@ -1,0 +1,260 @@
+"""A bounded queue and one processing worker between acquisition and analysis.
+
+Pure Python (no pymmcore-plus, no Qt). The acquisition thread (``run_scan``'s caller, or
+`LiveStream`'s thread) only calls `FrameQueue.put`; one `ProcessingWorker` thread takes
+frames and runs the slow part (detect, de-duplicate, classify, store).
+
+Two policies, because the two ways of imaging want opposite things:
+
+* ``"scan"``: a tray scan must never lose a field, so a full queue *blocks* the producer
+  (the stage simply waits for the analysis).
+* ``"live"``: live preview wants the present, so a full queue drops its *oldest* frame to
+  make room for the newest. Dropped frames are counted, never silently lost.
+
+If the worker's handler raises, the worker records the exception and closes the queue so a
+producer blocked in ``put`` wakes up with `QueueClosed` instead of hanging; `stop` and
+`raise_if_failed` re-raise it as `ProcessingError`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, Literal, TypeVar
+
+__all__ = ["FrameQueue", "ProcessingError", "ProcessingWorker", "QueueClosed", "QueuePolicy"]
+
+T = TypeVar("T")
+QueuePolicy = Literal["scan", "live"]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+class QueueClosed(Exception):
+    """The queue was closed: no more puts; gets after the last item raise this too."""
+
+
+class ProcessingError(RuntimeError):
+    """The processing handler raised; the original exception is the __cause__."""
+
+
+class FrameQueue(Generic[T]):
+    """Bounded, thread-safe FIFO with a "scan" (block) or "live" (drop oldest) policy.
+
+    Parameters
+    ----------
+    maxsize
+        Items held at most (>= 1). Frames are large (a 5 MP RGB frame is 15 MB), so keep
+        it small: it bounds memory, not throughput.
+    policy
+        "scan": `put` blocks while full. "live": `put` never blocks; it drops the oldest.
+    """
+
+    def __init__(self, maxsize: int = 8, policy: QueuePolicy = "scan") -> None:
+        if int(maxsize) != maxsize or maxsize < 1:
+            raise ValueError(f"maxsize must be a positive integer, got {maxsize!r}")
+        if policy not in ("scan", "live"):
+            raise ValueError(f"policy must be 'scan' or 'live', got {policy!r}")
+        self.maxsize = int(maxsize)
+        self.policy: QueuePolicy = policy
+        self._items: deque[T] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._close_reason = ""
+        self.put_count = 0
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called."""
+        return self._closed
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        """Add `item` (producer side).
+
+        Parameters
+        ----------
+        timeout
+            "scan" policy only: seconds to wait for room; None waits as long as needed.
+
+        Raises
+        ------
+        QueueClosed
+            The queue is (or became, while waiting) closed.
+        TimeoutError
+            "scan" policy: still full after `timeout` seconds.
+        """
+        with self._cond:
+            if self._closed:
+                raise QueueClosed(self._close_reason or "queue is closed")
+            if self.policy == "live":
+                while len(self._items) >= self.maxsize:
+                    self._items.popleft()
+                    self.dropped += 1
+            else:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while len(self._items) >= self.maxsize and not self._closed:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"queue still full after {timeout} s")
+                    self._cond.wait(remaining)
+                if self._closed:
+                    raise QueueClosed(self._close_reason or "queue is closed")
+            self._items.append(item)
+            self.put_count += 1
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> T:
+        """Take the oldest item (consumer side).
+
+        Raises
+        ------
+        QueueClosed
+            The queue is closed and empty: nothing will ever come.
+        TimeoutError
+            Nothing arrived within `timeout` seconds.
+        """
+        with self._cond:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._items:
+                if self._closed:
+                    raise QueueClosed(self._close_reason or "queue is closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no item within {timeout} s")
+                self._cond.wait(remaining)
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+    def close(self, reason: str = "") -> None:
+        """No more puts; wake every waiting producer and consumer. Items left stay gettable."""
+        with self._cond:
+            if not self._closed:
+                self._closed = True
+                self._close_reason = reason
+            self._cond.notify_all()
+
+    def discard_pending(self) -> int:
+        """Remove and count the items not yet taken (used when stopping without draining)."""
+        with self._cond:
+            n = len(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+            return n
+
+
+class ProcessingWorker(Generic[T]):
+    """One thread that takes items from a `FrameQueue` and calls `handler` on each.
+
+    Parameters
+    ----------
+    queue
+        Where the frames come from.
+    handler
+        Called with each item in the worker thread. If it raises, the worker stops, closes
+        the queue (producers get `QueueClosed`) and keeps the exception in `error`.
+    name
+        Thread name (shows in debuggers and thread dumps).
+    """
+
+    def __init__(
+        self,
+        queue: FrameQueue[T],
+        handler: Callable[[T], None],
+        *,
+        name: str = "napari-foram-processing",
+    ) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.processed = 0
+        self.discarded = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+
+    @property
+    def dropped(self) -> int:
+        """Frames the queue dropped ("live" policy) plus those discarded at stop."""
+        return self.queue.dropped + self.discarded
+
+    @property
+    def is_alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+    def start(self) -> ProcessingWorker[T]:
+        """Start the thread (once)."""
+        if self._started:
+            raise ValueError("worker already started")
+        self._started = True
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self.queue.get()
+            except QueueClosed:
+                return
+            try:
+                self.handler(item)
+            except Exception as exc:
+                self.error = exc
+                self.queue.close(f"processing failed: {type(exc).__name__}: {_first_line(exc)}")
+                return
+            self.processed += 1
+
+    def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Close the queue, finish (or discard) what is pending, join the thread.
+
+        Parameters
+        ----------
+        drain
+            True: process every frame already queued (a scan's frames all count). False:
+            discard them (live preview), counting them in `dropped`.
+        timeout
+            Seconds to wait for the thread; None waits until it ends.
+
+        Raises
+        ------
+        ProcessingError
+            The handler raised at some point (the original is chained).
+        TimeoutError
+            The thread did not finish within `timeout`.
+        """
+        if not drain:
+            self.discarded += self.queue.discard_pending()
+        self.queue.close("worker stopped")
+        if self._started:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"processing worker still busy after {timeout} s")
+        self.raise_if_failed()
+
+    def raise_if_failed(self) -> None:
+        """Re-raise the handler's exception as `ProcessingError`, if there was one."""
+        if self.error is not None:
+            raise ProcessingError(
+                f"processing failed after {self.processed} frames: "
+                f"{type(self.error).__name__}: {_first_line(self.error)}"
+            ) from self.error
+
+    def stats(self) -> dict[str, int]:
+        """Counts for a status line: processed, dropped, pending."""
+        return {"processed": self.processed, "dropped": self.dropped, "pending": len(self.queue)}
+
+    def __enter__(self) -> ProcessingWorker[T]:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop(drain=exc_info[0] is None)

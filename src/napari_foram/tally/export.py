@@ -1,0 +1,427 @@
+"""Count sheets (CSV) and core-log plots from a tally store.
+
+Three CSV layouts (science.md, "What a count sheet / core log holds"):
+
+- ``wide``: one row per sample, one column group per class (StrataBugs / PANGAEA style);
+- ``long``: one row per sample x class;
+- ``specimens``: one row per specimen (no crops).
+
+Text cells are guarded against spreadsheet formula injection: a text cell starting with
+``= + - @``, a tab or a carriage return gets a leading ``'``. Numbers are written as
+numbers (shortest round-trip form); missing values are empty cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from napari_foram.tally import stats
+
+if TYPE_CHECKING:
+    from napari_foram.tally.store import TallyStore
+
+#: Record fields, in count-sheet order, written at the start of every sample row.
+RECORD_COLUMNS = (
+    "sample_id",
+    "site_hole",
+    "core",
+    "section",
+    "interval_top_cm",
+    "interval_bottom_cm",
+    "depth",
+    "depth_unit",
+    "depth_scale",
+    "sample_type",
+    "size_fraction_um",
+    "split_factor",
+    "dry_weight_g",
+    "operator",
+    "notes",
+)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_text(text: str) -> str:
+    """Prefix ``'`` to text a spreadsheet would read as a formula (= + - @ tab CR first)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _cell(value: Any) -> str:
+    """One CSV cell: text made formula-safe, numbers in shortest form, missing as ''."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, (bool, np.bool_)):
+        return "1" if value else "0"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(float(value)):
+            return ""
+        # The shortest text that reads back as the same number in its own precision
+        # (a float32 probability 0.1 stays "0.1", not "0.10000000149").
+        return np.format_float_positional(value, unique=True, trim="-")
+    raise ValueError(f"cannot write a {type(value).__name__} to CSV")
+
+
+def class_slug(name: str) -> str:
+    """Column-name form of a class name: "Calcareous benthic" -> "calcareous_benthic"."""
+    slug = re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+    return slug or "class"
+
+
+def _slugs(classes: Sequence[str]) -> list[str]:
+    slugs = [class_slug(c) for c in classes]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"class names {list(classes)} give clashing column names {slugs}")
+    return slugs
+
+
+def _model_id(store: TallyStore, sample_id: str) -> tuple[str, Any]:
+    """(model sha256s, MC N) recorded for a sample; several models joined by ';'."""
+    history = store.provenance_history(sample_id)
+    shas: list[str] = []
+    for entry in history:
+        sha = entry.get("model_sha256") or entry.get("model_id")
+        if sha and str(sha) not in shas:
+            shas.append(str(sha))
+    mc = history[-1].get("mc_samples") if history else None
+    return ";".join(shas), mc
+
+
+def _write_csv(out_path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".part")
+    # Written whole, then renamed: a crash never leaves a half count sheet under the name.
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([safe_text(h) for h in header])
+        for row in rows:
+            writer.writerow([_cell(v) for v in row])
+    tmp.replace(out_path)
+
+
+def export_csv(
+    store: TallyStore,
+    out_path: str | os.PathLike[str],
+    *,
+    fmt: Literal["wide", "long", "specimens"] = "wide",
+    samples: Sequence[str] | None = None,
+    uncertain_entropy: float = stats.DEFAULT_UNCERTAIN_ENTROPY,
+    target: int = stats.DEFAULT_TARGET,
+    z: float = 1.96,
+) -> Path:
+    """Write the store's tallies as a UTF-8 CSV count sheet.
+
+    Parameters
+    ----------
+    store
+        An open `TallyStore` (read or append mode).
+    out_path
+        The CSV file to write (replaced if it exists).
+    fmt
+        "wide" (one row per sample), "long" (one row per sample x class) or "specimens"
+        (one row per specimen, no crops).
+    samples
+        Sample ids to export (default: all, in the order they were added).
+    uncertain_entropy
+        Entropy (nats) above which an unreviewed specimen counts as flagged uncertain.
+    target
+        Target count per sample for the progress column.
+    z
+        Normal quantile of the Wilson intervals (1.96: 95 %).
+
+    Returns
+    -------
+    Path of the written file.
+
+    Notes
+    -----
+    Wide columns: the record fields; ``count_<class>`` for every class; ``total_objects``
+    and ``total_forams`` (without non-foram classes such as sediment); ``pct_<class>``,
+    ``pct_<class>_low``, ``pct_<class>_high`` (% of the foram assemblage with its Wilson
+    interval) for every foram class; ``expected_<class>`` and ``expected_<class>_sd`` (from
+    the MC-dropout probabilities); ``specimens_per_gram``; ``pb_ratio``;
+    ``planktic_pct_of_pb`` (planktic / (planktic + benthic));
+    ``n_uncertain``; ``uncertain_entropy``; ``n_reviewed``; ``n_duplicates``;
+    ``n_rejected``; ``n_rows``; ``target``; ``progress``; ``model_sha256``; ``mc_samples``;
+    ``software_version``; ``export_date``.
+    """
+    if fmt not in ("wide", "long", "specimens"):
+        raise ValueError(f"fmt must be 'wide', 'long' or 'specimens', got {fmt!r}")
+    out = Path(out_path)
+    classes = store.class_names
+    slugs = _slugs(classes)
+    ids = store.samples() if samples is None else list(samples)
+    known = set(store.samples())
+    missing = [s for s in ids if s not in known]
+    if missing:
+        raise ValueError(f"no sample(s) {', '.join(map(repr, missing))} in {store.path}")
+    export_date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    version = str(store.attrs.get("software", {}).get("napari-foram", ""))
+    forams = stats.foram_mask(classes)
+
+    if fmt == "specimens":
+        header = [
+            "sample_id", "row", "frame_index", "stage_x_um", "stage_y_um", "centroid_y",
+            "centroid_x", "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col",
+            "area_px", "predicted_class", "class", "counted",
+            *[f"prob_{s}" for s in slugs], *[f"var_{s}" for s in slugs],
+            "entropy", "mutual_information", "vote_fraction", "review_status",
+            "reviewed_class", "review_time", "duplicate_of",
+        ]  # fmt: skip
+        rows: list[list[Any]] = []
+        for sid in ids:
+            d = store.read_specimens(sid)
+            labels = stats.final_labels(d)
+            for i in range(len(d["row"])):
+                review_time = float(d["review_time"][i])
+                rows.append(
+                    [
+                        sid,
+                        d["row"][i],
+                        d["frame_index"][i],
+                        d["stage_x_um"][i],
+                        d["stage_y_um"][i],
+                        d["centroid_y"][i],
+                        d["centroid_x"][i],
+                        *d["bbox"][i].tolist(),
+                        d["area_px"][i],
+                        classes[int(d["class_index"][i])],
+                        classes[labels[i]] if labels[i] >= 0 else "",
+                        bool(labels[i] >= 0),
+                        *d["mean_probs"][i],
+                        *d["variance"][i],
+                        d["entropy"][i],
+                        d["mutual_information"][i],
+                        d["vote_fraction"][i],
+                        _status_name(int(d["review_status"][i])),
+                        classes[int(d["reviewed_class"][i])]
+                        if d["reviewed_class"][i] >= 0
+                        else "",
+                        datetime.fromtimestamp(review_time, timezone.utc).isoformat(
+                            timespec="seconds"
+                        )
+                        if math.isfinite(review_time)
+                        else "",
+                        d["duplicate_of"][i],
+                    ]
+                )
+        _write_csv(out, header, rows)
+        return out
+
+    summaries = []
+    for sid in ids:
+        record = store.sample_record(sid)
+        summary = stats.sample_summary(
+            store.read_specimens(sid),
+            record,
+            classes,
+            target=target,
+            z=z,
+            uncertain_entropy=uncertain_entropy,
+        )
+        summaries.append((sid, record.to_dict(), summary, _model_id(store, sid)))
+
+    if fmt == "long":
+        header = [
+            *RECORD_COLUMNS[:9], "class", "count", "is_foram", "pct", "pct_low", "pct_high",
+            "expected", "expected_sd", "total_forams", "model_sha256", "export_date",
+        ]  # fmt: skip
+        rows = []
+        for _, rec, s, (sha, _mc) in summaries:
+            for j, name in enumerate(classes):
+                rows.append(
+                    [
+                        *(rec[c] for c in RECORD_COLUMNS[:9]),
+                        name,
+                        s["counts"][j],
+                        bool(forams[j]),
+                        s["pct"][j],
+                        s["pct_low"][j],
+                        s["pct_high"][j],
+                        s["expected"][j],
+                        s["expected_sd"][j],
+                        s["total_forams"],
+                        sha,
+                        export_date,
+                    ]
+                )
+        _write_csv(out, header, rows)
+        return out
+
+    foram_slugs = [s for s, f in zip(slugs, forams, strict=True) if f]
+    header = [
+        *RECORD_COLUMNS,
+        *[f"count_{s}" for s in slugs],
+        "total_objects",
+        "total_forams",
+        *[c for s in foram_slugs for c in (f"pct_{s}", f"pct_{s}_low", f"pct_{s}_high")],
+        *[c for s in slugs for c in (f"expected_{s}", f"expected_{s}_sd")],
+        "specimens_per_gram", "pb_ratio", "planktic_pct_of_pb", "n_uncertain", "uncertain_entropy",
+        "n_reviewed", "n_duplicates", "n_rejected", "n_rows", "target", "progress",
+        "model_sha256", "mc_samples", "software_version", "export_date",
+    ]  # fmt: skip
+    rows = []
+    foram_idx = np.flatnonzero(forams)
+    for _, rec, s, (sha, mc) in summaries:
+        rows.append(
+            [
+                *(rec[c] for c in RECORD_COLUMNS),
+                *s["counts"],
+                s["total_objects"],
+                s["total_forams"],
+                *[v for j in foram_idx for v in (s["pct"][j], s["pct_low"][j], s["pct_high"][j])],
+                *[v for j in range(len(classes)) for v in (s["expected"][j], s["expected_sd"][j])],
+                s["per_gram"],
+                s["pb_ratio"],
+                s["pct_planktic"],
+                s["n_uncertain"],
+                float(uncertain_entropy),
+                s["n_reviewed"],
+                s["n_duplicates"],
+                s["n_rejected"],
+                s["n_rows"],
+                s["target"],
+                s["progress"],
+                sha,
+                mc if isinstance(mc, (int, float)) else (str(mc) if mc is not None else None),
+                version,
+                export_date,
+            ]
+        )
+    _write_csv(out, header, rows)
+    return out
+
+
+def _status_name(code: int) -> str:
+    from napari_foram.tally.store import REVIEW_STATUS_NAMES
+
+    return REVIEW_STATUS_NAMES.get(code, str(code))
+
+
+def plot_tally(
+    store: TallyStore,
+    out_path: str | os.PathLike[str],
+    *,
+    samples: Sequence[str] | None = None,
+    z: float = 1.96,
+    dpi: int = 120,
+) -> Path:
+    """Plot a core log of the store: % of each foram class against depth, and a stacked
+    bar per sample.
+
+    Left panel: % of the foraminiferal assemblage per class against depth (depth axis
+    downward, as on a core log), with Wilson intervals as error bars. Samples without a
+    depth are placed by their order and the axis says so. Right panel: the assemblage of
+    each sample as a stacked horizontal bar (%), samples in the same vertical order.
+
+    Parameters
+    ----------
+    out_path
+        ``.png`` or ``.svg`` file.
+
+    Returns
+    -------
+    Path of the written file.
+    """
+    out = Path(out_path)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".svg"):
+        raise ValueError(f"plot file must end in .png or .svg, got {out.name!r}")
+    # The object-oriented API with an Agg canvas: no pyplot, no global backend switch,
+    # so it is safe inside napari's Qt process and headless alike.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    classes = store.class_names
+    forams = stats.foram_mask(classes)
+    foram_idx = np.flatnonzero(forams)
+    ids = store.samples() if samples is None else list(samples)
+    if not ids:
+        raise ValueError(f"no samples to plot in {store.path}")
+    records = [store.sample_record(s) for s in ids]
+    summaries = [stats.sample_summary(store.read_specimens(s), r, classes, z=z) for s, r in
+                 zip(ids, records, strict=True)]  # fmt: skip
+    depths = [r.depth for r in records]
+    by_depth = all(d is not None for d in depths)
+    if by_depth:
+        order = np.argsort(np.asarray(depths, dtype=np.float64), kind="stable")
+        y = np.asarray(depths, dtype=np.float64)
+        units = {r.depth_unit for r in records}
+        scales = {r.depth_scale for r in records if r.depth_scale}
+        ylabel = f"depth ({', '.join(sorted(units))})"
+        if scales:
+            ylabel += f" [{', '.join(sorted(scales))}]"
+    else:
+        order = np.arange(len(ids))
+        y = np.arange(len(ids), dtype=np.float64)
+        ylabel = "sample (order added; not all samples have a depth)"
+
+    fig = Figure(figsize=(11, max(4.0, 0.35 * len(ids) + 2.5)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_depth, ax_bar = fig.subplots(1, 2, sharey=not by_depth, width_ratios=(3, 2))
+    colours = [f"C{i % 10}" for i in range(len(classes))]
+    for j in foram_idx:
+        pct = np.array([s["pct"][j] for s in summaries])[order]
+        low = np.array([s["pct_low"][j] for s in summaries])[order]
+        high = np.array([s["pct_high"][j] for s in summaries])[order]
+        ax_depth.errorbar(
+            pct,
+            y[order],
+            xerr=np.vstack([pct - low, high - pct]),
+            marker="o",
+            ms=4,
+            capsize=2,
+            color=colours[j],
+            label=classes[j],
+        )
+    ax_depth.set_xlabel(f"% of foraminifera (Wilson {_conf_label(z)} interval)")
+    ax_depth.set_ylabel(ylabel)
+    ax_depth.set_xlim(0, 100)
+    ax_depth.grid(alpha=0.3)
+    ax_depth.legend(fontsize="small", loc="best")
+    if len(ids) == 1:
+        pad = 1.0 if not by_depth else max(1.0, abs(y[0]) * 0.05)
+        ax_depth.set_ylim(y[0] - pad, y[0] + pad)
+    ax_depth.invert_yaxis()  # depth grows downward, as on a core log
+
+    # Stacked bars: evenly spaced rows in depth order, labelled with id (and depth).
+    rows = np.arange(len(ids))
+    left = np.zeros(len(ids))
+    for j in foram_idx:
+        pct = np.nan_to_num(np.array([s["pct"][j] for s in summaries])[order])
+        ax_bar.barh(rows, pct, left=left, color=colours[j], label=classes[j], height=0.7)
+        left += pct
+    labels = []
+    for i in order:
+        n = summaries[i]["total_forams"]
+        depth = f" @ {depths[i]:g}" if depths[i] is not None else ""
+        labels.append(f"{ids[i]}{depth} (n={n})")
+    if by_depth:
+        ax_bar.set_yticks(rows, labels, fontsize="small")
+        ax_bar.set_ylim(len(ids) - 0.5, -0.5)  # first (shallowest) sample on top
+    else:
+        ax_bar.set_yticks(rows, labels, fontsize="small")
+    ax_bar.set_xlim(0, 100)
+    ax_bar.set_xlabel("% of foraminifera")
+    ax_bar.set_title("assemblage per sample", fontsize="medium")
+    fig.suptitle(f"napari-foram tally: {store.path.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, format=suffix[1:])
+    return out
+
+
+def _conf_label(z: float) -> str:
+    conf = math.erf(z / math.sqrt(2.0)) * 100.0
+    return f"{conf:.0f} %"
