@@ -26,7 +26,8 @@ from napari_foram._sample_data import (
 def main(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     image, labels, truth, pixel_um = render_sample_tray()
-    iio.imwrite(out_dir / "tray.png", image, compress_level=9)
+    # JPEG keeps the committed examples small; the labels stay lossless PNG.
+    iio.imwrite(out_dir / "tray.jpg", image, quality=90)
     if labels.max() > 255:
         raise SystemExit("more than 255 specimens: labels do not fit an 8-bit PNG")
     iio.imwrite(out_dir / "tray_labels.png", labels.astype(np.uint8), compress_level=9)
@@ -37,7 +38,7 @@ def main(out_dir: Path) -> None:
     n_classes = len(crops) // CROPS_PER_CLASS
     rows = [np.concatenate(list(crops[k * CROPS_PER_CLASS : (k + 1) * CROPS_PER_CLASS]), axis=1)
             for k in range(n_classes)]
-    iio.imwrite(out_dir / "crops_gallery.png", np.concatenate(rows, axis=0), compress_level=9)
+    iio.imwrite(out_dir / "crops_gallery.jpg", np.concatenate(rows, axis=0), quality=90)
     for f in sorted(out_dir.iterdir()):
         print(f"{f}  {f.stat().st_size / 1e3:.0f} kB")
 

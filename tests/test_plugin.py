@@ -56,3 +56,37 @@ def test_detection_preview_widget_shows_detections(make_napari_viewer):
     widget._min_area.value = 100_000
     assert "0 specimens" in widget.result.value
     assert "specimen centres" not in viewer.layers
+
+
+@pytest.mark.parametrize(("key", "n_layers"), [("tray", 3), ("crops", 1)])
+def test_sample_data_opens_in_viewer(make_napari_viewer, key, n_layers):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-foram", key)
+    assert len(viewer.layers) == n_layers
+    if key == "tray":
+        image, labels, points = viewer.layers
+        assert image.rgb and image.data.shape[2] == 3
+        assert labels.data.max() == len(points.data) > 0
+        assert set(points.features["class"]) <= {
+            "planktic", "calcareous_benthic", "agglutinated_benthic", "sediment"}
+    else:
+        crops = viewer.layers[0]
+        assert crops.data.shape[1:] == (224, 224, 3)
+        assert len(crops.metadata["class_names"]) == crops.data.shape[0]
+
+
+def test_committed_sample_files_match_the_renderer():
+    """sample_data/ must be what scripts/make_sample_data.py makes from today's renderer."""
+    import json
+
+    from napari_foram._sample_data import render_sample_tray, sample_data_dir
+    from napari_foram.frames import read_image
+
+    folder = sample_data_dir()
+    assert folder is not None
+    image, labels, truth, _ = render_sample_tray()
+    assert np.array_equal(read_image(folder / "tray_labels.png"), labels)
+    meta = json.loads((folder / "tray.json").read_text())
+    assert len(meta["specimens"]) == len(truth)
+    # JPEG is lossy: the picture agrees on average, not bit for bit.
+    assert np.abs(read_image(folder / "tray.jpg").astype(int) - image).mean() < 6

@@ -28,7 +28,7 @@ def sample_data_dir() -> Path | None:
     """The folder of committed examples, inside the package or in a source checkout."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "sample_data", here.parents[1] / "sample_data"):
-        if (candidate / "tray.png").is_file():
+        if (candidate / "tray.jpg").is_file():
             return candidate
     return None
 
@@ -59,7 +59,7 @@ def sample_tray() -> list[LayerData]:
 
     folder = sample_data_dir()
     if folder is not None:
-        image = read_image(folder / "tray.png")
+        image = read_image(folder / "tray.jpg")
         labels = read_image(folder / "tray_labels.png").astype(np.int32)
         meta = json.loads((folder / "tray.json").read_text(encoding="utf-8"))
         truth, pixel_um = meta["specimens"], float(meta["pixel_size_um"])
@@ -93,8 +93,8 @@ def sample_crops() -> list[LayerData]:
     from napari_foram.frames import read_image
 
     folder = sample_data_dir()
-    if folder is not None and (folder / "crops_gallery.png").is_file():
-        gallery = read_image(folder / "crops_gallery.png")
+    if folder is not None and (folder / "crops_gallery.jpg").is_file():
+        gallery = read_image(folder / "crops_gallery.jpg")
         crops, names = _split_gallery(gallery)
     else:
         crops, names = render_sample_crops()

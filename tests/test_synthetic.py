@@ -1,0 +1,267 @@
+"""The synthetic tray renderer: determinism, ground truth, placement rules, class looks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.measure import regionprops
+
+from napari_foram.synthetic import (
+    CLASSES,
+    DEFAULT_PIXEL_SIZE_UM,
+    render_crop,
+    render_specimen,
+    render_tray,
+    write_synth,
+)
+
+SMALL = (384, 512)
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@pytest.fixture(scope="module")
+def tray():
+    """One small tray with every feature on: pairs, clipped specimens, lint, a border."""
+    return render_tray(
+        11, shape=(640, 800), n_specimens=12, touching_pairs=2, lint=3, border="top", clipped=True
+    )
+
+
+def test_same_seed_same_pixels():
+    a = render_tray(3, shape=SMALL, n_specimens=5)
+    b = render_tray(3, shape=SMALL, n_specimens=5)
+    c = render_tray(4, shape=SMALL, n_specimens=5)
+    assert np.array_equal(a.image, b.image)
+    assert np.array_equal(a.labels, b.labels)
+    assert a.truth_table() == b.truth_table()
+    assert not np.array_equal(a.image, c.image)
+    assert np.array_equal(render_crop("sediment", 9), render_crop("sediment", 9))
+    assert not np.array_equal(render_crop("sediment", 9), render_crop("sediment", 10))
+
+
+def test_output_types(tray):
+    assert tray.image.shape == (640, 800, 3) and tray.image.dtype == np.uint8
+    assert tray.labels.shape == (640, 800) and tray.labels.dtype == np.int32
+    assert tray.pixel_size_um == DEFAULT_PIXEL_SIZE_UM
+    assert tray.classes == CLASSES
+    json.dumps(tray.truth_table())  # JSON-serialisable as promised
+    json.dumps(tray.meta)
+
+
+def test_truth_agrees_with_labels(tray):
+    assert len(tray.specimens) == 12 == tray.meta["placed"]
+    assert [s.id for s in tray.specimens] == list(range(1, 13))
+    props = {p.label: p for p in regionprops(tray.labels)}
+    assert sorted(props) == list(range(1, 13))
+    for s in tray.specimens:
+        p = props[s.id]
+        assert s.area_px == p.area
+        assert s.centroid_yx == pytest.approx(p.centroid, abs=1e-6)
+        assert s.bbox == tuple(int(v) for v in p.bbox)
+        assert CLASSES[s.class_index] == s.class_name
+        grey = (tray.image[tray.labels == s.id] @ LUMA).mean()
+        assert s.mean_grey == pytest.approx(grey, abs=0.01)
+
+
+def test_every_class_appears_and_weights_are_obeyed():
+    mixed = render_tray(5, shape=(768, 1024), n_specimens=24, border=False)
+    assert set(mixed.counts()) == set(CLASSES)
+    assert all(n > 0 for n in mixed.counts().values()), mixed.counts()
+    only = render_tray(5, shape=SMALL, n_specimens=4, class_weights=[0, 0, 1, 0])
+    assert {s.class_name for s in only.specimens} == {"agglutinated_benthic"}
+    subset = render_tray(5, shape=SMALL, n_specimens=4, classes=("sediment", "planktic"))
+    assert subset.classes == ("sediment", "planktic")
+    for s in subset.specimens:
+        assert subset.classes[s.class_index] == s.class_name
+
+
+def _touches_another(labels: np.ndarray, k: int) -> bool:
+    mine = labels == k
+    ring = ndi.binary_dilation(mine, structure=np.ones((3, 3), bool)) & ~mine
+    return bool(np.any(labels[ring] > 0))
+
+
+def test_touching_pairs_touch_and_the_rest_keep_apart(tray):
+    touching = [s for s in tray.specimens if s.touching]
+    assert len(touching) >= 4  # two pairs asked for
+    for s in tray.specimens:
+        assert s.touching == _touches_another(tray.labels, s.id)
+    # Specimens that are not in a pair keep a clear gap (the detector's median filter
+    # would merge them otherwise).
+    alone = [s.id for s in tray.specimens if not s.touching]
+    grown = ndi.binary_dilation(np.isin(tray.labels, alone), iterations=10)
+    others = set(np.unique(tray.labels[grown])) - {0}
+    assert others <= set(alone) | {s.id for s in touching}
+    for k in alone:
+        ring = ndi.binary_dilation(tray.labels == k, iterations=10)
+        assert set(np.unique(tray.labels[ring])) <= {0, k}
+
+
+def test_clipped_specimens_touch_the_frame_edge(tray):
+    h, w = tray.labels.shape
+    clipped = [s for s in tray.specimens if s.clipped]
+    assert clipped, "a tray with free edges gets at least one clipped specimen"
+    for s in tray.specimens:
+        r0, c0, r1, c1 = s.bbox
+        on_edge = r0 == 0 or c0 == 0 or r1 == h or c1 == w
+        assert s.clipped == on_edge
+    # The top edge has the metallic wall: nothing is clipped there.
+    assert not any(s.bbox[0] == 0 for s in clipped)
+    walled = render_tray(2, shape=SMALL, n_specimens=4, border="all", clipped=True)
+    assert not any(s.clipped for s in walled.specimens)
+    assert walled.meta["border_edges"] == ["top", "bottom", "left", "right"]
+
+
+def test_specimens_stay_off_the_metallic_border():
+    r = render_tray(6, shape=SMALL, n_specimens=6, border="all")
+    grey = r.image @ LUMA
+    # The wall is bright; the floor is dark: a median over each frame edge row/column
+    # tells which is which, and no specimen reaches into the outer band.
+    assert np.median(grey[:3]) > 60 and np.median(grey[-3:]) > 60
+    ys, xs = np.nonzero(r.labels)
+    assert ys.min() > 10 and xs.min() > 10
+    assert ys.max() < SMALL[0] - 10 and xs.max() < SMALL[1] - 10
+
+
+def test_specimens_are_big_and_brighter_than_the_floor():
+    r = render_tray(
+        8, shape=(768, 1024), n_specimens=16, border=False, touching_pairs=0, clipped=False
+    )
+    grey = r.image @ LUMA
+    floor = np.median(grey[r.labels == 0])
+    assert floor < 40  # a dark tray
+    assert grey[r.labels > 0].mean() > floor + 60
+    for s in r.specimens:
+        assert s.mean_grey > floor + 25, s
+        assert s.area_px >= 2000, s  # the study's detector drops < 1024 px
+        assert 150 <= s.diameter_um <= 500
+
+
+def test_lint_and_dust_are_not_labelled():
+    r = render_tray(1, shape=SMALL, n_specimens=0, lint=8, border=False)
+    assert r.specimens == [] and not r.labels.any()
+    plain = render_tray(1, shape=SMALL, n_specimens=0, lint=0, border=False)
+    # Fibres brighten some background pixels and stay thin: an opening with a 7 px
+    # square (what a smoothing detector does) leaves next to nothing.
+    diff = (r.image.astype(int) - plain.image.astype(int)).max(axis=2) > 25
+    assert 100 < diff.sum() < 0.05 * diff.size
+    assert ndi.binary_opening(diff, structure=np.ones((7, 7), bool)).sum() < 0.02 * diff.sum()
+
+
+def test_overfull_tray_places_what_fits():
+    r = render_tray(0, shape=(128, 128), n_specimens=8, border=False)
+    assert 0 < len(r.specimens) < 8
+    assert r.meta["placed"] + r.meta["unplaced"] == 8
+    assert sorted(np.unique(r.labels))[1:] == [s.id for s in r.specimens]
+
+
+def test_render_crop_is_one_centred_specimen():
+    for name in CLASSES:
+        crop = render_crop(name, 1)
+        assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+        grey = crop @ LUMA
+        centre, corners = grey[92:132, 92:132].mean(), np.median(grey[:20, :20])
+        assert centre > corners + 30, name
+    assert render_crop("planktic", 2, size=128).shape == (128, 128, 3)
+
+
+def test_render_specimen_patch():
+    rng = np.random.default_rng(0)
+    rgba, mask = render_specimen("calcareous_benthic", rng, diameter_px=100)
+    assert rgba.ndim == 3 and rgba.shape[2] == 4 and rgba.dtype == np.float32
+    assert mask.shape == rgba.shape[:2] and mask.dtype == bool
+    assert rgba[..., 3][mask].min() > 0.3  # opaque-ish where the mask is
+    assert rgba[..., 3][~ndi.binary_dilation(mask, iterations=4)].max() < 0.05
+    rows, cols = np.nonzero(mask)
+    longest = max(np.ptp(rows), np.ptp(cols))
+    assert 75 <= longest <= 102
+
+
+def _mean_colours(name: str, n: int = 10) -> np.ndarray:
+    """Straight (un-premultiplied) mean RGB of n specimens, shape (n, 3)."""
+    out = []
+    for seed in range(n):
+        rgba, mask = render_specimen(name, np.random.default_rng(seed), diameter_px=90)
+        rgb = rgba[..., :3][mask] / np.maximum(rgba[..., 3][mask], 1e-3)[:, None]
+        out.append(rgb.mean(axis=0))
+    return np.array(out)
+
+
+def test_classes_look_different():
+    planktic = _mean_colours("planktic")
+    agglutinated = _mean_colours("agglutinated_benthic")
+    sediment = _mean_colours("sediment")
+
+    def yellowness(c: np.ndarray) -> np.ndarray:  # (R + G) / 2 - B: sand vs. white calcite
+        return (c[:, 0] + c[:, 1]) / 2 - c[:, 2]
+
+    def saturation(c: np.ndarray) -> np.ndarray:
+        return (c.max(axis=1) - c.min(axis=1)) / np.maximum(c.max(axis=1), 1e-6)
+
+    assert yellowness(agglutinated).mean() > yellowness(planktic).mean() + 0.08
+    assert saturation(agglutinated).mean() > saturation(planktic).mean() + 0.15
+    # Sediment grains come in many colours; planktic tests are all white to cream.
+    spread = lambda c: np.linalg.norm(c - c.mean(axis=0), axis=1).mean()  # noqa: E731
+    assert spread(sediment) > 2 * spread(planktic)
+
+    # Agglutinated tests are rough: more fine-scale variation than planktic ones.
+    def roughness(name: str) -> float:
+        vals = []
+        for seed in range(4):
+            rgba, mask = render_specimen(name, np.random.default_rng(seed), diameter_px=90)
+            g = rgba[..., :3].mean(axis=2)
+            lap = np.abs(ndi.laplace(g))[ndi.binary_erosion(mask, iterations=4)]
+            vals.append(lap.mean() / max(g[mask].mean(), 1e-6))
+        return float(np.mean(vals))
+
+    assert roughness("agglutinated_benthic") > roughness("calcareous_benthic")
+
+
+def test_write_synth_layout(tmp_path):
+    out = write_synth(
+        tmp_path / "synth", trays=1, crops_per_class=2, seed=4, shape=(256, 320), n_specimens=3
+    )
+    trays = tmp_path / "synth" / "trays"
+    assert (trays / "tray_000.png").is_file()
+    meta = json.loads((trays / "tray_000.json").read_text())
+    assert meta["labels"] == "tray_000_labels.png"
+    import imageio.v3 as iio
+
+    labels = iio.imread(trays / "tray_000_labels.png")
+    assert labels.shape == (256, 320)
+    assert sorted(np.unique(labels))[1:] == [row["id"] for row in meta["specimens"]]
+    with (trays / "truth.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(meta["specimens"]) == sum(out["tray_counts"].values())
+    for name in CLASSES:
+        files = sorted((tmp_path / "synth" / "crops" / name).glob("*.png"))
+        assert [f.name for f in files] == [f"{name}_00000.png", f"{name}_00001.png"]
+        assert iio.imread(files[0]).shape == (224, 224, 3)
+    assert out["crop_counts"] == dict.fromkeys(CLASSES, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classes": ("planktic", "ostracod")}, "unknown class"),
+        ({"n_specimens": -1}, "n_specimens"),
+        ({"shape": (64, 512)}, "too small"),
+        ({"border": "diagonal"}, "border edge"),
+        ({"class_weights": [1, 2]}, "class_weights"),
+        ({"overexposed_fraction": 1.5}, "overexposed_fraction"),
+    ],
+)
+def test_bad_arguments_say_why(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        render_tray(0, **{"shape": SMALL, **kwargs})
+
+
+def test_bad_class_names_elsewhere():
+    with pytest.raises(ValueError, match="unknown class"):
+        render_crop("ostracod", 0)
+    with pytest.raises(ValueError, match="unknown class"):
+        render_specimen("ostracod", np.random.default_rng(0))
