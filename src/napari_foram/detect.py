@@ -2,7 +2,7 @@
 
 Pass 1 finds the tray's bright metallic border (heavy smoothing, a fixed grey level, the
 large bright components that touch the frame edge) and masks it out. Pass 2 smooths,
-thresholds (Otsu over the tray floor unless a level is given), labels connected components
+thresholds (automatically from the tray floor's grey levels unless a level is given), labels connected components
 and keeps those of at least `min_area_px` (1024 px in the study).
 
 Speed: both passes run on a strided, downscaled copy of the frame (`work_scale`, 4 for a
@@ -42,7 +42,13 @@ class DetectionParams:
     smooth_sigma_px
         Gaussian smoothing before the threshold (pass 2), in full-resolution pixels.
     threshold
-        Grey level 0-255 for pass 2, or None for Otsu over the tray floor.
+        Grey level 0-255 for pass 2, or None for automatic (`threshold_method`).
+    threshold_method
+        "background" (floor median + k robust SDs) or "otsu"; see `auto_threshold`.
+    background_k, background_min_margin
+        Settings of the "background" method.
+    min_width_px
+        Objects thinner than this (lint, fibres) are removed by an opening; 0 disables.
     min_area_px, min_area_um2
         Smallest object kept. `min_area_um2` wins when the pixel size is known.
     max_area_px
@@ -64,6 +70,10 @@ class DetectionParams:
     invert: bool = False
     smooth_sigma_px: float = 4.0
     threshold: float | None = None
+    threshold_method: str = "background"
+    background_k: float = 6.0
+    background_min_margin: float = 10.0
+    min_width_px: float = 12.0
     min_area_px: int = STUDY_MIN_AREA_PX
     min_area_um2: float | None = None
     max_area_px: int | None = None
@@ -81,6 +91,10 @@ class DetectionParams:
             raise ValueError(f"threshold must be within 0-255, got {self.threshold}")
         if self.work_scale < 0:
             raise ValueError(f"work_scale must be >= 0 (0 = automatic), got {self.work_scale}")
+        if self.threshold_method not in ("background", "otsu"):
+            raise ValueError(
+                f"threshold_method must be 'background' or 'otsu', got {self.threshold_method!r}"
+            )
         if self.crop_size < 8:
             raise ValueError(f"crop_size must be >= 8, got {self.crop_size}")
         if self.smooth_sigma_px < 0:
@@ -194,6 +208,31 @@ def _grey_small(image: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
     return rgb @ _LUMA, rgb
 
 
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (yy * yy + xx * xx) <= radius * radius
+
+
+def auto_threshold(floor: np.ndarray, params: DetectionParams) -> float:
+    """Automatic grey level for pass 2 over the (smoothed) tray-floor pixels.
+
+    "background" (default): the floor's median plus `background_k` robust standard
+    deviations (MAD), at least `background_min_margin` grey levels. A tray is mostly empty
+    floor, so the median and MAD describe the floor even with specimens in the sample,
+    and dark grains a few tens of grey levels above the floor are still found.
+    "otsu": Otsu's two-class split, which on sparse trays lands between the floor and
+    the bright specimens and loses dark grains; kept for images with large objects.
+    """
+    sample = floor[:: max(1, floor.size // 50_000)]
+    if params.threshold_method == "otsu":
+        return _otsu(sample if not params.invert else 255 - sample) if not params.invert \
+            else 255 - _otsu(255 - sample)
+    base = float(np.median(sample))
+    noise = 1.4826 * float(np.median(np.abs(sample - base)))
+    margin = max(params.background_min_margin, params.background_k * noise)
+    return base + margin if not params.invert else base - margin
+
+
 def _otsu(values: np.ndarray) -> float:
     """Otsu's threshold on 0-255 data via a 256-bin histogram (fast, no skimage call)."""
     hist = np.bincount(np.clip(values, 0, 255).astype(np.uint8).ravel(), minlength=256)
@@ -241,11 +280,58 @@ def find_border_mask(grey_small: np.ndarray, params: DetectionParams, scale: int
     if not keep.any():
         return np.zeros((h, w), dtype=bool)
     coarse_mask = keep[lab]
-    # Grow by one coarse cell so the bright rim's halo is masked too, then back to work scale.
-    coarse_mask = ndi.binary_dilation(coarse_mask, iterations=1)
+    # The heavy blur spreads the wall's glow far into the tray. Refine at the working
+    # scale: inside a zone around the coarse wall, the wall is what is really bright and
+    # connected to the frame edge; a specimen near the wall is its own component and stays.
+    coarse_zone = ndi.binary_dilation(coarse_mask, iterations=2)
     rows = np.minimum(np.arange(h) // coarse_step, coarse_mask.shape[0] - 1)
     cols = np.minimum(np.arange(w) // coarse_step, coarse_mask.shape[1] - 1)
-    return coarse_mask[np.ix_(rows, cols)]
+    zone = coarse_zone[np.ix_(rows, cols)]
+    fine = ndi.gaussian_filter(grey_small, 1.0, mode="nearest")
+    fine_bright = (fine > level) if not params.invert else (fine < 255 - level)
+    fine_lab, n_fine = ndi.label(fine_bright & zone)
+    if n_fine == 0:
+        return np.zeros((h, w), dtype=bool)
+    fine_edge = np.zeros(n_fine + 1, dtype=bool)
+    for side in (fine_lab[0, :], fine_lab[-1, :], fine_lab[:, 0], fine_lab[:, -1]):
+        fine_edge[np.unique(side)] = True
+    fine_edge[0] = False
+    wall = fine_edge[fine_lab]
+    # Dark pixels between the wall and the frame edge (outside the tray) go with it.
+    outside = zone & ~wall
+    out_lab, n_out = ndi.label(outside)
+    if n_out:
+        interior = ~zone
+        touches_interior = np.unique(out_lab[ndi.binary_dilation(interior) & outside])
+        beyond = np.ones(n_out + 1, dtype=bool)
+        beyond[touches_interior] = False
+        beyond[0] = False
+        wall |= beyond[out_lab]
+    # One pixel of margin: the wall's anti-aliased rim must not become a thin "object".
+    return ndi.binary_dilation(wall, iterations=1)
+
+
+def _refine_outlines(
+    labels: np.ndarray, smooth: np.ndarray, floor_level: float, level: float, invert: bool
+) -> np.ndarray:
+    """Trim each object to where it is brighter than half-way from floor to its own top.
+
+    The automatic level sits just above the floor so that dark grains are found; for a
+    bright specimen that level lies on the blurred skirt of its outline and would inflate
+    its area. Half-height between the floor and the object's 90th-percentile grey gives
+    the same outline for dim and bright specimens.
+    """
+    out = labels.copy()
+    sign = -1.0 if invert else 1.0
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        own = labels[sl] == k
+        values = sign * smooth[sl]
+        top = float(np.percentile(values[own], 90))
+        local = max(sign * level, sign * floor_level + 0.5 * (top - sign * floor_level))
+        out[sl][own & (values <= local)] = 0
+    return out
 
 
 def _split_touching(binary: np.ndarray, labels: np.ndarray, min_diameter: float) -> np.ndarray:
@@ -315,31 +401,30 @@ def detect(
 
     grey, rgb_small = _grey_small(img, scale)
     border = find_border_mask(grey, params, scale)
-    floor = grey[~border] if border.any() else grey
-    if floor.size == 0:  # the whole frame is border: nothing to find
-        floor = grey
     sigma = params.smooth_sigma_px / scale
     smooth = ndi.gaussian_filter(grey, sigma, mode="nearest") if sigma > 0.3 else grey
-    level = params.threshold if params.threshold is not None else _otsu(smooth[~border])
-    if params.threshold is None:
-        # Otsu on a nearly empty tray splits noise: never go below a clear margin over the
-        # tray floor's typical level.
-        # The median and MAD ignore the objects (up to half the frame) and see the floor.
-        sample = floor[:: max(1, floor.size // 50_000)]
-        base = float(np.median(sample))
-        noise = 1.4826 * float(np.median(np.abs(sample - base)))
-        margin = max(20.0, 5.0 * noise)
-        level = max(level, base + margin) if not params.invert else min(level, base - margin)
+    floor = smooth[~border] if not border.all() else smooth.ravel()
+    floor_level = float(np.median(floor[:: max(1, floor.size // 50_000)]))
+    level = params.threshold if params.threshold is not None else auto_threshold(floor, params)
     binary = smooth > level if not params.invert else smooth < level
     binary &= ~border
+    if params.min_width_px > 0:
+        # Lint and fibres are long but thin: an opening removes them, specimens survive.
+        radius = max(1, round(params.min_width_px / (2 * scale)))
+        binary = ndi.binary_opening(binary, structure=_disk(radius))
 
     labels, n = ndi.label(binary)
     min_area_small = min_area / (scale * scale)
     if n and params.split_touching:
         labels = _split_touching(binary, labels, math.sqrt(4 * min_area_small / math.pi))
         n = int(labels.max())
+    # Centroids, boxes and masks come from the full component (its blurred skirt is
+    # symmetric, so the centre is right); areas from the half-height outline.
+    outline = labels
+    if n and params.threshold is None:
+        outline = _refine_outlines(labels, smooth, floor_level, level, params.invert)
     if n:
-        sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+        sizes = np.bincount(outline.ravel(), minlength=n + 1).astype(np.float64)
         keep = sizes >= min_area_small
         if params.max_area_px is not None:
             keep &= sizes <= params.max_area_px / (scale * scale)
@@ -347,6 +432,7 @@ def detect(
         relabel = np.zeros(n + 1, dtype=np.int32)
         relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
         labels = relabel[labels]
+        outline = relabel[outline]
         n = int(keep.sum())
     labels = labels.astype(np.int32, copy=False)
 
@@ -381,7 +467,7 @@ def detect(
         ],
         dtype=np.int64,
     )
-    area = counts * scale * scale
+    area = np.bincount(outline.ravel(), minlength=n + 1)[1:].astype(np.float64) * scale * scale
     # Clipped: touches the frame edge, or the masked border (part of it may lie beneath).
     hs, ws = labels.shape
     clipped = np.array(
