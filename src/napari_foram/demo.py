@@ -45,6 +45,7 @@ class DemoScan:
     camera_shape: tuple[int, int] = (972, 1296)
     overlap_fraction: float = 0.25
     specimens: int = 45
+    touching_pairs: int = 2
 
     def world_shape(self) -> tuple[int, int]:
         """Tray size in pixels that the grid covers exactly."""
@@ -65,7 +66,8 @@ def make_demo_world(seed: int, scan: DemoScan | None = None) -> TrayRender:
 
     scan = scan or DemoScan()
     return render_tray(
-        seed, shape=scan.world_shape(), n_specimens=scan.specimens, clipped=False
+        seed, shape=scan.world_shape(), n_specimens=scan.specimens, clipped=False,
+        touching_pairs=scan.touching_pairs,
     )
 
 

@@ -170,7 +170,7 @@ class CountingPipeline:
             centroid_y=det.centroid[rows, 0],
             centroid_x=det.centroid[rows, 1],
             bbox=det.bbox[rows],
-            area_px=det.area_px[rows],
+            area_px=np.round(det.area_px[rows]).astype(np.int64),
             class_index=pred.class_index,
             mean_probs=pred.mean_probs,
             variance=pred.variance,

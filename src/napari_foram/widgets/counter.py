@@ -55,9 +55,17 @@ class CounterWidget(QWidget):
         seed: int = 7,
         mc_samples: int = 30,
         runs_dir: str | Path | None = None,
+        model: str | Path = "demo",
+        camera_shape: tuple[int, int] = (972, 1296),
+        specimens: int = 45,
+        touching_pairs: int = 2,
     ) -> None:
         super().__init__()
         self.viewer = napari_viewer
+        self.model = model
+        self.camera_shape = camera_shape
+        self.specimens = specimens
+        self.touching_pairs = touching_pairs
         self.runs_dir = Path(runs_dir) if runs_dir else Path.home() / "napari-foram-runs"
         self.results: list[FrameResult] = []
         self.run: DemoRun | None = None
@@ -144,9 +152,11 @@ class CounterWidget(QWidget):
         bridge = self._bridge
         try:
             bridge.status.emit("preparing the classifier and the simulated tray...")
-            scan = DemoScan(rows=rows, cols=cols, overlap_fraction=overlap)
+            scan = DemoScan(rows=rows, cols=cols, overlap_fraction=overlap,
+                            camera_shape=self.camera_shape, specimens=self.specimens,
+                            touching_pairs=self.touching_pairs)
             run = prepare_demo_run(
-                store_path, seed=seed, mc_samples=mc, scan=scan,
+                store_path, seed=seed, mc_samples=mc, scan=scan, model=self.model,
                 progress=lambda d, t, m="": bridge.status.emit(f"demo model: {m} ({d}/{t})"),
             )
             self.run = run

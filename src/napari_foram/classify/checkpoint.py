@@ -1,0 +1,448 @@
+"""Classifier checkpoints: one safetensors file with the model's tensors and a JSON record.
+
+Layout of a checkpoint file
+---------------------------
+- tensors, fp32: ``conv.*`` (VGG16 conv blocks, 14,714,688 values = 58.9 MB) and ``head.*``
+  (the dense head: 12,878,660 values = 51.5 MB for (512, 64) units and 4 classes).
+  A *head-only* checkpoint stores just ``head.*`` (51.5 MB instead of 110.4 MB) and names
+  its backbone (``"imagenet"``, ``"none"`` + seed, or a weights file); loading rebuilds the
+  backbone from that source and checks it against the stored ``backbone_sha256``.
+- metadata key ``napari_foram.model``: a JSON object with the format name and version,
+  class names, head configuration, preprocessing, backbone, training record and metrics,
+  software versions, creation time and ``content_sha256``, a digest over that JSON and all
+  tensors. The digest catches edits and corruption (not a signature: anyone who edits the
+  file on purpose can recompute it).
+
+No pickle anywhere: safetensors holds only raw tensors and strings.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from napari_foram.classify.model import (
+    DEFAULT_DROPOUT,
+    DEFAULT_HIDDEN_UNITS,
+    INPUT_SIZE,
+    FORAMNet,
+    build_model,
+    describe_weights_source,
+)
+
+#: Name and version of the file format; bump the version on incompatible changes.
+FORMAT_NAME = "napari-foram-classifier"
+FORMAT_VERSION = 1
+#: safetensors metadata key holding the JSON record.
+METADATA_KEY = "napari_foram.model"
+#: A safetensors header larger than this is not one of ours (guards against garbage).
+_MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class ModelInfo:
+    """Everything needed to rebuild, preprocess for, and describe a trained classifier.
+
+    Attributes
+    ----------
+    class_names
+        Output classes in logit order, e.g. ("planktic", "calcareous benthic", ...).
+    hidden_units, dropout
+        Head configuration (the study: (512, 64), 0.2).
+    input_size
+        Side of the square input crop in pixels (224).
+    scale
+        Pixel scaling before the network: "0-1" (uint8 / 255), as in the study.
+    imagenet_normalize
+        Whether to subtract the ImageNet mean and divide by its std after scaling
+        (the study did not).
+    backbone
+        Backbone architecture name ("vgg16").
+    backbone_weights
+        Where the backbone's starting weights came from: "imagenet", "none", or
+        "file:NAME:SHA16" (see `describe_weights_source`).
+    backbone_seed
+        Seed of the random backbone when `backbone_weights` is "none", else None.
+    head_only
+        True when the file holds only the head and the backbone is rebuilt on load.
+    backbone_sha256
+        Digest of the conv tensors, used to check a rebuilt backbone; "" if unknown.
+    training, metrics
+        Free-form JSON-able records (data, epochs, learning rate...; accuracies...).
+    software
+        Versions of the software that wrote the file.
+    created
+        ISO 8601 UTC creation time.
+    sha256
+        Digest of the whole file (filled in by save/load, not stored in the file).
+    path
+        Where the checkpoint was loaded from (not stored in the file).
+    """
+
+    class_names: tuple[str, ...]
+    hidden_units: tuple[int, ...] = DEFAULT_HIDDEN_UNITS
+    dropout: float = DEFAULT_DROPOUT
+    input_size: int = INPUT_SIZE
+    scale: str = "0-1"
+    imagenet_normalize: bool = False
+    backbone: str = "vgg16"
+    backbone_weights: str = "imagenet"
+    backbone_seed: int | None = None
+    head_only: bool = False
+    backbone_sha256: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    software: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    sha256: str = ""
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        self.class_names = tuple(str(c) for c in self.class_names)
+        self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        if len(self.class_names) < 2:
+            raise ValueError(f"need at least 2 class names, got {list(self.class_names)}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class names must be unique, got {list(self.class_names)}")
+        if self.scale != "0-1":
+            raise ValueError(f"unsupported input scale {self.scale!r} (only '0-1')")
+        if self.input_size != INPUT_SIZE:
+            raise ValueError(f"VGG16 head needs {INPUT_SIZE} px crops, got {self.input_size}")
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes."""
+        return len(self.class_names)
+
+    @classmethod
+    def for_model(
+        cls, model: FORAMNet, class_names: tuple[str, ...] | list[str], **kwargs: Any
+    ) -> ModelInfo:
+        """A record whose head configuration is read from `model`."""
+        return cls(
+            class_names=tuple(class_names),
+            hidden_units=model.hidden_units,
+            dropout=model.dropout,
+            **kwargs,
+        )
+
+    def _stored_dict(self) -> dict[str, Any]:
+        """The fields written into the file (file digest and load path excluded)."""
+        d = asdict(self)
+        d.pop("sha256")
+        d.pop("path")
+        d["class_names"] = list(self.class_names)
+        d["hidden_units"] = list(self.hidden_units)
+        return d
+
+
+def new_classifier(
+    class_names: Sequence[str],
+    *,
+    backbone_weights: str | Path = "imagenet",
+    hidden_units: Sequence[int] = DEFAULT_HIDDEN_UNITS,
+    dropout: float = DEFAULT_DROPOUT,
+    seed: int = 0,
+    imagenet_normalize: bool = False,
+    download: bool = False,
+) -> tuple[FORAMNet, ModelInfo]:
+    """A fresh (untrained-head) model and the matching `ModelInfo`, ready to train or save.
+
+    Arguments as for `build_model`; `class_names` fixes K and the logit order.
+    """
+    model = build_model(
+        len(class_names),
+        backbone_weights=backbone_weights,
+        hidden_units=hidden_units,
+        dropout=dropout,
+        seed=seed,
+        download=download,
+    )
+    source = describe_weights_source(backbone_weights)
+    info = ModelInfo.for_model(
+        model,
+        tuple(class_names),
+        backbone_weights=source,
+        backbone_seed=int(seed) if source == "none" else None,
+        imagenet_normalize=imagenet_normalize,
+    )
+    return model, info
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _software_versions() -> dict[str, str]:
+    import safetensors
+    import torchvision
+
+    import napari_foram
+
+    return {
+        "napari_foram": napari_foram.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "safetensors": safetensors.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _tensor_digest(tensors: Mapping[str, torch.Tensor], h: Any = None) -> Any:
+    """Feed names, dtypes, shapes and bytes of `tensors` (sorted by name) into a sha256."""
+    h = hashlib.sha256() if h is None else h
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h
+
+
+def _content_digest(record: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
+    """Digest over the JSON record (without its own digest field) and the tensors."""
+    body = {k: v for k, v in record.items() if k != "content_sha256"}
+    h = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    return str(_tensor_digest(tensors, h).hexdigest())
+
+
+def conv_sha256(model: FORAMNet) -> str:
+    """Digest of the backbone's conv tensors (identifies the exact backbone weights)."""
+    return str(_tensor_digest(model.conv.state_dict()).hexdigest())
+
+
+def save_checkpoint(
+    path: str | Path, model: FORAMNet, info: ModelInfo, *, head_only: bool = False
+) -> str:
+    """Write `model` and `info` to one safetensors file; return the file's sha256 hex.
+
+    Parameters
+    ----------
+    path
+        Destination (conventionally ``*.safetensors``); written atomically.
+    model
+        The trained network; its head configuration must match `info`.
+    info
+        The record to store; `created`, `software`, `head_only` and `backbone_sha256`
+        are filled in here. `info.sha256` and `info.path` are updated on return.
+    head_only
+        Store only the head tensors (the backbone is rebuilt from `info.backbone_weights`
+        on load).
+
+    Raises
+    ------
+    ValueError
+        `model` and `info` disagree, or the training/metrics records are not JSON-able.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if model.num_classes != info.num_classes:
+        raise ValueError(
+            f"model has {model.num_classes} outputs but info names {info.num_classes} classes"
+        )
+    if tuple(model.hidden_units) != info.hidden_units or model.dropout != info.dropout:
+        raise ValueError(
+            f"model head {model.hidden_units}/dropout {model.dropout} differs from info "
+            f"{info.hidden_units}/dropout {info.dropout}"
+        )
+    if head_only and info.backbone_weights == "none" and info.backbone_seed is None:
+        raise ValueError("a head-only checkpoint of a random backbone needs backbone_seed")
+    info.head_only = head_only
+    info.backbone_sha256 = conv_sha256(model)
+    info.software = _software_versions()
+    info.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
+    }
+    if head_only:
+        state = {k: v for k, v in state.items() if k.startswith("head.")}
+    record = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **info._stored_dict()}
+    try:
+        json.dumps(record)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"training/metrics records must be JSON-able: {exc}") from exc
+    record["content_sha256"] = _content_digest(record, state)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(state, str(tmp), metadata={METADATA_KEY: json.dumps(record)})
+        tmp.replace(path)  # readers never see a half-written checkpoint
+    finally:
+        tmp.unlink(missing_ok=True)
+    info.sha256 = file_sha256(path)
+    info.path = str(path)
+    return info.sha256
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """Parse and sanity-check a safetensors header; ValueError with a one-line reason."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise ValueError(f"{path.name} is not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", prefix)
+        if n < 2 or n > min(_MAX_HEADER_BYTES, size - 8):
+            raise ValueError(f"{path.name} is not a safetensors file (bad header length)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError(f"{path.name} is not a safetensors file (header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name} is not a safetensors file (header is not an object)")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(entry["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise ValueError(f"{path.name}: malformed entry for tensor {name!r}") from None
+    if 8 + n + end != size:
+        raise ValueError(
+            f"{path.name} is truncated or padded: {size} bytes, header describes {8 + n + end}"
+        )
+    return header
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The record of a checkpoint without loading its tensors (checks the header only)."""
+    path = Path(path)
+    info, _ = _read_record(path)
+    return info
+
+
+def _read_record(path: Path) -> tuple[ModelInfo, dict[str, Any]]:
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    header = _read_header(path)
+    meta = header.get("__metadata__") or {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path.name} is a safetensors file but not a napari-foram checkpoint")
+    try:
+        record = json.loads(meta[METADATA_KEY])
+    except json.JSONDecodeError:
+        raise ValueError(f"{path.name}: checkpoint record is not valid JSON") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path.name}: not a {FORMAT_NAME} record")
+    version = record.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path.name}: checkpoint format version {version!r} is not supported "
+            f"(this napari-foram reads version {FORMAT_VERSION})"
+        )
+    names = {f.name for f in fields(ModelInfo)}
+    try:
+        info = ModelInfo(**{k: v for k, v in record.items() if k in names})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path.name}: inconsistent checkpoint record: {exc}") from None
+    return info, record
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    backbone_weights: str | Path | None = None,
+) -> tuple[FORAMNet, ModelInfo]:
+    """Load a checkpoint written by `save_checkpoint`, refusing anything inconsistent.
+
+    Parameters
+    ----------
+    path
+        The ``.safetensors`` file.
+    device
+        Where to put the model.
+    backbone_weights
+        Head-only checkpoints only: where to rebuild the backbone from, overriding the
+        recorded source (e.g. the local path of ``vgg16-397923af.pth``).
+
+    Returns
+    -------
+    (model, info)
+        The model in eval mode on `device`, and its record (with `sha256` of the file).
+
+    Raises
+    ------
+    ValueError
+        Missing file, not a safetensors file, truncated, wrong format version, edited
+        record or tensors (digest mismatch), tensors that do not fit the recorded head and
+        class count, or a rebuilt backbone that differs from the one trained with.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info, record = _read_record(path)
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path.name}: cannot read tensors: {exc}".splitlines()[0]) from None
+    if record.get("content_sha256") != _content_digest(record, tensors):
+        raise ValueError(f"{path.name}: content digest mismatch (file edited or corrupted)")
+
+    # Build on the meta device (no memory, no init cost) just to learn the expected shapes.
+    with torch.device("meta"):
+        skeleton = FORAMNet(info.num_classes, hidden_units=info.hidden_units, dropout=info.dropout)
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if info.head_only:
+        expected = {k: s for k, s in expected.items() if k.startswith("head.")}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{path.name}: tensors do not match the recorded model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"{path.name}: tensor {name} has shape {tuple(tensors[name].shape)}, the record "
+                f"({info.num_classes} classes, units {list(info.hidden_units)}) needs {shape}"
+            )
+
+    if info.head_only:
+        source = backbone_weights if backbone_weights is not None else info.backbone_weights
+        if str(source).startswith("file:"):
+            raise ValueError(
+                f"{path.name} was trained on backbone {source}: pass that file as backbone_weights"
+            )
+        model = build_model(
+            info.num_classes,
+            backbone_weights=source,
+            hidden_units=info.hidden_units,
+            dropout=info.dropout,
+            seed=info.backbone_seed or 0,
+        )
+        if info.backbone_sha256 and conv_sha256(model) != info.backbone_sha256:
+            raise ValueError(
+                f"{path.name}: the backbone rebuilt from {source} differs from the one the "
+                "head was trained on"
+            )
+        model.head.load_state_dict(
+            {k.removeprefix("head."): v for k, v in tensors.items()}, strict=True
+        )
+    else:
+        model = skeleton
+        model.load_state_dict(tensors, strict=True, assign=True)
+    info.sha256 = file_sha256(path)
+    info.path = str(path)
+    return model.to(device).eval(), info

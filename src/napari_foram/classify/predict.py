@@ -1,0 +1,442 @@
+"""Prediction with Monte Carlo dropout (Johansen & Sorensen 2020, sections 3 and 5.2).
+
+Dropout lives only in the head, so the conv features of a crop are the same in all N
+stochastic passes: they are computed once, in eval mode. Moreover the head's first layers
+before its first Dropout (Flatten -> Linear 25088x512 -> ReLU) are deterministic too, so
+they also run once per crop; only the rest of the head (Dropout -> Linear -> ReLU ->
+Dropout -> Linear) runs N times, as one batch of N x B rows. The result is exactly the
+whole head run N times with dropout on, at a small fraction of the cost.
+
+Per crop and class the statistics follow the paper: mean = 1/N sum_i y_i and population
+variance 1/N sum_i (y_i - mean)^2 of the softmax outputs y_i, plus the predictive entropy
+of the mean, the mutual information (entropy of the mean minus the mean entropy of the
+samples) and the majority vote over the N samples. Entropies are in nats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
+from napari_foram.classify.model import FEATURE_DIM, FORAMNet
+
+#: ImageNet channel mean and std (on 0-1 pixels), for checkpoints trained with them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Default crops per forward pass.
+DEFAULT_BATCH_CPU = 16
+DEFAULT_BATCH_CUDA = 256
+
+Crops = np.ndarray | Sequence[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """MC-dropout predictions for N crops over K classes (numpy arrays).
+
+    Attributes
+    ----------
+    class_index
+        (N,) int64, argmax of `mean_probs`: the predicted class.
+    mean_probs
+        (N, K) float32, mean softmax output over the MC samples.
+    variance
+        (N, K) float32, population variance of the softmax outputs over the samples.
+    entropy
+        (N,) float32, predictive entropy of `mean_probs` in nats (0 .. ln K).
+    mutual_information
+        (N,) float32, entropy of the mean minus mean entropy of the samples, nats (>= 0):
+        the model's own (epistemic) uncertainty.
+    vote_class
+        (N,) int64, the class most samples voted for (ties: lowest index).
+    vote_fraction
+        (N,) float32, fraction of samples that voted for `vote_class` (1/K .. 1).
+    class_names
+        The K class names in column order.
+    mc_samples
+        Stochastic passes per crop; 1 means one deterministic pass with dropout off.
+    """
+
+    class_index: np.ndarray
+    mean_probs: np.ndarray
+    variance: np.ndarray
+    entropy: np.ndarray
+    mutual_information: np.ndarray
+    vote_class: np.ndarray
+    vote_fraction: np.ndarray
+    class_names: tuple[str, ...]
+    mc_samples: int
+
+    def __len__(self) -> int:
+        return int(self.class_index.shape[0])
+
+    @property
+    def labels(self) -> list[str]:
+        """Predicted class name per crop."""
+        return [self.class_names[i] for i in self.class_index]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Resolve "auto" (CUDA if available, else CPU), "cpu" or "cuda[:i]" to a device.
+
+    Raises ValueError for "cuda" without a GPU and for any other device type.
+    """
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r} (use auto, cpu or cuda)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but no CUDA GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {name!r} (use auto, cpu or cuda)")
+    return dev
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision == "auto":
+        # bf16 on CPU is left opt-in: check it with measure_bf16_agreement first.
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def check_crops(crops: Crops, size: int) -> np.ndarray:
+    """Validate crops and return them as one (N, size, size, 3) uint8 array.
+
+    Raises
+    ------
+    ValueError
+        Not uint8, wrong shape, or crops of different shapes.
+    """
+    if isinstance(crops, np.ndarray):
+        arr = crops
+    else:
+        items = list(crops)
+        if not items:
+            return np.zeros((0, size, size, 3), np.uint8)
+        shapes = {np.shape(c) for c in items}
+        if len(shapes) != 1:
+            raise ValueError(f"crops have different shapes: {sorted(shapes)[:3]}")
+        arr = np.stack([np.asarray(c) for c in items])
+    if arr.dtype != np.uint8:
+        raise ValueError(f"crops must be uint8, got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape == (size, size, 3):
+        raise ValueError(f"expected a batch (N, {size}, {size}, 3), got one crop {arr.shape}")
+    if arr.ndim != 4 or arr.shape[1:] != (size, size, 3):
+        raise ValueError(f"crops must have shape (N, {size}, {size}, 3), got {arr.shape}")
+    return arr
+
+
+@contextlib.contextmanager
+def _dropout_active(module: nn.Module) -> Iterator[None]:
+    """Switch only the Dropout layers of `module` to training mode, then restore."""
+    drops = [m for m in module.modules() if isinstance(m, nn.Dropout)]
+    before = [m.training for m in drops]
+    for m in drops:
+        m.train(True)
+    try:
+        yield
+    finally:
+        for m, was in zip(drops, before, strict=True):
+            m.train(was)
+
+
+def split_head(head: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]:
+    """Split the head at its first Dropout: (deterministic prefix, stochastic rest)."""
+    layers = list(head)
+    first = next((i for i, m in enumerate(layers) if isinstance(m, nn.Dropout)), len(layers))
+    return nn.Sequential(*layers[:first]), nn.Sequential(*layers[first:])
+
+
+def mc_statistics(probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MC-dropout statistics from softmax outputs of N samples.
+
+    Parameters
+    ----------
+    probs
+        (N, B, K) float32 softmax outputs: N samples for B crops.
+
+    Returns
+    -------
+    dict
+        mean (B, K), variance (B, K), entropy (B,), mutual_information (B,),
+        vote_class (B,), vote_fraction (B,).
+    """
+    n, _, k = probs.shape
+    mean = probs.mean(dim=0)
+    variance = ((probs - mean) ** 2).mean(dim=0)  # population variance, as in the paper
+    entropy = _entropy(mean)
+    mutual_information = (entropy - _entropy(probs).mean(dim=0)).clamp_min(0.0)
+    votes = torch.nn.functional.one_hot(probs.argmax(dim=-1), k).sum(dim=0)  # (B, K)
+    vote_count, vote_class = votes.max(dim=-1)
+    return {
+        "mean": mean,
+        "variance": variance,
+        "entropy": entropy,
+        "mutual_information": mutual_information,
+        "vote_class": vote_class,
+        "vote_fraction": vote_count.float() / n,
+    }
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats over the last axis; 0 log 0 = 0."""
+    return -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1)
+
+
+class Predictor:
+    """A classifier ready to predict: model on its device, preprocessing, precision.
+
+    Build it once and reuse it; `predict` is safe to call repeatedly (not concurrently).
+
+    Parameters
+    ----------
+    model
+        The trained network (moved to `device` and set to eval mode).
+    info
+        Its record: class names and preprocessing.
+    device
+        "auto" (CUDA if available, else CPU), "cpu" or "cuda[:i]".
+    batch_size
+        Crops per conv forward pass (default 16 on CPU, 256 on CUDA).
+    precision
+        "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16". Statistics are
+        always computed in fp32.
+    channels_last
+        Use channels-last memory layout for the conv blocks (faster on CPU and GPU).
+    compile
+        ``torch.compile`` the conv blocks (worth it for long GPU runs; first call is slow).
+    """
+
+    def __init__(
+        self,
+        model: FORAMNet,
+        info: ModelInfo,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int | None = None,
+        precision: str = "auto",
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> None:
+        if model.num_classes != info.num_classes:
+            raise ValueError(
+                f"model has {model.num_classes} outputs, info names {info.num_classes} classes"
+            )
+        self.device = resolve_device(device)
+        self.dtype = _resolve_precision(precision, self.device)
+        cuda = self.device.type == "cuda"
+        self.batch_size = int(batch_size or (DEFAULT_BATCH_CUDA if cuda else DEFAULT_BATCH_CPU))
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.info = info
+        self.channels_last = channels_last
+        self.model = model.to(self.device).eval()
+        if channels_last:
+            self.model.conv.to(memory_format=torch.channels_last)
+        self._conv: Callable[[torch.Tensor], torch.Tensor] = self.model.conv
+        if compile:
+            self._conv = torch.compile(self.model.conv)  # type: ignore[assignment]
+        self._head_prefix, self._head_rest = split_head(self.model.head)
+        self._scale = torch.full((1, 3, 1, 1), 1.0 / 255.0, device=self.device)
+        self._offset = torch.zeros((1, 3, 1, 1), device=self.device)
+        if info.imagenet_normalize:
+            std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+            mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+            self._scale = self._scale / std
+            self._offset = -mean / std
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Predictor:
+        """Load a checkpoint and build a predictor; keyword arguments as for `Predictor`."""
+        model, info = load_checkpoint(path, device="cpu")
+        return cls(model, info, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    @property
+    def precision(self) -> str:
+        """The compute precision in use: "fp32" or "bf16"."""
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """The autocast context for this predictor's precision (a no-op for fp32)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def _batches(self, crops: Crops) -> Iterator[torch.Tensor]:
+        """Validated crops as preprocessed (B, 3, S, S) float tensors on the device."""
+        arr = check_crops(crops, self.info.input_size)
+        cuda = self.device.type == "cuda"
+        for start in range(0, arr.shape[0], self.batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(arr[start : start + self.batch_size]))
+            if cuda:
+                x = x.pin_memory()
+            # uint8 crosses to the device (4x less traffic than float), converted there.
+            x = x.to(self.device, non_blocking=cuda).permute(0, 3, 1, 2).float()
+            x = x * self._scale + self._offset
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return torch.flatten(self._conv(x), 1)
+
+    def extract_features(self, crops: Crops) -> torch.Tensor:
+        """Flattened conv features (N, 25088) float32 on the CPU, e.g. to cache for training."""
+        out = []
+        with torch.inference_mode():
+            for x in self._batches(crops):
+                out.append(self._features(x).float().cpu())
+        if not out:
+            return torch.zeros((0, FEATURE_DIM))
+        return torch.cat(out)
+
+    def predict(self, crops: Crops, mc_samples: int = 100, seed: int | None = None) -> Predictions:
+        """Classify crops with Monte Carlo dropout.
+
+        Parameters
+        ----------
+        crops
+            (N, 224, 224, 3) uint8 RGB crops, or a list of (224, 224, 3) uint8 crops.
+        mc_samples
+            Stochastic head passes per crop (the study: 100). 0 or 1: one deterministic
+            pass with dropout off (variance 0, vote = argmax).
+        seed
+            Seeds the dropout masks for a reproducible result (the global RNG is left
+            untouched); None draws from the global RNG.
+
+        Returns
+        -------
+        Predictions
+        """
+        if int(mc_samples) < 0:
+            raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
+        n = max(int(mc_samples), 1)
+        parts: list[dict[str, torch.Tensor]] = []
+        with self._seeded(seed), torch.inference_mode():
+            for x in self._batches(crops):
+                parts.append(self._predict_features(self._features(x), n))
+        return self._assemble(parts, n)
+
+    def predict_features(
+        self, features: torch.Tensor, mc_samples: int = 100, seed: int | None = None
+    ) -> Predictions:
+        """As `predict`, from precomputed conv features (N, 25088) (e.g. a feature cache)."""
+        n = max(int(mc_samples), 1)
+        if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
+            raise ValueError(f"features must be (N, {FEATURE_DIM}), got {tuple(features.shape)}")
+        if int(mc_samples) < 0:
+            raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
+        parts = []
+        with self._seeded(seed), torch.inference_mode():
+            for start in range(0, features.shape[0], self.batch_size):
+                f = features[start : start + self.batch_size].to(self.device)
+                parts.append(self._predict_features(f, n))
+        return self._assemble(parts, n)
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None) -> Iterator[None]:
+        """Seed the RNG for the block and restore the caller's RNG state afterwards."""
+        if seed is None:
+            yield
+            return
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(seed))
+            yield
+
+    def _predict_features(self, f: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+        """MC statistics for one batch of features f (B, 25088)."""
+        with self.autocast():
+            if n == 1:
+                probs = torch.softmax(self.model.head(f).float(), dim=-1)[None]
+            else:
+                hidden = self._head_prefix(f)  # deterministic part, once per crop
+                b = hidden.shape[0]
+                # Sample-major rows (n * B): row i * B + j is sample i of crop j.
+                rows = hidden.unsqueeze(0).expand(n, *hidden.shape).reshape(n * b, -1)
+                with _dropout_active(self._head_rest):
+                    logits = self._head_rest(rows)
+                probs = torch.softmax(logits.float(), dim=-1).view(n, b, -1)
+        return mc_statistics(probs)
+
+    def _assemble(self, parts: list[dict[str, torch.Tensor]], n: int) -> Predictions:
+        k = self.info.num_classes
+        if not parts:
+            empty = np.zeros((0,), np.float32)
+            return Predictions(
+                np.zeros((0,), np.int64),
+                np.zeros((0, k), np.float32),
+                np.zeros((0, k), np.float32),
+                empty,
+                empty.copy(),
+                np.zeros((0,), np.int64),
+                empty.copy(),
+                self.class_names,
+                n,
+            )
+
+        def cat(key: str) -> np.ndarray:
+            return torch.cat([p[key] for p in parts]).cpu().numpy()
+
+        mean = cat("mean").astype(np.float32)
+        return Predictions(
+            class_index=mean.argmax(axis=1).astype(np.int64),
+            mean_probs=mean,
+            variance=cat("variance").astype(np.float32),
+            entropy=cat("entropy").astype(np.float32),
+            mutual_information=cat("mutual_information").astype(np.float32),
+            vote_class=cat("vote_class").astype(np.int64),
+            vote_fraction=cat("vote_fraction").astype(np.float32),
+            class_names=self.class_names,
+            mc_samples=n,
+        )
+
+
+class Bf16Agreement(NamedTuple):
+    """How closely bf16 autocast follows fp32 on the same crops (deterministic passes)."""
+
+    agreement: float  # fraction of crops with the same predicted class
+    max_abs_prob_diff: float  # largest |p_bf16 - p_fp32| over crops and classes
+    n: int  # crops compared
+
+
+def measure_bf16_agreement(
+    model: FORAMNet, info: ModelInfo, crops: Crops, *, device: str = "cpu"
+) -> Bf16Agreement:
+    """Compare bf16 autocast with fp32 predictions (dropout off) on `crops`.
+
+    Use it before choosing ``precision="bf16"`` on a CPU: the project's rule is to accept
+    bf16 only with an agreement of at least 99.5 % on representative crops.
+    """
+    fp32 = Predictor(model, info, device=device, precision="fp32").predict(crops, 1)
+    bf16 = Predictor(model, info, device=device, precision="bf16").predict(crops, 1)
+    n = len(fp32)
+    if n == 0:
+        raise ValueError("need at least one crop to compare precisions")
+    return Bf16Agreement(
+        agreement=float(np.mean(fp32.class_index == bf16.class_index)),
+        max_abs_prob_diff=float(np.abs(fp32.mean_probs - bf16.mean_probs).max()),
+        n=n,
+    )
