@@ -104,6 +104,7 @@ def test_counter_widget_scans_and_shows_tally(make_napari_viewer, qtbot, tmp_pat
     counted = sum(widget.tally().values())
     assert counted > 0
     assert len(viewer.layers["counted specimens"].data) == counted
+    assert (viewer.layers["counted specimens"].size > 50).all()  # sized by specimen
     assert viewer.layers["tray mosaic"].data.max() > 0
     total_row = widget.table.rowCount() - 1
     assert widget.table.item(total_row, 1).text() == str(counted)

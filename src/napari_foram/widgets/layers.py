@@ -40,19 +40,29 @@ def class_colour(name: str, index: int) -> tuple[float, float, float, float]:
 def specimen_points(
     results: list[FrameResult], class_names: list[str]
 ) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
-    """Counted specimens as (positions (n, 2) y/x um, features, face colours (n, 4))."""
-    yx, cls, prob, entropy = [], [], [], []
+    """Counted specimens as (positions (n, 2) y/x um, features, face colours (n, 4)).
+
+    Features: class, probability (MC mean of the chosen class), entropy, diameter_um.
+    """
+    yx, cls, prob, entropy, diameter = [], [], [], [], []
     for r in results:
         if r.predictions is None:
             continue
         xy = r.sample_xy_um[r.new_rows]
         yx.extend(zip(xy[:, 1], xy[:, 0], strict=True))
+        px = r.frame.pixel_size_um or 1.0
+        diameter.extend(float(d) * px for d in r.detections.equivalent_diameter_px[r.new_rows])
         cls.extend(int(c) for c in r.predictions.class_index)
         prob.extend(float(p) for p in r.predictions.mean_probs.max(axis=1))
         entropy.extend(float(e) for e in r.predictions.entropy)
     names = [class_names[c] for c in cls]
     colours = np.array([class_colour(n, c) for n, c in zip(names, cls, strict=True)])
-    features = {"class": names, "probability": np.round(prob, 2), "entropy": np.round(entropy, 2)}
+    features = {
+        "class": names,
+        "probability": np.round(prob, 2),
+        "entropy": np.round(entropy, 2),
+        "diameter_um": np.round(diameter, 1),
+    }
     return np.array(yx, dtype=float).reshape(-1, 2), features, colours.reshape(-1, 4)
 
 
@@ -91,17 +101,15 @@ def show_results(
     data, features, colours = specimen_points(results, class_names)
     text = {"string": "{class} {probability:.2f}", "size": 8, "color": "white",
             "anchor": "upper_left", "translation": (-8, 8)}
+    # Circles a little larger than each specimen, so the specimen stays visible inside.
+    sizes = 1.3 * np.asarray(features["diameter_um"], dtype=float)
     if SPECIMENS_LAYER in viewer.layers:
-        pts = viewer.layers[SPECIMENS_LAYER]
-        pts.data = data
-        pts.features = features
-        pts.border_color = colours if len(colours) else "white"
-        pts.text = text
-    else:
+        viewer.layers.remove(SPECIMENS_LAYER)
+    if len(data):
         viewer.add_points(
-            data, name=SPECIMENS_LAYER, features=features, size=220,
-            face_color="transparent", border_color=colours if len(colours) else "white",
-            border_width=0.08, text=text, units="um",
+            data, name=SPECIMENS_LAYER, features=features, size=sizes,
+            face_color="transparent", border_color=colours, border_width=0.06,
+            text=text, units="um",
         )
 
 
@@ -134,8 +142,10 @@ def matplotlib_screenshot(results: list[FrameResult], names: list[str], path: Pa
         px = mosaic.pixel_size_um
         ax.imshow(mosaic.image, extent=(x0, x0 + w * px, y0 + h * px, y0))
     data, features, colours = specimen_points(results, names)
-    for (y, x), name, colour in zip(data, features["class"], colours, strict=True):
-        ax.add_patch(plt.Circle((x, y), 110, fill=False, color=colour, lw=1.2))
+    for (y, x), name, colour, diam in zip(
+        data, features["class"], colours, features["diameter_um"], strict=True
+    ):
+        ax.add_patch(plt.Circle((x, y), 0.65 * diam, fill=False, color=colour, lw=1.2))
         ax.text(x + 90, y - 90, name, color="white", fontsize=6)
     ax.set_xlabel("stage x (um)")
     ax.set_ylabel("stage y (um)")
