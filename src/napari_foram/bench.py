@@ -91,13 +91,15 @@ def bench_classification(device: str, quick: bool) -> dict[str, Any]:
     import torch
     import torchvision
 
+    from napari_foram.classify.checkpoint import ModelInfo
     from napari_foram.classify.model import build_model
     from napari_foram.classify.predict import Predictor
 
     n_crops = 8 if quick else 32
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, size=(n_crops, 224, 224, 3), dtype=np.uint8)
-    model, info = build_model(["a", "b", "c", "d"], backbone_weights="none")
+    model = build_model(4, backbone_weights="none")
+    info = ModelInfo.for_model(model, ["a", "b", "c", "d"])
     predictor = Predictor(model, info, device=device)
     dev = predictor.device
 
@@ -147,7 +149,7 @@ def bench_store(n: int = 1000) -> dict[str, float]:
             centroid_y=rng.random(batch_n) * 900,
             centroid_x=rng.random(batch_n) * 1200,
             bbox=np.tile([10, 10, 90, 90], (batch_n, 1)),
-            area_px=np.full(batch_n, 3000.0),
+            area_px=np.full(batch_n, 3000),
             class_index=probs.argmax(axis=1),
             mean_probs=probs,
             variance=np.zeros_like(probs),

@@ -127,7 +127,10 @@ def train_head_on_features(
         raise ValueError(
             f"features {tuple(features.shape)} and labels {y.shape} do not match (N, D)/(N,)"
         )
-    num_classes = int(head[-1].out_features)
+    last = head[-1]
+    if not isinstance(last, nn.Linear):
+        raise ValueError(f"the head must end in a Linear layer, not {type(last).__name__}")
+    num_classes = last.out_features
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
     train_idx, val_idx = stratified_split(y, val_fraction, seed)

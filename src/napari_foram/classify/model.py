@@ -146,6 +146,7 @@ def _vgg16_conv_blocks() -> nn.Sequential:
             conv = nn.Conv2d(in_channels, item, kernel_size=3, padding=1)
             # torchvision's VGG initialisation (He normal, fan_out), so "none" matches it.
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            assert conv.bias is not None
             nn.init.zeros_(conv.bias)
             layers += [conv, nn.ReLU(inplace=True)]
             in_channels = item

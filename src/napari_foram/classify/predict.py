@@ -252,7 +252,7 @@ class Predictor:
             self.model.conv.to(memory_format=torch.channels_last)
         self._conv: Callable[[torch.Tensor], torch.Tensor] = self.model.conv
         if compile:
-            self._conv = torch.compile(self.model.conv)  # type: ignore[assignment]
+            self._conv = torch.compile(self.model.conv)
         self._head_prefix, self._head_rest = split_head(self.model.head)
         self._scale = torch.full((1, 3, 1, 1), 1.0 / 255.0, device=self.device)
         self._offset = torch.zeros((1, 3, 1, 1), device=self.device)
