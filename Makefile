@@ -26,7 +26,11 @@ demo: $(VENV)/.setup-demo
 		$(BIN)/napari-foram demo --headless --out $(OUT); \
 	fi
 
+# Lint and types first (seconds), then the suite; all must pass.
 test: $(VENV)/.setup-test xvfb
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(VENV)/.setup-demo
@@ -59,8 +63,8 @@ xvfb:
 	fi
 
 lint: $(VENV)/.setup-test
-	$(BIN)/ruff check src tests scripts bench
-	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 
 typecheck: $(VENV)/.setup-test
 	$(BIN)/mypy

@@ -36,8 +36,10 @@ def main(out_dir: Path) -> None:
 
     crops, _names = render_sample_crops()
     n_classes = len(crops) // CROPS_PER_CLASS
-    rows = [np.concatenate(list(crops[k * CROPS_PER_CLASS : (k + 1) * CROPS_PER_CLASS]), axis=1)
-            for k in range(n_classes)]
+    rows = [
+        np.concatenate(list(crops[k * CROPS_PER_CLASS : (k + 1) * CROPS_PER_CLASS]), axis=1)
+        for k in range(n_classes)
+    ]
     iio.imwrite(out_dir / "crops_gallery.jpg", np.concatenate(rows, axis=0), quality=90)
     for f in sorted(out_dir.iterdir()):
         print(f"{f}  {f.stat().st_size / 1e3:.0f} kB")

@@ -13,10 +13,11 @@ from pathlib import Path
 
 os.environ.setdefault("PYMM_LOG_LEVEL", "CRITICAL")
 
-import napari_foram  # noqa: E402,F401  (blocks triton first)
-import pytest  # noqa: E402
-import torch  # noqa: E402,F401
-import torchvision  # noqa: E402,F401
+import pytest
+import torch
+import torchvision  # noqa: F401
+
+import napari_foram  # noqa: F401  (blocks triton first)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -42,8 +42,10 @@ def test_mosaic_pastes_frames_where_the_stage_was():
     px = 2.0
     # Two 20x30 fields whose centres sit at world pixel (9.5, 14.5) and (29.5, 44.5).
     fields = [((0, 0), world[0:20, 0:30]), ((20, 30), world[20:40, 30:60])]
-    frames = [Frame(img, stage_xy_um=((c + 14.5) * px, (r + 9.5) * px), pixel_size_um=px)
-              for (r, c), img in fields]
+    frames = [
+        Frame(img, stage_xy_um=((c + 14.5) * px, (r + 9.5) * px), pixel_size_um=px)
+        for (r, c), img in fields
+    ]
     mosaic = Mosaic.covering([f.stage_xy_um for f in frames], (20, 30), px)
     assert mosaic.image.shape == (40, 60, 3)
     for f in frames:

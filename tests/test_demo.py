@@ -18,8 +18,9 @@ from napari_foram.synthetic import CLASSES
 
 # 2 x 2 fields of 486 x 648 px: overlap 0.45 x 486 = 219 px > the largest specimen (200 px).
 # No touching pairs here: the detector keeps a touching pair as one object by default.
-SMALL_SCAN = DemoScan(rows=2, cols=2, camera_shape=(486, 648), overlap_fraction=0.45,
-                      specimens=8, touching_pairs=0)
+SMALL_SCAN = DemoScan(
+    rows=2, cols=2, camera_shape=(486, 648), overlap_fraction=0.45, specimens=8, touching_pairs=0
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,9 @@ def random_checkpoint(tmp_path_factory):
 @pytest.mark.acquisition
 def test_headless_demo_counts_every_specimen_once(tmp_path, random_checkpoint):
     out = tmp_path / "out"
-    summary = run_headless_demo(out, seed=3, mc_samples=3, progress=False, scan=SMALL_SCAN,
-                                model=random_checkpoint)
+    summary = run_headless_demo(
+        out, seed=3, mc_samples=3, progress=False, scan=SMALL_SCAN, model=random_checkpoint
+    )
     for key in ("store", "csv", "plot", "screenshot", "summary"):
         assert (out / summary["files"][key].split("/")[-1]).exists(), key
     assert summary["frames_acquired"] == summary["frames_processed"] == 4
@@ -87,14 +89,22 @@ def test_camera_failure_mid_scan_keeps_what_was_counted(tmp_path, random_checkpo
 
 @pytest.mark.gui
 @pytest.mark.acquisition
-def test_counter_widget_scans_and_shows_tally(make_napari_viewer, qtbot, tmp_path,
-                                              random_checkpoint):
+def test_counter_widget_scans_and_shows_tally(
+    make_napari_viewer, qtbot, tmp_path, random_checkpoint
+):
     from napari_foram.widgets.counter import CounterWidget
 
     viewer = make_napari_viewer()
-    widget = CounterWidget(viewer, seed=3, mc_samples=2, runs_dir=tmp_path,
-                           model=random_checkpoint, camera_shape=(486, 648), specimens=8,
-                           touching_pairs=0)
+    widget = CounterWidget(
+        viewer,
+        seed=3,
+        mc_samples=2,
+        runs_dir=tmp_path,
+        model=random_checkpoint,
+        camera_shape=(486, 648),
+        specimens=8,
+        touching_pairs=0,
+    )
     widget.rows.setValue(2)
     widget.cols.setValue(2)
     widget.overlap.setValue(0.45)

@@ -77,7 +77,7 @@ def test_read_image_errors_are_one_line(tmp_path):
 def test_read_image_round_trip_16bit_tiff(tmp_path):
     import tifffile
 
-    data = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    data = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     tifffile.imwrite(tmp_path / "f.tif", data)
     assert np.array_equal(read_image(tmp_path / "f.tif"), data)
 

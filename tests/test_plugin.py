@@ -68,7 +68,11 @@ def test_sample_data_opens_in_viewer(make_napari_viewer, key, n_layers):
         assert image.rgb and image.data.shape[2] == 3
         assert labels.data.max() == len(points.data) > 0
         assert set(points.features["class"]) <= {
-            "planktic", "calcareous_benthic", "agglutinated_benthic", "sediment"}
+            "planktic",
+            "calcareous_benthic",
+            "agglutinated_benthic",
+            "sediment",
+        }
     else:
         crops = viewer.layers[0]
         assert crops.data.shape[1:] == (224, 224, 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -48,7 +49,7 @@ def progress_callback(description: str, enabled: bool = True) -> Iterator[Progre
         console=console,
         transient=False,
     )
-    task: list[int] = []
+    task: list[Any] = []
 
     def update(done: int, total: int, message: str = "") -> None:
         if not task:

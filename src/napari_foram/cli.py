@@ -72,9 +72,9 @@ def demo(
             help="No window: write the store, CSV, plot, viewer screenshot and summary.json.",
         ),
     ] = False,
-    out: Annotated[
-        Path, typer.Option("--out", help="Output folder for the headless run.")
-    ] = Path("demo-out"),
+    out: Annotated[Path, typer.Option("--out", help="Output folder for the headless run.")] = Path(
+        "demo-out"
+    ),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic tray.")] = 7,
     mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
 ) -> None:
@@ -89,8 +89,10 @@ def demo(
         if not headless:
             typer.echo("no display found: running headless", err=True)
         summary = run_headless_demo(out, seed=seed, mc_samples=mc, progress=True)
-        typer.echo(f"demo finished: {summary['found_whole']} specimens counted, "
-                   f"{summary['truth_whole']} in the ground truth; outputs in {out.resolve()}")
+        typer.echo(
+            f"demo finished: {summary['found_whole']} specimens counted, "
+            f"{summary['truth_whole']} in the ground truth; outputs in {out.resolve()}"
+        )
         for key in ("store", "csv", "plot", "screenshot", "summary"):
             typer.echo(f"  {key:<10} {summary['files'][key]}")
     else:
@@ -119,8 +121,9 @@ def synth(
         n_specimens=specimens,
         progress=True,
     )
-    typer.echo(f"wrote {trays} tray frame(s) and {crops_per_class} crops per class to "
-               f"{out_dir.resolve()}")
+    typer.echo(
+        f"wrote {trays} tray frame(s) and {crops_per_class} crops per class to {out_dir.resolve()}"
+    )
     _ = summary
 
 
@@ -223,8 +226,10 @@ def classify(
             if r["class"] is None:
                 typer.echo(f"{r['path']}: no specimen found")
             else:
-                typer.echo(f"{r['path']}: {r['class']} (p={r['probability']:.2f}, "
-                           f"entropy={r['entropy']:.2f})")
+                typer.echo(
+                    f"{r['path']}: {r['class']} (p={r['probability']:.2f}, "
+                    f"entropy={r['entropy']:.2f})"
+                )
 
 
 # ----------------------------------------------------------------------------- export
@@ -235,9 +240,7 @@ def export(
     fmt: Annotated[
         str, typer.Option("--format", help="wide (row per sample), long, or specimens.")
     ] = "wide",
-    plot: Annotated[
-        Path | None, typer.Option(help="Also draw the tally (PNG or SVG).")
-    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the tally (PNG or SVG).")] = None,
 ) -> None:
     """Export tallies as a core-log table (UTF-8 CSV), optionally with a plot."""
     from napari_foram.tally.export import export_csv, plot_tally
@@ -246,7 +249,7 @@ def export(
     if fmt not in ("wide", "long", "specimens"):
         raise CommandError(f"--format must be wide, long or specimens, not {fmt!r}")
     tally = TallyStore.open(store, mode="r")
-    export_csv(tally, output, fmt=fmt)
+    export_csv(tally, output, fmt=fmt)  # type: ignore[arg-type]  # checked above
     typer.echo(f"wrote {output}")
     if plot is not None:
         plot_tally(tally, plot)

@@ -66,7 +66,10 @@ def make_demo_world(seed: int, scan: DemoScan | None = None) -> TrayRender:
 
     scan = scan or DemoScan()
     return render_tray(
-        seed, shape=scan.world_shape(), n_specimens=scan.specimens, clipped=False,
+        seed,
+        shape=scan.world_shape(),
+        n_specimens=scan.specimens,
+        clipped=False,
         touching_pairs=scan.touching_pairs,
     )
 
@@ -85,7 +88,8 @@ def compare_with_truth(
     truth = [s for s in world.specimens if not s.clipped]
     truth_xy = np.array([world_px_to_um(*s.centroid_yx) for s in truth]).reshape(-1, 2)
     truth_radius = np.array([s.diameter_um / 2 for s in truth])
-    found_xy, found_class = [], []
+    found_xy: list[list[float]] = []
+    found_class: list[int] = []
     for r in results:
         if r.predictions is None:
             continue
@@ -104,10 +108,10 @@ def compare_with_truth(
         if d[j] <= truth_radius[j]:
             matched_truth[i], used[j] = j, True
             errors.append(float(d[j]))
-    truth_counts = {c: 0 for c in class_names}
+    truth_counts = dict.fromkeys(class_names, 0)
     for s in truth:
         truth_counts[s.class_name] = truth_counts.get(s.class_name, 0) + 1
-    predicted = {c: 0 for c in class_names}
+    predicted = dict.fromkeys(class_names, 0)
     for c in found_class:
         predicted[class_names[c]] += 1
     correct = sum(
@@ -234,8 +238,13 @@ def prepare_demo_run(
 
 
 def run_headless_demo(
-    out_dir: Path, *, seed: int = 7, mc_samples: int = 30, progress: bool = True,
-    scan: DemoScan | None = None, model: str | Path = "demo",
+    out_dir: Path,
+    *,
+    seed: int = 7,
+    mc_samples: int = 30,
+    progress: bool = True,
+    scan: DemoScan | None = None,
+    model: str | Path = "demo",
 ) -> dict[str, Any]:
     """Scan, count, store, export, screenshot and compare with the ground truth.
 
@@ -250,8 +259,9 @@ def run_headless_demo(
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     store_path = out_dir / "tally.zarr"
-    run = prepare_demo_run(store_path, seed=seed, mc_samples=mc_samples, scan=scan,
-                           model=model, progress=progress)
+    run = prepare_demo_run(
+        store_path, seed=seed, mc_samples=mc_samples, scan=scan, model=model, progress=progress
+    )
     plan = run.scan_plan
     results: list[FrameResult] = []
     n_fields = plan.rows * plan.cols

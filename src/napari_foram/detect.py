@@ -2,8 +2,9 @@
 
 Pass 1 finds the tray's bright metallic border (heavy smoothing, a fixed grey level, the
 large bright components that touch the frame edge) and masks it out. Pass 2 smooths,
-thresholds (automatically from the tray floor's grey levels unless a level is given), labels connected components
-and keeps those of at least `min_area_px` (1024 px in the study).
+thresholds (automatically from the tray floor's grey levels unless a level is given),
+labels connected components and keeps those of at least `min_area_px` (1024 px in the
+study).
 
 Speed: both passes run on a strided, downscaled copy of the frame (`work_scale`, 4 for a
 5 MP frame) because detecting a 60-200 px specimen needs far fewer pixels than the camera
@@ -225,8 +226,11 @@ def auto_threshold(floor: np.ndarray, params: DetectionParams) -> float:
     """
     sample = floor[:: max(1, floor.size // 50_000)]
     if params.threshold_method == "otsu":
-        return _otsu(sample if not params.invert else 255 - sample) if not params.invert \
+        return (
+            _otsu(sample if not params.invert else 255 - sample)
+            if not params.invert
             else 255 - _otsu(255 - sample)
+        )
     base = float(np.median(sample))
     noise = 1.4826 * float(np.median(np.abs(sample - base)))
     margin = max(params.background_min_margin, params.background_k * noise)
@@ -471,8 +475,10 @@ def detect(
     # Clipped: touches the frame edge, or the masked border (part of it may lie beneath).
     hs, ws = labels.shape
     clipped = np.array(
-        [sl[0].start == 0 or sl[1].start == 0 or sl[0].stop >= hs or sl[1].stop >= ws
-         for sl in slices],
+        [
+            sl[0].start == 0 or sl[1].start == 0 or sl[0].stop >= hs or sl[1].stop >= ws
+            for sl in slices
+        ],
         dtype=bool,
     )
     if border.any():
@@ -564,8 +570,8 @@ def cut_crops(
     out[...] = np.asarray(fill, dtype=np.uint8).reshape(-1)[:channels] if np.ndim(fill) else fill
     half = size // 2
     for i, (cy, cx) in enumerate(centres):
-        top = int(round(cy)) - half
-        left = int(round(cx)) - half
+        top = round(cy) - half
+        left = round(cx) - half
         y0, x0 = max(top, 0), max(left, 0)
         y1, x1 = min(top + size, height), min(left + size, width)
         if y1 > y0 and x1 > x0:
@@ -584,8 +590,8 @@ def _cut_masks(
     hs, ws = labels.shape
     offsets = np.arange(size)
     for i, (lab, (cy, cx)) in enumerate(zip(index, centroid, strict=True)):
-        rows = (int(round(cy)) - half + offsets) // scale
-        cols = (int(round(cx)) - half + offsets) // scale
+        rows = (round(cy) - half + offsets) // scale
+        cols = (round(cx) - half + offsets) // scale
         rv = (rows >= 0) & (rows < hs)
         cv = (cols >= 0) & (cols < ws)
         sub = labels[np.ix_(rows[rv], cols[cv])] == lab

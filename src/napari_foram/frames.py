@@ -71,10 +71,13 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(f"image is empty (shape {image.shape})")
     if image.ndim not in (2, 3):
         raise ValueError(
-            f"expected a 2-D grey or (H, W, C) colour image, got {image.ndim}-D shape {image.shape}"
+            "expected a 2-D grey or (H, W, C) colour image, "
+            f"got {image.ndim}-D shape {image.shape}"
         )
     if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected 1, 3 or 4 channels, got {image.shape[2]} (shape {image.shape})")
+        raise ValueError(
+            f"expected 1, 3 or 4 channels, got {image.shape[2]} (shape {image.shape})"
+        )
     if image.dtype == bool or not (
         np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
     ):
@@ -106,14 +109,14 @@ def to_uint8(image: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
             needed = int(np.ceil(np.log2(hi + 1))) if hi > 0 else 1
             depths = (8,) if image.dtype.itemsize == 1 else (12, 14, 16, 32, 64)
             bits = next((d for d in depths if needed <= d), 64)
-        scale = 255.0 / float(2**bits - 1)
-        return np.clip(image.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
+        gain = 255.0 / float(2**bits - 1)
+        return np.clip(image.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
     data = np.where(np.isfinite(image), image, np.nan).astype(np.float32)
-    lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
-    if lo >= 0.0 and hi <= 1.0:
+    flo, fhi = float(np.nanmin(data)), float(np.nanmax(data))
+    if flo >= 0.0 and fhi <= 1.0:
         out = data * 255.0
-    elif hi > lo:
-        out = (data - lo) * (255.0 / (hi - lo))
+    elif fhi > flo:
+        out = (data - flo) * (255.0 / (fhi - flo))
     else:
         out = np.zeros_like(data)
     return np.nan_to_num(np.clip(out + 0.5, 0, 255), nan=0.0).astype(np.uint8)

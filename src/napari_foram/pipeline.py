@@ -198,6 +198,7 @@ def load_predictor(
     from napari_foram.classify.demo_model import demo_checkpoint
     from napari_foram.classify.predict import Predictor
 
+    path: str | Path
     if model == "demo":
         if callable(progress):
             path = demo_checkpoint(progress=progress)

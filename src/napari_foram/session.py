@@ -89,7 +89,7 @@ class CountingSession:
         self._stop_requested = False
         self._core = core
         t0 = time.perf_counter()
-        queue = FrameQueue(maxsize=self.queue_size, policy="scan")
+        queue: FrameQueue[Frame] = FrameQueue(maxsize=self.queue_size, policy="scan")
         processed = 0
 
         def handle(frame: Frame) -> None:
@@ -171,7 +171,10 @@ class SimulatedTray:
         h, w = self.world.image.shape[:2]
         centre = self.world_px_to_um((h - 1) / 2, (w - 1) / 2)
         return tray_scan_sequence(
-            self.core, rows=rows, cols=cols, overlap_fraction=overlap_fraction,
+            self.core,
+            rows=rows,
+            cols=cols,
+            overlap_fraction=overlap_fraction,
             center_xy_um=centre,
         )
 

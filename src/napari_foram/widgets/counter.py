@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
@@ -34,6 +35,26 @@ if TYPE_CHECKING:
 
     from napari_foram.demo import DemoRun
     from napari_foram.pipeline import FrameResult
+
+
+_SpinT = TypeVar("_SpinT", QSpinBox, QDoubleSpinBox)
+
+
+def _spin(box: _SpinT, low: float, high: float, value: float, step: float = 1) -> _SpinT:
+    """Configure a spin box (PyQt6's stubs take no property keywords)."""
+    box.setRange(low, high)  # type: ignore[arg-type]
+    box.setSingleStep(step)  # type: ignore[arg-type]
+    box.setValue(value)  # type: ignore[arg-type]
+    return box
+
+
+def _status_progress(bridge: _Bridge) -> Callable[[int, int, str], None]:
+    """A (done, total, message) callback that shows demo-model training in the status."""
+
+    def report(done: int, total: int, message: str = "") -> None:
+        bridge.status.emit(f"demo model: {message} ({done}/{total})")
+
+    return report
 
 
 class _Bridge(QObject):
@@ -77,11 +98,11 @@ class CounterWidget(QWidget):
         self._bridge.progress.connect(self._on_progress)
         self._bridge.finished.connect(self._on_finished)
 
-        self.seed = QSpinBox(minimum=0, maximum=1_000_000, value=seed)
-        self.rows = QSpinBox(minimum=1, maximum=20, value=3)
-        self.cols = QSpinBox(minimum=1, maximum=20, value=3)
-        self.overlap = QDoubleSpinBox(minimum=0.0, maximum=0.6, singleStep=0.05, value=0.25)
-        self.mc = QSpinBox(minimum=1, maximum=1000, value=mc_samples)
+        self.seed = _spin(QSpinBox(), 0, 1_000_000, seed)
+        self.rows = _spin(QSpinBox(), 1, 20, 3)
+        self.cols = _spin(QSpinBox(), 1, 20, 3)
+        self.overlap = _spin(QDoubleSpinBox(), 0.0, 0.6, 0.25, step=0.05)
+        self.mc = _spin(QSpinBox(), 1, 1000, mc_samples)
         form = QFormLayout()
         form.addRow("tray seed", self.seed)
         form.addRow("fields (rows)", self.rows)
@@ -103,7 +124,9 @@ class CounterWidget(QWidget):
         self.status_label.setWordWrap(True)
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["class", "count", "%"])
-        self.table.verticalHeader().setVisible(False)
+        header = self.table.verticalHeader()
+        if header is not None:
+            header.setVisible(False)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -125,10 +148,17 @@ class CounterWidget(QWidget):
         self.progress_bar.setRange(0, 0)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         store_path = self.runs_dir / f"scan-{stamp}.zarr"
-        args = (int(self.seed.value()), int(self.mc.value()), int(self.rows.value()),
-                int(self.cols.value()), float(self.overlap.value()), store_path)
-        self._thread = threading.Thread(target=self._work, args=args, daemon=True,
-                                        name="napari-foram-scan")
+        args = (
+            int(self.seed.value()),
+            int(self.mc.value()),
+            int(self.rows.value()),
+            int(self.cols.value()),
+            float(self.overlap.value()),
+            store_path,
+        )
+        self._thread = threading.Thread(
+            target=self._work, args=args, daemon=True, name="napari-foram-scan"
+        )
         self._thread.start()
 
     def stop_scan(self) -> None:
@@ -145,26 +175,38 @@ class CounterWidget(QWidget):
         return not self._thread.is_alive()
 
     # ------------------------------------------------------------------ worker thread
-    def _work(self, seed: int, mc: int, rows: int, cols: int, overlap: float,
-              store_path: Path) -> None:
+    def _work(
+        self, seed: int, mc: int, rows: int, cols: int, overlap: float, store_path: Path
+    ) -> None:
         from napari_foram.demo import DemoScan, prepare_demo_run
 
         bridge = self._bridge
         try:
             bridge.status.emit("preparing the classifier and the simulated tray...")
-            scan = DemoScan(rows=rows, cols=cols, overlap_fraction=overlap,
-                            camera_shape=self.camera_shape, specimens=self.specimens,
-                            touching_pairs=self.touching_pairs)
+            scan = DemoScan(
+                rows=rows,
+                cols=cols,
+                overlap_fraction=overlap,
+                camera_shape=self.camera_shape,
+                specimens=self.specimens,
+                touching_pairs=self.touching_pairs,
+            )
             run = prepare_demo_run(
-                store_path, seed=seed, mc_samples=mc, scan=scan, model=self.model,
-                progress=lambda d, t, m="": bridge.status.emit(f"demo model: {m} ({d}/{t})"),
+                store_path,
+                seed=seed,
+                mc_samples=mc,
+                scan=scan,
+                model=self.model,
+                progress=_status_progress(bridge),
             )
             self.run = run
             bridge.status.emit(f"scanning {rows} x {cols} fields into {store_path}")
-            report = run.scan(
-                on_result=bridge.result.emit,
-                progress=lambda done, msg="": bridge.progress.emit(done, rows * cols),
-            )
+            n_fields = rows * cols
+
+            def field_done(done: int, message: str = "") -> None:
+                bridge.progress.emit(done, n_fields)
+
+            report = run.scan(on_result=bridge.result.emit, progress=field_done)
             bridge.finished.emit(report)
         except Exception as exc:  # shown to the user, not swallowed
             bridge.finished.emit(exc)
@@ -211,7 +253,7 @@ class CounterWidget(QWidget):
 
     def tally(self) -> dict[str, int]:
         """Counts per class of everything counted so far."""
-        counts = {name: 0 for name in self.class_names}
+        counts = dict.fromkeys(self.class_names, 0)
         for r in self.results:
             if r.predictions is not None:
                 for c in r.predictions.class_index:

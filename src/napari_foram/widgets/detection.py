@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -70,25 +70,49 @@ class DetectionWidget(Container):
         super().__init__(scrollable=False)
         viewer = napari_viewer
         self._viewer = viewer
-        self._image = create_widget(annotation="napari.layers.Image", label="image")
+        # A ComboBox of the viewer's image layers (napari registers the type with magicgui).
+        image_choice: Any = create_widget(annotation="napari.layers.Image", label="image")
+        self._image = image_choice
         self._auto = CheckBox(value=True, label="automatic threshold (Otsu)")
         self._threshold = FloatSlider(value=120.0, min=0, max=255, label="threshold")
-        self._min_area = SpinBox(value=STUDY_MIN_AREA_PX, min=1, max=500_000, step=64,
-                                 label="min area (px)")
-        self._sigma = FloatSpinBox(value=4.0, min=0.0, max=30.0, step=0.5,
-                                   label="smoothing sigma (px)")
+        self._min_area = SpinBox(
+            value=STUDY_MIN_AREA_PX, min=1, max=500_000, step=64, label="min area (px)"
+        )
+        self._sigma = FloatSpinBox(
+            value=4.0, min=0.0, max=30.0, step=0.5, label="smoothing sigma (px)"
+        )
         self._invert = CheckBox(value=False, label="dark objects on bright")
         self._border = CheckBox(value=True, label="mask tray border")
         self._split = CheckBox(value=False, label="split touching specimens")
         self.result = Label(value="choose an image layer")
-        self.extend([self._image, self._auto, self._threshold, self._min_area, self._sigma,
-                     self._invert, self._border, self._split, self.result])
-        for w in (self._image, self._auto, self._threshold, self._min_area, self._sigma,
-                  self._invert, self._border, self._split):
+        self.extend(
+            [
+                self._image,
+                self._auto,
+                self._threshold,
+                self._min_area,
+                self._sigma,
+                self._invert,
+                self._border,
+                self._split,
+                self.result,
+            ]
+        )
+        controls: tuple[Any, ...] = (
+            self._image,
+            self._auto,
+            self._threshold,
+            self._min_area,
+            self._sigma,
+            self._invert,
+            self._border,
+            self._split,
+        )
+        for w in controls:
             w.changed.connect(self.update_preview)
         # The layer list changes after construction: keep the choices current.
-        viewer.layers.events.inserted.connect(self._image.reset_choices)
-        viewer.layers.events.removed.connect(self._image.reset_choices)
+        viewer.layers.events.inserted.connect(image_choice.reset_choices)
+        viewer.layers.events.removed.connect(image_choice.reset_choices)
 
     def params(self) -> DetectionParams:
         """The detector settings the controls describe."""

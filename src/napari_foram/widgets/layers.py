@@ -25,8 +25,14 @@ CLASS_COLOURS = {
     "agglutinated_benthic": (1.00, 0.45, 0.10, 1.0),
     "sediment": (0.65, 0.65, 0.65, 1.0),
 }
-_CYCLE = [(0.9, 0.3, 0.3, 1.0), (0.3, 0.9, 0.3, 1.0), (0.6, 0.4, 1.0, 1.0),
-          (1.0, 0.5, 0.8, 1.0), (0.4, 1.0, 0.9, 1.0), (0.9, 0.9, 0.5, 1.0)]
+_CYCLE = [
+    (0.9, 0.3, 0.3, 1.0),
+    (0.3, 0.9, 0.3, 1.0),
+    (0.6, 0.4, 1.0, 1.0),
+    (1.0, 0.5, 0.8, 1.0),
+    (0.4, 1.0, 0.9, 1.0),
+    (0.9, 0.9, 0.5, 1.0),
+]
 
 MOSAIC_LAYER = "tray mosaic"
 SPECIMENS_LAYER = "counted specimens"
@@ -44,7 +50,11 @@ def specimen_points(
 
     Features: class, probability (MC mean of the chosen class), entropy, diameter_um.
     """
-    yx, cls, prob, entropy, diameter = [], [], [], [], []
+    yx: list[tuple[float, float]] = []
+    cls: list[int] = []
+    prob: list[float] = []
+    entropy: list[float] = []
+    diameter: list[float] = []
     for r in results:
         if r.predictions is None:
             continue
@@ -74,7 +84,8 @@ def mosaic_from_results(results: list[FrameResult]) -> Mosaic | None:
     first = placed[0]
     assert first.pixel_size_um is not None
     mosaic = Mosaic.covering(
-        [f.stage_xy_um for f in placed if f.stage_xy_um], first.image.shape[:2],
+        [f.stage_xy_um for f in placed if f.stage_xy_um],
+        first.image.shape[:2],
         first.pixel_size_um,
     )
     for f in placed:
@@ -83,7 +94,9 @@ def mosaic_from_results(results: list[FrameResult]) -> Mosaic | None:
 
 
 def show_results(
-    viewer: napari.Viewer, results: list[FrameResult], class_names: list[str],
+    viewer: napari.Viewer,
+    results: list[FrameResult],
+    class_names: list[str],
     mosaic: Mosaic | None = None,
 ) -> None:
     """Add or refresh the mosaic and the counted-specimens layers."""
@@ -95,21 +108,36 @@ def show_results(
             layer.data = mosaic.image
         else:
             viewer.add_image(
-                mosaic.image, name=MOSAIC_LAYER, rgb=True, scale=scale,
-                translate=mosaic.translate_yx_um, units="um",
+                mosaic.image,
+                name=MOSAIC_LAYER,
+                rgb=True,
+                scale=scale,
+                translate=mosaic.translate_yx_um,
+                units="um",
             )
     data, features, colours = specimen_points(results, class_names)
-    text = {"string": "{class} {probability:.2f}", "size": 8, "color": "white",
-            "anchor": "upper_left", "translation": (-8, 8)}
+    text = {
+        "string": "{class} {probability:.2f}",
+        "size": 8,
+        "color": "white",
+        "anchor": "upper_left",
+        "translation": (-8, 8),
+    }
     # Circles a little larger than each specimen, so the specimen stays visible inside.
     sizes = 1.3 * np.asarray(features["diameter_um"], dtype=float)
     if SPECIMENS_LAYER in viewer.layers:
         viewer.layers.remove(SPECIMENS_LAYER)
     if len(data):
         viewer.add_points(
-            data, name=SPECIMENS_LAYER, features=features, size=sizes,
-            face_color="transparent", border_color=colours, border_width=0.06,
-            text=text, units="um",
+            data,
+            name=SPECIMENS_LAYER,
+            features=features,
+            size=sizes,
+            face_color="transparent",
+            border_color=colours,
+            border_width=0.06,
+            text=text,
+            units="um",
         )
 
 
