@@ -108,3 +108,150 @@ def test_cut_crops_pads_with_fill_colour():
     crops = cut_crops(img, np.array([[0.0, 0.0]]), size=20, fill=np.array([1, 2, 3]))
     assert crops.shape == (1, 20, 20, 3)
     assert crops[0, 0, 0].tolist() == [1, 2, 3] and crops[0, 15, 15].tolist() == [100] * 3
+
+
+def test_scale_bar_is_flagged_not_counted():
+    img = disc_frame([(150, 200)], radius=35)
+    img[500:512, 300:700] = 255  # a burned-in scale bar: 400 x 12 px
+    det = detect(img, mask_border=False)
+    assert len(det) == 2
+    bar = int(np.argmax(det.elongation))
+    assert det.artifact[bar] and not det.whole[bar]
+    assert det.whole.sum() == 1
+
+
+def test_holes_do_not_split_a_specimen():
+    img = disc_frame([(250, 300)], radius=80)
+    img[230:270, 280:320] = 20  # a dark chamber inside the test
+    img[245:255, 295:305] = 200  # with a bright speck in it
+    det = detect(img, mask_border=False, min_area_px=50)
+    assert len(det) == 1
+
+
+# ------------------------------------------------------------------ synthetic trays
+def _score_trays(seeds, **params):
+    from napari_foram.evaluation import match_points
+    from napari_foram.synthetic import render_tray
+
+    totals = {"truth": 0, "found": 0, "matched": 0, "false": 0, "pairs": 0, "pairs_found": 0}
+    errors = []
+    for seed in seeds:
+        tray = render_tray(seed, shape=(972, 1296), n_specimens=24, touching_pairs=2)
+        det = detect(tray.image, crops=False, **params)
+        found = det.centroid[det.whole]
+        single = [s for s in tray.specimens if not s.clipped and not s.touching]
+        paired = [s for s in tray.specimens if not s.clipped and s.touching]
+        truth = np.array([s.centroid_yx for s in single]).reshape(-1, 2)
+        radius = np.array([np.sqrt(s.area_px / np.pi) for s in single])
+        m = match_points(found, truth, radius)
+        # Detections on a touching pair are neither a miss of a single nor false.
+        pair_xy = np.array([s.centroid_yx for s in paired]).reshape(-1, 2)
+        pair_r = np.array([2 * np.sqrt(s.area_px / np.pi) for s in paired])
+        unmatched = found[m.truth_of_found < 0]
+        on_pair = match_points(unmatched, pair_xy, pair_r) if len(paired) else None
+        n_on_pair = (on_pair.truth_of_found >= 0).sum() if on_pair else 0
+        totals["truth"] += len(single)
+        totals["found"] += len(found) - n_on_pair
+        totals["matched"] += m.matched
+        totals["false"] += m.false - n_on_pair
+        totals["pairs"] += len(paired)
+        totals["pairs_found"] += n_on_pair
+        errors.extend(m.distance[m.truth_of_found >= 0].tolist())
+    return totals, np.array(errors)
+
+
+def test_synthetic_trays_recall_and_false_rate():
+    totals, errors = _score_trays(range(40, 52))
+    recall = totals["matched"] / totals["truth"]
+    false_rate = totals["false"] / max(totals["found"], 1)
+    print(
+        f"recall {recall:.3f}, false {false_rate:.3f}, centroid error mean "
+        f"{errors.mean():.2f} px, max {errors.max():.2f} px, n={totals['truth']}"
+    )
+    assert totals["truth"] > 150
+    assert recall >= 0.98
+    assert false_rate <= 0.02
+    assert errors.mean() < 6.0
+    # Touching pairs are kept as one object by default: at least one detection per pair.
+    assert totals["pairs_found"] >= totals["pairs"] // 2 * 0.9
+
+
+# ------------------------------------------------------------------ real frames
+@pytest.mark.realdata
+def test_real_gravel_trays_give_sensible_counts(realdata):
+    from napari_foram.frames import read_image
+
+    # These photographs are at about a third of the study's magnification: grains are
+    # 30-45 px across, so the minimum area follows the scale (the study's 1024 px would
+    # discard them).
+    for name, low, high in [("DSC_0049.png", 22, 32), ("DSC_0050.png", 20, 32)]:
+        img = read_image(realdata / "rcos_trays" / "sediment_gravel" / name)
+        det = detect(img, min_area_px=300)
+        assert low <= det.whole.sum() <= high, (name, int(det.whole.sum()))
+
+
+@pytest.mark.realdata
+def test_real_foram_picture_scale_bar_flagged(realdata):
+    from napari_foram.frames import read_image
+
+    path = realdata / "forimage" / "calcareous_benthic" / "Ammonia_parkinsoniana" / "foram.tif"
+    img = read_image(path)
+    det = detect(img)
+    # The scale bar sits in the bottom quarter, centred; it must not be a whole specimen.
+    h, w = img.shape[:2]
+    bar = (det.centroid[:, 0] > 0.85 * h) & (np.abs(det.centroid[:, 1] - w / 2) < 0.2 * w)
+    assert bar.any() and (det.artifact[bar]).all() and not det.whole[bar].any()
+    # The foram itself is the largest whole object, near the middle of the picture.
+    biggest = int(np.argmax(np.where(det.whole, det.area_px, 0)))
+    cy, cx = det.centroid[biggest]
+    assert abs(cy - h / 2) < 0.2 * h and abs(cx - w / 2) < 0.2 * w
+
+
+# ------------------------------------------------------------------ properties
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(
+        dtype=st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.int16]),
+        shape=st.tuples(st.integers(1, 80), st.integers(1, 80))
+        | st.tuples(st.integers(1, 60), st.integers(1, 60), st.sampled_from([1, 3, 4])),
+        elements={"allow_nan": False, "allow_infinity": False, "min_value": 0, "max_value": 200},
+    )
+)
+def test_any_small_image_detects_or_refuses_cleanly(image):
+    det = detect(image, min_area_px=16)
+    n = len(det)
+    assert det.centroid.shape == (n, 2) and det.bbox.shape == (n, 4)
+    assert det.crops.shape == (n, 224, 224, 3) and det.crops.dtype == np.uint8
+    assert (det.area_px >= 0).all()
+    if n:
+        h, w = image.shape[:2]
+        assert (det.centroid[:, 0] < h).all() and (det.centroid[:, 1] < w).all()
+        assert ((det.bbox[:, 2] <= h) & (det.bbox[:, 3] <= w)).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.sampled_from([(0,), (0, 5), (5, 0), (3,), (2, 2, 2, 2), (4, 4, 7)]),
+    st.sampled_from([np.uint8, np.float32]),
+)
+def test_unusable_shapes_raise_value_error_in_one_line(shape, dtype):
+    with pytest.raises(ValueError) as info:
+        detect(np.zeros(shape, dtype=dtype))
+    assert "\n" not in str(info.value)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_detection_is_invariant_to_bit_depth(seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(80, 420, size=(3, 2))
+    img8 = disc_frame([tuple(c) for c in centres], radius=30, shape=(500, 500))
+    img16 = img8.astype(np.uint16) * 257  # the same picture from a 16-bit camera
+    a, b = detect(img8, mask_border=False), detect(img16, mask_border=False)
+    assert len(a) == len(b)
+    assert np.allclose(a.centroid, b.centroid, atol=1.0)

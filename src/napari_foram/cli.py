@@ -150,9 +150,17 @@ def detect_cmd(
     params = DetectionParams(
         threshold=threshold, min_area_px=min_area, invert=invert, mask_border=not no_border
     )
-    results = []
+    results: list[dict[str, Any]] = []
+    failed = 0
     for path in images:
-        det = detect(read_image(path), params, crops=False)
+        # One bad file must not cost the others their results: report it and go on.
+        try:
+            det = detect(read_image(path), params, crops=False)
+        except ValueError as exc:
+            failed += 1
+            results.append({"image": str(path), "error": str(exc)})
+            typer.echo(f"napari-foram: error: {exc}", err=True)
+            continue
         results.append(
             {
                 "image": str(path),
@@ -166,7 +174,12 @@ def detect_cmd(
         _echo_json(results)
     else:
         for r in results:
-            typer.echo(f"{r['image']}: {r['count']} specimens (+{r['clipped']} clipped at edges)")
+            if "error" not in r:
+                typer.echo(
+                    f"{r['image']}: {r['count']} specimens (+{r['clipped']} clipped at edges)"
+                )
+    if failed:
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- classify
@@ -284,7 +297,9 @@ def bench(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors and bad input become one line on stderr."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns the exit code of typer.Exit instead of
+        # calling sys.exit; keep it.
+        status = app(args=argv, standalone_mode=False)
     except _EXIT as exc:
         return int(exc.exit_code or 0)
     except _ABORT:
@@ -304,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         typer.echo(f"napari-foram: error: {msg}", err=True)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

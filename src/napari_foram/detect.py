@@ -62,6 +62,8 @@ class DetectionParams:
         A bright region must cover this fraction of the frame to count as tray border.
     split_touching
         Split touching specimens with a distance-transform watershed.
+    max_elongation
+        Objects more elongated than this are flagged as artifacts (scale bars, fibres).
     work_scale
         Downscale factor for detection: an int >= 1, or 0 for automatic.
     crop_size
@@ -82,6 +84,7 @@ class DetectionParams:
     border_threshold: float = 70.0
     border_min_fraction: float = 0.01
     split_touching: bool = False
+    max_elongation: float = 8.0
     work_scale: int = 0
     crop_size: int = CROP_SIZE
 
@@ -130,6 +133,10 @@ class Detections:
         Diameter of the disc with the same area.
     clipped : (n,) bool
         Touches the frame edge or the masked tray border: only part of it is visible.
+    artifact : (n,) bool
+        Long and straight (elongation > `max_elongation`): a scale bar, ruler or fibre.
+    elongation : (n,) float
+        Major over minor axis of the object's second moments (1 for a disc).
     mean_color : (n, 3) float32
         Mean RGB 0-255 over the object.
     crops : (n, S, S, 3) uint8 or None
@@ -152,6 +159,8 @@ class Detections:
     area_px: np.ndarray
     equivalent_diameter_px: np.ndarray
     clipped: np.ndarray
+    artifact: np.ndarray
+    elongation: np.ndarray
     mean_color: np.ndarray
     crops: np.ndarray | None
     masks: np.ndarray | None
@@ -167,8 +176,8 @@ class Detections:
 
     @property
     def whole(self) -> np.ndarray:
-        """Boolean index of the objects seen whole (not clipped): the ones tallied."""
-        return ~self.clipped
+        """Objects seen whole and not flagged as artifacts: the ones tallied."""
+        return ~self.clipped & ~self.artifact
 
     def to_records(self) -> list[dict[str, Any]]:
         """JSON-ready rows (no crops)."""
@@ -180,6 +189,8 @@ class Detections:
                 "area_px": round(float(self.area_px[i]), 1),
                 "equivalent_diameter_px": round(float(self.equivalent_diameter_px[i]), 2),
                 "clipped": bool(self.clipped[i]),
+                "artifact": bool(self.artifact[i]),
+                "elongation": round(float(self.elongation[i]), 2),
                 "mean_color": [round(float(v), 1) for v in self.mean_color[i]],
             }
             for i in range(len(self))
@@ -218,9 +229,10 @@ def auto_threshold(floor: np.ndarray, params: DetectionParams) -> float:
     """Automatic grey level for pass 2 over the (smoothed) tray-floor pixels.
 
     "background" (default): the floor's median plus `background_k` robust standard
-    deviations (MAD), at least `background_min_margin` grey levels. A tray is mostly empty
-    floor, so the median and MAD describe the floor even with specimens in the sample,
-    and dark grains a few tens of grey levels above the floor are still found.
+    deviations (MAD), at least `background_min_margin` grey levels, and at most Otsu's
+    level. A tray is mostly empty floor, so the median and MAD describe the floor even
+    with specimens in the sample, and dark grains a few tens of grey levels above the
+    floor are still found.
     "otsu": Otsu's two-class split, which on sparse trays lands between the floor and
     the bright specimens and loses dark grains; kept for images with large objects.
     """
@@ -234,7 +246,13 @@ def auto_threshold(floor: np.ndarray, params: DetectionParams) -> float:
     base = float(np.median(sample))
     noise = 1.4826 * float(np.median(np.abs(sample - base)))
     margin = max(params.background_min_margin, params.background_k * noise)
-    return base + margin if not params.invert else base - margin
+    # On a strongly textured floor (woven cloth, sediment film) k robust SDs can exceed
+    # the valley between floor and specimens; Otsu's level then caps it.
+    if not params.invert:
+        otsu = _otsu(sample)
+        return max(base + params.background_min_margin, min(base + margin, otsu))
+    otsu = 255.0 - _otsu(255.0 - sample)
+    return min(base - params.background_min_margin, max(base - margin, otsu))
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -416,6 +434,9 @@ def detect(
         # Lint and fibres are long but thin: an opening removes them, specimens survive.
         radius = max(1, round(params.min_width_px / (2 * scale)))
         binary = ndi.binary_opening(binary, structure=_disk(radius))
+    # A dark chamber or a translucent wall must not punch a hole in a specimen (nor leave
+    # a bright island inside it to be counted as a second object).
+    binary = ndi.binary_fill_holes(binary)
 
     labels, n = ndi.label(binary)
     min_area_small = min_area / (scale * scale)
@@ -449,6 +470,14 @@ def detect(
     rows, cols = np.indices(labels.shape, dtype=np.float64)
     cy = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:] / counts
     cx = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:] / counts
+    # Second central moments give each object's elongation (major / minor axis).
+    dy = rows.ravel() - np.concatenate([[0.0], cy])[flat]
+    dx = cols.ravel() - np.concatenate([[0.0], cx])[flat]
+    myy = np.bincount(flat, weights=dy * dy, minlength=n + 1)[1:] / counts
+    mxx = np.bincount(flat, weights=dx * dx, minlength=n + 1)[1:] / counts
+    mxy = np.bincount(flat, weights=dx * dy, minlength=n + 1)[1:] / counts
+    half_trace, det_term = (myy + mxx) / 2, np.sqrt(((myy - mxx) / 2) ** 2 + mxy**2)
+    elongation = np.sqrt((half_trace + det_term) / np.maximum(half_trace - det_term, 1e-6))
     # Pixel (i, j) of the strided copy samples full-resolution pixel (i*s, j*s).
     centroid = np.stack([cy * scale, cx * scale], axis=1)
     mean_color = np.stack(
@@ -473,18 +502,19 @@ def detect(
     )
     area = np.bincount(outline.ravel(), minlength=n + 1)[1:].astype(np.float64) * scale * scale
     # Clipped: touches the frame edge, or the masked border (part of it may lie beneath).
-    hs, ws = labels.shape
-    clipped = np.array(
-        [
-            sl[0].start == 0 or sl[1].start == 0 or sl[0].stop >= hs or sl[1].stop >= ws
-            for sl in slices
-        ],
-        dtype=bool,
-    )
+    # Judged on the half-height outline: the blurred skirt of a specimen a few pixels from
+    # the edge reaches it, the specimen itself does not.
+    edge_labels = np.concatenate([outline[0], outline[-1], outline[:, 0], outline[:, -1]])
+    clipped = np.zeros(n, dtype=bool)
+    on_edge = np.unique(edge_labels)
+    clipped[on_edge[on_edge > 0] - 1] = True
     if border.any():
         halo = ndi.binary_dilation(border, iterations=1) & ~border
-        touching = np.unique(labels[halo])
+        touching = np.unique(outline[halo])
         clipped[touching[touching > 0] - 1] = True
+    # Scale bars, rulers and fibres that survived the opening are long and straight; no
+    # foraminifer or grain is 8 times longer than wide.
+    artifact = elongation > params.max_elongation
 
     background = _background_colour(img, rgb_small, labels, border)
     crop_arr = cut_crops(img, centroid, params.crop_size, fill=background) if crops else None
@@ -496,6 +526,8 @@ def detect(
         area_px=area,
         equivalent_diameter_px=np.sqrt(4.0 * area / np.pi),
         clipped=clipped,
+        artifact=artifact,
+        elongation=elongation,
         mean_color=mean_color,
         crops=crop_arr,
         masks=mask_arr,
@@ -526,6 +558,8 @@ def _empty(
         area_px=np.zeros(0),
         equivalent_diameter_px=np.zeros(0),
         clipped=np.zeros(0, bool),
+        artifact=np.zeros(0, bool),
+        elongation=np.zeros(0),
         mean_color=np.zeros((0, 3), np.float32),
         crops=np.zeros((0, s, s, 3), np.uint8) if crops else None,
         masks=np.zeros((0, s, s), bool) if masks else None,

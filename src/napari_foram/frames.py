@@ -155,18 +155,28 @@ def read_image(path: str | Path) -> np.ndarray:
     if p.is_dir():
         raise ValueError(f"{p}: is a folder, not an image")
     suffix = p.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
+    import imageio.v3 as iio
 
-            data = tifffile.imread(p)
-        else:
-            import imageio.v3 as iio
+    readers = [iio.imread]
+    if suffix in (".tif", ".tiff"):
+        import tifffile
 
-            data = iio.imread(p)
-    except Exception as exc:  # every reader fails differently; the user needs one line
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{p}: cannot read image ({msg})") from exc
+        # tifffile keeps 16-bit and multi-page microscope TIFFs intact; Pillow (through
+        # imageio) still reads the JPEG-compressed TIFFs some cameras write when the
+        # optional imagecodecs package is missing.
+        readers.insert(0, tifffile.imread)
+    first_error: Exception | None = None
+    data = None
+    for reader in readers:
+        try:
+            data = reader(p)
+            break
+        except Exception as exc:  # every reader fails differently; the user needs one line
+            first_error = first_error or exc
+    if data is None:
+        assert first_error is not None
+        msg = str(first_error).splitlines()[0] if str(first_error) else type(first_error).__name__
+        raise ValueError(f"{p}: cannot read image ({msg})") from first_error
     data = np.asarray(data)
     # Multi-page TIFFs / animated files: take the first page, say nothing is lost silently.
     if data.ndim == 4 or (data.ndim == 3 and data.shape[-1] not in (1, 3, 4)):
