@@ -7,6 +7,7 @@ Every source (Micro-Manager camera, the simulated microscope, a folder of files)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ def read_image(path: str | Path) -> np.ndarray:
     suffix = p.suffix.lower()
     import imageio.v3 as iio
 
-    readers = [iio.imread]
+    readers: list[Callable[[Path], Any]] = [iio.imread]
     if suffix in (".tif", ".tiff"):
         import tifffile
 
