@@ -82,3 +82,37 @@ def test_console_script_is_installed():
     assert proc.returncode == 0 and "ImageFolder" in proc.stdout
     proc = subprocess.run([exe, "export"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_synth_writes_trays_truth_and_imagefolder(tmp_path, capsys):
+    out = tmp_path / "synth"
+    argv = ["synth", str(out), "--trays", "1", "--crops-per-class", "2", "--specimens", "6"]
+    assert main(argv) == 0
+    assert (out / "trays" / "truth.csv").is_file()
+    assert len(list((out / "trays").glob("tray_*.json"))) == 1
+    classes = sorted(p.name for p in (out / "crops").iterdir())
+    assert classes == sorted(
+        ["planktic", "calcareous_benthic", "agglutinated_benthic", "sediment"]
+    )
+    for c in classes:
+        crops = list((out / "crops" / c).glob("*.png"))
+        assert len(crops) == 2
+        assert iio.imread(crops[0]).shape == (224, 224, 3)
+
+
+def test_bench_quick_writes_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    # --quick keeps VGG16 passes to a handful of crops.
+    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    for key in (
+        "device",
+        "cpu_count",
+        "torch",
+        "detect_s_per_frame_5mp_rgb",
+        "store_specimens_per_s",
+        "mc_overhead_ratio",
+        "vgg16_bare_crops_per_s",
+    ):
+        assert key in data, key
+    assert not any(k.endswith("_error") for k in data), data

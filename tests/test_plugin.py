@@ -94,3 +94,51 @@ def test_committed_sample_files_match_the_renderer():
     assert len(meta["specimens"]) == len(truth)
     # JPEG is lossy: the picture agrees on average, not bit for bit.
     assert np.abs(read_image(folder / "tray.jpg").astype(int) - image).mean() < 6
+
+
+def test_npe2_validate_passes():
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("npe2") or str(Path(sys.executable).parent / "npe2")
+    proc = subprocess.run(
+        [exe, "validate", "napari-foram"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "valid" in proc.stdout
+
+
+_CANVAS_FIRST = """
+import sys
+import numpy as np
+import napari
+viewer = napari.Viewer(show=True)
+viewer.add_image(np.random.default_rng(0).random((64, 64)))
+viewer.screenshot(canvas_only=True)  # the canvas is drawn: Mesa's LLVM is loaded now
+# What napari does when the user opens our widget after the canvas exists:
+viewer.window.add_plugin_dock_widget("napari-foram", "Foram counter")
+assert "torch" not in sys.modules, "opening the widget must not import torch"
+# ... and what a scan does next. Without the guard in napari_foram/__init__.py this
+# import segfaults here (checked by hand with NAPARI_FORAM_ASSUME_CUDA=1).
+import torch
+import torchvision
+import torch._dynamo
+from napari_foram.classify.model import build_model
+model = build_model(4, backbone_weights="none")
+viewer.close()
+print("survived", type(model).__name__)
+"""
+
+
+def test_torch_after_napari_canvas_does_not_crash():
+    """The triton/Mesa segfault (docs/architecture.md) cannot happen through the plugin."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _CANVAS_FIRST], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert "survived FORAMNet" in proc.stdout
