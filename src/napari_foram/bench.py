@@ -101,13 +101,15 @@ def bench_classification(device: str, quick: bool) -> dict[str, Any]:
     from napari_foram.classify.model import build_model
     from napari_foram.classify.predict import Predictor
 
-    n_crops = 8 if quick else 32
-    rng = np.random.default_rng(0)
-    crops = rng.integers(0, 256, size=(n_crops, 224, 224, 3), dtype=np.uint8)
     model = build_model(4, backbone_weights="none")
     info = ModelInfo.for_model(model, ["a", "b", "c", "d"])
     predictor = Predictor(model, info, device=device)
     dev = predictor.device
+    cuda = dev.type == "cuda"
+    # A GPU needs thousands of crops (batches of 256+) to show its throughput; a CPU a few.
+    n_crops = (512 if quick else 4096) if cuda else (8 if quick else 32)
+    rng = np.random.default_rng(0)
+    crops = synthetic_crops(n_crops, rng)
 
     bare = torchvision.models.vgg16(weights=None).features.eval().to(dev)
     x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255).to(dev)
@@ -125,7 +127,15 @@ def bench_classification(device: str, quick: bool) -> dict[str, Any]:
     bare_s = _median_time(bare_pass, repeats)
     det_s = _median_time(lambda: predictor.predict(crops, mc_samples=1), repeats)
     mc_s = _median_time(lambda: predictor.predict(crops, mc_samples=100), repeats)
+    extra: dict[str, Any] = {}
+    if cuda:
+        from napari_foram.classify.predict import measure_bf16_agreement
+
+        agreement = measure_bf16_agreement(model, info, crops[:256], device=device)
+        extra["bf16_fp32_argmax_agreement"] = round(agreement.agreement, 4)
+        extra["bf16_fp32_max_abs_prob_diff"] = round(agreement.max_abs_prob_diff, 4)
     return {
+        **extra,
         "classify_precision": predictor.precision,
         "classify_channels_last": predictor.channels_last,
         "classify_batch_crops": n_crops,
@@ -135,6 +145,18 @@ def bench_classification(device: str, quick: bool) -> dict[str, Any]:
         "mc_overhead_ratio": round(mc_s / det_s, 3),
         "classify_vs_bare_ratio": round((n_crops / mc_s) / (n_crops / bare_s), 3),
     }
+
+
+def synthetic_crops(n: int, rng: np.random.Generator) -> np.ndarray:
+    """n crops of the four synthetic classes (cycled), for timing and precision checks.
+
+    Real-looking crops rather than noise, so precision agreement is measured on inputs
+    like those the classifier sees.
+    """
+    from napari_foram.synthetic import CLASSES, render_crop
+
+    distinct = [render_crop(CLASSES[i % 4], int(rng.integers(1 << 30))) for i in range(min(n, 64))]
+    return np.stack([distinct[i % len(distinct)] for i in range(n)])
 
 
 def bench_store(n: int = 1000) -> dict[str, float]:
