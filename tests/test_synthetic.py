@@ -265,3 +265,23 @@ def test_bad_class_names_elsewhere():
         render_crop("ostracod", 0)
     with pytest.raises(ValueError, match="unknown class"):
         render_specimen("ostracod", np.random.default_rng(0))
+
+
+def test_comparison_script_skips_cleanly_without_real_data(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "compare_synthetic_real.py"
+    env = {**os.environ, "NAPARI_FORAM_REALDATA": str(tmp_path / "absent")}
+    out = tmp_path / "cmp.png"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("skipped:") and not out.exists()
