@@ -114,7 +114,7 @@ def test_create_append_reopen_round_trip(store_path: Path) -> None:
     assert attrs["schema"] == "napari-foram-tally"
     assert attrs["schema_version"] == 1
     assert attrs["class_names"] == CLASSES
-    assert attrs["software"]["napari-foram"] == napari_foram.__version__
+    assert attrs["software"]["napari_foram"] == napari_foram.__version__
     assert attrs["created"] <= attrs["updated"]
     assert not (store_path / LOCK_NAME).exists()
 

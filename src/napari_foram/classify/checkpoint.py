@@ -22,7 +22,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from napari_foram._versions import software_versions
 from napari_foram.classify.model import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN_UNITS,
@@ -188,21 +188,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _software_versions() -> dict[str, str]:
-    import safetensors
-    import torchvision
-
-    import napari_foram
-
-    return {
-        "napari_foram": napari_foram.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "safetensors": safetensors.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _tensor_digest(tensors: Mapping[str, torch.Tensor], h: Any = None) -> Any:
     """Feed names, dtypes, shapes and bytes of `tensors` (sorted by name) into a sha256."""
     h = hashlib.sha256() if h is None else h
@@ -264,7 +249,7 @@ def save_checkpoint(
         raise ValueError("a head-only checkpoint of a random backbone needs backbone_seed")
     info.head_only = head_only
     info.backbone_sha256 = conv_sha256(model)
-    info.software = _software_versions()
+    info.software = software_versions("torch", "torchvision", "safetensors")
     info.created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
     state = {

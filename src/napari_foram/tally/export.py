@@ -168,7 +168,7 @@ def export_csv(
     if missing:
         raise ValueError(f"no sample(s) {', '.join(map(repr, missing))} in {store.path}")
     export_date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    version = str(store.attrs.get("software", {}).get("napari-foram", ""))
+    version = str(store.attrs.get("software", {}).get("napari_foram", ""))
     forams = stats.foram_mask(classes)
 
     if fmt == "specimens":

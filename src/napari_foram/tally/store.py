@@ -33,7 +33,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import socket
@@ -50,6 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from napari_foram._versions import software_versions
 from napari_foram.tally import stats
 from napari_foram.tally.stats import (
     REVIEW_CONFIRMED,
@@ -444,21 +444,6 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def _software_versions() -> dict[str, str]:
-    import zarr
-
-    try:
-        from napari_foram import __version__ as ours
-    except ImportError:  # pragma: no cover - only when run from a broken checkout
-        ours = "unknown"
-    return {
-        "napari-foram": ours,
-        "zarr": zarr.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _jsonable(value: Any, where: str) -> Any:
     """A JSON-ready copy of `value` (numpy scalars/arrays become Python); ValueError if not."""
 
@@ -787,7 +772,7 @@ class TallyStore:
         attrs = {
             "schema": SCHEMA_NAME,
             "schema_version": SCHEMA_VERSION,
-            "software": _software_versions(),
+            "software": software_versions("zarr", "numpy"),
             "created": now,
             "updated": now,
             "class_names": names,

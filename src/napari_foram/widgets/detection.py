@@ -85,19 +85,6 @@ class DetectionWidget(Container):
         self._border = CheckBox(value=True, label="mask tray border")
         self._split = CheckBox(value=False, label="split touching specimens")
         self.result = Label(value="choose an image layer")
-        self.extend(
-            [
-                self._image,
-                self._auto,
-                self._threshold,
-                self._min_area,
-                self._sigma,
-                self._invert,
-                self._border,
-                self._split,
-                self.result,
-            ]
-        )
         controls: tuple[Any, ...] = (
             self._image,
             self._auto,
@@ -108,6 +95,7 @@ class DetectionWidget(Container):
             self._border,
             self._split,
         )
+        self.extend([*controls, self.result])
         for w in controls:
             w.changed.connect(self.update_preview)
         # The layer list changes after construction: keep the choices current.
