@@ -559,3 +559,20 @@ def test_sigkill_writer_store_stays_consistent(store_path: Path, tmp_path: Path)
         assert np.all(np.diff(tally.sum(axis=1)) > 0)
         store.append_specimens("S1", make_batch(2, start=n))
     assert not list(store_path.rglob("*.partial"))
+
+
+def test_summary_when_sediment_outnumbers_forams() -> None:
+    """Regression: the Wilson interval was taken of sediment over the foram total."""
+    from napari_foram.tally.stats import sample_summary
+
+    specimens = {
+        "class_index": np.array([0, 3, 3, 3]),
+        "mean_probs": np.eye(4, dtype=np.float32)[[0, 3, 3, 3]],
+        "entropy": np.zeros(4),
+        "review_status": np.zeros(4, np.int8),
+        "reviewed_class": np.full(4, -1),
+        "duplicate_of": np.full(4, -1),
+    }
+    summary = sample_summary(specimens, SampleRecord("S"), CLASSES)
+    assert summary["total_forams"] == 1
+    assert summary["pct"][0] == 100.0 and np.isnan(summary["pct"][3])

@@ -301,7 +301,9 @@ def sample_summary(
     counts = class_counts(specimens, k)
     forams = foram_mask(classes, non_foram_classes)
     total_forams = int(counts[forams].sum())
-    low, high = wilson_interval(counts, np.full(k, total_forams), z=z)
+    # Percentages are of the foraminifera; non-foram classes (sediment) can outnumber
+    # them, so their k is zeroed here (their bounds are NaN below anyway).
+    low, high = wilson_interval(np.where(forams, counts, 0), np.full(k, total_forams), z=z)
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = np.where(total_forams > 0, 100.0 * counts / max(total_forams, 1), np.nan)
     pct = np.where(forams, pct, np.nan)

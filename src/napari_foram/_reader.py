@@ -1,0 +1,207 @@
+"""napari reader for napari-foram tally stores (``*.zarr`` directories).
+
+Opening a store shows, for every sample,
+
+- ``"<sample> crops"``: the stored 224 x 224 crops as an RGB image stack (one crop per
+  plane, loaded lazily: a store of thousands of specimens holds hundreds of MB of crops),
+  with the class, predicted class and entropy of each crop in the layer metadata;
+- ``"<sample> specimens"``: the counted specimens at their stage positions (y, x in um),
+  coloured by class, with class / probability / entropy as features. Crops share no
+  coordinate frame, so the positions are the only map of a sample; samples counted
+  without a stage (positions NaN) get no points layer.
+
+`get_reader` returns None for anything that is not a tally store (a foreign Zarr group, a
+damaged root, a plain folder), so napari can try its other readers; it never raises.
+The store is opened read-only, so a store that a scan is still writing opens safely
+(it shows the rows committed so far).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+LayerData = tuple[Any, dict[str, Any], str]
+ReaderFunction = Callable[[Any], list[LayerData]]
+
+# Points are drawn a little larger than the specimen they mark (as in the live view).
+_POINT_SCALE = 1.3
+
+
+def is_tally_store(path: str | os.PathLike[str]) -> bool:
+    """True when `path` is a directory whose root ``zarr.json`` marks a napari-foram store.
+
+    Reads one small JSON file; never raises.
+    """
+    from napari_foram.tally.store import _check_root_attrs, _read_zarr_json
+
+    root = Path(path)
+    try:
+        meta = _read_zarr_json(root)
+        _check_root_attrs(meta.get("attributes", {}), root)
+    except (ValueError, OSError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _paths(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str] | None:
+    if isinstance(path, (str, os.PathLike)):
+        return [os.fspath(path)]
+    if isinstance(path, Sequence) and all(isinstance(p, (str, os.PathLike)) for p in path):
+        return [os.fspath(p) for p in path]
+    return None
+
+
+def get_reader(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> ReaderFunction | None:
+    """The napari reader hook: a reader function for tally stores, else None.
+
+    Parameters
+    ----------
+    path
+        A path, or a list of paths (every one must be a tally store).
+    """
+    paths = _paths(path)
+    if not paths or not all(is_tally_store(p) for p in paths):
+        return None
+    return read_tally_stores
+
+
+def read_tally_stores(path: str | Sequence[str]) -> list[LayerData]:
+    """Layer data of one store or several: crops and specimen positions per sample.
+
+    A damaged sample is left out (and logged; zarr errors are ValueErrors, malformed
+    attributes give Lookup- or TypeErrors); an unreadable store gives no layers, so
+    napari moves on to its next reader instead of showing a traceback.
+    """
+    layers: list[LayerData] = []
+    for p in _paths(path) or []:
+        try:
+            layers.extend(store_layer_data(p))
+        except (ValueError, OSError, LookupError, TypeError) as exc:
+            logger.warning("napari-foram: cannot read tally store %s: %s", p, exc)
+    return layers
+
+
+def store_layer_data(path: str | os.PathLike[str]) -> list[LayerData]:
+    """Crops and specimen layers of every sample of the store at `path`, in sample order.
+
+    Returns
+    -------
+    list of (data, kwargs, layer_type)
+        Per sample: ``"<sample> crops"`` image (n, 224, 224, 3) uint8 (rgb; a lazy dask
+        array), and ``"<sample> specimens"`` points (m, 2) in um (y, x) when positions
+        are known. Samples with no rows give no layers.
+    """
+    from napari_foram.tally.store import TallyStore
+
+    with TallyStore.open(path, mode="r") as store:
+        classes = store.class_names
+        layers: list[LayerData] = []
+        for sid in store.samples():
+            try:
+                layers.extend(_sample_layers(store, sid, classes))
+            except (ValueError, OSError, LookupError, TypeError) as exc:
+                logger.warning(
+                    "napari-foram: skipping damaged sample %r of %s: %s", sid, path, exc
+                )
+        return layers
+
+
+def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
+    from napari_foram.tally import stats
+    from napari_foram.widgets.layers import class_colour
+
+    data = store.read_specimens(sid)
+    n = len(data["row"])
+    if n == 0:
+        return []
+    labels = stats.final_labels(data)
+    counted = labels >= 0
+    predicted = [classes[int(c)] for c in data["class_index"]]
+    final = [classes[int(c)] if c >= 0 else "" for c in labels]
+    probability = np.asarray(data["mean_probs"], dtype=np.float64).max(axis=1)
+    entropy = np.asarray(data["entropy"], dtype=np.float64)
+    common = {"store": str(store.path), "sample_id": sid, "classes": classes}
+    crops_meta = {
+        **common,
+        # One entry per crop (plane), as in the "crops" sample data.
+        "class_names": final,
+        "predicted_class": predicted,
+        "entropy": entropy.round(4).tolist(),
+        "counted": counted.tolist(),
+        "row": data["row"].tolist(),
+    }
+    layers: list[LayerData] = [
+        (
+            _lazy_crops(store.path, sid, n),
+            {"name": f"{sid} crops", "rgb": True, "metadata": crops_meta},
+            "image",
+        )
+    ]
+
+    yx = np.column_stack([data["stage_y_um"], data["stage_x_um"]]).astype(np.float64)
+    # Only counted specimens: a duplicate is the same specimen seen again, a rejected row
+    # is not a specimen at all.
+    keep = counted & np.isfinite(yx).all(axis=1)
+    if keep.any():
+        idx = np.flatnonzero(keep)
+        names = [final[i] for i in idx]
+        colours = np.array([class_colour(classes[labels[i]], int(labels[i])) for i in idx])
+        features = {
+            "class": names,
+            "probability": probability[idx].round(3),
+            "entropy": entropy[idx].round(3),
+            "row": data["row"][idx],
+        }
+        layers.append(
+            (
+                yx[idx],
+                {
+                    "name": f"{sid} specimens",
+                    "features": features,
+                    "size": _point_sizes(store, sid, data["area_px"][idx], yx[idx]),
+                    "face_color": "transparent",
+                    "border_color": colours,
+                    "border_width": 0.08,
+                    "metadata": common,
+                },
+                "points",
+            )
+        )
+    return layers
+
+
+def _point_sizes(store: Any, sid: str, area_px: np.ndarray, yx: np.ndarray) -> Any:
+    """Marker diameters in um: the specimen's size when the pixel size is recorded."""
+    pixel_um = store.provenance(sid).get("pixel_size_um")
+    if isinstance(pixel_um, (int, float)) and math.isfinite(pixel_um) and pixel_um > 0:
+        diameter_um = 2.0 * np.sqrt(np.asarray(area_px, dtype=np.float64) / np.pi) * pixel_um
+        return np.maximum(_POINT_SCALE * diameter_um, pixel_um)
+    # Unknown pixel size: a marker a fiftieth of the spread of the specimens.
+    extent = float(np.ptp(yx, axis=0).max()) if len(yx) > 1 else 0.0
+    return max(extent / 50.0, 10.0)
+
+
+def _lazy_crops(store_path: Path, sid: str, n: int) -> Any:
+    """The first `n` (committed) crops of a sample, read chunk by chunk on display."""
+    import zarr
+
+    arr = zarr.open_array(store_path / "samples" / sid / "crops", mode="r")
+    if arr.shape[0] < n:
+        raise ValueError(f"crops of {sid!r} hold {arr.shape[0]} rows but {n} are committed")
+    try:
+        import dask.array as da
+    except ImportError:  # pragma: no cover - napari depends on dask
+        return np.asarray(arr[:n])
+    # Rows above n may be a writer's preallocated slack: never show them.
+    return da.from_array(arr, chunks=arr.chunks)[:n]
