@@ -13,7 +13,17 @@ import pytest
 
 from napari_foram.cli import main
 
-COMMANDS = ["demo", "synth", "detect", "classify", "export", "bench"]
+COMMANDS = [
+    "demo",
+    "synth",
+    "detect",
+    "classify",
+    "export",
+    "bench",
+    "extract-crops",
+    "train",
+    "evaluate",
+]
 
 
 def test_top_level_help_lists_every_command(capsys):

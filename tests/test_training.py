@@ -533,3 +533,10 @@ def test_fine_tune_phase_two_runs_and_is_recorded(tmp_path: Path) -> None:
     phase2 = out.best.info.training["phase2"]
     assert phase2 is not None and phase2["epochs_run"] == 1
     assert phase2["layers"].startswith("conv[17:]")
+
+
+@pytest.mark.parametrize("name", ["extract-crops", "train", "evaluate"])
+def test_training_commands_explain_themselves(name: str, capsys: pytest.CaptureFixture) -> None:
+    assert main([name, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage:" in out and len(out.splitlines()) > 4

@@ -156,21 +156,31 @@ def read_image(path: str | Path) -> np.ndarray:
     if p.is_dir():
         raise ValueError(f"{p}: is a folder, not an image")
     suffix = p.suffix.lower()
+    import io
+
     import imageio.v3 as iio
 
-    readers: list[Callable[[Path], Any]] = [iio.imread]
+    # Read the bytes ourselves: imageio's plugin probing leaves file handles open when a
+    # file turns out to be corrupt, and readers then work from memory only.
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{p}: cannot read file ({exc.strerror or exc})") from exc
+    readers: list[Callable[[], Any]] = [
+        lambda: iio.imread(raw, extension=suffix) if suffix else iio.imread(raw)
+    ]
     if suffix in (".tif", ".tiff"):
         import tifffile
 
         # tifffile keeps 16-bit and multi-page microscope TIFFs intact; Pillow (through
         # imageio) still reads the JPEG-compressed TIFFs some cameras write when the
         # optional imagecodecs package is missing.
-        readers.insert(0, tifffile.imread)
+        readers.insert(0, lambda: tifffile.imread(io.BytesIO(raw)))
     first_error: Exception | None = None
     data = None
     for reader in readers:
         try:
-            data = reader(p)
+            data = reader()
             break
         except Exception as exc:  # every reader fails differently; the user needs one line
             first_error = first_error or exc

@@ -22,10 +22,8 @@ list (file and reason): nothing crashes the load, nothing is dropped silently.
 from __future__ import annotations
 
 import csv
-import gc
 import hashlib
 import json
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,24 +144,6 @@ def image_to_crop(
     return cut_crops(rgb, centre, CROP_SIZE)[0], "centre"
 
 
-def _read(path: Path) -> np.ndarray:
-    """`read_image`, closing what imageio leaves open when a file cannot be read.
-
-    imageio's plugin probing (``imopen``) leaves the handles of an unreadable file to be
-    closed by finalizers -- some while the error propagates, some held by its traceback
-    -- each raising a ResourceWarning. Let them close here, with that warning silenced,
-    instead of at some random later point.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            return read_image(path)
-        except ValueError as exc:
-            message = str(exc)
-        gc.collect()  # the error and its traceback are gone: finalize the handles now
-    raise ValueError(message)
-
-
 def _class_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         raise ValueError(f"data folder not found: {root}")
@@ -229,7 +209,7 @@ def load_image_folder(
             skipped.append(f"{path}: not an image file ({path.suffix or 'no suffix'})")
         else:
             try:
-                crop, made = image_to_crop(_read(path), params)
+                crop, made = image_to_crop(read_image(path), params)
             except ValueError as exc:  # read_image/check_image: one-line reasons
                 reason = str(exc).removeprefix(f"{path}: ")
                 skipped.append(f"{path}: {reason}")
@@ -453,7 +433,7 @@ def extract_crops(
             skipped.append(f"{path}: not an image file ({path.suffix or 'no suffix'})")
             continue
         try:
-            det = detect(_read(path), params, crops=True)
+            det = detect(read_image(path), params, crops=True)
         except ValueError as exc:
             skipped.append(f"{path}: {str(exc).removeprefix(f'{path}: ')}")
             continue

@@ -530,7 +530,7 @@ def fine_tune(
                     loss = nn.functional.cross_entropy(logits.float(), y)
                     loss.backward()
                     optimiser.step()
-                    running += float(loss)
+                    running += float(loss.detach())
                     if progress is not None:
                         progress(
                             (epoch - 1) * steps_per_epoch + step,
