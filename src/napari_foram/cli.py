@@ -111,20 +111,21 @@ def synth(
     specimens: Annotated[int, typer.Option(min=0, help="Specimens per tray frame.")] = 60,
 ) -> None:
     """Write synthetic tray frames with ground truth and an ImageFolder of labelled crops."""
+    from napari_foram._progress import progress_callback
     from napari_foram.synthetic import write_synth
 
-    summary = write_synth(
-        out_dir,
-        trays=trays,
-        crops_per_class=crops_per_class,
-        seed=seed,
-        n_specimens=specimens,
-        progress=True,
-    )
+    with progress_callback("rendering synthetic forams") as bar:
+        write_synth(
+            out_dir,
+            trays=trays,
+            crops_per_class=crops_per_class,
+            seed=seed,
+            n_specimens=specimens,
+            progress=bar,
+        )
     typer.echo(
         f"wrote {trays} tray frame(s) and {crops_per_class} crops per class to {out_dir.resolve()}"
     )
-    _ = summary
 
 
 # ----------------------------------------------------------------------------- detect

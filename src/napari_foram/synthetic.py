@@ -36,8 +36,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1828,9 +1827,11 @@ def write_synth(
     seed: int = 0,
     shape: tuple[int, int] = DEFAULT_SHAPE,
     n_specimens: int = 60,
-    progress: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Write synthetic tray frames with ground truth and an ImageFolder of labelled crops.
+
+    `progress(done, total, message)` is called after each file (the CLI draws a bar).
 
     Layout::
 
@@ -1860,8 +1861,8 @@ def write_synth(
     def tick(message: str) -> None:
         nonlocal done
         done += 1
-        if progress:
-            print(f"\r[{done}/{total}] {message}", end="", file=sys.stderr, flush=True)
+        if progress is not None:
+            progress(done, total, message)
 
     csv_rows: list[dict[str, Any]] = []
     if trays:
@@ -1928,8 +1929,6 @@ def write_synth(
             iio.imwrite(folder / f"{name}_{i:05d}.png", crop, compress_level=3)
             crop_counts[name] += 1
             tick(f"crops/{name}")
-    if progress and total:
-        print(file=sys.stderr)
     return {
         "out_dir": str(out),
         "trays": tray_paths,
