@@ -540,3 +540,19 @@ def test_training_commands_explain_themselves(name: str, capsys: pytest.CaptureF
     assert main([name, "--help"]) == 0
     out = capsys.readouterr().out
     assert "Usage:" in out and len(out.splitlines()) > 4
+
+
+def test_folded_standardisation_matches_training_on_standardised_features() -> None:
+    """The head saved after standardised training gives the same logits on raw features."""
+    import torch
+    from torch import nn
+
+    from napari_foram.training.train import fold_standardisation
+
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+    x = torch.randn(5, 6) * 3 + 7
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    expected = head((x - mu) / sd)
+    fold_standardisation(head, mu, sd)
+    assert torch.allclose(head(x), expected, atol=1e-5)

@@ -363,6 +363,14 @@ def train(
     feature_cache: Annotated[
         Path | None, typer.Option(help="Folder to cache the VGG16 features in (.npy).")
     ] = None,
+    standardize: Annotated[
+        bool | None,
+        typer.Option(
+            "--standardize/--no-standardize",
+            help="Standardise features for phase 1 (folded into the head afterwards). "
+            "Default: on for a random backbone, off for ImageNet (the study's recipe).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
@@ -382,6 +390,9 @@ def train(
         lr=lr,
         seed=seed,
         device=device,
+        standardize_features=backbone_weights == "none" if standardize is None else standardize,
+        # Centred inputs keep more signal through a random backbone.
+        imagenet_normalize=backbone_weights == "none",
     )
     with progress_callback("training", enabled=not as_json) as progress:
         outcome = train_from_folder(

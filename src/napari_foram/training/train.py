@@ -99,6 +99,11 @@ class TrainConfig:
     imagenet_normalize
         Subtract the ImageNet mean / divide by its std after scaling to 0-1 (the study
         did not).
+    standardize_features
+        Train phase 1 on features standardised per dimension (training-set mean and SD),
+        then fold that affine map into the head's first Linear layer, so the saved head
+        takes raw features like any other. Random-backbone features are nearly identical
+        across crops and need it; the study's ImageNet recipe did not use it.
     device
         "cpu" (default), "cuda[:i]" or "auto".
     """
@@ -118,6 +123,7 @@ class TrainConfig:
     fine_tune_from: int = FINE_TUNE_FROM_LAYER
     seed: int = 0
     imagenet_normalize: bool = False
+    standardize_features: bool = False
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -357,6 +363,16 @@ def _better(score: tuple[float, float], best: tuple[float, float]) -> bool:
     return (acc, -loss) > best
 
 
+def fold_standardisation(head: nn.Sequential, mu: torch.Tensor, sd: torch.Tensor) -> None:
+    """Fold x -> (x - mu) / sd into the head's first Linear layer, in place (exact)."""
+    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
+    with torch.no_grad():
+        w = first.weight / sd.to(first.weight)[None, :]
+        if first.bias is not None:
+            first.bias.sub_(w @ mu.to(first.weight))
+        first.weight.copy_(w)
+
+
 def train_head(
     head: nn.Sequential,
     features: torch.Tensor,
@@ -382,6 +398,10 @@ def train_head(
     x = features.float().to(device)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
     tr = torch.from_numpy(np.asarray(train_idx, dtype=np.int64)).to(device)
+    if config.standardize_features:
+        mu = x[tr].mean(0)
+        sd = x[tr].std(0) + 1e-6
+        x = (x - mu) / sd
     va = torch.from_numpy(np.asarray(val_idx, dtype=np.int64)).to(device)
     head.to(device)
     optimiser = make_optimizer(config.optimizer, head.parameters(), config.lr)
@@ -429,6 +449,8 @@ def train_head(
                 raise
             interrupted = True
     head.load_state_dict(best_state)
+    if config.standardize_features:
+        fold_standardisation(head, mu, sd)
     head.eval().to("cpu")
     row = history[best_epoch - 1]
     return {
