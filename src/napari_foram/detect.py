@@ -131,6 +131,8 @@ class Detections:
         Diameter of the disc with the same area.
     clipped : (n,) bool
         Touches the frame edge or the masked tray border: only part of it is visible.
+    at_edge : (n,) bool
+        Clipped by the frame edge (a neighbouring field may see the rest of it).
     artifact : (n,) bool
         Long and straight (elongation > `max_elongation`): a scale bar, ruler or fibre.
     elongation : (n,) float
@@ -157,6 +159,7 @@ class Detections:
     area_px: np.ndarray
     equivalent_diameter_px: np.ndarray
     clipped: np.ndarray
+    at_edge: np.ndarray
     artifact: np.ndarray
     elongation: np.ndarray
     mean_color: np.ndarray
@@ -171,6 +174,25 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+    def take(self, rows: np.ndarray) -> Detections:
+        """A table of the given rows only (label image and settings shared)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return replace(
+            self,
+            label=self.label[rows],
+            centroid=self.centroid[rows],
+            bbox=self.bbox[rows],
+            area_px=self.area_px[rows],
+            equivalent_diameter_px=self.equivalent_diameter_px[rows],
+            clipped=self.clipped[rows],
+            at_edge=self.at_edge[rows],
+            artifact=self.artifact[rows],
+            elongation=self.elongation[rows],
+            mean_color=self.mean_color[rows],
+            crops=None if self.crops is None else self.crops[rows],
+            masks=None if self.masks is None else self.masks[rows],
+        )
 
     @property
     def whole(self) -> np.ndarray:
@@ -315,10 +337,14 @@ def find_border_mask(
     if n == 0:
         return np.zeros((h, w), dtype=bool)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    edge = np.zeros(n + 1, dtype=bool)
-    for side in (lab[0, :], lab[-1, :], lab[:, 0], lab[:, -1]):
-        edge[np.unique(side)] = True
-    keep = (sizes >= params.border_min_fraction * lab.size) & edge
+    # How long each component runs along the frame edge. A wall is a band along a side
+    # (contact >> sqrt(area)); a big specimen cut by the edge is a compact blob whose
+    # contact is about its diameter (contact / sqrt(area) ~ 1.6 for a half disc).
+    contact = np.bincount(
+        np.concatenate([lab[0, :], lab[-1, :], lab[1:-1, 0], lab[1:-1, -1]]), minlength=n + 1
+    )
+    band_like = contact >= 2.5 * np.sqrt(np.maximum(sizes, 1))
+    keep = (sizes >= params.border_min_fraction * lab.size) & (contact > 0) & band_like
     keep[0] = False
     if not keep.any():
         return np.zeros((h, w), dtype=bool)
@@ -340,6 +366,12 @@ def find_border_mask(
     for side in (fine_lab[0, :], fine_lab[-1, :], fine_lab[:, 0], fine_lab[:, -1]):
         fine_edge[np.unique(side)] = True
     fine_edge[0] = False
+    # A specimen near the wall and cut by the frame edge is also bright and touches the
+    # edge; the wall is the part that lies mostly inside the coarse wall band itself.
+    core = coarse_mask[np.ix_(rows, cols)]
+    sizes_fine = np.bincount(fine_lab.ravel(), minlength=n_fine + 1)
+    in_core = np.bincount(fine_lab[core], minlength=n_fine + 1)
+    fine_edge &= in_core >= 0.5 * np.maximum(sizes_fine, 1)
     wall = fine_edge[fine_lab]
     # The dark area beyond the wall (outside the tray) is below any detection threshold,
     # so it needs no mask of its own.
@@ -551,6 +583,7 @@ def detect(
     clipped = np.zeros(n, dtype=bool)
     on_edge = np.unique(edge_labels)
     clipped[on_edge[on_edge > 0] - 1] = True
+    at_edge = clipped.copy()
     if border.any():
         halo = _dilate(border, 1) & ~border
         touching = np.unique(outline[halo])
@@ -575,6 +608,7 @@ def detect(
         area_px=area,
         equivalent_diameter_px=np.sqrt(4.0 * area / np.pi),
         clipped=clipped,
+        at_edge=at_edge,
         artifact=artifact,
         elongation=elongation,
         mean_color=mean_color,
@@ -607,6 +641,7 @@ def _empty(
         area_px=np.zeros(0),
         equivalent_diameter_px=np.zeros(0),
         clipped=np.zeros(0, bool),
+        at_edge=np.zeros(0, bool),
         artifact=np.zeros(0, bool),
         elongation=np.zeros(0),
         mean_color=np.zeros((0, 3), np.float32),

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_foram.detect import DetectionParams, Detections, detect
+from napari_foram.frames import Frame
 from napari_foram.tally.dedup import SpecimenRegistry
 
 if TYPE_CHECKING:
     from napari_foram.classify.predict import Predictions, Predictor
-    from napari_foram.frames import Frame
     from napari_foram.tally.store import TallyStore
 
 
@@ -52,6 +52,29 @@ class FrameResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Partial:
+    """A specimen seen so far only cut by the frame edge (one sighting of it).
+
+    Only a crop-sized stand-in of the frame is kept, not the frame: a scan would otherwise
+    hold every field in memory until its end.
+    """
+
+    frame: Frame
+    detections: Detections
+    box_um: tuple[float, float, float, float]
+    area_px: float
+
+    @property
+    def centre_um(self) -> tuple[float, float]:
+        x0, y0, x1, y1 = self.box_um
+        return ((x0 + x1) / 2, (y0 + y1) / 2)
+
+
+def _boxes_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 class CountingPipeline:
     """Turns frames into counted, classified specimens in a tally store.
 
@@ -66,7 +89,8 @@ class CountingPipeline:
     mc_samples
         Monte Carlo dropout passes per specimen (1 = deterministic).
     include_clipped
-        Count objects cut by the frame edge (off: a neighbouring field sees them whole).
+        Count objects cut by the frame edge at once (off: wait for a whole view; what
+        was only ever seen cut is counted once by `finish`).
     """
 
     def __init__(
@@ -93,6 +117,8 @@ class CountingPipeline:
         self.frames_without_position = 0
         self.frames_processed = 0
         self.specimens_counted = 0
+        #: Specimens seen only cut by the frame edge so far (resolved by `finish`).
+        self.partials: list[_Partial] = []
 
     def provenance(self) -> dict[str, Any]:
         """Model and detector settings, for the store's per-sample record."""
@@ -125,8 +151,11 @@ class CountingPipeline:
             new_rows, dup_rows = candidates, np.zeros(0, dtype=np.int64)
         else:
             diam_um = det.equivalent_diameter_px[candidates] * frame.pixel_size_um
-            match = self.registry.match(xy[candidates], diam_um)
+            boxes = np.array([_box_um(frame, det.bbox[r]) for r in candidates]).reshape(-1, 4)
+            match = self.registry.match(xy[candidates], diam_um, boxes)
             new_rows, dup_rows = candidates[match < 0], candidates[match >= 0]
+            if not self.include_clipped:
+                self._track_partials(frame, det, xy)
         t2 = time.perf_counter()
 
         predictions = None
@@ -150,6 +179,64 @@ class CountingPipeline:
             sample_xy_um=xy,
             seconds={"detect": t1 - t0, "dedup": t2 - t1, "classify": t3 - t2, "store": t4 - t3},
         )
+
+    def _track_partials(self, frame: Frame, det: Detections, xy: np.ndarray) -> None:
+        """Remember edge-cut sightings of specimens not (yet) counted; forget those that a
+        whole view has since counted."""
+        self.partials = [p for p in self.partials if not self.registry.covers(p.box_um)]
+        for row in np.flatnonzero(det.at_edge & ~det.artifact):
+            box = _box_um(frame, det.bbox[row])
+            if self.registry.covers(box):
+                continue  # a part of a specimen already counted whole
+            self.partials.append(
+                _Partial(*_stand_in(frame, det, int(row)), box_um=box, area_px=det.area_px[row])
+            )
+
+    def finish(self) -> list[FrameResult]:
+        """End of a scan: count, once each, the specimens only ever seen cut by an edge.
+
+        Sightings from different fields whose boxes overlap (in sample coordinates) are
+        one specimen; its largest view is classified and stored. Returns one result per
+        such specimen, shaped like `process` results (the "frame" is the crop).
+        """
+        pending = [p for p in self.partials if not self.registry.covers(p.box_um)]
+        self.partials = []
+        groups: list[list[_Partial]] = []
+        for part in pending:
+            joined = [g for g in groups if any(_boxes_overlap(part.box_um, q.box_um) for q in g)]
+            merged = [part] + [q for g in joined for q in g]
+            groups = [g for g in groups if not any(g is j for j in joined)] + [merged]
+        chosen = [max(g, key=lambda q: q.area_px) for g in groups]
+        if not chosen:
+            return []
+        crops = np.concatenate(
+            [c.detections.crops for c in chosen if c.detections.crops is not None]
+        )
+        predictions = self.predictor.predict(crops, mc_samples=self.mc_samples)
+        results = []
+        for i, part in enumerate(chosen):
+            pred = predictions.take(np.array([i]))
+            xy = np.array([part.centre_um])
+            assert part.frame.pixel_size_um is not None
+            self.registry.register(
+                xy,
+                part.detections.equivalent_diameter_px * part.frame.pixel_size_um,
+                np.array([part.box_um]),
+            )
+            if self.store is not None:
+                self._append(part.frame, part.detections, np.array([0]), xy, pred)
+            self.specimens_counted += 1
+            results.append(
+                FrameResult(
+                    frame=part.frame,
+                    detections=part.detections,
+                    new_rows=np.array([0]),
+                    duplicate_rows=np.zeros(0, dtype=np.int64),
+                    predictions=pred,
+                    sample_xy_um=xy,
+                )
+            )
+        return results
 
     def _append(
         self,
@@ -180,6 +267,41 @@ class CountingPipeline:
             crops=det.crops[rows],
         )
         self.store.append_specimens(self.sample_id, batch)
+
+
+def _box_um(frame: Frame, bbox: np.ndarray) -> tuple[float, float, float, float]:
+    """A pixel box (min_row, min_col, max_row, max_col) as (x0, y0, x1, y1) in um."""
+    y0, x0, y1, x1 = (float(v) for v in bbox)
+    a = frame.pixel_to_stage_um(y0 - 0.5, x0 - 0.5)
+    b = frame.pixel_to_stage_um(y1 - 0.5, x1 - 0.5)
+    assert a is not None and b is not None
+    return (a[0], a[1], b[0], b[1])
+
+
+def _stand_in(frame: Frame, det: Detections, row: int) -> tuple[Frame, Detections]:
+    """The crop of detection `row` as a small frame of its own, and that one detection in
+    it, placed so that sample coordinates stay right."""
+    assert det.crops is not None
+    size = det.crops.shape[1]
+    cy, cx = det.centroid[row]
+    top, left = round(cy) - size // 2, round(cx) - size // 2
+    centre = frame.pixel_to_stage_um(top + (size - 1) / 2, left + (size - 1) / 2)
+    one = det.take(np.array([row]))
+    one = replace(
+        one,
+        centroid=one.centroid - [top, left],
+        bbox=one.bbox - [top, left, top, left],
+    )
+    crop_frame = Frame(
+        image=det.crops[row],
+        index=frame.index,
+        stage_xy_um=centre,
+        pixel_size_um=frame.pixel_size_um,
+        timestamp=frame.timestamp,
+        source=frame.source,
+        metadata={**frame.metadata, "clipped_view": True},
+    )
+    return crop_frame, one
 
 
 def load_predictor(

@@ -111,6 +111,10 @@ class CountingSession:
             worker.stop(drain=True)
             self._core = None
         worker.raise_if_failed()
+        # Specimens only ever seen cut by a field edge are counted once now.
+        for result in self.pipeline.finish():
+            if on_result is not None:
+                on_result(result)
         error = acquired.error
         if error is None and self._stop_requested:
             error = "stopped by the user"

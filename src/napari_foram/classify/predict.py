@@ -16,6 +16,7 @@ samples) and the majority vote over the N samples. Entropies are in nats.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,19 @@ class Predictions:
     def labels(self) -> list[str]:
         """Predicted class name per crop."""
         return [self.class_names[i] for i in self.class_index]
+
+    def take(self, rows: np.ndarray) -> Predictions:
+        """The predictions of the given crops only."""
+        return dataclasses.replace(
+            self,
+            class_index=self.class_index[rows],
+            mean_probs=self.mean_probs[rows],
+            variance=self.variance[rows],
+            entropy=self.entropy[rows],
+            mutual_information=self.mutual_information[rows],
+            vote_class=self.vote_class[rows],
+            vote_fraction=self.vote_fraction[rows],
+        )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

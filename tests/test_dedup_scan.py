@@ -1,0 +1,87 @@
+"""Counted once: a tray scanned with little overlap, and one field watched live.
+
+Specimens are real synthetic renders on a simulated microscope; the counts come from the
+real pipeline (detector, registry, classifier with random weights, no store) and must equal
+the ground truth exactly. Touching pairs are left out: the detector keeps a touching pair
+as one object by default (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_foram.demo import DemoScan, make_demo_world
+from napari_foram.synthetic import CLASSES
+
+pytestmark = pytest.mark.acquisition
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
+    from napari_foram.classify.model import build_model
+    from napari_foram.classify.predict import Predictor
+
+    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
+    path = tmp_path_factory.mktemp("model") / "random.safetensors"
+    save_checkpoint(path, model, ModelInfo.for_model(model, CLASSES))
+    return Predictor.from_checkpoint(path, device="cpu")
+
+
+@pytest.mark.parametrize("overlap", [0.10, 0.30])
+def test_tray_scan_with_small_overlap_counts_ground_truth(predictor, overlap):
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+
+    # 3 x 3 fields of 400 x 500 px: at 10 % overlap (40 px) most specimens on a field
+    # boundary are cut in both fields and must still be counted once.
+    scan = DemoScan(
+        rows=3,
+        cols=3,
+        camera_shape=(400, 500),
+        overlap_fraction=overlap,
+        specimens=14,
+        touching_pairs=0,
+    )
+    world = make_demo_world(11, scan)
+    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=1)
+    pipeline = CountingPipeline(predictor, mc_samples=1)
+    results = []
+    report = CountingSession(pipeline).scan(
+        tray.core, tray.grid_sequence(3, 3, overlap), on_result=results.append
+    )
+    assert report.error is None and report.frames_processed == 9
+    truth = [s for s in world.specimens if not s.clipped]
+    counted = np.array([r.sample_xy_um[i] for r in results for i in r.new_rows])
+    assert len(counted) == len(truth) == pipeline.specimens_counted
+    # And each true specimen is matched by exactly one count.
+    from napari_foram.evaluation import match_points
+
+    truth_xy = np.array([tray.world_px_to_um(*s.centroid_yx) for s in truth])
+    m = match_points(counted, truth_xy, np.array([s.diameter_um / 2 for s in truth]))
+    assert m.matched == len(truth) and m.false == 0
+
+
+def test_fifty_live_frames_of_one_field_count_each_specimen_once(predictor):
+    from napari_foram.acquire import snap_frame
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import SimulatedTray
+
+    scan = DemoScan(
+        rows=1,
+        cols=1,
+        camera_shape=(486, 648),
+        overlap_fraction=0.0,
+        specimens=6,
+        touching_pairs=0,
+    )
+    world = make_demo_world(5, scan)
+    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=2)  # noisy camera
+    pipeline = CountingPipeline(predictor, mc_samples=1)
+    for i in range(50):
+        pipeline.process(snap_frame(tray.core, index=i))
+    # The field is the whole world here: every whole specimen in it, once.
+    truth = [s for s in world.specimens if not s.clipped]
+    assert pipeline.specimens_counted == len(truth) > 0
+    assert pipeline.frames_processed == 50
