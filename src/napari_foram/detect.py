@@ -133,6 +133,8 @@ class Detections:
         Touches the frame edge or the masked tray border: only part of it is visible.
     at_edge : (n,) bool
         Clipped by the frame edge (a neighbouring field may see the rest of it).
+    at_border : (n,) bool
+        Touches the masked tray wall (part of it may lie beneath the mask).
     artifact : (n,) bool
         Long and straight (elongation > `max_elongation`): a scale bar, ruler or fibre.
     elongation : (n,) float
@@ -160,6 +162,7 @@ class Detections:
     equivalent_diameter_px: np.ndarray
     clipped: np.ndarray
     at_edge: np.ndarray
+    at_border: np.ndarray
     artifact: np.ndarray
     elongation: np.ndarray
     mean_color: np.ndarray
@@ -187,6 +190,7 @@ class Detections:
             equivalent_diameter_px=self.equivalent_diameter_px[rows],
             clipped=self.clipped[rows],
             at_edge=self.at_edge[rows],
+            at_border=self.at_border[rows],
             artifact=self.artifact[rows],
             elongation=self.elongation[rows],
             mean_color=self.mean_color[rows],
@@ -339,11 +343,12 @@ def find_border_mask(
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     # How long each component runs along the frame edge. A wall is a band along a side
     # (contact >> sqrt(area)); a big specimen cut by the edge is a compact blob whose
-    # contact is about its diameter (contact / sqrt(area) ~ 1.6 for a half disc).
+    # contact is about its diameter (contact / sqrt(area) ~ 1.6 for a half disc; a band
+    # of thickness t along a side of length L gives sqrt(L / t), 3 or more for walls).
     contact = np.bincount(
         np.concatenate([lab[0, :], lab[-1, :], lab[1:-1, 0], lab[1:-1, -1]]), minlength=n + 1
     )
-    band_like = contact >= 2.5 * np.sqrt(np.maximum(sizes, 1))
+    band_like = contact >= 2.0 * np.sqrt(np.maximum(sizes, 1))
     keep = (sizes >= params.border_min_fraction * lab.size) & (contact > 0) & band_like
     keep[0] = False
     if not keep.any():
@@ -584,10 +589,12 @@ def detect(
     on_edge = np.unique(edge_labels)
     clipped[on_edge[on_edge > 0] - 1] = True
     at_edge = clipped.copy()
+    at_border = np.zeros(n, dtype=bool)
     if border.any():
         halo = _dilate(border, 1) & ~border
         touching = np.unique(outline[halo])
         clipped[touching[touching > 0] - 1] = True
+        at_border[touching[touching > 0] - 1] = True
     # Scale bars, rulers and fibres that survived the opening are long and straight; no
     # foraminifer or grain is 8 times longer than wide.
     artifact = elongation > params.max_elongation
@@ -609,6 +616,7 @@ def detect(
         equivalent_diameter_px=np.sqrt(4.0 * area / np.pi),
         clipped=clipped,
         at_edge=at_edge,
+        at_border=at_border,
         artifact=artifact,
         elongation=elongation,
         mean_color=mean_color,
@@ -642,6 +650,7 @@ def _empty(
         equivalent_diameter_px=np.zeros(0),
         clipped=np.zeros(0, bool),
         at_edge=np.zeros(0, bool),
+        at_border=np.zeros(0, bool),
         artifact=np.zeros(0, bool),
         elongation=np.zeros(0),
         mean_color=np.zeros((0, 3), np.float32),

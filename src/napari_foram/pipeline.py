@@ -184,7 +184,9 @@ class CountingPipeline:
         """Remember edge-cut sightings of specimens not (yet) counted; forget those that a
         whole view has since counted."""
         self.partials = [p for p in self.partials if not self.registry.covers(p.box_um)]
-        for row in np.flatnonzero(det.at_edge & ~det.artifact):
+        # Cut by the frame edge, not touching the tray wall (wall remnants at a field's
+        # edge look like cut specimens; a specimen against the wall cannot be counted).
+        for row in np.flatnonzero(det.at_edge & ~det.at_border & ~det.artifact):
             box = _box_um(frame, det.bbox[row])
             if self.registry.covers(box):
                 continue  # a part of a specimen already counted whole
