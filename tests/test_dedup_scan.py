@@ -85,3 +85,38 @@ def test_fifty_live_frames_of_one_field_count_each_specimen_once(predictor):
     truth = [s for s in world.specimens if not s.clipped]
     assert pipeline.specimens_counted == len(truth) > 0
     assert pipeline.frames_processed == 50
+
+
+def test_rescanning_a_stored_sample_resumes_without_recounting(predictor, tmp_path):
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    scan = DemoScan(
+        rows=2,
+        cols=2,
+        camera_shape=(486, 648),
+        overlap_fraction=0.45,
+        specimens=8,
+        touching_pairs=0,
+    )
+    world = make_demo_world(3, scan)
+    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=3)
+    path = tmp_path / "resume.zarr"
+    store = TallyStore.create(path, classes=list(CLASSES))
+    store.add_sample(SampleRecord("S1"))
+    store.set_provenance("S1", tray.describe())
+    first = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+    CountingSession(first).scan(tray.core, tray.grid_sequence(2, 2, 0.45))
+    store.close()
+    counted = first.specimens_counted
+    assert counted == len([s for s in world.specimens if not s.clipped])
+
+    # A crash or a second session: reopen, scan the same tray again.
+    store = TallyStore.open(path, mode="a")
+    again = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+    assert again.specimens_resumed == counted
+    CountingSession(again).scan(tray.core, tray.grid_sequence(2, 2, 0.45))
+    store.close()
+    assert again.specimens_counted == 0
+    assert TallyStore.open(path, mode="r").n_specimens("S1") == counted

@@ -117,8 +117,30 @@ class CountingPipeline:
         self.frames_without_position = 0
         self.frames_processed = 0
         self.specimens_counted = 0
+        #: Specimens found in the store when the pipeline started (a resumed sample).
+        self.specimens_resumed = 0
         #: Specimens seen only cut by the frame edge so far (resolved by `finish`).
         self.partials: list[_Partial] = []
+        if store is not None and sample_id is not None:
+            self._resume_from_store()
+
+    def _resume_from_store(self) -> None:
+        """Continue a sample: specimens already in the store are known, never recounted."""
+        assert self.store is not None and self.sample_id is not None
+        if self.sample_id not in self.store.samples():
+            return
+        rows = self.store.read_specimens(
+            self.sample_id, columns=["stage_x_um", "stage_y_um", "area_px", "bbox"]
+        )
+        xy = np.column_stack([rows["stage_x_um"], rows["stage_y_um"]])
+        known = np.isfinite(xy).all(axis=1)
+        if not known.any():
+            return
+        # The store keeps areas in pixels; the provenance keeps the pixel size.
+        pixel_um = float(self.store.provenance(self.sample_id).get("pixel_size_um") or 1.0)
+        diam = np.sqrt(4 * rows["area_px"][known] / np.pi) * pixel_um
+        self.registry.register(xy[known], diam)
+        self.specimens_resumed = int(known.sum())
 
     def provenance(self) -> dict[str, Any]:
         """Model and detector settings, for the store's per-sample record."""
@@ -201,6 +223,15 @@ class CountingPipeline:
         one specimen; its largest view is classified and stored. Returns one result per
         such specimen, shaped like `process` results (the "frame" is the crop).
         """
+        if self.store is not None and self.sample_id and self.frames_without_position:
+            # Say so in the record: these frames could not be de-duplicated.
+            self.store.set_provenance(
+                self.sample_id,
+                {
+                    "frames_counted_per_frame": self.frames_without_position,
+                    "why": "no stage position or pixel size: specimens counted per frame",
+                },
+            )
         pending = [p for p in self.partials if not self.registry.covers(p.box_um)]
         self.partials = []
         groups: list[list[_Partial]] = []
