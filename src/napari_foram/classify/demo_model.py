@@ -134,64 +134,24 @@ def train_head_on_features(
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
     train_idx, val_idx = stratified_split(y, val_fraction, seed)
-    x = features.detach().float().cpu()
-    y_t = torch.from_numpy(y)
-    optimiser = torch.optim.Adam(head.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
+    # One training loop in the project: phase 1 of the training package.
+    from napari_foram.training.train import TrainConfig, train_head
 
-    def evaluate(idx: np.ndarray) -> tuple[float, float]:
-        head.eval()
-        with torch.inference_mode():
-            logits = head(x[idx])
-            loss = float(loss_fn(logits, y_t[idx]))
-            acc = float((logits.argmax(1) == y_t[idx]).float().mean())
-        return acc, loss
-
-    best: tuple[float, float] = (-1.0, float("inf"))
-    best_state: dict[str, torch.Tensor] = {}
-    best_epoch, history, stale = 0, [], 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for epoch in range(1, max_epochs + 1):
-            head.train()
-            order = train_idx[torch.randperm(train_idx.size).numpy()]
-            for start in range(0, order.size, batch_size):
-                batch = order[start : start + batch_size]
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(head(x[batch]), y_t[batch])
-                loss.backward()
-                optimiser.step()
-            val_acc, val_loss = evaluate(val_idx)
-            train_acc, train_loss = evaluate(train_idx)
-            history.append(
-                {
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "train_accuracy": train_acc,
-                    "val_loss": val_loss,
-                    "val_accuracy": val_acc,
-                }
-            )
-            if progress is not None:
-                progress(epoch, max_epochs, f"epoch {epoch}: val accuracy {val_acc:.3f}")
-            if (val_acc, -val_loss) > (best[0], -best[1]):
-                best, best_epoch, stale = (val_acc, val_loss), epoch, 0
-                best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-            else:
-                stale += 1
-                if stale >= patience:
-                    break
-    head.load_state_dict(best_state)
-    head.eval()
+    config = TrainConfig(
+        lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed
+    )
+    record = train_head(
+        head, features.detach().float().cpu(), y, train_idx, val_idx, config, progress=progress
+    )
     return HeadTrainingResult(
-        best_epoch=best_epoch,
-        epochs_run=len(history),
-        train_accuracy=history[best_epoch - 1]["train_accuracy"],
-        val_accuracy=best[0],
-        val_loss=best[1],
+        best_epoch=record["best_epoch"],
+        epochs_run=record["epochs_run"],
+        train_accuracy=record["train_accuracy"],
+        val_accuracy=record["val_accuracy"],
+        val_loss=record["val_loss"],
         n_train=int(train_idx.size),
         n_val=int(val_idx.size),
-        history=history,
+        history=record["history"],
     )
 
 
