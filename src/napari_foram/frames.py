@@ -137,17 +137,6 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return img
 
 
-def to_grey_float(image: np.ndarray) -> np.ndarray:
-    """Any accepted image as (H, W) float32 in [0, 255] (luma for colour)."""
-    img = to_uint8(image)
-    if img.ndim == 2:
-        return img.astype(np.float32)
-    if img.shape[2] == 1:
-        return img[:, :, 0].astype(np.float32)
-    rgb = img[:, :, :3].astype(np.float32)
-    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file into a numpy array, or raise ValueError with a one-line reason."""
     p = Path(path)
@@ -197,16 +186,3 @@ def read_image(path: str | Path) -> np.ndarray:
     except ValueError as exc:
         raise ValueError(f"{p}: {exc}") from None
     return data
-
-
-def frame_from_file(path: str | Path, index: int = 0, pixel_size_um: float | None = None) -> Frame:
-    """A `Frame` for an image file (no stage position: files are counted per frame)."""
-    p = Path(path)
-    return Frame(
-        image=read_image(p),
-        index=index,
-        stage_xy_um=None,
-        pixel_size_um=pixel_size_um,
-        timestamp=p.stat().st_mtime,
-        source=str(p),
-    )

@@ -16,7 +16,7 @@ import numpy as np
 
 @dataclass
 class SpecimenRegistry:
-    """Known specimen positions (x_um, y_um) with their diameters, for one sample.
+    """Known specimens of one sample: centres (x_um, y_um), diameters and extents.
 
     Parameters
     ----------
@@ -29,21 +29,21 @@ class SpecimenRegistry:
 
     tolerance_fraction: float = 0.5
     min_tolerance_um: float = 10.0
-    positions_um: list[tuple[float, float]] = field(default_factory=list)
-    diameters_um: list[float] = field(default_factory=list)
-    #: Extent (x0, y0, x1, y1) of each known specimen in sample coordinates.
-    boxes_um: list[tuple[float, float, float, float]] = field(default_factory=list)
+    # Numpy columns, grown once per call (not per specimen): a long scan holds thousands.
+    xy_um: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    diameter_um: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    box_um: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
 
     def __len__(self) -> int:
-        return len(self.positions_um)
+        return int(self.xy_um.shape[0])
 
     def match(
         self, xy_um: np.ndarray, diameters_um: np.ndarray, boxes_um: np.ndarray | None = None
     ) -> np.ndarray:
         """Index of the known specimen each detection is, or -1 for new ones.
 
-        Detections in one call are also matched against each other (the first one wins),
-        so one frame never yields the same specimen twice.
+        New ones are registered. Detections in one call are also matched against each
+        other (the first one wins), so one frame never yields the same specimen twice.
 
         Parameters
         ----------
@@ -54,46 +54,52 @@ class SpecimenRegistry:
         boxes_um : (n, 4) float, optional
             Extents (x0, y0, x1, y1); default: squares of the equivalent diameter.
         """
-        xy = np.asarray(xy_um, dtype=np.float64).reshape(-1, 2)
-        diam = np.asarray(diameters_um, dtype=np.float64).reshape(-1)
-        if len(xy) != len(diam):
-            raise ValueError(f"{len(xy)} positions but {len(diam)} diameters")
-        if boxes_um is None:
-            half = diam[:, None] / 2
-            boxes = np.hstack([xy - half, xy + half])
-        else:
-            boxes = np.asarray(boxes_um, dtype=np.float64).reshape(-1, 4)
+        xy, diam, boxes = _columns(xy_um, diameters_um, boxes_um)
         out = np.full(len(xy), -1, dtype=np.int64)
-        known = np.asarray(self.positions_um, dtype=np.float64).reshape(-1, 2)
-        known_d = np.asarray(self.diameters_um, dtype=np.float64)
-        for i in range(len(xy)):
-            if len(known):
-                dist = np.hypot(*(known - xy[i]).T)
+        n_known = len(self)
+        if n_known and len(xy):
+            # Everything against the specimens known before this call, at once.
+            dist = np.hypot(
+                xy[:, None, 0] - self.xy_um[None, :, 0], xy[:, None, 1] - self.xy_um[None, :, 1]
+            )
+            tol = np.maximum(
+                self.tolerance_fraction * np.maximum(diam[:, None], self.diameter_um[None, :]),
+                self.min_tolerance_um,
+            )
+            dist = np.where(dist < tol, dist, np.inf)
+            nearest = dist.argmin(axis=1)
+            hit = np.isfinite(dist[np.arange(len(xy)), nearest])
+            out[hit] = nearest[hit]
+        # Then the new ones against each other (a batch is one frame: a few dozen).
+        new = np.flatnonzero(out < 0)
+        kept: list[int] = []
+        for i in new:
+            if kept:
+                others = np.asarray(kept)
+                d = np.hypot(*(xy[others] - xy[i]).T)
                 tol = np.maximum(
-                    self.tolerance_fraction * np.maximum(known_d, diam[i]), self.min_tolerance_um
+                    self.tolerance_fraction * np.maximum(diam[others], diam[i]),
+                    self.min_tolerance_um,
                 )
-                hits = np.flatnonzero(dist < tol)
-                if hits.size:
-                    out[i] = int(hits[np.argmin(dist[hits])])
+                close = np.flatnonzero(d < tol)
+                if close.size:
+                    out[i] = n_known + kept.index(int(others[close[np.argmin(d[close])]]))
                     continue
-            # New: register at once so later detections in this batch match it.
-            self.positions_um.append((float(xy[i, 0]), float(xy[i, 1])))
-            self.diameters_um.append(float(diam[i]))
-            self.boxes_um.append(tuple(float(v) for v in boxes[i]))  # type: ignore[arg-type]
-            known = np.vstack([known, xy[i : i + 1]])
-            known_d = np.append(known_d, diam[i])
-            out[i] = -1
+            kept.append(int(i))
+        if kept:
+            self._append(xy[kept], diam[kept], boxes[kept])
+        # Rows registered just now stay -1 (new); duplicates within the batch point at them.
         return out
 
     def covers(self, box_um: tuple[float, float, float, float]) -> bool:
-        """Whether a box (x0, y0, x1, y1) lies within a known specimen's extent (+20 %).
+        """Whether a box (x0, y0, x1, y1) lies within a known specimen's extent (+10 %).
 
         A view of a specimen cut by the frame edge lies inside that specimen, so this
         tells a partial view of a counted specimen from a new one.
         """
-        if not self.boxes_um:
+        if not len(self):
             return False
-        known = np.asarray(self.boxes_um, dtype=np.float64)
+        known = self.box_um
         # 10 % of each specimen's size as slack for centroid and outline jitter.
         slack_x = 0.1 * (known[:, 2] - known[:, 0])
         slack_y = 0.1 * (known[:, 3] - known[:, 1])
@@ -110,12 +116,23 @@ class SpecimenRegistry:
         self, xy_um: np.ndarray, diameters_um: np.ndarray, boxes_um: np.ndarray | None = None
     ) -> None:
         """Add specimens known from elsewhere (a resumed store, the end of a scan)."""
-        xy = np.asarray(xy_um, dtype=np.float64).reshape(-1, 2)
-        diam = np.asarray(diameters_um, dtype=np.float64).reshape(-1)
-        if boxes_um is None:
-            boxes = np.hstack([xy - diam[:, None] / 2, xy + diam[:, None] / 2])
-        else:
-            boxes = np.asarray(boxes_um, dtype=np.float64).reshape(-1, 4)
-        self.positions_um.extend((float(a), float(b)) for a, b in xy)
-        self.diameters_um.extend(float(d) for d in diam)
-        self.boxes_um.extend(tuple(float(v) for v in b) for b in boxes)  # type: ignore[misc]
+        self._append(*_columns(xy_um, diameters_um, boxes_um))
+
+    def _append(self, xy: np.ndarray, diam: np.ndarray, boxes: np.ndarray) -> None:
+        self.xy_um = np.concatenate([self.xy_um, xy])
+        self.diameter_um = np.concatenate([self.diameter_um, diam])
+        self.box_um = np.concatenate([self.box_um, boxes])
+
+
+def _columns(
+    xy_um: np.ndarray, diameters_um: np.ndarray, boxes_um: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (n, 2) centres, (n,) diameters and (n, 4) boxes (default: squares)."""
+    xy = np.asarray(xy_um, dtype=np.float64).reshape(-1, 2)
+    diam = np.asarray(diameters_um, dtype=np.float64).reshape(-1)
+    if len(xy) != len(diam):
+        raise ValueError(f"{len(xy)} positions but {len(diam)} diameters")
+    if boxes_um is None:
+        half = diam[:, None] / 2
+        return xy, diam, np.hstack([xy - half, xy + half])
+    return xy, diam, np.asarray(boxes_um, dtype=np.float64).reshape(-1, 4)
