@@ -400,6 +400,31 @@ def test_worker_stop_drains_pending_frames():
     }
 
 
+def test_batch_worker_takes_what_is_queued_in_order():
+    queue: FrameQueue[int] = FrameQueue(maxsize=50, policy="scan")
+    batches: list[list[int]] = []
+    for i in range(10):
+        queue.put(i)  # all waiting before the worker starts: batches of at most 4
+    worker = ProcessingWorker(queue, batch_handler=batches.append, max_batch=4).start()
+    worker.stop(drain=True, timeout=5)
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert worker.processed == 10 and worker.largest_batch == 4
+    with pytest.raises(QueueClosed):
+        queue.get_many(3, timeout=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        ProcessingWorker(queue)
+    with pytest.raises(ValueError, match="max_items"):
+        FrameQueue[int]().get_many(0)
+
+
+def test_get_many_does_not_wait_for_a_full_batch():
+    queue: FrameQueue[int] = FrameQueue(maxsize=8, policy="scan")
+    queue.put(1)
+    assert queue.get_many(5, timeout=1) == [1]  # one waiting: returns it at once
+    with pytest.raises(TimeoutError):
+        queue.get_many(5, timeout=0.01)
+
+
 def test_worker_stop_without_drain_discards_and_counts():
     queue: FrameQueue[int] = FrameQueue(maxsize=50, policy="live")
     busy, gate = threading.Event(), threading.Event()

@@ -554,6 +554,8 @@ def test_demo_checkpoint_trains_once_and_classifies_held_out(tmp_path):
     assert not any(c[0] == "again" for c in calls)  # reused, not retrained
     predictor = Predictor.from_checkpoint(path, device="cpu")
     assert predictor.info.training["kind"] == "demo"
-    crops, labels, _ = render_demo_crops(6, start=HELD_OUT_OFFSET)  # seeds unseen in training
+    assert 0.0 <= predictor.info.metrics["held_out_accuracy"] <= 1.0
+    crops, labels, _ = render_demo_crops(6, start=HELD_OUT_OFFSET)  # trays unseen in training
+    assert crops.shape == (24, 224, 224, 3) and np.bincount(labels).tolist() == [6, 6, 6, 6]
     pred = predictor.predict(crops, mc_samples=30, seed=0)
     assert (pred.class_index == labels).mean() > 0.4  # chance is 0.25

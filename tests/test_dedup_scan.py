@@ -120,3 +120,43 @@ def test_rescanning_a_stored_sample_resumes_without_recounting(predictor, tmp_pa
     store.close()
     assert again.specimens_counted == 0
     assert TallyStore.open(path, mode="r").n_specimens("S1") == counted
+
+
+def test_frames_classified_in_one_batch_equal_frame_by_frame(predictor, tmp_path):
+    """Cross-frame batching (what a GPU session does) changes nothing in the store."""
+    from napari_foram.acquire import run_scan
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    scan = DemoScan(rows=2, cols=2, camera_shape=(400, 500), overlap_fraction=0.3, specimens=10)
+    world = make_demo_world(23, scan)
+    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=3, noise=False)
+    frames: list = []
+    assert run_scan(tray.core, tray.grid_sequence(2, 2, 0.3), on_frame=frames.append).error is None
+    columns = ["frame_index", "stage_x_um", "stage_y_um", "area_px", "class_index", "mean_probs"]
+    stored, counted = [], []
+    for name, feed in [
+        ("one", lambda p: [p.process(f) for f in frames]),
+        ("batch", lambda p: p.process_many(frames[:3]) + p.process_many(frames[3:])),
+    ]:
+        store = TallyStore.create(tmp_path / f"{name}.zarr", classes=CLASSES)
+        store.add_sample(SampleRecord(sample_id="S1"))
+        pipeline = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+        results = feed(pipeline)
+        assert [r.frame.index for r in results] == [f.index for f in frames]
+        pipeline.finish()  # the specimens only ever seen cut by a field edge
+        counted.append(pipeline.specimens_counted)
+        stored.append(store.read_specimens("S1", columns=columns))
+        store.close()
+    one, batched = stored
+    assert len(one["class_index"]) == len(batched["class_index"]) == counted[0] == counted[1] > 0
+    for key in columns:
+        np.testing.assert_allclose(one[key], batched[key], rtol=0, atol=1e-5)
+
+    # And a session with max_batch > 1 counts the same as the pipelines above.
+    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=3, noise=False)
+    pipeline = CountingPipeline(predictor, mc_samples=1)
+    session = CountingSession(pipeline, max_batch=4)
+    assert session.scan(tray.core, tray.grid_sequence(2, 2, 0.3)).frames_processed == 4
+    assert pipeline.specimens_counted == counted[0]

@@ -136,6 +136,23 @@ class FrameQueue(Generic[T]):
             self._cond.notify_all()
             return item
 
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        """Wait for one item like `get`, then take up to `max_items` in all without waiting.
+
+        What is already queued goes in one batch (a GPU classifies the crops of several
+        frames in one pass); nothing waits for a batch to fill, so latency stays that of
+        `get` when frames arrive slower than they are processed.
+        """
+        if int(max_items) < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items!r}")
+        first = self.get(timeout)
+        with self._cond:
+            items = [first]
+            while self._items and len(items) < max_items:
+                items.append(self._items.popleft())
+            self._cond.notify_all()
+            return items
+
     def close(self, reason: str = "") -> None:
         """No more puts; wake every waiting producer and consumer. Items left stay gettable."""
         with self._cond:
@@ -165,17 +182,31 @@ class ProcessingWorker(Generic[T]):
         the queue (producers get `QueueClosed`) and keeps the exception in `error`.
     name
         Thread name (shows in debuggers and thread dumps).
+    batch_handler, max_batch
+        Instead of `handler`: called with a list of up to `max_batch` items, all those
+        queued when the worker comes round (see `FrameQueue.get_many`). Items keep their
+        order.
     """
 
     def __init__(
         self,
         queue: FrameQueue[T],
-        handler: Callable[[T], None],
+        handler: Callable[[T], None] | None = None,
         *,
         name: str = "napari-foram-processing",
+        batch_handler: Callable[[list[T]], None] | None = None,
+        max_batch: int = 1,
     ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler and batch_handler")
+        if int(max_batch) < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
         self.queue = queue
         self.handler = handler
+        self.batch_handler = batch_handler
+        self.max_batch = int(max_batch) if batch_handler is not None else 1
+        #: Size of the largest batch handled so far (1 without a batch handler).
+        self.largest_batch = 0
         self.processed = 0
         self.discarded = 0
         self.error: BaseException | None = None
@@ -203,16 +234,21 @@ class ProcessingWorker(Generic[T]):
     def _run(self) -> None:
         while True:
             try:
-                item = self.queue.get()
+                items = self.queue.get_many(self.max_batch)
             except QueueClosed:
                 return
             try:
-                self.handler(item)
+                if self.batch_handler is not None:
+                    self.batch_handler(items)
+                else:
+                    assert self.handler is not None
+                    self.handler(items[0])
             except Exception as exc:
                 self.error = exc
                 self.queue.close(f"processing failed: {type(exc).__name__}: {_first_line(exc)}")
                 return
-            self.processed += 1
+            self.processed += len(items)
+            self.largest_batch = max(self.largest_batch, len(items))
 
     def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
         """Close the queue, finish (or discard) what is pending, join the thread.
