@@ -121,6 +121,7 @@ def test_bench_quick_writes_json(tmp_path, capsys):
         "torch",
         "detect_s_per_frame_5mp_rgb",
         "store_specimens_per_s",
+        "store_rss_growth_ratio",
         "mc_overhead_ratio",
         "vgg16_bare_crops_per_s",
     ):

@@ -160,3 +160,54 @@ def test_frames_classified_in_one_batch_equal_frame_by_frame(predictor, tmp_path
     session = CountingSession(pipeline, max_batch=4)
     assert session.scan(tray.core, tray.grid_sequence(2, 2, 0.3)).frames_processed == 4
     assert pipeline.specimens_counted == counted[0]
+
+
+def test_sharper_view_replaces_the_stored_crop_not_the_count(predictor, tmp_path):
+    """Live focusing: a field seen defocused first, then in focus (with camera noise)."""
+    from scipy import ndimage
+
+    from napari_foram.frames import Frame
+    from napari_foram.pipeline import CountingPipeline, view_sharpness
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    scan = DemoScan(rows=1, cols=1, camera_shape=(486, 648), specimens=6, touching_pairs=0)
+    world = make_demo_world(5, scan)
+    sharp = world.image.astype(np.float32)
+    blurred = ndimage.gaussian_filter(sharp, sigma=(2.5, 2.5, 0))
+    rng = np.random.default_rng(0)
+
+    def frame(i: int, image: np.ndarray) -> Frame:
+        noisy = image + rng.normal(0, 3, image.shape)
+        pixels = np.clip(noisy, 0, 255).astype(np.uint8)
+        return Frame(pixels, index=i, stage_xy_um=(500.0, 500.0), pixel_size_um=2.5)
+
+    store = TallyStore.create(tmp_path / "focus.zarr", classes=CLASSES)
+    store.add_sample(SampleRecord(sample_id="S1"))
+    pipeline = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+    for i in range(3):
+        pipeline.process(frame(i, blurred))
+    n = pipeline.specimens_counted
+    truth = [s for s in world.specimens if not s.clipped]
+    assert n == len(truth) > 0
+    blurred_crops = store.read_crops("S1")
+    results = [pipeline.process(frame(i, sharp)) for i in range(3, 9)]
+    # Counted once each; every record now holds the first in-focus view (frame 3), and
+    # later noisy in-focus frames do not churn the records.
+    assert pipeline.specimens_counted == n == store.n_specimens("S1")
+    assert pipeline.views_replaced == n and len(results[0].replaced_rows) == n
+    assert all(len(r.replaced_rows) == 0 for r in results[1:])
+    rows = store.read_specimens("S1", columns=["frame_index"])
+    assert rows["frame_index"].tolist() == [3] * n
+    crops = store.read_crops("S1")
+    pairs = zip(crops, blurred_crops, strict=True)
+    assert all(view_sharpness(c) > 1.25 * view_sharpness(b) for c, b in pairs)
+    assert store.counts("S1").sum() == n
+    store.close()
+
+    # Resumed: stored views are measured from the store; a blurred view replaces nothing.
+    store = TallyStore.open(tmp_path / "focus.zarr", mode="a")
+    resumed = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+    resumed.process(frame(9, blurred))
+    assert resumed.specimens_counted == 0 and resumed.views_replaced == 0
+    assert store.n_specimens("S1") == n
+    store.close()

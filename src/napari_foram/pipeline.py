@@ -39,6 +39,9 @@ class FrameResult:
         Classification of the new specimens (same order as `new_rows`), or None if none.
     sample_xy_um
         (n, 2) sample coordinates of every detection (NaN without stage/pixel size).
+    replaced_rows
+        Indices of duplicates whose view was clearly sharper than the stored one: their
+        crop, position in this frame and classification replaced the stored record.
     seconds
         Wall time spent on the frame, by stage.
     """
@@ -50,6 +53,7 @@ class FrameResult:
     predictions: Predictions | None
     sample_xy_um: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)
+    replaced_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 @dataclass
@@ -69,6 +73,22 @@ class _Partial:
     def centre_um(self) -> tuple[float, float]:
         x0, y0, x1, y1 = self.box_um
         return ((x0 + x1) / 2, (y0 + y1) / 2)
+
+
+@dataclass
+class _Staged:
+    """One frame of a `process_many` batch between de-duplication and classification."""
+
+    frame: Frame
+    det: Detections
+    xy: np.ndarray
+    new_rows: np.ndarray
+    new_of: np.ndarray | None  # registry entries of the new rows (None: no position)
+    dup_rows: np.ndarray
+    better: np.ndarray  # duplicates whose sharper view replaces the stored one
+    better_of: np.ndarray
+    t_detect: float
+    t_dedup: float
 
 
 def _boxes_overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
@@ -91,6 +111,10 @@ class CountingPipeline:
     include_clipped
         Count objects cut by the frame edge at once (off: wait for a whole view; what
         was only ever seen cut is counted once by `finish`).
+    better_view_ratio
+        A later whole view of a stored specimen replaces its crop and classification when
+        its sharpness (`view_sharpness`) exceeds the stored view's by this factor (a
+        specimen first seen out of focus, then in focus). None: never replace.
     """
 
     def __init__(
@@ -103,6 +127,7 @@ class CountingPipeline:
         mc_samples: int = 30,
         include_clipped: bool = False,
         registry: SpecimenRegistry | None = None,
+        better_view_ratio: float | None = 1.25,
     ) -> None:
         if store is not None and not sample_id:
             raise ValueError("a sample_id is needed to write into a store")
@@ -121,8 +146,16 @@ class CountingPipeline:
         self.specimens_resumed = 0
         #: Specimens seen only cut by the frame edge so far (resolved by `finish`).
         self.partials: list[_Partial] = []
+        self.better_view_ratio = better_view_ratio
+        #: Stored specimens whose record a sharper view replaced.
+        self.views_replaced = 0
+        # Per registry entry: its row in the store (-1: not stored) and the sharpness of
+        # the stored view (NaN: not measured yet, e.g. resumed from the store).
+        self._store_row = np.zeros(0, dtype=np.int64)
+        self._sharpness = np.zeros(0)
         if store is not None and sample_id is not None:
             self._resume_from_store()
+        self._book_registered()
 
     def _resume_from_store(self) -> None:
         """Continue a sample: specimens already in the store are known, never recounted."""
@@ -141,6 +174,7 @@ class CountingPipeline:
         diam = np.sqrt(4 * rows["area_px"][known] / np.pi) * pixel_um
         self.registry.register(xy[known], diam)
         self.specimens_resumed = int(known.sum())
+        self._book_registered(store_rows=np.flatnonzero(known))
 
     def provenance(self) -> dict[str, Any]:
         """Model and detector settings, for the store's per-sample record."""
@@ -171,34 +205,49 @@ class CountingPipeline:
             t0 = time.perf_counter()
             det = detect(frame.image, self.detection, pixel_size_um=frame.pixel_size_um)
             t1 = time.perf_counter()
-            xy, new_rows, dup_rows = self._deduplicate(frame, det)
+            xy, new_rows, new_of, dup_rows, dup_of = self._deduplicate(frame, det)
+            better, better_of = self._better_views(det, dup_rows, dup_of)
             t2 = time.perf_counter()
-            staged.append((frame, det, xy, new_rows, dup_rows, t1 - t0, t2 - t1))
+            staged.append(
+                _Staged(
+                    frame, det, xy, new_rows, new_of, dup_rows, better, better_of, t1 - t0, t2 - t1
+                )
+            )
 
         t2 = time.perf_counter()
         crops = []
-        for _, det, _, new, *_ in staged:
-            if len(new):
-                assert det.crops is not None  # detect() cuts crops unless told not to
-                crops.append(det.crops[new])
+        for st in staged:
+            for rows in (st.new_rows, st.better):
+                if len(rows):
+                    assert st.det.crops is not None  # detect() cuts crops unless told not to
+                    crops.append(st.det.crops[rows])
         everything = None
         if crops:
             everything = self.predictor.predict(np.concatenate(crops), mc_samples=self.mc_samples)
         # Frames of one batch share the classification time in proportion to their crops.
         classify_s = time.perf_counter() - t2
-        n_total = max(sum(len(s[3]) for s in staged), 1)
+        n_total = max(sum(len(st.new_rows) + len(st.better) for st in staged), 1)
 
         results = []
         offset = 0
-        for frame, det, xy, new_rows, dup_rows, t_detect, t_dedup in staged:
-            predictions = None
+        for st in staged:
+            frame, det, xy, new_rows, better = st.frame, st.det, st.xy, st.new_rows, st.better
+            predictions = better_pred = None
             if len(new_rows):
                 assert everything is not None
                 predictions = everything.take(np.arange(offset, offset + len(new_rows)))
                 offset += len(new_rows)
+            if len(better):
+                assert everything is not None
+                better_pred = everything.take(np.arange(offset, offset + len(better)))
+                offset += len(better)
             t3 = time.perf_counter()
             if self.store is not None and predictions is not None:
-                self._append(frame, det, new_rows, xy, predictions)
+                first = self._append(frame, det, new_rows, xy, predictions)
+                if st.new_of is not None:
+                    self._store_row[st.new_of] = first + np.arange(len(new_rows))
+            if better_pred is not None:
+                self._replace(frame, det, better, st.better_of, better_pred)
             t4 = time.perf_counter()
             self.frames_processed += 1
             self.specimens_counted += len(new_rows)
@@ -207,23 +256,25 @@ class CountingPipeline:
                     frame=frame,
                     detections=det,
                     new_rows=new_rows,
-                    duplicate_rows=dup_rows,
+                    duplicate_rows=st.dup_rows,
                     predictions=predictions,
                     sample_xy_um=xy,
                     seconds={
-                        "detect": t_detect,
-                        "dedup": t_dedup,
-                        "classify": classify_s * len(new_rows) / n_total,
+                        "detect": st.t_detect,
+                        "dedup": st.t_dedup,
+                        "classify": classify_s * (len(new_rows) + len(better)) / n_total,
                         "store": t4 - t3,
                     },
+                    replaced_rows=better,
                 )
             )
         return results
 
     def _deduplicate(
         self, frame: Frame, det: Detections
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample coordinates of every detection, and the rows (new, already counted)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+        """Sample coordinates of every detection; the new rows and their registry entries
+        (None: not registered, no position); the rows already counted and their entries."""
         n = len(det)
         xy = np.full((n, 2), np.nan)
         for i, (cy, cx) in enumerate(det.centroid):
@@ -231,17 +282,100 @@ class CountingPipeline:
             if pos is not None:
                 xy[i] = pos
         candidates = np.arange(n) if self.include_clipped else np.flatnonzero(det.whole)
+        none = np.zeros(0, dtype=np.int64)
         if frame.stage_xy_um is None or frame.pixel_size_um is None:
             # No way to tell a specimen seen before from a new one: count per frame.
             self.frames_without_position += 1
-            return xy, candidates, np.zeros(0, dtype=np.int64)
+            return xy, candidates, None, none, none
         diam_um = det.equivalent_diameter_px[candidates] * frame.pixel_size_um
         boxes = np.array([_box_um(frame, det.bbox[r]) for r in candidates]).reshape(-1, 4)
+        n_before = len(self.registry)
         match = self.registry.match(xy[candidates], diam_um, boxes)
         new_rows, dup_rows = candidates[match < 0], candidates[match >= 0]
+        # The registry appends new specimens in order: their entries follow the old ones.
+        new_of = n_before + np.arange(len(new_rows))
+        self._book_registered(sharpness=_crop_sharpness(det, new_rows))
         if not self.include_clipped:
             self._track_partials(frame, det, xy)
-        return xy, new_rows, dup_rows
+        return xy, new_rows, new_of, dup_rows, match[match >= 0]
+
+    def _book_registered(
+        self, *, store_rows: np.ndarray | None = None, sharpness: np.ndarray | None = None
+    ) -> None:
+        """Extend the per-specimen book (store row, view sharpness) to the registry's new
+        entries, so that entry i of the registry is entry i of the book."""
+        grow = len(self.registry) - self._store_row.size
+        if grow <= 0:
+            return
+        rows = np.full(grow, -1, dtype=np.int64) if store_rows is None else store_rows
+        sharp = np.full(grow, np.nan) if sharpness is None else sharpness
+        if len(rows) != grow or len(sharp) != grow:
+            raise RuntimeError("specimen book out of step with the registry")
+        self._store_row = np.concatenate([self._store_row, np.asarray(rows, np.int64)])
+        self._sharpness = np.concatenate([self._sharpness, np.asarray(sharp, float)])
+
+    def _better_views(
+        self, det: Detections, dup_rows: np.ndarray, dup_of: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Duplicates whose view is clearly sharper than the stored one: (rows, entries)."""
+        none = np.zeros(0, dtype=np.int64)
+        if self.better_view_ratio is None or self.store is None or not len(dup_rows):
+            return none, none
+        stored = self._store_row[dup_of] >= 0
+        rows, entries = dup_rows[stored], dup_of[stored]
+        if not len(rows):
+            return none, none
+        unknown = np.isnan(self._sharpness[entries])
+        if unknown.any():  # resumed specimens: measure the stored crops once
+            assert self.sample_id is not None
+            todo = np.unique(entries[unknown])
+            crops = self.store.read_crops(self.sample_id, self._store_row[todo])
+            self._sharpness[todo] = [view_sharpness(c) for c in crops]
+        sharp = _crop_sharpness(det, rows)
+        better = sharp > self.better_view_ratio * self._sharpness[entries]
+        # One replacement per specimen and frame: its sharpest view.
+        order = np.argsort(-sharp)
+        seen: set[int] = set()
+        keep = []
+        for i in order:
+            if better[i] and int(entries[i]) not in seen:
+                seen.add(int(entries[i]))
+                keep.append(i)
+        keep_arr = np.sort(np.asarray(keep, dtype=np.int64))
+        self._sharpness[entries[keep_arr]] = sharp[keep_arr]
+        return rows[keep_arr], entries[keep_arr]
+
+    def _replace(
+        self,
+        frame: Frame,
+        det: Detections,
+        rows: np.ndarray,
+        entries: np.ndarray,
+        pred: Predictions,
+    ) -> None:
+        """Overwrite stored specimens' view with this frame's sharper one (not a new count).
+
+        The stage position stays the registered one (the specimen's identity); the frame,
+        centroid, box, area, crop and classification come from the sharper view.
+        """
+        assert self.store is not None and self.sample_id is not None and det.crops is not None
+        self.store.update_specimens(
+            self.sample_id,
+            self._store_row[entries],
+            frame_index=np.full(len(rows), frame.index, dtype=np.int64),
+            centroid_y=det.centroid[rows, 0],
+            centroid_x=det.centroid[rows, 1],
+            bbox=det.bbox[rows],
+            area_px=np.round(det.area_px[rows]).astype(np.int64),
+            class_index=pred.class_index,
+            mean_probs=pred.mean_probs,
+            variance=pred.variance,
+            entropy=pred.entropy,
+            mutual_information=pred.mutual_information,
+            vote_fraction=pred.vote_fraction,
+            crops=det.crops[rows],
+        )
+        self.views_replaced += len(rows)
 
     def _track_partials(self, frame: Frame, det: Detections, xy: np.ndarray) -> None:
         """Remember edge-cut sightings of specimens not (yet) counted; forget those that a
@@ -297,8 +431,11 @@ class CountingPipeline:
                 part.detections.equivalent_diameter_px * part.frame.pixel_size_um,
                 np.array([part.box_um]),
             )
+            # Only ever seen cut: nothing to compare a later view with, never replaced.
+            self._book_registered(sharpness=np.array([np.inf]))
             if self.store is not None:
-                self._append(part.frame, part.detections, np.array([0]), xy, pred)
+                first = self._append(part.frame, part.detections, np.array([0]), xy, pred)
+                self._store_row[-1] = first
             self.specimens_counted += 1
             results.append(
                 FrameResult(
@@ -319,7 +456,8 @@ class CountingPipeline:
         rows: np.ndarray,
         xy: np.ndarray,
         pred: Predictions,
-    ) -> None:
+    ) -> int:
+        """Store the specimens `rows` of `det`; returns the store row of the first one."""
         from napari_foram.tally.store import SpecimenBatch
 
         assert self.store is not None and self.sample_id is not None and det.crops is not None
@@ -340,7 +478,28 @@ class CountingPipeline:
             vote_fraction=pred.vote_fraction,
             crops=det.crops[rows],
         )
-        self.store.append_specimens(self.sample_id, batch)
+        return self.store.append_specimens(self.sample_id, batch) - n
+
+
+def view_sharpness(crop: np.ndarray) -> float:
+    """How sharp a crop is: variance of the Laplacian of its grey image, smoothed first.
+
+    The Gaussian (sigma 1 px) keeps camera noise from passing for detail, so two noisy
+    frames of the same in-focus specimen score alike while a defocused view scores far
+    lower.
+    """
+    from scipy import ndimage
+
+    grey = np.asarray(crop, dtype=np.float32)
+    if grey.ndim == 3:
+        grey = grey.mean(axis=2)
+    return float(ndimage.gaussian_laplace(grey, sigma=1.0).var())
+
+
+def _crop_sharpness(det: Detections, rows: np.ndarray) -> np.ndarray:
+    if not len(rows) or det.crops is None:
+        return np.full(len(rows), np.nan)
+    return np.array([view_sharpness(det.crops[r]) for r in rows])
 
 
 def _box_um(frame: Frame, bbox: np.ndarray) -> tuple[float, float, float, float]:
