@@ -528,12 +528,16 @@ def _caught_warnings() -> Iterator[_WarningCatcher]:
 class _ScanEngine(MDAEngine):
     """MDAEngine that reports failed snaps and stops after `max_failed_frames` of them.
 
-    Per-event snaps (no hardware sequencing): the stage moves between all tray fields
-    anyway, and one snap per event lets a camera failure stop the scan at once.
+    Per-event snaps by default (no hardware sequencing): the stage moves between all tray
+    fields anyway, and one snap per event lets a camera failure stop the scan at once.
+    With `hardware_sequencing`, runs of events the devices can sequence (time points or
+    z planes at one field) stream from the camera; a failure then ends the sequence.
     """
 
-    def __init__(self, core: CMMCorePlus, *, max_failed_frames: int) -> None:
-        super().__init__(core, use_hardware_sequencing=False)
+    def __init__(
+        self, core: CMMCorePlus, *, max_failed_frames: int, hardware_sequencing: bool = False
+    ) -> None:
+        super().__init__(core, use_hardware_sequencing=hardware_sequencing)
         self.max_failed_frames = max_failed_frames
         self.failures: list[str] = []
 
@@ -583,7 +587,9 @@ class _FrameHandler:
             elif event.x_pos is not None and event.y_pos is not None:
                 stage = (float(event.x_pos), float(event.y_pos))
             else:
-                stage = None
+                # Hardware-sequenced frames carry no position; the stage cannot move
+                # during a sequence, so where it stands now is where they were taken.
+                stage = _stage_xy_or_none(self.core)
             px = meta.get("pixel_size_um") or self.pixel_size_um
             # Ring-buffer slots (sequenced acquisitions) are reused: own the pixels.
             image = np.array(img, copy=True) if img.base is not None else img
@@ -620,6 +626,7 @@ def run_scan(
     *,
     progress: Callable[[int, int], None] | None = None,
     max_failed_frames: int = 0,
+    hardware_sequencing: bool = False,
 ) -> ScanResult:
     """Run `sequence` (blocking, in this thread) and hand every image to `on_frame`.
 
@@ -638,6 +645,9 @@ def run_scan(
         failed fields too.
     max_failed_frames
         Failed snaps to tolerate (each is skipped and counted) before the scan stops.
+    hardware_sequencing
+        Let pymmcore-plus stream sequenceable runs of events (e.g. time points at one
+        field) from the camera instead of snapping each; see `_ScanEngine`.
 
     Returns
     -------
@@ -657,7 +667,9 @@ def run_scan(
     if core.mda.is_running():
         raise ValueError("an acquisition is already running on this core")
     total = sum(1 for _ in sequence)
-    engine = _ScanEngine(core, max_failed_frames=max_failed_frames)
+    engine = _ScanEngine(
+        core, max_failed_frames=max_failed_frames, hardware_sequencing=hardware_sequencing
+    )
     handler = _FrameHandler(core, on_frame, progress, total, engine)
     error: str | None = None
     t0 = time.perf_counter()
@@ -696,7 +708,22 @@ def run_scan(
 
 def cancel_scan(core: CMMCorePlus) -> None:
     """Ask a running `run_scan` on `core` to stop after the current field (thread-safe)."""
+    if core.mda.is_paused():
+        core.mda.set_paused(False)  # a paused runner only notices the cancel once resumed
     core.mda.cancel()
+
+
+def pause_scan(core: CMMCorePlus, paused: bool = True) -> None:
+    """Pause (True) or resume (False) a running `run_scan` on `core` (thread-safe).
+
+    The runner finishes the field it is on and waits before the next; the stage stays.
+    """
+    core.mda.set_paused(bool(paused))
+
+
+def scan_is_paused(core: CMMCorePlus) -> bool:
+    """Whether the acquisition on `core` is paused."""
+    return bool(core.mda.is_paused())
 
 
 # ---------------------------------------------------------------------------- live
