@@ -582,6 +582,7 @@ class _FrameHandler:
             return
         try:
             position = meta.get("position") or {}
+            stage: tuple[float, float] | None
             if "x" in position and "y" in position:
                 stage = (float(position["x"]), float(position["y"]))
             elif event.x_pos is not None and event.y_pos is not None:
