@@ -153,6 +153,7 @@ class CountingPipeline:
         # the stored view (NaN: not measured yet, e.g. resumed from the store).
         self._store_row = np.zeros(0, dtype=np.int64)
         self._sharpness = np.zeros(0)
+        self._provenance_checked = False
         if store is not None and sample_id is not None:
             self._resume_from_store()
         self._book_registered()
@@ -163,18 +164,53 @@ class CountingPipeline:
         if self.sample_id not in self.store.samples():
             return
         rows = self.store.read_specimens(
-            self.sample_id, columns=["stage_x_um", "stage_y_um", "area_px", "bbox"]
+            self.sample_id,
+            columns=["stage_x_um", "stage_y_um", "area_px", "bbox", "centroid_y", "centroid_x"],
         )
         xy = np.column_stack([rows["stage_x_um"], rows["stage_y_um"]])
         known = np.isfinite(xy).all(axis=1)
         if not known.any():
             return
-        # The store keeps areas in pixels; the provenance keeps the pixel size.
-        pixel_um = float(self.store.provenance(self.sample_id).get("pixel_size_um") or 1.0)
+        # The store keeps areas and boxes in pixels; the provenance keeps the pixel size
+        # (the newest entry that has one: later entries may note other things).
+        history = self.store.provenance_history(self.sample_id)
+        sizes = [e["pixel_size_um"] for e in history if e.get("pixel_size_um")]
+        if not sizes:
+            raise ValueError(
+                f"sample {self.sample_id!r} has stored positions but no pixel size in its "
+                "provenance: cannot resume it without counting its specimens twice"
+            )
+        pixel_um = float(sizes[-1])
         diam = np.sqrt(4 * rows["area_px"][known] / np.pi) * pixel_um
-        self.registry.register(xy[known], diam)
+        # Extents in sample coordinates from each box around its centroid, so that a cut
+        # view of a long specimen is still recognised as part of it (`covers`).
+        bbox = rows["bbox"][known].astype(float)
+        cy, cx = rows["centroid_y"][known], rows["centroid_x"][known]
+        x, y = xy[known, 0], xy[known, 1]
+        boxes = np.column_stack(
+            [
+                x + (bbox[:, 1] - 0.5 - cx) * pixel_um,
+                y + (bbox[:, 0] - 0.5 - cy) * pixel_um,
+                x + (bbox[:, 3] - 0.5 - cx) * pixel_um,
+                y + (bbox[:, 2] - 0.5 - cy) * pixel_um,
+            ]
+        )
+        self.registry.register(xy[known], diam, boxes)
         self.specimens_resumed = int(known.sum())
         self._book_registered(store_rows=np.flatnonzero(known))
+
+    def _record_provenance(self, frame: Frame) -> None:
+        """Before the first rows: make sure the sample's provenance names this model, these
+        settings and the pixel size (resuming needs it), adding an entry if not."""
+        assert self.store is not None and self.sample_id is not None
+        self._provenance_checked = True
+        latest = self.store.provenance(self.sample_id)
+        wanted = self.provenance()
+        if frame.pixel_size_um is not None:
+            wanted["pixel_size_um"] = frame.pixel_size_um
+        if any(latest.get(k) != v for k, v in wanted.items()):
+            kept = {k: v for k, v in latest.items() if k not in ("set_at", "from_row")}
+            self.store.set_provenance(self.sample_id, {**kept, **wanted})
 
     def provenance(self) -> dict[str, Any]:
         """Model and detector settings, for the store's per-sample record."""
@@ -461,6 +497,8 @@ class CountingPipeline:
         from napari_foram.tally.store import SpecimenBatch
 
         assert self.store is not None and self.sample_id is not None and det.crops is not None
+        if not self._provenance_checked:
+            self._record_provenance(frame)
         n = len(rows)
         batch = SpecimenBatch(
             frame_index=np.full(n, frame.index, dtype=np.int64),

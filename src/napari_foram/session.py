@@ -1,14 +1,25 @@
-"""A counting session: frames from a microscope go through the pipeline, none lost.
+"""A counting session: frames from a microscope go through the pipeline.
 
-The acquisition thread (pymmcore-plus's MDA runner) only puts frames on a bounded queue;
-one processing worker takes them and runs `CountingPipeline.process`. A tray scan never
-drops a frame (the producer waits when the queue is full); whoever owns the session gets
-every `FrameResult` through a callback, on the worker thread.
+Three ways of imaging, one pipeline:
+
+* `CountingSession.snap`: one frame, processed at once.
+* `CountingSession.scan`: a tray scan (an MDA sequence). The acquisition thread (the MDA
+  runner) only puts frames on a bounded queue; one processing worker runs the pipeline.
+  No frame is ever dropped: the stage waits when the queue is full. Pause, resume, stop.
+* `CountingSession.live`: live preview. The camera streams; the queue keeps only the
+  newest frames, so the worker always processes the present and older frames are dropped
+  on purpose -- and counted.
+
+Whoever owns the session gets every `FrameResult` through a callback, on the worker
+thread; `stats()` (processed, dropped, backlog, frames per second) is safe to poll from
+any thread, e.g. a GUI timer.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +48,10 @@ class ScanReport:
         One-line reason the scan ended early (camera failure, stop request), or None.
     seconds
         Wall time of the whole scan, processing included.
+    pending_partials
+        Specimens seen so far only cut by a field edge and not counted, because the scan
+        ended early: the fields still to image may show them whole. Scanning again (or
+        resuming) counts them; `CountingPipeline.finish` counts them as they are.
     """
 
     frames_acquired: int
@@ -44,6 +59,7 @@ class ScanReport:
     frames_dropped: int
     error: str | None
     seconds: float
+    pending_partials: int = 0
 
 
 class CountingSession:
@@ -70,15 +86,143 @@ class CountingSession:
         self.max_batch = int(max_batch)
         self.queue_size = max(queue_size, self.max_batch)
         self._stop_requested = False
+        self._stop_event = threading.Event()
         self._core: Any = None
+        self._queue: Any = None
+        self._mode = "idle"
+        self._paused = False
+        # Completion times of the last frames, for a frames-per-second readout.
+        self._done_times: deque[float] = deque(maxlen=30)
+        self._processed = 0
+
+    @property
+    def mode(self) -> str:
+        """ "idle", "snap", "scan" or "live"."""
+        return self._mode
+
+    @property
+    def paused(self) -> bool:
+        """Whether a tray scan is paused."""
+        return self._paused
 
     def stop(self) -> None:
-        """Ask the running acquisition to stop; frames already taken are still processed."""
+        """Ask the running acquisition to stop; frames already taken are still processed
+        (a scan) or dropped (live preview)."""
         from napari_foram.acquire import cancel_scan
 
         self._stop_requested = True
-        if self._core is not None:
+        self._stop_event.set()
+        if self._core is not None and self._mode == "scan":
             cancel_scan(self._core)
+
+    def pause(self, paused: bool = True) -> None:
+        """Pause (or resume) a running tray scan after the field being imaged."""
+        from napari_foram.acquire import pause_scan
+
+        if self._core is None or self._mode != "scan":
+            raise ValueError("no tray scan is running")
+        pause_scan(self._core, paused)
+        self._paused = bool(paused)
+
+    def resume(self) -> None:
+        """Resume a paused tray scan."""
+        self.pause(False)
+
+    def stats(self) -> dict[str, float]:
+        """Frames processed and dropped, the backlog and the processing rate (any thread)."""
+        queue = self._queue
+        times = list(self._done_times)
+        fps = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        if times and time.perf_counter() - times[-1] > 5.0:
+            fps = 0.0  # nothing for a while: the rate is zero now, not that of the past
+        return {
+            "processed": self._processed,
+            "dropped": queue.dropped if queue is not None else 0,
+            "backlog": len(queue) if queue is not None else 0,
+            "frames_per_s": round(fps, 2),
+        }
+
+    def _processed_one(self) -> None:
+        self._processed += 1
+        self._done_times.append(time.perf_counter())
+
+    def snap(self, core: Any, *, index: int = 0) -> FrameResult:
+        """Take one frame on `core` and count it now (in the calling thread)."""
+        from napari_foram.acquire import snap_frame
+
+        self._mode = "snap"
+        try:
+            result = self.pipeline.process(snap_frame(core, index=index))
+        finally:
+            self._mode = "idle"
+        self._processed_one()
+        return result
+
+    def live(
+        self,
+        core: Any,
+        *,
+        max_frames: int | None = None,
+        max_seconds: float | None = None,
+        on_result: Callable[[FrameResult], None] | None = None,
+        queue_size: int = 2,
+    ) -> ScanReport:
+        """Live preview: count the newest frames until `stop`, `max_frames` processed or
+        `max_seconds` elapsed (blocking; call `stop` from another thread).
+
+        The camera streams continuously; a "live" queue of `queue_size` frames keeps the
+        newest, so when processing is slower than the camera older frames are dropped on
+        purpose. ``frames_dropped`` in the report says how many. A specimen that stays in
+        view is counted once (the pipeline de-duplicates in sample coordinates).
+        """
+        from napari_foram.acquire import FrameQueue, LiveStream, ProcessingWorker
+
+        self._stop_requested = False
+        self._stop_event.clear()
+        t0 = time.perf_counter()
+        queue: FrameQueue[Frame] = FrameQueue(maxsize=queue_size, policy="live")
+        self._queue, self._core, self._mode = queue, core, "live"
+        processed = 0
+        enough = threading.Event()
+
+        def handle(frames: list[Frame]) -> None:
+            nonlocal processed
+            for result in self.pipeline.process_many(frames):
+                processed += 1
+                self._processed_one()
+                if on_result is not None:
+                    on_result(result)
+            if max_frames is not None and processed >= max_frames:
+                enough.set()
+                self._stop_event.set()
+
+        worker = ProcessingWorker(queue, batch_handler=handle, max_batch=self.max_batch)
+        stream = LiveStream(core, queue.put)
+        error: str | None = None
+        worker.start()
+        try:
+            stream.start()
+            while not self._stop_event.wait(0.02):
+                if max_seconds is not None and time.perf_counter() - t0 >= max_seconds:
+                    break
+                if worker.error is not None or stream.error is not None:
+                    break
+        finally:
+            try:
+                stream.stop()
+            except Exception as exc:  # the camera failed while streaming: say so
+                error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            worker.stop(drain=False)  # live: what is left is stale, not worth counting
+            self._core, self._mode = None, "idle"
+        if error is None and self._stop_requested and not enough.is_set():
+            error = "stopped by the user"
+        return ScanReport(
+            frames_acquired=stream.frames_delivered,
+            frames_processed=processed,
+            frames_dropped=worker.dropped,
+            error=error,
+            seconds=time.perf_counter() - t0,
+        )
 
     def scan(
         self,
@@ -87,24 +231,30 @@ class CountingSession:
         *,
         on_result: Callable[[FrameResult], None] | None = None,
         progress: Callable[..., None] | None = None,
+        hardware_sequencing: bool = False,
     ) -> ScanReport:
         """Acquire `sequence` on `core`, process every frame, return when all are done.
 
         A camera failing mid-scan ends the acquisition with a one-line error in the
-        report; the frames taken before it are processed and stored all the same.
+        report; the frames taken before it are processed and stored all the same, and a
+        new scan of the same sample resumes (what is stored is never counted again).
+        `pause`, `resume` and `stop` work from any thread while it runs.
         """
         from napari_foram.acquire import FrameQueue, ProcessingWorker, run_scan
 
         self._stop_requested = False
-        self._core = core
+        self._stop_event.clear()
+        self._core, self._mode, self._paused = core, "scan", False
         t0 = time.perf_counter()
         queue: FrameQueue[Frame] = FrameQueue(maxsize=self.queue_size, policy="scan")
+        self._queue = queue
         processed = 0
 
         def handle(frames: list[Frame]) -> None:
             nonlocal processed
             for result in self.pipeline.process_many(frames):
                 processed += 1
+                self._processed_one()
                 if on_result is not None:
                     on_result(result)
                 if progress is not None:
@@ -115,24 +265,34 @@ class CountingSession:
         try:
             # run_scan calls on_frame on this thread, synchronously: with the "scan"
             # policy a full queue holds the stage until the worker catches up.
-            acquired = run_scan(core, sequence, on_frame=queue.put)
+            acquired = run_scan(
+                core, sequence, on_frame=queue.put, hardware_sequencing=hardware_sequencing
+            )
         finally:
             worker.stop(drain=True)
-            self._core = None
+            self._core, self._mode, self._paused = None, "idle", False
         worker.raise_if_failed()
-        # Specimens only ever seen cut by a field edge are counted once now.
-        for result in self.pipeline.finish():
-            if on_result is not None:
-                on_result(result)
         error = acquired.error
         if error is None and self._stop_requested:
             error = "stopped by the user"
+        pending = 0
+        if error is None and not acquired.cancelled:
+            # The whole tray was imaged: specimens only ever seen cut by a field edge
+            # are counted once now.
+            for result in self.pipeline.finish():
+                if on_result is not None:
+                    on_result(result)
+        else:
+            # Not now: a field not yet imaged may show them whole, and counting a cut
+            # view first would count them twice once the scan resumes.
+            pending = len(self.pipeline.partials)
         return ScanReport(
             frames_acquired=acquired.frames_delivered,
             frames_processed=processed,
             frames_dropped=queue.dropped,
             error=error,
             seconds=time.perf_counter() - t0,
+            pending_partials=pending,
         )
 
 
