@@ -1,0 +1,263 @@
+"""Counting at the microscope: one object that the live widget and `napari-foram live` share.
+
+`LiveCounter` holds a microscope (a Micro-Manager configuration, or the built-in simulated
+tray), a classifier, a tally store and the sample being counted. It switches samples in
+one call, and runs snaps, live preview and tray scans through a `CountingSession`
+(blocking calls: the widget runs them on a worker thread, the command line in its own).
+No Qt here; no pymmcore-plus either (that lives in `napari_foram.acquire._mm`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_foram.detect import DetectionParams
+
+if TYPE_CHECKING:
+    from napari_foram.classify.predict import Predictor
+    from napari_foram.pipeline import CountingPipeline, FrameResult
+    from napari_foram.session import CountingSession, ScanReport, SimulatedTray
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+#: The count most census protocols aim for per sample (Fatela & Taborda 2002 and the
+#: study: ~300 specimens give percentages to a few per cent).
+DEFAULT_TARGET_COUNT = 300
+
+
+@dataclass(frozen=True)
+class SimulatedScope:
+    """Settings of the built-in simulated microscope: a synthetic tray on a stage."""
+
+    seed: int = 7
+    camera_shape: tuple[int, int] = (972, 1296)
+    rows: int = 3  # the tray covers this grid of fields at `overlap`
+    cols: int = 3
+    overlap: float = 0.25
+    specimens: int = 45
+    touching_pairs: int = 2
+
+
+class LiveCounter:
+    """A microscope, a classifier and a tally store, counting one sample at a time.
+
+    Parameters
+    ----------
+    predictor
+        The classifier (built once; reused for every sample).
+    store
+        The tally store written to (open for writing; its classes must be the model's).
+    mc_samples
+        Monte Carlo dropout passes per specimen.
+    detection
+        Detector settings.
+    target_count
+        Specimens wanted per sample; `progress` reports against it.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        store: TallyStore,
+        *,
+        mc_samples: int = 30,
+        detection: DetectionParams | None = None,
+        target_count: int = DEFAULT_TARGET_COUNT,
+    ) -> None:
+        if list(store.class_names) != list(predictor.info.class_names):
+            raise ValueError(
+                f"the store counts {store.class_names} but the model predicts "
+                f"{list(predictor.info.class_names)}: use another store or model"
+            )
+        self.predictor = predictor
+        self.store = store
+        self.mc_samples = int(mc_samples)
+        self.detection = detection or DetectionParams()
+        self.target_count = int(target_count)
+        self.core: Any = None
+        self.tray: SimulatedTray | None = None
+        self.microscope_info: dict[str, Any] = {}
+        self.sample_id: str | None = None
+        self.pipeline: CountingPipeline | None = None
+        self.session: CountingSession | None = None
+        self._snaps = 0
+
+    # ---------------------------------------------------------------- microscope
+    def connect_simulated(self, scope: SimulatedScope | None = None) -> None:
+        """Use the built-in simulated microscope over a synthetic tray."""
+        from napari_foram.demo import DemoScan, make_demo_world
+        from napari_foram.session import SimulatedTray
+
+        scope = scope or SimulatedScope()
+        plan = DemoScan(
+            rows=scope.rows,
+            cols=scope.cols,
+            camera_shape=scope.camera_shape,
+            overlap_fraction=scope.overlap,
+            specimens=scope.specimens,
+            touching_pairs=scope.touching_pairs,
+        )
+        world = make_demo_world(scope.seed, plan)
+        self.tray = SimulatedTray(world, camera_shape=scope.camera_shape, seed=scope.seed)
+        self.core = self.tray.core
+        self.microscope_info = self.tray.describe()
+
+    def connect_config(self, path: str | Path) -> None:
+        """Use a Micro-Manager hardware configuration file (real device adapters)."""
+        from napari_foram.acquire import load_config_core
+
+        self.core = load_config_core(path)
+        self.tray = None
+        self.microscope_info = {"microscope": "Micro-Manager", "config": str(path)}
+
+    def _need_core(self) -> Any:
+        if self.core is None:
+            raise ValueError("no microscope: connect the simulated one or a configuration")
+        return self.core
+
+    def frame_shape(self) -> tuple[int, ...]:
+        """Shape of the frames the connected camera delivers."""
+        from napari_foram.acquire import camera_frame_shape
+
+        return camera_frame_shape(self._need_core())
+
+    # ---------------------------------------------------------------- samples
+    def start_sample(self, record: SampleRecord) -> int:
+        """Count into `record`'s sample from now on (created, or resumed if stored).
+
+        Returns the number of specimens the sample already holds. Refused while an
+        acquisition runs: stop it first.
+        """
+        from napari_foram.pipeline import CountingPipeline
+        from napari_foram.session import CountingSession
+
+        if self.busy:
+            raise ValueError("an acquisition is running: stop it before switching sample")
+        if record.sample_id not in self.store.samples():
+            self.store.add_sample(record)
+        pipeline = CountingPipeline(
+            self.predictor,
+            store=self.store,
+            sample_id=record.sample_id,
+            detection=self.detection,
+            mc_samples=self.mc_samples,
+        )
+        if self.microscope_info:
+            self.store.set_provenance(
+                record.sample_id, {**pipeline.provenance(), **self.microscope_info}
+            )
+        self.sample_id, self.pipeline = record.sample_id, pipeline
+        self.session = CountingSession(pipeline)
+        return self.store.n_specimens(record.sample_id)
+
+    def _need_session(self) -> CountingSession:
+        if self.session is None:
+            raise ValueError("no sample: fill in the sample record and start it first")
+        return self.session
+
+    @property
+    def busy(self) -> bool:
+        """Whether a live preview or a scan is running."""
+        return self.session is not None and self.session.mode in ("live", "scan")
+
+    # ---------------------------------------------------------------- acquisition
+    def snap(self) -> FrameResult:
+        """Take and count one frame."""
+        core, session = self._need_core(), self._need_session()
+        self._snaps += 1
+        return session.snap(core, index=self._snaps - 1)
+
+    def live(
+        self,
+        *,
+        max_frames: int | None = None,
+        max_seconds: float | None = None,
+        on_result: Callable[[FrameResult], None] | None = None,
+    ) -> ScanReport:
+        """Live preview until `stop` (blocking)."""
+        core, session = self._need_core(), self._need_session()
+        return session.live(
+            core, max_frames=max_frames, max_seconds=max_seconds, on_result=on_result
+        )
+
+    def scan(
+        self,
+        rows: int,
+        cols: int,
+        overlap: float,
+        *,
+        on_result: Callable[[FrameResult], None] | None = None,
+        progress: Callable[..., None] | None = None,
+        hardware_sequencing: bool = False,
+    ) -> ScanReport:
+        """A tray scan of rows x cols fields (blocking); centred on the simulated tray, or
+        on where the stage stands with a real microscope."""
+        from napari_foram.acquire import tray_scan_sequence
+
+        core, session = self._need_core(), self._need_session()
+        if self.tray is not None:
+            sequence = self.tray.grid_sequence(rows, cols, overlap)
+        else:
+            sequence = tray_scan_sequence(core, rows=rows, cols=cols, overlap_fraction=overlap)
+        return session.scan(
+            core,
+            sequence,
+            on_result=on_result,
+            progress=progress,
+            hardware_sequencing=hardware_sequencing,
+        )
+
+    def stop(self) -> None:
+        """Stop the running live preview or scan (any thread)."""
+        if self.session is not None:
+            self.session.stop()
+
+    def pause(self, paused: bool = True) -> None:
+        """Pause or resume the running tray scan (any thread)."""
+        self._need_session().pause(paused)
+
+    # ---------------------------------------------------------------- read-outs
+    def tally(self) -> dict[str, int]:
+        """Counts per class of the current sample, as stored (reviewed labels win)."""
+        names = list(self.store.class_names)
+        if self.sample_id is None:
+            return dict.fromkeys(names, 0)
+        counts = np.asarray(self.store.counts(self.sample_id))
+        return {name: int(n) for name, n in zip(names, counts, strict=True)}
+
+    def progress(self) -> tuple[int, int]:
+        """(specimens counted in the sample, target count)."""
+        return sum(self.tally().values()), self.target_count
+
+    def stats(self) -> dict[str, float]:
+        """Frames processed and dropped, backlog and frames per second of the session."""
+        if self.session is None:
+            return {"processed": 0, "dropped": 0, "backlog": 0, "frames_per_s": 0.0}
+        return self.session.stats()
+
+    def close(self) -> None:
+        """Stop anything running and close the store."""
+        self.stop()
+        self.store.close()
+
+
+def open_or_create_store(path: str | Path, class_names: list[str]) -> TallyStore:
+    """The store at `path` opened for writing, created for `class_names` if absent."""
+    from napari_foram.tally.store import TallyStore
+
+    path = Path(path)
+    if path.exists():
+        return TallyStore.open(path, mode="a")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return TallyStore.create(path, classes=class_names)
+
+
+def default_store_path(root: str | Path | None = None) -> Path:
+    """``~/napari-foram-runs/live-<date-time>.zarr`` (or under `root`)."""
+    base = Path(root) if root is not None else Path.home() / "napari-foram-runs"
+    return base / f"live-{time.strftime('%Y%m%d-%H%M%S')}.zarr"

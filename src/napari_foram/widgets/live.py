@@ -1,0 +1,612 @@
+"""Foram live: count at the microscope -- connect, describe the sample, snap, live, scan.
+
+A thin Qt widget over `napari_foram.live.LiveCounter`. Every slow call (building the
+classifier, connecting, acquiring, classifying) runs on one background thread; results
+reach the GUI thread through a Qt signal and are drawn by a timer at most four times a
+second, so neither a fast camera nor a slow classifier can stall the interface.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_foram.widgets.counter import _spin
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+    from napari_foram.live import LiveCounter
+    from napari_foram.pipeline import FrameResult
+
+FRAME_LAYER = "live frame"
+SPECIMENS_LAYER = "counted specimens"
+UNCERTAIN_LAYER = "uncertain specimens"
+#: A specimen is flagged uncertain when fewer than this share of its MC passes agree.
+UNCERTAIN_VOTE_FRACTION = 0.8
+#: Redraw period (ms): results arriving faster are drawn together.
+REDRAW_MS = 250
+
+
+def display_step(shape: tuple[int, ...], max_side: int = 660) -> int:
+    """Pixel step that brings a frame's longer side to at most `max_side` for display."""
+    return max(1, -(-max(shape[:2]) // max_side))
+
+
+@contextmanager
+def _one_refresh(layer: Any) -> Iterator[None]:
+    """Hold back a napari layer's redraws while several properties change, then redraw
+    once. napari has no public batch-update API; `_block_refresh` is what its own
+    setters use, so fall back to plain (slower) updates if it ever goes away."""
+    block = getattr(layer, "_block_refresh", None)
+    if block is None:
+        yield
+        return
+    with block():
+        yield
+    layer.refresh()
+
+
+class _Bridge(QObject):
+    """Carries events from the worker thread to the GUI thread (queued connections)."""
+
+    result = Signal(object)
+    status = Signal(str)
+    finished = Signal(str, object)  # what ended ("connect", "scan", ...), its outcome
+
+
+class LiveWidget(QWidget):
+    """Count specimens at the microscope, live, into a tally store."""
+
+    def __init__(
+        self,
+        napari_viewer: napari.viewer.Viewer,
+        *,
+        model: str | Path = "demo",
+        mc_samples: int = 30,
+        store_path: str | Path | None = None,
+        camera_shape: tuple[int, int] = (972, 1296),
+        specimens: int = 45,
+        device: str = "auto",
+    ) -> None:
+        from napari_foram.live import DEFAULT_TARGET_COUNT, default_store_path
+
+        super().__init__()
+        self.viewer = napari_viewer
+        self.model = model
+        self.device = device
+        self.camera_shape = camera_shape
+        self.specimens = specimens
+        self.counter: LiveCounter | None = None
+        self.last_outcome: dict[str, object] = {}
+        self._pending: list[FrameResult] = []
+        self._shown: list[tuple[float, float, str, float, bool, float]] = []
+        # Counts drawn in the table: read from the store when a sample starts or an
+        # acquisition ends, advanced from the results in between (reading the store on
+        # every redraw would wait for the worker's appends on the GUI thread).
+        self._tally: dict[str, int] = {}
+        self._specimens_stale = False
+        self._thread: threading.Thread | None = None
+        self._bridge = _Bridge()
+        self._bridge.result.connect(self._pending.append)
+        self._bridge.status.connect(self._set_status)
+        self._bridge.finished.connect(self._on_finished)
+
+        # Microscope
+        self.source = QComboBox()
+        self.source.addItems(["Simulated tray", "Micro-Manager configuration"])
+        self.config_path = QLineEdit()
+        self.config_path.setPlaceholderText("MMConfig.cfg")
+        browse = QPushButton("...")
+        browse.clicked.connect(self._browse_config)
+        self.seed = _spin(QSpinBox(), 0, 1_000_000, 7)
+        self.store_path = QLineEdit(str(store_path or default_store_path()))
+        self.mc = _spin(QSpinBox(), 1, 1000, mc_samples)
+        self.target = _spin(QSpinBox(), 1, 100_000, DEFAULT_TARGET_COUNT)
+        self.connect_button = QPushButton("Connect")
+        self.connect_button.clicked.connect(self.connect_microscope)
+        config_row = QHBoxLayout()
+        config_row.addWidget(self.config_path)
+        config_row.addWidget(browse)
+        scope_form = QFormLayout()
+        scope_form.addRow("microscope", self.source)
+        scope_form.addRow("configuration", config_row)
+        scope_form.addRow("simulated tray seed", self.seed)
+        scope_form.addRow("tally store", self.store_path)
+        scope_form.addRow("MC dropout passes", self.mc)
+        scope_form.addRow("target count", self.target)
+        scope_form.addRow(self.connect_button)
+        scope_box = QGroupBox("Microscope")
+        scope_box.setLayout(scope_form)
+
+        # Sample record: what a count sheet asks for, before counting starts.
+        self.sample_fields: dict[str, QLineEdit] = {}
+        sample_form = QFormLayout()
+        for name, label in [
+            ("sample_id", "sample id *"),
+            ("site_hole", "site / hole"),
+            ("core", "core"),
+            ("section", "section"),
+            ("interval_top_cm", "interval top (cm)"),
+            ("interval_bottom_cm", "interval bottom (cm)"),
+            ("depth", "depth"),
+            ("depth_unit", "depth unit"),
+            ("size_fraction_um", "size fraction (um)"),
+            ("split_factor", "split factor"),
+            ("dry_weight_g", "dry weight (g)"),
+            ("operator", "operator"),
+            ("notes", "notes"),
+        ]:
+            edit = QLineEdit()
+            self.sample_fields[name] = edit
+            sample_form.addRow(label, edit)
+        self.sample_fields["depth_unit"].setText("mbsf")
+        self.sample_fields["split_factor"].setText("1")
+        self.sample_button = QPushButton("Start counting this sample")
+        self.sample_button.clicked.connect(self.start_sample)
+        sample_form.addRow(self.sample_button)
+        sample_box = QGroupBox("Sample")
+        sample_box.setLayout(sample_form)
+
+        # Acquisition
+        self.rows = _spin(QSpinBox(), 1, 50, 3)
+        self.cols = _spin(QSpinBox(), 1, 50, 3)
+        self.overlap = _spin(QDoubleSpinBox(), 0.0, 0.6, 0.25, step=0.05)
+        grid = QHBoxLayout()
+        for label, box in (("rows", self.rows), ("cols", self.cols), ("overlap", self.overlap)):
+            grid.addWidget(QLabel(label))
+            grid.addWidget(box)
+        self.snap_button = QPushButton("Snap")
+        self.snap_button.clicked.connect(self.snap)
+        self.live_button = QPushButton("Live")
+        self.live_button.clicked.connect(self.start_live)
+        self.scan_button = QPushButton("Scan tray")
+        self.scan_button.clicked.connect(self.start_scan)
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setCheckable(True)
+        self.pause_button.toggled.connect(self._toggle_pause)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.clicked.connect(self.stop)
+        buttons = QHBoxLayout()
+        for b in (
+            self.snap_button,
+            self.live_button,
+            self.scan_button,
+            self.pause_button,
+            self.stop_button,
+        ):
+            buttons.addWidget(b)
+        acq_layout = QVBoxLayout()
+        acq_layout.addLayout(grid)
+        acq_layout.addLayout(buttons)
+        acq_box = QGroupBox("Acquire")
+        acq_box.setLayout(acq_layout)
+
+        # Read-outs
+        self.rate_label = QLabel("0.0 frames/s | backlog 0 | dropped 0")
+        self.target_bar = QProgressBar()
+        self.target_bar.setFormat("%v of %m specimens")
+        self.status_label = QLabel("connect a microscope to start")
+        self.status_label.setWordWrap(True)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["class", "count", "%"])
+        header = self.table.verticalHeader()
+        if header is not None:
+            header.setVisible(False)
+
+        layout = QVBoxLayout(self)
+        for w in (scope_box, sample_box, acq_box):
+            layout.addWidget(w)
+        layout.addWidget(self.rate_label)
+        layout.addWidget(self.target_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.table)
+        layout.addStretch(1)
+
+        self._timer = QTimer(self)
+        self._timer.setInterval(REDRAW_MS)
+        self._timer.timeout.connect(self._redraw)
+        self._timer.start()
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ actions
+    def connect_microscope(self) -> None:
+        """Build the classifier and the store, connect the microscope (background)."""
+        from napari_foram.live import SimulatedScope
+
+        simulated = self.source.currentIndex() == 0
+        config = self.config_path.text().strip()
+        if not simulated and not config:
+            self._set_status("choose a Micro-Manager configuration file first")
+            return
+        # The simulated tray is made to fit the scan set below (rows x cols at overlap).
+        scope = SimulatedScope(
+            seed=int(self.seed.value()),
+            camera_shape=self.camera_shape,
+            rows=int(self.rows.value()),
+            cols=int(self.cols.value()),
+            overlap=float(self.overlap.value()),
+            specimens=self.specimens,
+            touching_pairs=0 if self.specimens < 20 else 2,
+        )
+        store_path = Path(self.store_path.text().strip())
+        mc, target = int(self.mc.value()), int(self.target.value())
+
+        def work() -> object:
+            from napari_foram.live import LiveCounter, open_or_create_store
+            from napari_foram.pipeline import load_predictor
+
+            if self.counter is not None:
+                self.counter.close()
+                self.counter = None
+            self._bridge.status.emit("loading the classifier (first run: trains the demo model)")
+            predictor = load_predictor(self.model, device=self.device, progress=self._report)
+            store = open_or_create_store(store_path, list(predictor.info.class_names))
+            try:
+                counter = LiveCounter(predictor, store, mc_samples=mc, target_count=target)
+                if simulated:
+                    counter.connect_simulated(scope)
+                else:
+                    counter.connect_config(config)
+            except Exception:
+                store.close()
+                raise
+            self.counter = counter
+            return f"connected; store {store_path}"
+
+        self._run("connect", work)
+
+    def start_sample(self) -> None:
+        """Count into the sample described by the form (new, or resumed if stored)."""
+        from napari_foram.tally.store import SampleRecord
+
+        if self.counter is None:
+            self._set_status("connect a microscope first")
+            return
+        try:
+            record = SampleRecord(**self._record_fields())
+            held = self.counter.start_sample(record)
+        except (ValueError, TypeError) as exc:
+            self._set_status(f"sample not started: {exc}")
+            return
+        self._shown = []
+        self._pending.clear()
+        for name in (SPECIMENS_LAYER, UNCERTAIN_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self._tally = self.counter.tally()
+        self._prepare_layers()
+        self._set_status(
+            f"counting sample {record.sample_id}"
+            + (f" (resumed: {held} specimens already stored)" if held else "")
+        )
+        self._refresh_tally()
+        self._update_buttons()
+
+    def snap(self) -> None:
+        """Take and count one frame."""
+        counter = self._counter_with_sample()
+        if counter is not None:
+            self._run("snap", lambda: self._bridge.result.emit(counter.snap()))
+
+    def start_live(self) -> None:
+        """Live preview until Stop."""
+        counter = self._counter_with_sample()
+        if counter is not None:
+            self._run("live", lambda: counter.live(on_result=self._bridge.result.emit))
+
+    def start_scan(self) -> None:
+        """A tray scan of rows x cols fields; Pause, Stop while it runs."""
+        counter = self._counter_with_sample()
+        if counter is None:
+            return
+        rows, cols = int(self.rows.value()), int(self.cols.value())
+        overlap = float(self.overlap.value())
+        self._run(
+            "scan", lambda: counter.scan(rows, cols, overlap, on_result=self._bridge.result.emit)
+        )
+
+    def stop(self) -> None:
+        """Stop the live preview or the scan (what is counted stays)."""
+        if self.counter is not None:
+            self.counter.stop()
+            self._set_status("stopping...")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the background work ends (tests, scripts); True if it ended."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ worker thread
+    def _report(self, done: int, total: int, message: str = "") -> None:
+        self._bridge.status.emit(f"{message} ({done}/{total})")
+
+    def _run(self, what: str, work: Callable[[], object]) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._set_status("busy: stop the running acquisition first")
+            return
+
+        def target() -> None:
+            try:
+                outcome = work()
+            except Exception as exc:  # shown to the user, never swallowed
+                outcome = exc
+            self._bridge.finished.emit(what, outcome)
+
+        self._thread = threading.Thread(target=target, daemon=True, name=f"napari-foram-{what}")
+        self._thread.start()
+        self._set_status(f"{what}...")
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ GUI thread
+    def _counter_with_sample(self) -> LiveCounter | None:
+        if self.counter is None or self.counter.sample_id is None:
+            self._set_status("connect a microscope and start a sample first")
+            return None
+        return self.counter
+
+    def _record_fields(self) -> dict[str, Any]:
+        numbers = {"interval_top_cm", "interval_bottom_cm", "depth", "dry_weight_g"}
+        out: dict[str, Any] = {}
+        for name, edit in self.sample_fields.items():
+            text = edit.text().strip()
+            if name in numbers:
+                out[name] = float(text) if text else None
+            elif name == "split_factor":
+                out[name] = float(text) if text else 1.0
+            else:
+                out[name] = text
+        return out
+
+    def _browse_config(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Micro-Manager configuration", "", "*.cfg")
+        if path:
+            self.config_path.setText(path)
+            self.source.setCurrentIndex(1)
+
+    def _toggle_pause(self, paused: bool) -> None:
+        if self.counter is None or self.counter.session is None:
+            return
+        try:
+            self.counter.pause(paused)
+            self._set_status("paused" if paused else "scanning")
+        except ValueError as exc:
+            self._set_status(str(exc))
+
+    def _set_status(self, text: str) -> None:
+        self.status_label.setText(text)
+
+    def _on_finished(self, what: str, outcome: object) -> None:
+        self._redraw(everything=True)
+        if self.counter is not None and self.counter.sample_id is not None:
+            self._tally = self.counter.tally()  # the worker is done: the store is quiet
+            self._refresh_tally()
+        self.last_outcome[what] = outcome
+        self.pause_button.setChecked(False)
+        if isinstance(outcome, Exception):
+            text = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
+            self._set_status(f"{what} failed: {text}")
+        elif isinstance(outcome, str):
+            self._set_status(outcome)
+        elif hasattr(outcome, "frames_processed"):
+            error = getattr(outcome, "error", None)
+            pending = getattr(outcome, "pending_partials", 0)
+            self._set_status(
+                f"{what}: {outcome.frames_processed} frames processed, "
+                f"{getattr(outcome, 'frames_dropped', 0)} dropped"
+                + (f"; {error}" if error else "")
+                + (f"; {pending} edge-cut specimens await the rest of the scan" if pending else "")
+            )
+        else:
+            self._set_status(f"{what} done")
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self._thread is not None and self._thread.is_alive()
+        ready = self.counter is not None and self.counter.sample_id is not None and not running
+        self.connect_button.setEnabled(not running)
+        self.sample_button.setEnabled(self.counter is not None and not running)
+        for b in (self.snap_button, self.live_button, self.scan_button):
+            b.setEnabled(ready)
+        self.stop_button.setEnabled(running)
+        self.pause_button.setEnabled(running)
+
+    def _redraw(self, everything: bool = False) -> None:
+        """Draw what arrived since the last redraw: the newest frame, new specimens.
+
+        The frame and the specimens are drawn on alternate ticks, so that one tick never
+        pays for both (each costs tens of ms with software OpenGL). `everything` draws
+        both now (at the end of an acquisition).
+        """
+        counter = self.counter
+        if counter is not None:
+            s = counter.stats()
+            self.rate_label.setText(
+                f"{s['frames_per_s']:.1f} frames/s | backlog {int(s['backlog'])} | "
+                f"dropped {int(s['dropped'])}"
+            )
+        if self._specimens_stale and not everything:
+            self._specimens_stale = False
+            self._show_specimens()
+            return  # the frame waits for the next tick
+        if not self._pending:
+            return
+        batch, self._pending[:] = list(self._pending), []
+        self._show_frame(batch[-1])
+        names = list(counter.store.class_names) if counter is not None else []
+        for r in batch:
+            if r.predictions is None:
+                continue
+            px = r.frame.pixel_size_um or 1.0
+            for j, row in enumerate(r.new_rows):
+                x, y = r.sample_xy_um[row]
+                if not np.isfinite(x):  # no stage position: place it in frame pixels
+                    y, x = r.detections.centroid[row]
+                k = int(r.predictions.class_index[j])
+                prob = float(r.predictions.mean_probs[j].max())
+                vote = float(r.predictions.vote_fraction[j])
+                diam = float(r.detections.equivalent_diameter_px[row]) * px
+                self._shown.append((y, x, names[k], prob, vote < UNCERTAIN_VOTE_FRACTION, diam))
+                self._tally[names[k]] = self._tally.get(names[k], 0) + 1
+        self._specimens_stale = True
+        self._refresh_tally()
+        if everything:
+            self._specimens_stale = False
+            self._show_specimens()
+
+    def _show_frame(self, result: FrameResult) -> None:
+        """Show the newest frame where it lies on the tray, at display resolution.
+
+        Every `display_step`-th pixel only: a preview needs no more than the screen shows,
+        and uploading a full 5 MP frame four times a second would starve the GUI thread.
+        """
+        frame = result.frame
+        px = frame.pixel_size_um or 1.0
+        step = display_step(frame.image.shape[:2])
+        image = frame.image[::step, ::step]
+        corner = frame.pixel_to_stage_um(0, 0)
+        translate = (corner[1], corner[0]) if corner is not None else (0.0, 0.0)
+        scale = (px * step, px * step)
+        if FRAME_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[FRAME_LAYER]
+            if layer.data.shape == image.shape and layer.data.dtype == image.dtype:
+                # Into the layer's own buffer (ours, made by `_prepare_layers`): assigning
+                # a new array would also re-check dims and extents, ~3x the cost.
+                with _one_refresh(layer):
+                    layer.data[...] = image
+                    if tuple(layer.translate) != translate:
+                        layer.translate = translate
+                    if tuple(layer.scale) != scale:
+                        layer.scale = scale
+                return
+            self.viewer.layers.remove(FRAME_LAYER)
+        self.viewer.add_image(
+            image,
+            name=FRAME_LAYER,
+            rgb=image.ndim == 3,
+            scale=scale,
+            translate=translate,
+            units="um",
+        )
+        self.viewer.layers.move(self.viewer.layers.index(FRAME_LAYER), 0)  # under the marks
+        self.viewer.reset_view()
+
+    def _prepare_layers(self) -> None:
+        """Create the frame and specimen layers before acquiring (creating a layer costs
+        far more than updating one: done now, it never stalls a running scan)."""
+        if self.counter is None:
+            return
+        shape = self.counter.frame_shape()
+        step = display_step(shape)
+        blank = np.zeros((-(-shape[0] // step), -(-shape[1] // step), *shape[2:]), np.uint8)
+        if FRAME_LAYER not in self.viewer.layers:
+            self.viewer.add_image(blank, name=FRAME_LAYER, rgb=blank.ndim == 3, units="um")
+        self._shown = [(0.0, 0.0, self.counter.store.class_names[0], 0.0, True, 1.0)]
+        self._show_specimens()  # one placeholder point, so that text and symbols compile
+        self._shown = []
+        self._show_specimens()
+
+    def _show_specimens(self) -> None:
+        from napari_foram.widgets.layers import class_colour
+
+        counter = self.counter
+        names = list(counter.store.class_names) if counter is not None else []
+        yx = np.array([(s[0], s[1]) for s in self._shown]).reshape(-1, 2)
+        cls = [s[2] for s in self._shown]
+        colours = np.array([class_colour(n, names.index(n)) for n in cls]).reshape(-1, 4)
+        features = {
+            "class": cls,
+            "probability": np.round([s[3] for s in self._shown], 2),
+            "uncertain": [s[4] for s in self._shown],
+        }
+        sizes = 1.3 * np.array([s[5] for s in self._shown])
+        if SPECIMENS_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[SPECIMENS_LAYER]
+            # Four property changes, one redraw (each would refresh the layer otherwise).
+            with _one_refresh(layer):
+                layer.data = yx  # napari resizes the per-point properties to match
+                if len(yx):
+                    layer.features = features
+                    layer.size = sizes
+                    layer.border_color = colours
+        else:
+            self.viewer.add_points(
+                yx,
+                name=SPECIMENS_LAYER,
+                features=features,
+                size=sizes,
+                face_color="transparent",
+                border_color=colours,
+                border_width=0.06,
+                text={"string": "{class} {probability:.2f}", "size": 8, "color": "white"},
+                units="um",
+            )
+        unsure = np.array([s[4] for s in self._shown], dtype=bool)
+        data = yx[unsure] if unsure.any() else np.zeros((0, 2))
+        if UNCERTAIN_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[UNCERTAIN_LAYER]
+            with _one_refresh(layer):
+                layer.data = data
+                if len(data):
+                    layer.size = 1.6 * sizes[unsure]
+        else:
+            self.viewer.add_points(
+                data,
+                name=UNCERTAIN_LAYER,
+                size=1.6 * sizes[unsure] if unsure.any() else 10,
+                symbol="square",
+                face_color="transparent",
+                border_color="red",
+                border_width=0.04,
+                units="um",
+            )
+
+    def _refresh_tally(self) -> None:
+        if self.counter is None:
+            return
+        counts = self._tally
+        total = sum(counts.values())
+        target = self.counter.target_count
+        self.target_bar.setRange(0, target)
+        self.target_bar.setValue(min(total, target))
+        self.table.setRowCount(len(counts) + 1)
+        for row, (name, n) in enumerate([*counts.items(), ("total", total)]):
+            self.table.setItem(row, 0, QTableWidgetItem(name.replace("_", " ")))
+            self.table.setItem(row, 1, QTableWidgetItem(str(n)))
+            pct = "" if name == "total" or not total else f"{100.0 * n / total:.1f}"
+            self.table.setItem(row, 2, QTableWidgetItem(pct))
+
+    def closeEvent(self, event: Any) -> None:  # Qt names it
+        """Stop the acquisition and release the store when the widget goes away."""
+        self._timer.stop()
+        if self.counter is not None:
+            self.counter.stop()
+            self.wait(30)
+            self.counter.close()
+            self.counter = None
+        super().closeEvent(event)
