@@ -7,6 +7,8 @@ the registry, a VGG16 with random weights, a Zarr store.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 import time
 
@@ -174,3 +176,51 @@ def test_snap_counts_one_frame(predictor):
     assert len(result.new_rows) == len(_whole_truth(world))
     assert np.isfinite(result.sample_xy_um).all()
     assert len(session.snap(tray.core, index=1).new_rows) == 0  # the same field again
+
+
+def test_tray_scan_with_z_stacks_fuses_each_field_and_counts_ground_truth(predictor):
+    from napari_foram.acquire import simulated_microscope
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+
+    world = make_demo_world(11, GRID)
+    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1, thick_specimens=True)
+    pipeline = CountingPipeline(predictor, mc_samples=1)
+    results: list = []
+    report = CountingSession(pipeline).scan(
+        tray.core, tray.grid_sequence(2, 2, 0.4, z_planes=3), on_result=results.append
+    )
+    scope = simulated_microscope(tray.core)
+    assert scope is not None and scope.frames_snapped == 12  # 4 fields x 3 planes
+    assert report.error is None and report.frames_processed == 4  # one fused frame each
+    stacks = [r.frame.metadata["focus_stack"] for r in results[:4]]
+    assert all(s["planes"] == 3 and s["complete"] for s in stacks)
+    assert pipeline.specimens_counted == len(_whole_truth(world))
+
+
+def test_live_command_headless_scans_and_resumes(tmp_path):
+    import json
+
+    from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
+    from napari_foram.classify.model import build_model
+    from napari_foram.cli import main
+
+    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
+    ckpt = tmp_path / "random.safetensors"
+    save_checkpoint(ckpt, model, ModelInfo.for_model(model, CLASSES))
+    store = tmp_path / "cli.zarr"
+    args = ["live", "--headless", "--model", str(ckpt), "--store", str(store), "--mc", "1"]
+    args += ["--rows", "2", "--cols", "2", "--overlap", "0.45", "--sample-id", "S-1"]
+    runs = []
+    for _ in range(2):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(args) == 0
+        runs.append(json.loads(out.getvalue()))
+    first, second = runs
+    assert first["error"] is None and first["frames_processed"] == 4
+    assert first["specimens"] > 0 and sum(first["tally"].values()) == first["specimens"]
+    # The same sample again: resumed, nothing counted twice.
+    assert second["specimens_before"] == second["specimens"] == first["specimens"]
+    assert main(["live", "--headless", "--mode", "blink"]) == 2
+    assert main(["live", "--headless", "--config", str(tmp_path / "missing.cfg")]) == 1

@@ -41,6 +41,7 @@ class SimulatedScope:
     overlap: float = 0.25
     specimens: int = 45
     touching_pairs: int = 2
+    thick_specimens: bool = False  # depth-dependent blur, for focus stacking
 
 
 class LiveCounter:
@@ -103,7 +104,12 @@ class LiveCounter:
             touching_pairs=scope.touching_pairs,
         )
         world = make_demo_world(scope.seed, plan)
-        self.tray = SimulatedTray(world, camera_shape=scope.camera_shape, seed=scope.seed)
+        self.tray = SimulatedTray(
+            world,
+            camera_shape=scope.camera_shape,
+            seed=scope.seed,
+            thick_specimens=scope.thick_specimens,
+        )
         self.core = self.tray.core
         self.microscope_info = self.tray.describe()
 
@@ -194,16 +200,29 @@ class LiveCounter:
         on_result: Callable[[FrameResult], None] | None = None,
         progress: Callable[..., None] | None = None,
         hardware_sequencing: bool = False,
+        z_planes: int = 1,
+        z_step_um: float = 30.0,
     ) -> ScanReport:
         """A tray scan of rows x cols fields (blocking); centred on the simulated tray, or
-        on where the stage stands with a real microscope."""
+        on where the stage stands with a real microscope. ``z_planes > 1`` takes a
+        z-stack per field (`z_step_um` apart, around the current focus) and counts its
+        fused extended-depth-of-field image."""
         from napari_foram.acquire import tray_scan_sequence
 
         core, session = self._need_core(), self._need_session()
         if self.tray is not None:
-            sequence = self.tray.grid_sequence(rows, cols, overlap)
+            sequence = self.tray.grid_sequence(
+                rows, cols, overlap, z_planes=z_planes, z_step_um=z_step_um
+            )
         else:
-            sequence = tray_scan_sequence(core, rows=rows, cols=cols, overlap_fraction=overlap)
+            sequence = tray_scan_sequence(
+                core,
+                rows=rows,
+                cols=cols,
+                overlap_fraction=overlap,
+                z_planes=z_planes,
+                z_step_um=z_step_um,
+            )
         return session.scan(
             core,
             sequence,

@@ -239,8 +239,19 @@ class CountingSession:
         report; the frames taken before it are processed and stored all the same, and a
         new scan of the same sample resumes (what is stored is never counted again).
         `pause`, `resume` and `stop` work from any thread while it runs.
+
+        When `sequence` has a z plan (``tray_scan_sequence(..., z_planes=N)``) the
+        planes of each field are fused into one extended-depth-of-field frame
+        (`napari_foram.focus`) in the worker, off the acquisition thread, before
+        detection; `frames_processed` then counts fused fields. A stack left incomplete
+        by a failure or a stop is dropped (its field is imaged again on resume).
         """
-        from napari_foram.acquire import FrameQueue, ProcessingWorker, run_scan
+        from napari_foram.acquire import (
+            FrameQueue,
+            ProcessingWorker,
+            run_scan,
+            sequence_z_planes,
+        )
 
         self._stop_requested = False
         self._stop_event.clear()
@@ -250,9 +261,19 @@ class CountingSession:
         self._queue = queue
         processed = 0
 
+        from napari_foram.focus import ZStackAssembler
+
+        fused: list[Frame] = []
+        assembler = ZStackAssembler(sequence_z_planes(sequence), fused.append)
+
         def handle(frames: list[Frame]) -> None:
             nonlocal processed
-            for result in self.pipeline.process_many(frames):
+            for frame in frames:
+                assembler.add(frame)  # passes single planes through; fuses full stacks
+            ready, fused[:] = list(fused), []
+            if not ready:
+                return
+            for result in self.pipeline.process_many(ready):
                 processed += 1
                 self._processed_one()
                 if on_result is not None:
@@ -272,6 +293,7 @@ class CountingSession:
             worker.stop(drain=True)
             self._core, self._mode, self._paused = None, "idle", False
         worker.raise_if_failed()
+        assembler.flush()  # drops a stack a failure or a stop left incomplete
         error = acquired.error
         if error is None and self._stop_requested:
             error = "stopped by the user"
@@ -317,8 +339,10 @@ class SimulatedTray:
         seed: int = 0,
         noise: bool = True,
         fail_after_frames: int | None = None,
+        thick_specimens: bool = False,
     ) -> None:
         from napari_foram.acquire import create_simulated_core
+        from napari_foram.acquire.simulated import height_map_from_labels
 
         self.world = world
         self.camera_shape = camera_shape
@@ -330,6 +354,13 @@ class SimulatedTray:
             noise=noise,
             seed=seed,
             fail_after_frames=fail_after_frames,
+            # Thick specimens: each a dome of its own height, so that one focal plane
+            # leaves some blurred (what focus stacking is for).
+            height_map=(
+                height_map_from_labels(world.labels, world.specimens, world.pixel_size_um)
+                if thick_specimens
+                else None
+            ),
         )
         self._centres: list[tuple[float, float]] = []
 
@@ -337,8 +368,17 @@ class SimulatedTray:
         """Sample coordinates (x_um, y_um) of a world pixel (see acquire.simulated)."""
         return (col * self.pixel_size_um, row * self.pixel_size_um)
 
-    def grid_sequence(self, rows: int, cols: int, overlap_fraction: float) -> Any:
-        """An MDA grid scan of rows x cols fields centred on the tray."""
+    def grid_sequence(
+        self,
+        rows: int,
+        cols: int,
+        overlap_fraction: float,
+        *,
+        z_planes: int = 1,
+        z_step_um: float | None = None,
+    ) -> Any:
+        """An MDA grid scan of rows x cols fields centred on the tray (with `z_planes`
+        focal planes per field, `z_step_um` apart, around the current focus)."""
         from napari_foram.acquire import tray_scan_sequence
 
         h, w = self.world.image.shape[:2]
@@ -349,6 +389,8 @@ class SimulatedTray:
             cols=cols,
             overlap_fraction=overlap_fraction,
             center_xy_um=centre,
+            z_planes=z_planes,
+            **({"z_step_um": z_step_um} if z_step_um is not None else {}),
         )
 
     def mosaic(self) -> Mosaic:

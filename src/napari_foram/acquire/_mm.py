@@ -17,15 +17,18 @@ pymmcore-plus / useq APIs used
 * ``pymmcore_plus.mda.MDAEngine``: subclassed (``exec_single_event``) so that a failed
   snap is reported instead of only logged.
 * ``pymmcore_plus.experimental.unicore``: ``UniMMCore`` (``loadPyDevice``,
-  ``initializeDevice``, ``setCameraDevice``, ``setXYStageDevice``, ``setShutterDevice``,
-  ``definePixelSizeConfig``, ``setPixelSizeUm``, ``setPixelSizeConfig``) and the device
-  base classes ``SimpleCameraDevice``, ``XYStageDevice``, ``ShutterDevice``.
+  ``initializeDevice``, ``setCameraDevice``, ``setXYStageDevice``, ``setFocusDevice``,
+  ``setShutterDevice``, ``definePixelSizeConfig``, ``setPixelSizeUm``,
+  ``setPixelSizeConfig``) and the device base classes ``SimpleCameraDevice``,
+  ``XYStageDevice``, ``StageDevice``, ``ShutterDevice``.
+* ``CMMCorePlus.getFocusDevice`` / ``getZPosition`` (centre of a z-stack).
 * ``pymmcore.CMMCore.registerCallback`` (at interpreter exit, see `_release_at_exit`).
-* ``useq``: ``MDASequence``, ``GridRowsColumns``, ``GridFromEdges``, ``AbsolutePosition``.
+* ``useq``: ``MDASequence``, ``GridRowsColumns``, ``GridFromEdges``, ``AbsolutePosition``,
+  ``ZRangeAround``.
 
 Where the simulated devices live
 --------------------------------
-The physics of the simulated microscope is pure numpy in `acquire/simulated.py`. The three
+The physics of the simulated microscope is pure numpy in `acquire/simulated.py`. The four
 device classes below subclass pymmcore-plus base classes, so they live here and only
 forward to the shared `SimulatedMicroscope`.
 
@@ -64,12 +67,13 @@ from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.experimental.unicore import (
     ShutterDevice,
     SimpleCameraDevice,
+    StageDevice,
     UniMMCore,
     XYStageDevice,
 )
 from pymmcore_plus.mda import MDAEngine, mda_listeners_connected
 
-from napari_foram.acquire.simulated import SimulatedMicroscope
+from napari_foram.acquire.simulated import DEFAULT_BLUR_PER_UM, SimulatedMicroscope
 from napari_foram.frames import Frame
 
 __all__ = [
@@ -79,6 +83,7 @@ __all__ = [
     "SimulatedCamera",
     "SimulatedShutter",
     "SimulatedXYStage",
+    "SimulatedZStage",
     "cancel_scan",
     "create_simulated_core",
     "load_config_core",
@@ -92,8 +97,12 @@ __all__ = [
 #: Device labels of the simulated core.
 CAMERA_LABEL = "Camera"
 XY_STAGE_LABEL = "XYStage"
+Z_STAGE_LABEL = "Z"
 SHUTTER_LABEL = "Shutter"
 PIXEL_CONFIG = "Res"
+#: Default z-stack spacing (um): the simulated microscope's depth of field at its default
+#: blur, so every height lies within half a step, sigma <= 0.75 px, of some plane.
+DEFAULT_Z_STEP_UM = 30.0
 
 _PYMM_LOGGER = "pymmcore-plus"
 
@@ -196,6 +205,38 @@ class SimulatedXYStage(XYStageDevice):
         """Nothing to stop: simulated moves are instant."""
 
 
+class SimulatedZStage(StageDevice):
+    """Focus drive that moves the `SimulatedMicroscope`'s focal plane (instantly).
+
+    Positions are micrometres above the tray floor, minus an origin that `set_origin`
+    sets (as on a real focus drive re-zeroed by the user). Higher positions focus higher
+    above the tray, i.e. the objective moves away from the sample, but the focus
+    direction is deliberately left "Unknown": pymmcore-plus's MDA engine then does not
+    restore the initial XY and Z positions after a sequence, exactly as for a core with
+    no focus device, so adding this stage changes nothing for XY-only scans.
+    """
+
+    def __init__(self, microscope: SimulatedMicroscope) -> None:
+        super().__init__()
+        self._scope = microscope
+        self._origin = 0.0
+
+    def set_position_um(self, val: float) -> None:
+        self._scope.move_z_to(val + self._origin)
+
+    def get_position_um(self) -> float:
+        return self._scope.z_um - self._origin
+
+    def set_origin(self) -> None:
+        self._origin = self._scope.z_um
+
+    def home(self) -> None:
+        self._scope.move_z_to(0.0)
+
+    def stop(self) -> None:
+        """Nothing to stop: simulated moves are instant."""
+
+
 class SimulatedShutter(ShutterDevice):
     """Shutter state only.
 
@@ -231,8 +272,11 @@ def create_simulated_core(
     fail_after_frames: int | None = None,
     start_xy_um: tuple[float, float] | None = None,
     simulate_exposure_time: bool = True,
+    height_map: np.ndarray | None = None,
+    start_z_um: float | None = None,
+    blur_per_um: float = DEFAULT_BLUR_PER_UM,
 ) -> UniMMCore:
-    """A `UniMMCore` with a simulated camera, XY stage and shutter over `world`.
+    """A `UniMMCore` with a simulated camera, XY stage, focus drive and shutter over `world`.
 
     Parameters
     ----------
@@ -255,12 +299,22 @@ def create_simulated_core(
         Initial stage position; default: the centre of the world.
     simulate_exposure_time
         Each snap takes `exposure_ms` of wall time, like a real camera.
+    height_map
+        (H, W) micrometres above the tray floor per world pixel (e.g. from
+        `acquire.simulated.height_map_from_labels`): frames are then blurred by defocus
+        wherever the surface is away from the focus position. None: a flat world, sharp
+        at every focus position (frames are exactly as without a focus drive).
+    start_z_um
+        Initial focus position (um above the floor); default: half the highest point of
+        the world (0 for a flat one), so a z-stack around it spans the relief.
+    blur_per_um
+        Defocus blur, sigma in px per um of defocus (see `SimulatedMicroscope`).
 
     Returns
     -------
     UniMMCore
-        Devices "Camera", "XYStage", "Shutter" loaded, initialised and current; pixel size
-        config "Res" active.
+        Devices "Camera", "XYStage", "Z" (the focus device) and "Shutter" loaded,
+        initialised and current; pixel size config "Res" active.
     """
     scope = SimulatedMicroscope(
         world=world,
@@ -272,17 +326,24 @@ def create_simulated_core(
         seed=seed,
         fail_after_frames=fail_after_frames,
         simulate_exposure_time=simulate_exposure_time,
+        height_um=height_map,
+        blur_per_um=float(blur_per_um),
     )
     scope.move_to(*(scope.world_center_um if start_xy_um is None else start_xy_um))
+    if start_z_um is None:
+        start_z_um = 0.5 * float(scope.height_um.max()) if scope.height_um is not None else 0.0
+    scope.move_z_to(start_z_um)
     core = UniMMCore()
     _track_core(core)
     core.loadPyDevice(CAMERA_LABEL, SimulatedCamera(scope))
     core.loadPyDevice(XY_STAGE_LABEL, SimulatedXYStage(scope))
+    core.loadPyDevice(Z_STAGE_LABEL, SimulatedZStage(scope))
     core.loadPyDevice(SHUTTER_LABEL, SimulatedShutter(scope))
-    for label in (CAMERA_LABEL, XY_STAGE_LABEL, SHUTTER_LABEL):
+    for label in (CAMERA_LABEL, XY_STAGE_LABEL, Z_STAGE_LABEL, SHUTTER_LABEL):
         core.initializeDevice(label)
     core.setCameraDevice(CAMERA_LABEL)
     core.setXYStageDevice(XY_STAGE_LABEL)
+    core.setFocusDevice(Z_STAGE_LABEL)
     core.setShutterDevice(SHUTTER_LABEL)
     # A pixel-size preset with no device settings: always valid, since nothing here
     # changes magnification. Grid plans need it to know the field of view.
@@ -387,6 +448,9 @@ def tray_scan_sequence(
     cols: int,
     overlap_fraction: float = 0.15,
     center_xy_um: tuple[float, float] | None = None,
+    z_planes: int = 1,
+    z_step_um: float = DEFAULT_Z_STEP_UM,
+    center_z_um: float | None = None,
 ) -> useq.MDASequence:
     """A rows x cols grid of fields around `center_xy_um` (default: where the stage is).
 
@@ -395,13 +459,28 @@ def tray_scan_sequence(
     whole in the next (the de-duplication counts them once). useq visits the grid row by
     row in a snake, starting at the largest y.
 
+    With ``z_planes > 1`` every field is taken as a z-stack for focus stacking (see
+    `napari_foram.focus`): a ``useq.ZRangeAround`` plan of `z_planes` planes `z_step_um`
+    apart, centred on `center_z_um` (default: the current focus position), so the stack
+    spans ``center_z_um +- (z_planes - 1) * z_step_um / 2``. A range around the focus the
+    user has set is Micro-Manager's usual z-stack, and unlike an absolute top/bottom it
+    follows a refocused tray. The axis order is "tpgcz": z innermost, so the planes of one
+    field are taken one after the other without moving XY (and arrive consecutively, with
+    ``mda_index["z"]`` = 0 for the lowest plane). ``z_planes == 1`` gives the same
+    sequence as before z-stacks existed (no z plan, no z moves).
+
     Raises
     ------
     ValueError
-        Bad counts or overlap, or the core has no pixel size.
+        Bad counts, overlap or z step, the core has no pixel size, or a z-stack was asked
+        of a core without a focus device.
     """
     if int(rows) != rows or int(cols) != cols or rows < 1 or cols < 1:
         raise ValueError(f"rows and cols must be positive integers, got {rows} x {cols}")
+    if int(z_planes) != z_planes or z_planes < 1:
+        raise ValueError(f"z_planes must be a positive integer, got {z_planes!r}")
+    if not (math.isfinite(z_step_um) and z_step_um > 0):
+        raise ValueError(f"z_step_um must be a positive number of um, got {z_step_um!r}")
     overlap = _check_overlap(overlap_fraction)
     fov_w, fov_h = _field_of_view_um(core)
     if center_xy_um is None:
@@ -417,7 +496,28 @@ def tray_scan_sequence(
         fov_height=fov_h,
         # relative_to defaults to "center": the grid is centred on the stage position.
     )
-    return useq.MDASequence(stage_positions=(useq.AbsolutePosition(x=cx, y=cy),), grid_plan=grid)
+    if z_planes == 1:
+        return useq.MDASequence(
+            stage_positions=(useq.AbsolutePosition(x=cx, y=cy),), grid_plan=grid
+        )
+    if center_z_um is None:
+        if not core.getFocusDevice():
+            raise ValueError("no focus device: a z-stack needs one (or give center_z_um)")
+        center_z_um = float(core.getZPosition())
+    if not math.isfinite(center_z_um):
+        raise ValueError(f"center_z_um must be finite, got {center_z_um!r}")
+    n = int(z_planes)
+    # ZRangeAround is relative: useq adds the position's z to each offset.
+    z_plan = useq.ZRangeAround(range=(n - 1) * float(z_step_um), step=float(z_step_um))
+    planes = len(z_plan.positions())
+    if planes != n:  # useq steps with a float arange: make an edge case loud, not silent
+        raise ValueError(f"z plan gives {planes} planes, not {n}")
+    return useq.MDASequence(
+        stage_positions=(useq.AbsolutePosition(x=cx, y=cy, z=float(center_z_um)),),
+        grid_plan=grid,
+        z_plan=z_plan,
+        axis_order=tuple("tpgcz"),  # z innermost: the planes of a field in a row
+    )
 
 
 def tray_extent_scan_sequence(
@@ -811,3 +911,16 @@ class LiveStream:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def camera_frame_shape(core: CMMCorePlus) -> tuple[int, ...]:
+    """Shape of the frames the core's camera delivers: (rows, cols) or (rows, cols, 3)."""
+    rows, cols = int(core.getImageHeight()), int(core.getImageWidth())
+    # RGB cameras report 4 bytes per pixel (BGRA) and one component count of 4.
+    return (rows, cols, 3) if core.getNumberOfComponents() > 1 else (rows, cols)
+
+
+def sequence_z_planes(sequence: useq.MDASequence) -> int:
+    """Focal planes per field of `sequence` (1 without a z plan)."""
+    z_plan = sequence.z_plan
+    return max(1, len(list(z_plan))) if z_plan is not None else 1

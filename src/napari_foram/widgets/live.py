@@ -175,8 +175,17 @@ class LiveWidget(QWidget):
         self.rows = _spin(QSpinBox(), 1, 50, 3)
         self.cols = _spin(QSpinBox(), 1, 50, 3)
         self.overlap = _spin(QDoubleSpinBox(), 0.0, 0.6, 0.25, step=0.05)
+        self.z_planes = _spin(QSpinBox(), 1, 50, 1)
+        self.z_planes.setToolTip(
+            "focal planes per field, fused into one sharp image before counting"
+        )
         grid = QHBoxLayout()
-        for label, box in (("rows", self.rows), ("cols", self.cols), ("overlap", self.overlap)):
+        for label, box in (
+            ("rows", self.rows),
+            ("cols", self.cols),
+            ("overlap", self.overlap),
+            ("z planes", self.z_planes),
+        ):
             grid.addWidget(QLabel(label))
             grid.addWidget(box)
         self.snap_button = QPushButton("Snap")
@@ -251,6 +260,7 @@ class LiveWidget(QWidget):
             overlap=float(self.overlap.value()),
             specimens=self.specimens,
             touching_pairs=0 if self.specimens < 20 else 2,
+            thick_specimens=int(self.z_planes.value()) > 1,
         )
         store_path = Path(self.store_path.text().strip())
         mc, target = int(self.mc.value()), int(self.target.value())
@@ -324,9 +334,12 @@ class LiveWidget(QWidget):
         if counter is None:
             return
         rows, cols = int(self.rows.value()), int(self.cols.value())
-        overlap = float(self.overlap.value())
+        overlap, z_planes = float(self.overlap.value()), int(self.z_planes.value())
         self._run(
-            "scan", lambda: counter.scan(rows, cols, overlap, on_result=self._bridge.result.emit)
+            "scan",
+            lambda: counter.scan(
+                rows, cols, overlap, z_planes=z_planes, on_result=self._bridge.result.emit
+            ),
         )
 
     def stop(self) -> None:
