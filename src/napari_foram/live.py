@@ -191,6 +191,47 @@ class LiveCounter:
             core, max_frames=max_frames, max_seconds=max_seconds, on_result=on_result
         )
 
+    def plan_scan(
+        self,
+        rows: int,
+        cols: int,
+        overlap: float,
+        *,
+        z_planes: int = 1,
+        z_step_um: float = 30.0,
+    ) -> Any:
+        """The MDA sequence of a tray scan of rows x cols fields: centred on the simulated
+        tray, or on where the stage stands with a real microscope. ``z_planes > 1`` takes
+        a z-stack per field (`z_step_um` apart, around the current focus), counted from
+        its fused extended-depth-of-field image."""
+        from napari_foram.acquire import tray_scan_sequence
+
+        core = self._need_core()
+        if self.tray is not None:
+            return self.tray.grid_sequence(
+                rows, cols, overlap, z_planes=z_planes, z_step_um=z_step_um
+            )
+        return tray_scan_sequence(
+            core,
+            rows=rows,
+            cols=cols,
+            overlap_fraction=overlap,
+            z_planes=z_planes,
+            z_step_um=z_step_um,
+        )
+
+    def field_positions(self, sequence: Any) -> list[tuple[float, float]]:
+        """Stage positions (x_um, y_um) of the fields a planned scan will image."""
+        from napari_foram.acquire import sequence_xy_positions
+
+        return sequence_xy_positions(sequence)
+
+    def pixel_size_um(self) -> float | None:
+        """Micrometres per camera pixel (None if the configuration has none)."""
+        from napari_foram.acquire import camera_pixel_size_um
+
+        return camera_pixel_size_um(self._need_core())
+
     def scan(
         self,
         rows: int,
@@ -202,27 +243,12 @@ class LiveCounter:
         hardware_sequencing: bool = False,
         z_planes: int = 1,
         z_step_um: float = 30.0,
+        sequence: Any = None,
     ) -> ScanReport:
-        """A tray scan of rows x cols fields (blocking); centred on the simulated tray, or
-        on where the stage stands with a real microscope. ``z_planes > 1`` takes a
-        z-stack per field (`z_step_um` apart, around the current focus) and counts its
-        fused extended-depth-of-field image."""
-        from napari_foram.acquire import tray_scan_sequence
-
+        """Run a tray scan (blocking): `sequence` from `plan_scan`, or planned here."""
         core, session = self._need_core(), self._need_session()
-        if self.tray is not None:
-            sequence = self.tray.grid_sequence(
-                rows, cols, overlap, z_planes=z_planes, z_step_um=z_step_um
-            )
-        else:
-            sequence = tray_scan_sequence(
-                core,
-                rows=rows,
-                cols=cols,
-                overlap_fraction=overlap,
-                z_planes=z_planes,
-                z_step_um=z_step_um,
-            )
+        if sequence is None:
+            sequence = self.plan_scan(rows, cols, overlap, z_planes=z_planes, z_step_um=z_step_um)
         return session.scan(
             core,
             sequence,

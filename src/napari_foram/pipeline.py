@@ -580,6 +580,7 @@ def load_predictor(
     *,
     device: str = "auto",
     progress: bool | Callable[[int, int, str], None] = True,
+    cpu_threads: int | None = None,
 ) -> Predictor:
     """A predictor from a checkpoint path, or from the demo model when `model` is "demo".
 
@@ -600,4 +601,4 @@ def load_predictor(
                 path = demo_checkpoint(progress=cb)
     else:
         path = model
-    return Predictor.from_checkpoint(path, device=device)
+    return Predictor.from_checkpoint(path, device=device, cpu_threads=cpu_threads)

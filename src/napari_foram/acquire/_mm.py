@@ -924,3 +924,17 @@ def sequence_z_planes(sequence: useq.MDASequence) -> int:
     """Focal planes per field of `sequence` (1 without a z plan)."""
     z_plan = sequence.z_plan
     return max(1, len(list(z_plan))) if z_plan is not None else 1
+
+
+def sequence_xy_positions(sequence: useq.MDASequence) -> list[tuple[float, float]]:
+    """The distinct stage positions (x_um, y_um) a sequence visits, in order."""
+    seen: dict[tuple[float, float], None] = {}
+    for event in sequence:
+        if event.x_pos is not None and event.y_pos is not None:
+            seen.setdefault((float(event.x_pos), float(event.y_pos)), None)
+    return list(seen)
+
+
+def camera_pixel_size_um(core: CMMCorePlus) -> float | None:
+    """Micrometres per camera pixel from the active pixel-size configuration, or None."""
+    return _pixel_size_or_none(core)

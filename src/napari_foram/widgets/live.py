@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -34,6 +35,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_foram.frames import Frame
+from napari_foram.mosaic import Mosaic
 from napari_foram.widgets.counter import _spin
 
 if TYPE_CHECKING:
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from napari_foram.pipeline import FrameResult
 
 FRAME_LAYER = "live frame"
+OVERVIEW_LAYER = "tray overview"
 SPECIMENS_LAYER = "counted specimens"
 UNCERTAIN_LAYER = "uncertain specimens"
 #: A specimen is flagged uncertain when fewer than this share of its MC passes agree.
@@ -109,6 +113,8 @@ class LiveWidget(QWidget):
         # every redraw would wait for the worker's appends on the GUI thread).
         self._tally: dict[str, int] = {}
         self._specimens_stale = False
+        self._mosaic: Mosaic | None = None  # the scan's overview, at display resolution
+        self._torch_threads: int | None = None
         self._thread: threading.Thread | None = None
         self._bridge = _Bridge()
         self._bridge.result.connect(self._pending.append)
@@ -142,34 +148,41 @@ class LiveWidget(QWidget):
         scope_box = QGroupBox("Microscope")
         scope_box.setLayout(scope_form)
 
-        # Sample record: what a count sheet asks for, before counting starts.
+        # Sample record: what a count sheet asks for, before counting starts. Two fields
+        # per row keep the widget short enough for a laptop screen.
         self.sample_fields: dict[str, QLineEdit] = {}
-        sample_form = QFormLayout()
-        for name, label in [
-            ("sample_id", "sample id *"),
-            ("site_hole", "site / hole"),
-            ("core", "core"),
-            ("section", "section"),
-            ("interval_top_cm", "interval top (cm)"),
-            ("interval_bottom_cm", "interval bottom (cm)"),
-            ("depth", "depth"),
-            ("depth_unit", "depth unit"),
-            ("size_fraction_um", "size fraction (um)"),
-            ("split_factor", "split factor"),
-            ("dry_weight_g", "dry weight (g)"),
-            ("operator", "operator"),
-            ("notes", "notes"),
-        ]:
+        sample_grid = QGridLayout()
+        for i, (name, label) in enumerate(
+            [
+                ("sample_id", "sample id *"),
+                ("site_hole", "site / hole"),
+                ("core", "core"),
+                ("section", "section"),
+                ("interval_top_cm", "top (cm)"),
+                ("interval_bottom_cm", "bottom (cm)"),
+                ("depth", "depth"),
+                ("depth_unit", "depth unit"),
+                ("size_fraction_um", "fraction (um)"),
+                ("split_factor", "split factor"),
+                ("dry_weight_g", "dry weight (g)"),
+                ("operator", "operator"),
+                ("notes", "notes"),
+            ]
+        ):
             edit = QLineEdit()
             self.sample_fields[name] = edit
-            sample_form.addRow(label, edit)
+            row, col = divmod(i, 2)
+            sample_grid.addWidget(QLabel(label), row, 2 * col)
+            sample_grid.addWidget(edit, row, 2 * col + 1)
         self.sample_fields["depth_unit"].setText("mbsf")
         self.sample_fields["split_factor"].setText("1")
         self.sample_button = QPushButton("Start counting this sample")
         self.sample_button.clicked.connect(self.start_sample)
-        sample_form.addRow(self.sample_button)
+        sample_layout = QVBoxLayout()
+        sample_layout.addLayout(sample_grid)
+        sample_layout.addWidget(self.sample_button)
         sample_box = QGroupBox("Sample")
-        sample_box.setLayout(sample_form)
+        sample_box.setLayout(sample_layout)
 
         # Acquisition
         self.rows = _spin(QSpinBox(), 1, 50, 3)
@@ -273,7 +286,16 @@ class LiveWidget(QWidget):
                 self.counter.close()
                 self.counter = None
             self._bridge.status.emit("loading the classifier (first run: trains the demo model)")
-            predictor = load_predictor(self.model, device=self.device, progress=self._report)
+            from napari_foram.classify.predict import cpu_threads, interactive_cpu_threads
+
+            if self._torch_threads is None:
+                self._torch_threads = cpu_threads()  # restored when the widget closes
+            predictor = load_predictor(
+                self.model,
+                device=self.device,
+                progress=self._report,
+                cpu_threads=interactive_cpu_threads(),  # a core stays with the interface
+            )
             store = open_or_create_store(store_path, list(predictor.info.class_names))
             try:
                 counter = LiveCounter(predictor, store, mc_samples=mc, target_count=target)
@@ -316,14 +338,22 @@ class LiveWidget(QWidget):
         self._refresh_tally()
         self._update_buttons()
 
+    def _show_live_frame(self) -> None:
+        """Snap and live preview draw the newest frame itself, not the scan overview."""
+        self._mosaic = None
+        if FRAME_LAYER in self.viewer.layers:
+            self.viewer.layers[FRAME_LAYER].visible = True
+
     def snap(self) -> None:
         """Take and count one frame."""
+        self._show_live_frame()
         counter = self._counter_with_sample()
         if counter is not None:
             self._run("snap", lambda: self._bridge.result.emit(counter.snap()))
 
     def start_live(self) -> None:
         """Live preview until Stop."""
+        self._show_live_frame()
         counter = self._counter_with_sample()
         if counter is not None:
             self._run("live", lambda: counter.live(on_result=self._bridge.result.emit))
@@ -335,10 +365,16 @@ class LiveWidget(QWidget):
             return
         rows, cols = int(self.rows.value()), int(self.cols.value())
         overlap, z_planes = float(self.overlap.value()), int(self.z_planes.value())
+        try:
+            sequence = counter.plan_scan(rows, cols, overlap, z_planes=z_planes)
+        except ValueError as exc:
+            self._set_status(f"scan not started: {exc}")
+            return
+        self._prepare_overview(counter, sequence)
         self._run(
             "scan",
             lambda: counter.scan(
-                rows, cols, overlap, z_planes=z_planes, on_result=self._bridge.result.emit
+                rows, cols, overlap, sequence=sequence, on_result=self._bridge.result.emit
             ),
         )
 
@@ -502,6 +538,11 @@ class LiveWidget(QWidget):
         px = frame.pixel_size_um or 1.0
         step = display_step(frame.image.shape[:2])
         image = frame.image[::step, ::step]
+        if self._mosaic is not None and OVERVIEW_LAYER in self.viewer.layers:
+            small = Frame(image, stage_xy_um=frame.stage_xy_um, pixel_size_um=px * step)
+            if self._mosaic.paste(small):
+                self.viewer.layers[OVERVIEW_LAYER].refresh()
+                return
         corner = frame.pixel_to_stage_um(0, 0)
         translate = (corner[1], corner[0]) if corner is not None else (0.0, 0.0)
         scale = (px * step, px * step)
@@ -527,6 +568,34 @@ class LiveWidget(QWidget):
             units="um",
         )
         self.viewer.layers.move(self.viewer.layers.index(FRAME_LAYER), 0)  # under the marks
+        self.viewer.reset_view()
+
+    def _prepare_overview(self, counter: LiveCounter, sequence: Any) -> None:
+        """An empty tray overview covering the planned fields; frames fill it as they
+        arrive (at display resolution: a 3 x 3 scan of 5 MP fields would be 45 MP)."""
+        px = counter.pixel_size_um()
+        positions = counter.field_positions(sequence)
+        if OVERVIEW_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(OVERVIEW_LAYER)
+        self._mosaic = None
+        if px is None or not positions:
+            return
+        shape = counter.frame_shape()
+        step = display_step(shape)
+        field = (-(-shape[0] // step), -(-shape[1] // step))
+        self._mosaic = Mosaic.covering(positions, field, px * step)
+        step_px = self._mosaic.pixel_size_um
+        self.viewer.add_image(
+            self._mosaic.image,  # the layer shares the canvas: pasted in place
+            name=OVERVIEW_LAYER,
+            rgb=True,
+            scale=(step_px, step_px),
+            translate=self._mosaic.translate_yx_um,
+            units="um",
+        )
+        self.viewer.layers.move(self.viewer.layers.index(OVERVIEW_LAYER), 0)
+        if FRAME_LAYER in self.viewer.layers:
+            self.viewer.layers[FRAME_LAYER].visible = False  # the overview shows it
         self.viewer.reset_view()
 
     def _prepare_layers(self) -> None:
@@ -622,4 +691,8 @@ class LiveWidget(QWidget):
             self.wait(30)
             self.counter.close()
             self.counter = None
+        if self._torch_threads is not None:
+            from napari_foram.classify.predict import set_cpu_threads
+
+            set_cpu_threads(self._torch_threads)
         super().closeEvent(event)
