@@ -14,6 +14,8 @@ records what we saw, with the machine):
 - ``store_specimens_per_s``: appending specimens with crops to a Zarr tally store.
 - ``store_rss_growth_ratio``: resident memory after the whole store run (10,000 specimens)
   over that after its first 1,000: flat memory is ~1.0.
+- ``batch_images_per_s_1_worker``, ``batch_images_per_s_2_workers``: `run_batch` over a
+  small synthetic folder on a Dask LocalCluster of 1 and 2 worker processes.
 """
 
 from __future__ import annotations
@@ -229,6 +231,84 @@ def bench_store(n: int = 10_000) -> dict[str, float]:
     }
 
 
+def bench_batch(device: str = "auto", quick: bool = False) -> dict[str, Any]:
+    """Batch folders: images per second through `run_batch` with 1 and 2 Dask workers.
+
+    A folder of synthetic trays (8 of 486 x 648 px with 6 specimens; ``quick``: 2 of
+    400 x 500 px with 2) is counted into a fresh store, one file per task, with a
+    random-weights model (same cost as a trained one). Each worker loads its predictor
+    before the clock starts, so the figures are steady-state throughput, not cluster
+    start-up. The full run uses worker processes, each with its share of the cores for
+    torch; ``quick`` uses threads (one shared predictor) to stay a smoke run.
+    """
+    import logging
+
+    import imageio.v3 as iio
+    from distributed import Client, LocalCluster
+
+    from napari_foram.batch import BatchConfig, ModelRef, file_sha256, run_batch, warm_up
+    from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
+    from napari_foram.classify.model import build_model
+    from napari_foram.synthetic import CLASSES, render_tray
+
+    n_images, shape, n_specimens = (2, (400, 500), 2) if quick else (8, (486, 648), 6)
+    mc = 1 if quick else 30
+    result: dict[str, Any] = {
+        "batch_images": n_images,
+        "batch_image_shape": list(shape),
+        "batch_specimens_per_image": n_specimens,
+        "batch_mc_samples": mc,
+        "batch_worker_processes": not quick,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = build_model(len(CLASSES), backbone_weights="none", seed=0)
+        checkpoint = root / "model.safetensors"
+        save_checkpoint(checkpoint, model, ModelInfo.for_model(model, CLASSES))
+        ref = ModelRef(str(checkpoint.resolve()), file_sha256(checkpoint))
+        folder = root / "trays"
+        (folder / "S1").mkdir(parents=True)
+        for i in range(n_images):
+            tray = render_tray(
+                i,
+                shape=shape,
+                n_specimens=n_specimens,
+                border=False,
+                touching_pairs=0,
+                clipped=False,
+            )
+            iio.imwrite(folder / "S1" / f"tray{i}.png", tray.image)
+        for workers in (1, 2):
+            threads = None if quick else max(1, (os.cpu_count() or 1) // workers)
+            with (
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=not quick,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                ) as cluster,
+                Client(cluster) as client,
+            ):
+                client.run(warm_up, ref, device, threads)
+                config = BatchConfig(
+                    folder=folder,
+                    store=root / f"workers{workers}.zarr",
+                    model=checkpoint,
+                    mc_samples=mc,
+                    device=device,
+                    files_per_task=1,  # eight tasks: both workers busy to the end
+                )
+                t0 = time.perf_counter()
+                report = run_batch(config, client=client)
+                elapsed = time.perf_counter() - t0
+            if report.count("processed") != n_images:
+                raise RuntimeError(f"batch benchmark: {report.summary_line()}")
+            key = "batch_images_per_s_1_worker" if workers == 1 else "batch_images_per_s_2_workers"
+            result[key] = round(n_images / elapsed, 3)
+    return result
+
+
 def run_benchmarks(
     *, device: str = "auto", quick: bool = False, progress: bool | ProgressCallback = False
 ) -> dict[str, Any]:
@@ -239,6 +319,7 @@ def run_benchmarks(
         ("detection", lambda: bench_detection(repeats=3 if quick else 7)),
         ("store", lambda: bench_store(1000 if quick else 10_000)),
         ("classification", lambda: bench_classification(device, quick)),
+        ("batch", lambda: bench_batch(device, quick)),
     ]
     result: dict[str, Any] = machine_info(device)
     result["quick"] = quick

@@ -99,6 +99,131 @@ def demo(
         run_demo_gui(seed=seed, mc_samples=mc)
 
 
+# ------------------------------------------------------------------------------ live
+@app.command()
+def live(
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Micro-Manager configuration file (real devices)."),
+    ] = None,
+    simulate: Annotated[
+        bool,
+        typer.Option(
+            "--simulate",
+            help="Use the built-in simulated microscope (the default without --config).",
+        ),
+    ] = False,
+    mode: Annotated[str, typer.Option(help="scan (tray scan), live (preview) or snap.")] = "scan",
+    rows: Annotated[int, typer.Option(min=1, help="Tray scan: fields per column.")] = 3,
+    cols: Annotated[int, typer.Option(min=1, help="Tray scan: fields per row.")] = 3,
+    overlap: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Tray scan: overlap between fields.")
+    ] = 0.25,
+    frames: Annotated[
+        int, typer.Option(min=1, help="live: frames to process; snap: frames to take.")
+    ] = 100,
+    z_planes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Tray scan: focal planes per field, fused into one sharp image "
+            "(the simulated microscope then renders thick, partly defocused specimens).",
+        ),
+    ] = 1,
+    z_step: Annotated[float, typer.Option(min=0.1, help="Tray scan: um between planes.")] = 30.0,
+    store: Annotated[
+        Path | None, typer.Option(help="Tally store (.zarr), created or resumed.")
+    ] = None,
+    sample_id: Annotated[str, typer.Option(help="Sample to count into.")] = "SAMPLE-001",
+    model: Annotated[str, typer.Option(help="Checkpoint (.safetensors) or 'demo'.")] = "demo",
+    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Simulated tray seed.")] = 7,
+    headless: Annotated[
+        bool, typer.Option("--headless", help="No window: run, then print the tally as JSON.")
+    ] = False,
+) -> None:
+    """Count at the microscope: a tray scan, live preview or snaps, into a tally store.
+
+    Without --headless (and with a display) napari opens with the Foram live widget.
+    Headless, the acquisition runs here and the sample's tally is printed as JSON.
+    """
+    from napari_foram.demo import display_available
+
+    if config is not None and simulate:
+        raise typer.BadParameter("give --config or --simulate, not both")
+    if mode not in ("scan", "live", "snap"):
+        raise typer.BadParameter(f"--mode must be scan, live or snap, not {mode!r}")
+    if config is not None and not config.is_file():
+        raise FileNotFoundError(f"configuration file not found: {config}")
+    if not headless and display_available():
+        _live_gui(model=model, mc=mc, store=store, device=device)
+        return
+    from napari_foram.live import (
+        LiveCounter,
+        SimulatedScope,
+        default_store_path,
+        open_or_create_store,
+    )
+    from napari_foram.pipeline import load_predictor
+    from napari_foram.tally.store import SampleRecord
+
+    predictor = load_predictor(model, device=device, progress=True)
+    path = store or default_store_path()
+    tally_store = open_or_create_store(path, list(predictor.info.class_names))
+    counter = LiveCounter(predictor, tally_store, mc_samples=mc)
+    try:
+        if config is not None:
+            counter.connect_config(config)
+        else:
+            counter.connect_simulated(
+                SimulatedScope(
+                    seed=seed, rows=rows, cols=cols, overlap=overlap, thick_specimens=z_planes > 1
+                )
+            )
+        held = counter.start_sample(SampleRecord(sample_id))
+        if mode == "scan":
+            report = counter.scan(rows, cols, overlap, z_planes=z_planes, z_step_um=z_step)
+        elif mode == "live":
+            report = counter.live(max_frames=frames)
+        else:
+            for _ in range(frames):
+                counter.snap()
+            report = None
+        summary = {
+            "store": str(path),
+            "sample_id": sample_id,
+            "mode": mode,
+            "specimens_before": held,
+            "specimens": tally_store.n_specimens(sample_id),
+            "tally": counter.tally(),
+            "frames_per_s": counter.stats()["frames_per_s"],
+        }
+        if report is not None:
+            summary.update(
+                frames_acquired=report.frames_acquired,
+                frames_processed=report.frames_processed,
+                frames_dropped=report.frames_dropped,
+                error=report.error,
+                seconds=round(report.seconds, 2),
+                pending_partials=report.pending_partials,
+            )
+        _echo_json(summary)
+    finally:
+        counter.close()
+
+
+def _live_gui(*, model: str, mc: int, store: Path | None, device: str) -> None:
+    import napari
+
+    from napari_foram.widgets.live import LiveWidget
+
+    viewer = napari.Viewer(title="napari-foram live")
+    widget = LiveWidget(viewer, model=model, mc_samples=mc, store_path=store, device=device)
+    viewer.window.add_dock_widget(widget, name="Foram live", area="right")
+    napari.run()
+
+
 # ----------------------------------------------------------------------------- synth
 @app.command()
 def synth(
@@ -181,6 +306,104 @@ def detect_cmd(
                 )
     if failed:
         raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- batch
+@app.command("batch")
+def batch_cmd(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of images: each subfolder is a sample; images directly inside it "
+            "form one sample named after the folder."
+        ),
+    ],
+    store: Annotated[Path, typer.Option(help="Tally store to create or append to (.zarr).")],
+    model: Annotated[
+        str, typer.Option(help="Checkpoint file (.safetensors), or 'demo' for the demo model.")
+    ] = "demo",
+    samples: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sample sheet (CSV): columns file, sample_id and any sample-record field "
+            "(depth, depth_unit, dry_weight_g, ...). Only the files it lists are counted."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Worker processes of a local Dask cluster (0: none).")
+    ] = 0,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Address of a running Dask scheduler, e.g. tcp://host:8786."),
+    ] = None,
+    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    export: Annotated[
+        Path | None, typer.Option(help="Also write the wide count sheet (CSV) here.")
+    ] = None,
+    files_per_task: Annotated[
+        int, typer.Option(min=1, help="Files classified together (one task, one commit).")
+    ] = 4,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Report JSON (its CSV beside it); default: beside the store."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Count every image of a folder into a tally store: detect, classify, tally.
+
+    Resumable: each file's SHA-256 is committed with its specimens, so running the same
+    command again (after Ctrl-C, a crash or new files) skips what the store holds. Odd
+    files (corrupt, empty, too small or large, not an image) are reported, not fatal.
+    """
+    from napari_foram._progress import progress_callback
+    from napari_foram.batch import BatchConfig, plan_batch, resolve_checkpoint, run_batch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if workers and scheduler:
+        raise CommandError("give --workers (a local cluster) or --scheduler, not both")
+    plan_batch(folder, samples)  # a bad folder or sheet fails now, not after the model
+    try:
+        # The demo model trains at first use (minutes): its own bar, before the count's.
+        with progress_callback("training the demo model (first run only)") as training:
+            checkpoint = resolve_checkpoint(model, progress=training)
+        config = BatchConfig(
+            folder=folder,
+            store=store,
+            model=checkpoint,
+            samples_csv=samples,
+            mc_samples=mc,
+            device=device,
+            workers=workers,
+            scheduler=scheduler,
+            files_per_task=files_per_task,
+            report=report,
+            export=export,
+        )
+        with progress_callback("counting", enabled=not as_json) as bar:
+            outcome = run_batch(config, progress=bar)
+    except KeyboardInterrupt:  # before the count started: nothing was written
+        typer.echo("napari-foram: interrupted", err=True)
+        raise typer.Exit(130) from None
+    for line in outcome.bad_files():
+        typer.echo(f"napari-foram: bad file {line.file}: {line.reason}", err=True)
+    for note in outcome.notes:
+        typer.echo(f"napari-foram: note: {note}", err=True)
+    if as_json:
+        _echo_json(outcome.to_dict())
+    else:
+        typer.echo(f"batch: {outcome.summary_line()}")
+        typer.echo(f"  report       {outcome.report_json} (and .csv)")
+        if outcome.export_csv:
+            typer.echo(f"  count sheet  {outcome.export_csv}")
+    if outcome.interrupted:
+        typer.echo(
+            "napari-foram: interrupted: committed files are kept; run the same command "
+            "again to resume",
+            err=True,
+        )
+        raise typer.Exit(130)
 
 
 # ----------------------------------------------------------------------------- classify

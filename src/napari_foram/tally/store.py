@@ -6,7 +6,8 @@ Layout (a directory store)::
       zarr.json                 root attrs: schema, versions, created/updated, class names
       .napari-foram.lock        present while a writer has the store open (PID, host)
       samples/
-        <sample_id>/            attrs: the sample record, n_committed, n_tally, provenance
+        <sample_id>/            attrs: the sample record, n_committed, n_tally, provenance,
+                                processed_files (source files committed, for batch resume)
           frame_index (n,)  stage_x_um (n,)  stage_y_um (n,)  centroid_y (n,)  centroid_x (n,)
           bbox (n, 4)  area_px (n,)  class_index (n,)  mean_probs (n, K)  variance (n, K)
           entropy (n,)  mutual_information (n,)  vote_fraction (n,)  review_status (n,)
@@ -675,6 +676,24 @@ def _write_rows(
     sync(run())
 
 
+def _processed_records(
+    processed: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, dict[str, Any]]:
+    """`append_specimens`' processed-file records, checked and made JSON-ready."""
+    if processed is None:
+        return {}
+    if not isinstance(processed, Mapping):
+        raise ValueError(f"processed must be a mapping, got {type(processed).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for key, record in processed.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"processed-file keys must be non-empty text, got {key!r}")
+        if not isinstance(record, Mapping):
+            raise ValueError(f"processed-file record of {key!r} must be a mapping")
+        out[key] = _jsonable(dict(record), f"processed-file record of {key!r}")
+    return out
+
+
 def _counter(attrs: Mapping[str, Any], key: str) -> int:
     """A commit counter from a sample's attrs; ValueError if it is missing or not an int."""
     value = attrs.get(key)
@@ -1064,11 +1083,33 @@ class TallyStore:
             self._running[sample_id] = stats.class_counts(data, len(self._class_names))
         return self._running[sample_id]
 
-    def append_specimens(self, sample_id: str, batch: SpecimenBatch) -> int:
+    def append_specimens(
+        self,
+        sample_id: str,
+        batch: SpecimenBatch,
+        *,
+        processed: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> int:
         """Append a batch of specimens to a sample and commit it.
 
         Rows are written to every column first; only then does one attrs write raise the
         sample's ``n_committed``: a crash at any point leaves the committed rows intact.
+
+        Parameters
+        ----------
+        sample_id
+            The sample to append to.
+        batch
+            The specimens (may be empty).
+        processed
+            Source files these specimens came from: key (e.g. the SHA-256 hex digest of
+            the file's bytes) -> a small JSON-ready record (file name, frame index, ...).
+            They are merged into the sample's ``processed_files`` attribute *in the same
+            attrs write* that commits the rows, so a file is marked done exactly when its
+            specimens are committed: a resumed batch run skips it and never counts it
+            twice (see `processed_files`). With an empty `batch` only the files are
+            recorded (files that yielded no specimen). A key already recorded raises
+            ValueError before anything is written.
 
         Returns
         -------
@@ -1080,6 +1121,7 @@ class TallyStore:
         k = len(self._class_names)
         cols = batch.validated(k)
         b = len(cols["frame_index"])
+        files = _processed_records(processed)
         with self._mutex:
             self._check_writable()
             group = self._sample_group(sample_id)
@@ -1087,7 +1129,19 @@ class TallyStore:
             n0 = _counter(group.attrs, "n_committed")
             m0 = _counter(group.attrs, "n_tally")
             dup = cols["duplicate_of"]
+            merged: dict[str, Any] = {}
+            if files:
+                merged = dict(group.attrs.get("processed_files", {}))
+                again = sorted(set(files) & set(merged))
+                if again:
+                    raise ValueError(
+                        f"sample {sample_id!r}: file(s) already recorded as processed: "
+                        f"{', '.join(again[:3])}"
+                    )
+                merged.update(files)
             if b == 0:
+                if files:  # files that yielded nothing: recorded, no rows, no tally row
+                    group.update_attributes({"processed_files": merged, "updated": _now_iso()})
                 return n0  # nothing to commit: no tally row for an empty frame
             if np.any((dup < -1) | (dup >= n0 + np.arange(b))):
                 raise ValueError("duplicate_of must be -1 or the row of an earlier specimen")
@@ -1102,9 +1156,25 @@ class TallyStore:
             grow.update(tally_time=m0 + 1, tally_counts=m0 + 1)
             _write_rows(arrays, grow, writes)
             # The commit: a single metadata file replaced atomically.
-            group.update_attributes({"n_committed": n1, "n_tally": m0 + 1, "updated": _now_iso()})
+            commit: dict[str, Any] = {"n_committed": n1, "n_tally": m0 + 1, "updated": _now_iso()}
+            if files:
+                commit["processed_files"] = merged
+            group.update_attributes(commit)
             self._running[sample_id] = counts
             return n1
+
+    def processed_files(self, sample_id: str) -> dict[str, dict[str, Any]]:
+        """Source files recorded as processed for a sample (see `append_specimens`).
+
+        Returns
+        -------
+        dict
+            Key (a file's SHA-256 hex digest in batch runs) -> its record, in the order
+            they were committed; {} when none was recorded.
+        """
+        with self._mutex:
+            files = self._sample_group(sample_id).attrs.get("processed_files", {})
+            return {str(key): dict(rec) for key, rec in files.items()}
 
     def update_specimens(
         self, sample_id: str, rows: Sequence[int] | np.ndarray, **columns: Any

@@ -1,0 +1,458 @@
+"""Batch folders: count a folder of images into a tally store, and browse the results.
+
+A thin Qt widget over `napari_foram.batch` (the same code as ``napari-foram batch``). The
+run happens on a background thread; progress, each finished file and the final report
+come back to the GUI thread through Qt signals (queued connections). The layers:
+
+- ``"batch frame"``: the file just counted (or the one picked in *Show file*), with
+- ``"batch specimens"``: its counted specimens, circled in their class colours;
+- ``"<sample> crops"``: every stored crop of each sample, a browsable stack (the same
+  layers as opening the store with the napari-foram reader).
+
+A run resumes by itself: files the store already holds are skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_foram.widgets.layers import class_colour
+
+if TYPE_CHECKING:
+    import napari
+    import napari.viewer
+
+    from napari_foram.batch import BatchReport, FileReport, FileResult, FrameView
+
+FRAME_LAYER = "batch frame"
+SPECIMENS_LAYER = "batch specimens"
+#: Columns of the per-sample table.
+TABLE_COLUMNS = ("sample", "files", "specimens", "bad")
+
+
+def show_frame(viewer: napari.Viewer, view: FrameView) -> None:
+    """Show a processed file and its counted specimens (circles in class colours)."""
+    if view.image is not None:
+        rgb = view.image.ndim == 3 and view.image.shape[2] in (3, 4)
+        if FRAME_LAYER in viewer.layers:
+            viewer.layers.remove(FRAME_LAYER)  # a new file may differ in shape or channels
+        viewer.add_image(view.image, name=FRAME_LAYER, rgb=rgb, metadata={"file": view.file})
+    if SPECIMENS_LAYER in viewer.layers:
+        viewer.layers.remove(SPECIMENS_LAYER)
+    if not len(view.centroids):
+        return
+    names = [view.class_names[c] for c in view.class_index]
+    colours = np.array(
+        [class_colour(n, int(c)) for n, c in zip(names, view.class_index, strict=True)]
+    )
+    viewer.add_points(
+        view.centroids,
+        name=SPECIMENS_LAYER,
+        features={"class": names, "probability": np.round(view.probability, 2)},
+        # Circles a little larger than each specimen, as in the scan view.
+        size=np.maximum(1.3 * view.diameter_px, 10.0),
+        face_color="transparent",
+        border_color=colours,
+        border_width=0.06,
+        text={
+            "string": "{class} {probability:.2f}",
+            "size": 8,
+            "color": "white",
+            "anchor": "upper_left",
+        },
+        metadata={"file": view.file, "sample_id": view.sample_id},
+    )
+
+
+def show_crops(viewer: napari.Viewer, store: str | Path, *, visible: bool = True) -> list[str]:
+    """Add (or replace) each sample's crops stack from the store; the layer names.
+
+    The stacks are 224 x 224 px planes at the origin: shown over a frame they hide its
+    corner, hence `visible` (the widget adds them hidden when a run ends).
+    """
+    from napari_foram._reader import store_layer_data
+
+    names = []
+    for data, kwargs, kind in store_layer_data(store):
+        if kind != "image":
+            continue  # batch files have no stage positions: the crops are the map
+        name = kwargs["name"]
+        if name in viewer.layers:
+            viewer.layers.remove(name)
+        viewer.add_image(data, visible=visible, **kwargs)
+        names.append(name)
+    return names
+
+
+def format_eta(seconds: float) -> str:
+    """Seconds as h:mm:ss (or m:ss under an hour)."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class _Bridge(QObject):
+    """Carries events from the batch thread to the GUI thread (queued connections)."""
+
+    progress = Signal(int, int, str)
+    file_done = Signal(object)
+    frame = Signal(object)
+    finished = Signal(object)
+
+
+class BatchWidget(QWidget):
+    """Count a folder of images (one subfolder per sample) into a tally store.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer the results go to.
+    model
+        Initial checkpoint path, or "demo".
+    mc_samples
+        Initial MC-dropout passes.
+    """
+
+    def __init__(
+        self, napari_viewer: napari.viewer.Viewer, *, model: str = "demo", mc_samples: int = 30
+    ) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        #: The last run's report (or the exception that ended it); None while running.
+        self.report: BatchReport | Exception | None = None
+        self.class_names: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._started = 0.0
+        self._store_path: Path | None = None
+        self._tally: dict[str, dict[str, int]] = {}
+        self._bridge = _Bridge()
+        self._bridge.progress.connect(self._on_progress)
+        self._bridge.file_done.connect(self._on_file)
+        self._bridge.frame.connect(self._on_frame)
+        self._bridge.finished.connect(self._on_finished)
+
+        self.folder_edit = QLineEdit()
+        self.store_edit = QLineEdit()
+        self.model_edit = QLineEdit(model)
+        self.samples_edit = QLineEdit()
+        self.samples_edit.setPlaceholderText("optional: CSV mapping files to samples")
+        self.mc = QSpinBox()
+        self.mc.setRange(1, 1000)
+        self.mc.setValue(mc_samples)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.follow = QCheckBox("show each file as it is counted")
+        self.follow.setChecked(True)
+        form = QFormLayout()
+        form.addRow("image folder", self._with_browse(self.folder_edit, self._browse_folder))
+        form.addRow("tally store", self._with_browse(self.store_edit, self._browse_store))
+        form.addRow("model", self._with_browse(self.model_edit, self._browse_model))
+        form.addRow("sample sheet", self._with_browse(self.samples_edit, self._browse_samples))
+        form.addRow("MC dropout passes", self.mc)
+        form.addRow("device", self.device)
+        form.addRow(self.follow)
+
+        self.start_button = QPushButton("Count folder")
+        self.start_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.cancel_button)
+
+        self.progress_bar = QProgressBar()
+        self.eta_label = QLabel("")
+        self.status_label = QLabel("choose an image folder and a tally store")
+        self.status_label.setWordWrap(True)
+        self.table = QTableWidget(0, len(TABLE_COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(TABLE_COLUMNS))
+        header = self.table.verticalHeader()
+        if header is not None:
+            header.setVisible(False)
+        columns = self.table.horizontalHeader()
+        if columns is not None:  # four short columns: share the width, no scrolling
+            columns.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.table.setMinimumHeight(120)
+
+        # Browsing: any processed file of the store, and the crops gallery.
+        self.frames = QComboBox()
+        self.frames.activated.connect(self._show_selected)
+        self.crops_button = QPushButton("Show crops of the store")
+        self.crops_button.clicked.connect(lambda: self.show_crops())
+        browse = QFormLayout()
+        browse.addRow("show file", self.frames)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.eta_label)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.table)
+        layout.addLayout(browse)
+        layout.addWidget(self.crops_button)
+        layout.addStretch(1)
+
+    # ------------------------------------------------------------------ pickers
+    def _with_browse(self, edit: QLineEdit, pick: Any) -> QWidget:
+        row = QWidget()
+        box = QHBoxLayout(row)
+        box.setContentsMargins(0, 0, 0, 0)
+        button = QPushButton("...")
+        button.setMaximumWidth(32)
+        button.clicked.connect(pick)
+        box.addWidget(edit)
+        box.addWidget(button)
+        return row
+
+    def _browse_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder of images")
+        if path:
+            self.folder_edit.setText(path)
+            if not self.store_edit.text():
+                self.store_edit.setText(str(Path(path).with_name(Path(path).name + "_tally.zarr")))
+
+    def _browse_store(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Tally store (.zarr)", "", "*.zarr")
+        if path:
+            self.store_edit.setText(path if path.endswith(".zarr") else path + ".zarr")
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "*.safetensors")
+        if path:
+            self.model_edit.setText(path)
+
+    def _browse_samples(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Sample sheet", "", "*.csv")
+        if path:
+            self.samples_edit.setText(path)
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> None:
+        """Start counting on a background thread (no-op while a run is going)."""
+        from napari_foram.batch import BatchConfig
+
+        if self.is_running():
+            return
+        folder, store = self.folder_edit.text().strip(), self.store_edit.text().strip()
+        if not folder or not store:
+            self.status_label.setText("choose an image folder and a tally store first")
+            return
+        try:
+            config = BatchConfig(
+                folder=Path(folder),
+                store=Path(store),
+                model=self.model_edit.text().strip() or "demo",
+                samples_csv=Path(s) if (s := self.samples_edit.text().strip()) else None,
+                mc_samples=int(self.mc.value()),
+                device=self.device.currentText(),
+            )
+        except ValueError as exc:
+            self.status_label.setText(f"cannot start: {exc}")
+            return
+        self.report = None
+        self._store_path = config.store
+        self._tally = {}
+        self._refresh_table()
+        self.frames.clear()
+        self._stop.clear()
+        self._started = time.monotonic()
+        self.start_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)  # busy until the first file is done
+        self.status_label.setText("preparing...")
+        self._thread = threading.Thread(
+            target=self._work, args=(config, self.follow.isChecked()), daemon=True,
+            name="napari-foram-batch",
+        )  # fmt: skip
+        self._thread.start()
+
+    def cancel(self) -> None:
+        """Stop after the files being committed; what is committed is kept."""
+        if self.is_running():
+            self._stop.set()
+            self.status_label.setText("stopping after the current files...")
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the batch thread ends (tests and scripts); True if it ended."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ batch thread
+    def _work(self, config: Any, follow: bool) -> None:
+        import dataclasses
+
+        from napari_foram.batch import FrameView, resolve_checkpoint, run_batch
+        from napari_foram.classify.checkpoint import read_model_info
+
+        bridge = self._bridge
+
+        def training(done: int, total: int, message: str = "") -> None:
+            bridge.progress.emit(-1, total, f"training the demo model (first run only): {message}")
+
+        try:
+            checkpoint = resolve_checkpoint(config.model, progress=training)
+            classes = list(read_model_info(checkpoint).class_names)
+            config = dataclasses.replace(config, model=checkpoint)
+
+            def on_file(line: FileReport, result: FileResult | None) -> None:
+                bridge.file_done.emit(line)
+                # Read the image here, not on the GUI thread.
+                if follow and result is not None and result.error is None:
+                    bridge.frame.emit(FrameView.from_result(result, classes))
+
+            def progress(done: int, total: int, message: str = "") -> None:
+                bridge.progress.emit(done, total, message)
+
+            self.class_names = classes
+            report = run_batch(config, progress=progress, on_file=on_file, stop=self._stop)
+            bridge.finished.emit(report)
+        except Exception as exc:  # shown to the user, not swallowed
+            bridge.finished.emit(exc)
+
+    # ------------------------------------------------------------------ GUI thread
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if done < 0:  # the demo model is training: no file count yet
+            self.status_label.setText(message)
+            return
+        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setValue(done)
+        elapsed = time.monotonic() - self._started
+        if 0 < done < total:
+            # Time per file so far (the first includes loading the model: a pessimistic start).
+            self.eta_label.setText(
+                f"{done}/{total} files, {format_eta(elapsed)} elapsed, "
+                f"ETA {format_eta(elapsed / done * (total - done))}"
+            )
+        else:
+            self.eta_label.setText(f"{done}/{total} files, {format_eta(elapsed)} elapsed")
+        if message:
+            self.status_label.setText(message)
+
+    def _on_file(self, line: FileReport) -> None:
+        if not line.sample_id:
+            return
+        row = self._tally.setdefault(line.sample_id, {"files": 0, "specimens": 0, "bad": 0})
+        if line.status == "bad":
+            row["bad"] += 1
+        elif line.status == "processed":
+            row["files"] += 1
+            row["specimens"] += line.n_specimens
+            self.frames.addItem(f"{line.sample_id}: {line.file}", (line.sample_id, line.sha256))
+        self._refresh_table()
+
+    def _on_frame(self, view: FrameView) -> None:
+        show_frame(self.viewer, view)
+
+    def _on_finished(self, outcome: object) -> None:
+        from napari_foram.batch import BatchReport
+
+        self.wait(10)  # the thread emitted its last signal and is returning
+        self.start_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if isinstance(outcome, Exception):
+            self.report = outcome
+            self.status_label.setText(f"batch failed: {outcome}")
+            return
+        assert isinstance(outcome, BatchReport)
+        self.report = report = outcome
+        self.status_label.setText(
+            report.summary_line() + (f"; report: {report.report_csv}" if report.report_csv else "")
+        )
+        # Totals from the store: resumed runs hold files counted before this run too.
+        for sid, counts in report.samples.items():
+            self._tally.setdefault(sid, {"files": 0, "specimens": 0, "bad": 0})
+            self._tally[sid]["specimens"] = counts["total"]
+        self._refresh_table()
+        self.show_crops(visible=False)  # listed in the layer list; the frame stays in view
+
+    def _refresh_table(self) -> None:
+        self.table.setRowCount(len(self._tally))
+        for r, (sid, row) in enumerate(self._tally.items()):
+            cells = [sid, row["files"], row["specimens"], row["bad"]]
+            for c, value in enumerate(cells):
+                self.table.setItem(r, c, QTableWidgetItem(str(value)))
+
+    def _list_frames(self) -> None:
+        """Every file the store holds (earlier runs included) in *Show file*."""
+        from napari_foram.batch import processed_frames
+
+        if self._store_path is None:
+            return
+        try:
+            frames = processed_frames(self._store_path)
+        except ValueError as exc:
+            self.status_label.setText(f"cannot read the store: {exc}")
+            return
+        self.frames.clear()
+        for sid, name, key in frames:
+            self.frames.addItem(f"{sid}: {name}", (sid, key))
+
+    def _show_selected(self, index: int) -> None:
+        """Show the file picked in *Show file* (read on a background thread)."""
+        from napari_foram.batch import frame_view
+
+        data = self.frames.itemData(index)
+        if data is None or self._store_path is None:
+            return
+        sid, key = data
+        store = self._store_path
+
+        def load() -> None:
+            try:
+                self._bridge.frame.emit(frame_view(store, sid, key))
+            except (ValueError, OSError) as exc:
+                self._bridge.progress.emit(-1, 0, f"cannot show that file: {exc}")
+
+        threading.Thread(target=load, daemon=True, name="napari-foram-frame").start()
+
+    def show_crops(self, visible: bool = True) -> list[str]:
+        """Show each sample's stored crops as an image stack; the layer names.
+
+        Works on a store counted earlier too (the one in *tally store*), and lists its
+        files in *show file*.
+        """
+        if not self.is_running():
+            text = self.store_edit.text().strip()
+            self._store_path = Path(text) if text else self._store_path
+        if self._store_path is None or not self._store_path.exists():
+            self.status_label.setText("no store yet: count a folder first")
+            return []
+        if not self.is_running():
+            self._list_frames()
+        try:
+            return show_crops(self.viewer, self._store_path, visible=visible)
+        except (ValueError, OSError) as exc:
+            self.status_label.setText(f"cannot read the store: {exc}")
+            return []
