@@ -122,6 +122,8 @@ def test_bench_quick_writes_json(tmp_path, capsys):
         "detect_s_per_frame_5mp_rgb",
         "store_specimens_per_s",
         "store_rss_growth_ratio",
+        "pipeline_frames_per_s",
+        "pipeline_s_per_new_specimen",
         "mc_overhead_ratio",
         "vgg16_bare_crops_per_s",
     ):

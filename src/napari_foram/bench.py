@@ -12,6 +12,12 @@ records what we saw, with the machine):
 - ``classify_crops_per_s``: the predictor with MC dropout N=100.
 - ``mc_overhead_ratio``: time of N=100 over a deterministic pass on the same crops.
 - ``store_specimens_per_s``: appending specimens with crops to a Zarr tally store.
+- ``pipeline_frames_per_s``, ``pipeline_s_per_new_specimen``: a simulated 5 MP camera
+  through the whole pipeline (MDA scan, queue, detection, de-duplication, classification
+  with MC dropout N = 100, store), every field bringing new specimens (100 per field on a
+  GPU, 20 on a CPU).
+- ``soak_*`` (``--soak N``): N simulated frames in scan mode; frames dropped (must be 0)
+  and resident memory after the first 1,000 frames and at the end.
 - ``store_rss_growth_ratio``: resident memory after the whole store run (10,000 specimens)
   over that after its first 1,000: flat memory is ~1.0.
 - ``batch_images_per_s_1_worker``, ``batch_images_per_s_2_workers``: `run_batch` over a
@@ -309,10 +315,134 @@ def bench_batch(device: str = "auto", quick: bool = False) -> dict[str, Any]:
     return result
 
 
+def _random_predictor(device: str) -> Any:
+    """A VGG16 with the study's head and random weights: the timing of the real thing."""
+    from napari_foram.classify.checkpoint import ModelInfo
+    from napari_foram.classify.model import build_model
+    from napari_foram.classify.predict import Predictor
+    from napari_foram.synthetic import CLASSES
+
+    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
+    return Predictor(model, ModelInfo.for_model(model, CLASSES), device=device)
+
+
+def bench_pipeline(device: str, quick: bool) -> dict[str, Any]:
+    """A simulated 5 MP camera through the whole pipeline, MC dropout N = 100.
+
+    The tray is a row of `fields` camera fields without overlap, each with
+    `specimens_per_field` specimens, so every frame brings new specimens; the scan runs
+    through `CountingSession.scan` (MDA, queue, worker, detection, de-duplication,
+    classification, Zarr store).
+    """
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.synthetic import CLASSES, render_tray
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    predictor = _random_predictor(device)
+    cuda = predictor.device.type == "cuda"
+    fields = 2 if quick else (8 if cuda else 3)
+    per_field = 100 if cuda else (3 if quick else 20)
+    camera = (1944, 2592)
+    world = render_tray(
+        11,
+        shape=(camera[0], camera[1] * fields),
+        n_specimens=per_field * fields,
+        clipped=False,
+        touching_pairs=0,
+        border=False,
+    )
+    tray = SimulatedTray(world, camera_shape=camera, seed=1, noise=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = TallyStore.create(Path(tmp) / "bench.zarr", classes=list(CLASSES))
+        store.add_sample(SampleRecord("BENCH"))
+        pipeline = CountingPipeline(predictor, store=store, sample_id="BENCH", mc_samples=100)
+        report = CountingSession(pipeline).scan(tray.core, tray.grid_sequence(1, fields, 0.0))
+        store.close()
+    if report.error is not None:
+        raise RuntimeError(report.error)
+    counted = pipeline.specimens_counted
+    return {
+        "pipeline_frames_per_s": round(report.frames_processed / report.seconds, 3),
+        "pipeline_s_per_new_specimen": round(report.seconds / max(counted, 1), 4),
+        "pipeline_new_specimens_per_frame": round(counted / max(report.frames_processed, 1), 1),
+        "pipeline_frame_shape": list(camera),
+        "pipeline_mc_samples": 100,
+    }
+
+
+def bench_soak(n_frames: int = 10_000) -> dict[str, Any]:
+    """Scan mode for `n_frames` simulated frames: memory and frames dropped.
+
+    Repeated 10 x 10 scans of one small simulated tray (320 x 240 camera): the first
+    pass counts and classifies its specimens, later passes find them all known, which is
+    the steady state of a long session. Resident memory is sampled after the first
+    1,000 frames and at the end.
+    """
+    from napari_foram.demo import DemoScan, make_demo_world
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.synthetic import CLASSES
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    plan = DemoScan(
+        rows=10,
+        cols=10,
+        camera_shape=(240, 320),
+        overlap_fraction=0.1,
+        specimens=40,
+        touching_pairs=0,
+    )
+    world = make_demo_world(3, plan)
+    tray = SimulatedTray(world, camera_shape=plan.camera_shape, seed=2)
+    tray.core.setExposure(1.0)  # the soak tests the pipeline, not the camera's exposure
+    predictor = _random_predictor("cpu")
+    per_scan = plan.rows * plan.cols
+    passes = max(1, n_frames // per_scan)
+    acquired = processed = dropped = 0
+    rss_first = 0.0
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = TallyStore.create(Path(tmp) / "soak.zarr", classes=list(CLASSES))
+        store.add_sample(SampleRecord("SOAK"))
+        pipeline = CountingPipeline(predictor, store=store, sample_id="SOAK", mc_samples=1)
+        session = CountingSession(pipeline)
+        sequence = tray.grid_sequence(plan.rows, plan.cols, plan.overlap_fraction)
+        for _ in range(passes):
+            report = session.scan(tray.core, sequence)
+            if report.error is not None:
+                raise RuntimeError(report.error)
+            acquired += report.frames_acquired
+            processed += report.frames_processed
+            dropped += report.frames_dropped
+            if not rss_first and acquired >= min(1000, passes * per_scan):
+                rss_first = resident_mb()
+        store.close()
+    elapsed = time.perf_counter() - t0
+    rss_end = resident_mb()
+    return {
+        "soak_frames": acquired,
+        "soak_frames_processed": processed,
+        "soak_frames_dropped": dropped,
+        "soak_specimens_counted": pipeline.specimens_counted,
+        "soak_frames_per_s": round(processed / elapsed, 1),
+        "soak_rss_mb_after_1000": round(rss_first, 1),
+        "soak_rss_mb_end": round(rss_end, 1),
+        "soak_rss_growth_ratio": round(rss_end / rss_first, 3),
+    }
+
+
 def run_benchmarks(
-    *, device: str = "auto", quick: bool = False, progress: bool | ProgressCallback = False
+    *,
+    device: str = "auto",
+    quick: bool = False,
+    progress: bool | ProgressCallback = False,
+    soak_frames: int = 0,
 ) -> dict[str, Any]:
-    """Every figure, in one dict. A part that fails reports its error under its name."""
+    """Every figure, in one dict. A part that fails reports its error under its name.
+
+    `soak_frames` > 0 adds the soak run (`bench_soak`; 10,000 frames take ~4 min here).
+    """
     from napari_foram._progress import progress_callback
 
     parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
@@ -320,7 +450,10 @@ def run_benchmarks(
         ("store", lambda: bench_store(1000 if quick else 10_000)),
         ("classification", lambda: bench_classification(device, quick)),
         ("batch", lambda: bench_batch(device, quick)),
+        ("pipeline", lambda: bench_pipeline(device, quick)),
     ]
+    if soak_frames > 0:
+        parts.append(("soak", lambda: bench_soak(soak_frames)))
     result: dict[str, Any] = machine_info(device)
     result["quick"] = quick
     with progress_callback("benchmarking", progress is True) as bar:

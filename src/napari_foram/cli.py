@@ -503,13 +503,19 @@ def bench(
     quick: Annotated[
         bool, typer.Option("--quick", help="Fewer repeats and no VGG16 passes (a smoke run).")
     ] = False,
+    soak: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Also run N simulated frames in scan mode (memory, drops); 0: skip."
+        ),
+    ] = 0,
 ) -> None:
     """Measure the project's speed figures and print them as one JSON object."""
     from napari_foram.bench import run_benchmarks
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
-    result = run_benchmarks(device=device, quick=quick, progress=True)
+    result = run_benchmarks(device=device, quick=quick, progress=True, soak_frames=soak)
     text = json.dumps(result, indent=2, default=_json_default)
     typer.echo(text)
     if json_file is not None:
