@@ -89,34 +89,39 @@ def test_camera_failure_mid_scan_keeps_what_was_counted(tmp_path, random_checkpo
 
 @pytest.mark.gui
 @pytest.mark.acquisition
-def test_counter_widget_scans_and_shows_tally(
+def test_gui_demo_connects_starts_a_sample_and_scans(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):
-    from napari_foram.widgets.counter import CounterWidget
+    """What `napari-foram demo` does with a display: one call, a counted tray."""
+    from napari_foram.widgets.live import SPECIMENS_LAYER, LiveWidget
 
     viewer = make_napari_viewer()
-    widget = CounterWidget(
+    widget = LiveWidget(
         viewer,
         seed=3,
         mc_samples=2,
-        runs_dir=tmp_path,
+        store_path=tmp_path / "demo.zarr",
         model=random_checkpoint,
         camera_shape=(486, 648),
         specimens=8,
-        touching_pairs=0,
+        device="cpu",
     )
+    qtbot.addWidget(widget)
     widget.rows.setValue(2)
     widget.cols.setValue(2)
     widget.overlap.setValue(0.45)
-    widget.start_scan()
-    qtbot.waitUntil(lambda: widget.report is not None, timeout=120_000)
-    assert not isinstance(widget.report, Exception), widget.report
-    counted = sum(widget.tally().values())
+    widget.start_demo()
+    qtbot.waitUntil(lambda: "scan" in widget.last_outcome, timeout=120_000)
+    report = widget.last_outcome["scan"]
+    assert not isinstance(report, Exception), report
+    assert widget.counter is not None and widget.counter.sample_id == "DEMO-001"
+    counted = widget.counter.store.n_specimens("DEMO-001")
     assert counted > 0
-    assert len(viewer.layers["counted specimens"].data) == counted
-    assert (viewer.layers["counted specimens"].size > 50).all()  # sized by specimen
-    assert viewer.layers["tray mosaic"].data.max() > 0
+    assert len(viewer.layers[SPECIMENS_LAYER].data) == counted
+    assert (viewer.layers[SPECIMENS_LAYER].size > 50).all()  # sized by specimen (um)
+    assert viewer.layers["tray overview"].data.max() > 0
     total_row = widget.table.rowCount() - 1
     assert widget.table.item(total_row, 1).text() == str(counted)
-    assert "specimens counted" in widget.status_label.text()
-    assert np.isfinite(viewer.layers["counted specimens"].data).all()
+    assert "4 frames processed" in widget.status_label.text()
+    assert np.isfinite(viewer.layers[SPECIMENS_LAYER].data).all()
+    widget.close()

@@ -14,7 +14,7 @@ def test_manifest_found_through_entry_point_and_valid():
     manifest = PluginManifest.from_distribution("napari-foram")
     assert manifest.name == "napari-foram"
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert {"Foram counter", "Detection preview"} <= widgets
+    assert {"Foram live", "Detection preview", "Foram tally", "Batch folders"} <= widgets
     samples = {s.key for s in manifest.contributions.sample_data}
     assert {"tray", "crops"} <= samples
     # Every command's python_name resolves to a real callable.
@@ -118,7 +118,7 @@ viewer = napari.Viewer(show=True)
 viewer.add_image(np.random.default_rng(0).random((64, 64)))
 viewer.screenshot(canvas_only=True)  # the canvas is drawn: Mesa's LLVM is loaded now
 # What napari does when the user opens our widget after the canvas exists:
-viewer.window.add_plugin_dock_widget("napari-foram", "Foram counter")
+viewer.window.add_plugin_dock_widget("napari-foram", "Foram live")
 assert "torch" not in sys.modules, "opening the widget must not import torch"
 # ... and what a scan does next. Without the guard in napari_foram/__init__.py this
 # import segfaults here (checked by hand with NAPARI_FORAM_ASSUME_CUDA=1).

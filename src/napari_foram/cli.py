@@ -80,7 +80,7 @@ def demo(
 ) -> None:
     """Scan a synthetic tray on the built-in simulated microscope, count and classify it.
 
-    With a display (and without --headless) napari opens with the Foram counter running.
+    With a display (and without --headless) napari opens with the Foram live widget scanning.
     Without one, the same scan runs headless and writes its results into --out.
     """
     from napari_foram.demo import display_available, run_demo_gui, run_headless_demo

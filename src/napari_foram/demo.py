@@ -140,7 +140,7 @@ def compare_with_truth(
 class DemoRun:
     """Everything a demo scan needs, built once; `scan()` runs it.
 
-    Shared by the headless demo and the Foram counter widget, so both run the same code.
+    The headless demo's run; the GUI demo runs the same pipeline through the Foram live widget.
     """
 
     predictor: Predictor
@@ -361,13 +361,13 @@ def save_screenshot(run: DemoRun, results: list[FrameResult], path: Path) -> str
 
 
 def run_demo_gui(*, seed: int = 7, mc_samples: int = 30) -> None:
-    """Open napari with the Foram counter docked and the simulated scan running."""
+    """Open napari with the Foram live widget docked and the simulated scan running."""
     import napari
 
-    from napari_foram.widgets.counter import CounterWidget
+    from napari_foram.widgets.live import LiveWidget
 
     viewer = napari.Viewer(title="napari-foram demo")
-    widget = CounterWidget(viewer, seed=seed, mc_samples=mc_samples)
-    viewer.window.add_dock_widget(widget, name="Foram counter", area="right")
-    widget.start_scan()
+    widget = LiveWidget(viewer, seed=seed, mc_samples=mc_samples)
+    viewer.window.add_dock_widget(widget, name="Foram live", area="right")
+    widget.start_demo()
     napari.run()

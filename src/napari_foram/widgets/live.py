@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -37,13 +37,23 @@ from qtpy.QtWidgets import (
 
 from napari_foram.frames import Frame
 from napari_foram.mosaic import Mosaic
-from napari_foram.widgets.counter import _spin
 
 if TYPE_CHECKING:
     import napari.viewer
 
     from napari_foram.live import LiveCounter
     from napari_foram.pipeline import FrameResult
+
+_SpinT = TypeVar("_SpinT", QSpinBox, QDoubleSpinBox)
+
+
+def _spin(box: _SpinT, low: float, high: float, value: float, step: float = 1) -> _SpinT:
+    """Configure a spin box (PyQt6's stubs take no property keywords)."""
+    box.setRange(low, high)  # type: ignore[arg-type]
+    box.setSingleStep(step)  # type: ignore[arg-type]
+    box.setValue(value)  # type: ignore[arg-type]
+    return box
+
 
 FRAME_LAYER = "live frame"
 OVERVIEW_LAYER = "tray overview"
@@ -95,6 +105,7 @@ class LiveWidget(QWidget):
         camera_shape: tuple[int, int] = (972, 1296),
         specimens: int = 45,
         device: str = "auto",
+        seed: int = 7,
     ) -> None:
         from napari_foram.live import DEFAULT_TARGET_COUNT, default_store_path
 
@@ -115,6 +126,7 @@ class LiveWidget(QWidget):
         self._specimens_stale = False
         self._mosaic: Mosaic | None = None  # the scan's overview, at display resolution
         self._torch_threads: int | None = None
+        self._after_connect: Callable[[], None] | None = None
         self._thread: threading.Thread | None = None
         self._bridge = _Bridge()
         self._bridge.result.connect(self._pending.append)
@@ -128,7 +140,7 @@ class LiveWidget(QWidget):
         self.config_path.setPlaceholderText("MMConfig.cfg")
         browse = QPushButton("...")
         browse.clicked.connect(self._browse_config)
-        self.seed = _spin(QSpinBox(), 0, 1_000_000, 7)
+        self.seed = _spin(QSpinBox(), 0, 1_000_000, seed)
         self.store_path = QLineEdit(str(store_path or default_store_path()))
         self.mc = _spin(QSpinBox(), 1, 1000, mc_samples)
         self.target = _spin(QSpinBox(), 1, 100_000, DEFAULT_TARGET_COUNT)
@@ -311,6 +323,17 @@ class LiveWidget(QWidget):
 
         self._run("connect", work)
 
+    def start_demo(self, sample_id: str = "DEMO-001") -> None:
+        """The demo in one call: connect the simulated tray, start a sample, scan it."""
+
+        def then() -> None:
+            self.sample_fields["sample_id"].setText(sample_id)
+            self.start_sample()
+            self.start_scan()
+
+        self._after_connect = then
+        self.connect_microscope()
+
     def start_sample(self) -> None:
         """Count into the sample described by the form (new, or resumed if stored)."""
         from napari_foram.tally.store import SampleRecord
@@ -474,6 +497,9 @@ class LiveWidget(QWidget):
         else:
             self._set_status(f"{what} done")
         self._update_buttons()
+        follow, self._after_connect = self._after_connect, None
+        if what == "connect" and follow is not None and self.counter is not None:
+            follow()
 
     def _update_buttons(self) -> None:
         running = self._thread is not None and self._thread.is_alive()
