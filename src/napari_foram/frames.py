@@ -6,8 +6,10 @@ Every source (Micro-Manager camera, the simulated microscope, a folder of files)
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +139,28 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     return img
 
 
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[list[str]]:
+    """Collect a library logger's messages instead of letting them reach stderr (they
+    would add lines to our one-line error reports); yields the list of messages."""
+    logger = logging.getLogger(name)
+    messages: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage().strip().splitlines()[0])
+
+    handler = _Collect(level=logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file into a numpy array, or raise ValueError with a one-line reason."""
     p = Path(path)
@@ -169,10 +193,15 @@ def read_image(path: str | Path) -> np.ndarray:
     data = None
     for reader in readers:
         try:
-            data = reader()
+            with _quiet_logger("tifffile") as warnings:
+                data = reader()
+            if warnings and np.asarray(data).size == 0:
+                # tifffile logs "invalid offset..." and returns nothing for a broken file
+                raise ValueError(warnings[0])
             break
         except Exception as exc:  # every reader fails differently; the user needs one line
             first_error = first_error or exc
+            data = None
     if data is None:
         assert first_error is not None
         msg = str(first_error).splitlines()[0] if str(first_error) else type(first_error).__name__
