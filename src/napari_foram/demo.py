@@ -360,14 +360,14 @@ def save_screenshot(run: DemoRun, results: list[FrameResult], path: Path) -> str
     return "matplotlib (no X server found for napari)"
 
 
-def run_demo_gui(*, seed: int = 7, mc_samples: int = 30) -> None:
+def run_demo_gui(*, seed: int = 7, mc_samples: int = 30, model: str | Path = "demo") -> None:
     """Open napari with the Foram live widget docked and the simulated scan running."""
     import napari
 
     from napari_foram.widgets.live import LiveWidget
 
     viewer = napari.Viewer(title="napari-foram demo")
-    widget = LiveWidget(viewer, seed=seed, mc_samples=mc_samples)
+    widget = LiveWidget(viewer, seed=seed, mc_samples=mc_samples, model=model)
     viewer.window.add_dock_widget(widget, name="Foram live", area="right")
     widget.start_demo()
     napari.run()
