@@ -77,6 +77,10 @@ def demo(
     ),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic tray.")] = 7,
     mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
+    model: Annotated[
+        str,
+        typer.Option(help="Checkpoint (.safetensors) or 'demo' (trained here at first use)."),
+    ] = "demo",
 ) -> None:
     """Scan a synthetic tray on the built-in simulated microscope, count and classify it.
 
@@ -88,7 +92,7 @@ def demo(
     if headless or not display_available():
         if not headless:
             typer.echo("no display found: running headless", err=True)
-        summary = run_headless_demo(out, seed=seed, mc_samples=mc, progress=True)
+        summary = run_headless_demo(out, seed=seed, mc_samples=mc, progress=True, model=model)
         typer.echo(
             f"demo finished: {summary['found_whole']} specimens counted, "
             f"{summary['truth_whole']} in the ground truth; outputs in {out.resolve()}"
@@ -96,7 +100,7 @@ def demo(
         for key in ("store", "csv", "plot", "screenshot", "summary"):
             typer.echo(f"  {key:<10} {summary['files'][key]}")
     else:
-        run_demo_gui(seed=seed, mc_samples=mc)
+        run_demo_gui(seed=seed, mc_samples=mc, model=model)
 
 
 # ------------------------------------------------------------------------------ live
@@ -467,6 +471,36 @@ def classify(
                     f"{r['path']}: {r['class']} (p={r['probability']:.2f}, "
                     f"entropy={r['entropy']:.2f})"
                 )
+
+
+# ----------------------------------------------------------------------------- export-reviewed
+@app.command("export-reviewed")
+def export_reviewed_cmd(
+    store: Annotated[Path, typer.Argument(help="A napari-foram tally store (.zarr folder).")],
+    out_dir: Annotated[
+        Path, typer.Argument(help="ImageFolder to write: OUT_DIR/<class>/<sample>_<row>.png.")
+    ],
+    sample: Annotated[
+        list[str] | None,
+        typer.Option("--sample", help="Only this sample (repeat for several; default: all)."),
+    ] = None,
+) -> None:
+    """Export the reviewed crops (confirmed or relabelled) as a labelled image folder,
+    ready for `napari-foram train`."""
+    from napari_foram.review import export_validated_crops
+    from napari_foram.tally.store import TallyStore
+
+    with TallyStore.open(store, mode="r") as tally:
+        result = export_validated_crops(tally, out_dir, samples=sample or None)
+    typer.echo(result.summary())
+    if result.removed:
+        typer.echo(f"  removed {result.removed} crop(s) whose review changed since", err=True)
+    if not len(result):
+        typer.echo(
+            "napari-foram: no confirmed or relabelled specimens yet: review some first "
+            "(Plugins > Foram review)",
+            err=True,
+        )
 
 
 # ----------------------------------------------------------------------------- export

@@ -153,9 +153,13 @@ def export_csv(
     interval) for every foram class; ``expected_<class>`` and ``expected_<class>_sd`` (from
     the MC-dropout probabilities); ``specimens_per_gram``; ``pb_ratio``;
     ``planktic_pct_of_pb`` (planktic / (planktic + benthic));
-    ``n_uncertain``; ``uncertain_entropy``; ``n_reviewed``; ``n_duplicates``;
-    ``n_rejected``; ``n_rows``; ``target``; ``progress``; ``model_sha256``; ``mc_samples``;
-    ``software_version``; ``export_date``.
+    ``n_uncertain``; ``uncertain_entropy``; ``n_reviewed`` (counted specimens a person
+    has looked at: confirmed, relabelled or dubious); ``n_dubious`` (counted as predicted,
+    flagged by a person); ``n_duplicates``; ``n_rejected``; ``n_rows``; ``target``;
+    ``progress``; ``model_sha256``; ``mc_samples``; ``software_version``; ``export_date``.
+    Counts use reviewed labels (a relabelled specimen counts as its reviewed class, a
+    rejected one not at all). Long rows repeat the sample's ``n_reviewed`` and
+    ``n_dubious`` on every class row.
     """
     if fmt not in ("wide", "long", "specimens"):
         raise ValueError(f"fmt must be 'wide', 'long' or 'specimens', got {fmt!r}")
@@ -178,12 +182,13 @@ def export_csv(
             "area_px", "predicted_class", "class", "counted",
             *[f"prob_{s}" for s in slugs], *[f"var_{s}" for s in slugs],
             "entropy", "mutual_information", "vote_fraction", "review_status",
-            "reviewed_class", "review_time", "duplicate_of",
+            "reviewed_class", "review_time", "duplicate_of", "reviewer",
         ]  # fmt: skip
         rows: list[list[Any]] = []
         for sid in ids:
             d = store.read_specimens(sid)
             labels = stats.final_labels(d)
+            reviewers, who = store.reviewers(sid), d["reviewer_index"]
             for i in range(len(d["row"])):
                 review_time = float(d["review_time"][i])
                 rows.append(
@@ -215,6 +220,7 @@ def export_csv(
                         if math.isfinite(review_time)
                         else "",
                         d["duplicate_of"][i],
+                        reviewers[who[i]] if who[i] >= 0 else "",
                     ]
                 )
         _write_csv(out, header, rows)
@@ -236,7 +242,8 @@ def export_csv(
     if fmt == "long":
         header = [
             *RECORD_COLUMNS[:9], "class", "count", "is_foram", "pct", "pct_low", "pct_high",
-            "expected", "expected_sd", "total_forams", "model_sha256", "export_date",
+            "expected", "expected_sd", "total_forams", "n_reviewed", "n_dubious",
+            "model_sha256", "export_date",
         ]  # fmt: skip
         rows = []
         for _, rec, s, (sha, _mc) in summaries:
@@ -253,6 +260,8 @@ def export_csv(
                         s["expected"][j],
                         s["expected_sd"][j],
                         s["total_forams"],
+                        s["n_reviewed"],
+                        s["n_dubious"],
                         sha,
                         export_date,
                     ]
@@ -269,7 +278,7 @@ def export_csv(
         *[c for s in foram_slugs for c in (f"pct_{s}", f"pct_{s}_low", f"pct_{s}_high")],
         *[c for s in slugs for c in (f"expected_{s}", f"expected_{s}_sd")],
         "specimens_per_gram", "pb_ratio", "planktic_pct_of_pb", "n_uncertain", "uncertain_entropy",
-        "n_reviewed", "n_duplicates", "n_rejected", "n_rows", "target", "progress",
+        "n_reviewed", "n_dubious", "n_duplicates", "n_rejected", "n_rows", "target", "progress",
         "model_sha256", "mc_samples", "software_version", "export_date",
     ]  # fmt: skip
     rows = []
@@ -289,6 +298,7 @@ def export_csv(
                 s["n_uncertain"],
                 float(uncertain_entropy),
                 s["n_reviewed"],
+                s["n_dubious"],
                 s["n_duplicates"],
                 s["n_rejected"],
                 s["n_rows"],

@@ -22,6 +22,7 @@ REVIEW_NONE = 0  # not looked at by a person
 REVIEW_CONFIRMED = 1  # a person agreed with the prediction
 REVIEW_RELABELLED = 2  # a person gave another class (``reviewed_class``)
 REVIEW_REJECTED = 3  # not a specimen at all (artefact, debris): never counted
+REVIEW_DUBIOUS = 4  # a person looked but could not tell: counted as predicted, reported
 
 #: Classes that are counted but are not foraminifera, so not part of the assemblage.
 NON_FORAM_CLASSES = ("sediment",)
@@ -294,8 +295,9 @@ def sample_summary(
         counts (K,) int64, total_objects, total_forams, pct (K,) and pct_low / pct_high
         (K,) Wilson bounds, all in % (NaN for non-foram classes and an empty sample);
         expected (K,), expected_sd (K,) from the MC probabilities; per_gram; pb_ratio;
-        pct_planktic; n_uncertain; n_reviewed; n_duplicates; n_rejected; n_rows; target;
-        progress.
+        pct_planktic; n_uncertain; n_reviewed (counted rows a person has looked at:
+        confirmed, relabelled or dubious); n_dubious (counted as predicted, flagged by a
+        person); n_duplicates; n_rejected; n_rows; target; progress.
     """
     k = len(classes)
     counts = class_counts(specimens, k)
@@ -331,6 +333,9 @@ def sample_summary(
         "pct_planktic": pct_planktic,
         "n_uncertain": n_uncertain(specimens, uncertain_entropy),
         "n_reviewed": int(((status != REVIEW_NONE) & counted[: status.size]).sum())
+        if status.size
+        else 0,
+        "n_dubious": int(((status == REVIEW_DUBIOUS) & counted[: status.size]).sum())
         if status.size
         else 0,
         "n_duplicates": int((dup >= 0).sum()),

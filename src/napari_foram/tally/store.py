@@ -7,11 +7,13 @@ Layout (a directory store)::
       .napari-foram.lock        present while a writer has the store open (PID, host)
       samples/
         <sample_id>/            attrs: the sample record, n_committed, n_tally, provenance,
-                                processed_files (source files committed, for batch resume)
+                                processed_files (source files committed, for batch resume),
+                                reviewers (names; reviewer_index points into it)
           frame_index (n,)  stage_x_um (n,)  stage_y_um (n,)  centroid_y (n,)  centroid_x (n,)
           bbox (n, 4)  area_px (n,)  class_index (n,)  mean_probs (n, K)  variance (n, K)
           entropy (n,)  mutual_information (n,)  vote_fraction (n,)  review_status (n,)
           reviewed_class (n,)  review_time (n,)  duplicate_of (n,)  crops (n, 224, 224, 3)
+          reviewer_index (n,)   added later: stores without it read -1 (no reviewer)
           tally_time (m,)  tally_counts (m, K)     one row per commit (the running tally)
 
 Crash safety (see docs and environment notes: zarr's ``append`` grows the shape before it
@@ -54,6 +56,7 @@ from napari_foram._versions import software_versions
 from napari_foram.tally import stats
 from napari_foram.tally.stats import (
     REVIEW_CONFIRMED,
+    REVIEW_DUBIOUS,
     REVIEW_NONE,
     REVIEW_REJECTED,
     REVIEW_RELABELLED,
@@ -73,6 +76,7 @@ REVIEW_STATUS_NAMES = {
     REVIEW_CONFIRMED: "confirmed",
     REVIEW_RELABELLED: "relabelled",
     REVIEW_REJECTED: "rejected",
+    REVIEW_DUBIOUS: "dubious",
 }
 
 #: Sample types a count sheet knows (science.md, "What a count sheet / core log holds").
@@ -102,7 +106,12 @@ _COLUMNS: dict[str, tuple[str, Any, tuple[int | str, ...]]] = {
     "reviewed_class": ("int16", -1, ()),
     "review_time": ("float64", float("nan"), ()),
     "duplicate_of": ("int64", -1, ()),
+    # Index into the sample's "reviewers" attribute (who set review_status), -1 = none.
+    "reviewer_index": ("int16", -1, ()),
 }
+# Columns added after stores were first written: an old store lacks their arrays, so
+# readers fill them in and a writer creates them on open (still schema version 1).
+_OPTIONAL_COLUMNS = ("reviewer_index",)
 #: Names of the per-specimen columns returned by `TallyStore.read_specimens` (crops aside).
 SPECIMEN_COLUMNS = tuple(_COLUMNS)
 # Columns needed to count specimens (see stats.final_labels).
@@ -394,6 +403,7 @@ class SpecimenBatch:
             raise ValueError(f"reviewed_class must be -1 or lie in [0, {n_classes})")
         out["reviewed_class"] = rc
         out["review_time"] = np.full(n, np.nan)
+        out["reviewer_index"] = np.full(n, -1)
         out["duplicate_of"] = (
             np.full(n, -1)
             if self.duplicate_of is None
@@ -692,6 +702,27 @@ def _processed_records(
             raise ValueError(f"processed-file record of {key!r} must be a mapping")
         out[key] = _jsonable(dict(record), f"processed-file record of {key!r}")
     return out
+
+
+def _filled_column(name: str, n: int, k: int) -> np.ndarray:
+    """`n` rows of column `name` holding its fill value (a column an old store lacks)."""
+    dtype, fill, tail = _COLUMNS[name]
+    trailing = tuple(k if t == "K" else int(t) for t in tail)
+    return np.full((n, *trailing), fill, dtype=dtype)
+
+
+def _create_column(group: Any, name: str, rows: int, k: int = 0) -> None:
+    """Add column `name` to an old sample group: `rows` rows of its fill value (no chunk
+    is written until a value differs)."""
+    dtype, fill, tail = _COLUMNS[name]
+    trailing = tuple(k if t == "K" else int(t) for t in tail)
+    group.create_array(
+        name,
+        shape=(rows, *trailing),
+        chunks=(_ROWS_PER_CHUNK, *trailing),
+        dtype=dtype,
+        fill_value=fill,
+    )
 
 
 def _counter(attrs: Mapping[str, Any], key: str) -> int:
@@ -1236,6 +1267,14 @@ class TallyStore:
                 (prepared["duplicate_of"] < -1) | (prepared["duplicate_of"] >= idx)
             ):
                 raise ValueError("duplicate_of must be -1 or the row of an earlier specimen")
+            if "reviewer_index" in prepared:
+                n_names = len(group.attrs.get("reviewers", []))
+                who = prepared["reviewer_index"]
+                if np.any((who < -1) | (who >= n_names)):
+                    raise ValueError(
+                        f"reviewer_index must be -1 or lie in [0, {n_names}) "
+                        "(the sample's reviewers)"
+                    )
             for name, values in prepared.items():
                 arr = arrays[name]
                 # Orthogonal selection writes only the chunks that hold these rows.
@@ -1250,11 +1289,17 @@ class TallyStore:
         *,
         status: int,
         reviewed_class: int = -1,
+        reviewer: str = "",
     ) -> None:
-        """Record a person's verdict on specimens: confirmed, relabelled, rejected, or none.
+        """Record a person's verdict on specimens: confirmed, relabelled, dubious, rejected,
+        or none.
 
         `reviewed_class` (>= 0) is required for REVIEW_RELABELLED and overrides the
-        prediction in every count; REVIEW_REJECTED removes the rows from the counts.
+        prediction in every count; REVIEW_REJECTED removes the rows from the counts;
+        REVIEW_DUBIOUS keeps the prediction in the counts (summaries report how many).
+        `reviewer` (a name, "" = unknown) is stored with the time, through the column
+        ``reviewer_index`` into the sample's list of names (`reviewers`); status
+        REVIEW_NONE clears both.
         """
         if status not in REVIEW_STATUS_NAMES:
             raise ValueError(f"status must be one of {sorted(REVIEW_STATUS_NAMES)}, got {status}")
@@ -1263,13 +1308,43 @@ class TallyStore:
         if status != REVIEW_RELABELLED and reviewed_class != -1:
             raise ValueError("reviewed_class is only given with status REVIEW_RELABELLED")
         n_rows = len(np.asarray(rows))
-        self.update_specimens(
-            sample_id,
-            rows,
-            review_status=np.full(n_rows, status, dtype=np.int8),
-            reviewed_class=np.full(n_rows, reviewed_class, dtype=np.int64),
-            review_time=np.full(n_rows, time.time() if status != REVIEW_NONE else np.nan),
-        )
+        with self._mutex:
+            who = self._reviewer_index(sample_id, reviewer) if status != REVIEW_NONE else -1
+            self.update_specimens(
+                sample_id,
+                rows,
+                review_status=np.full(n_rows, status, dtype=np.int8),
+                reviewed_class=np.full(n_rows, reviewed_class, dtype=np.int64),
+                review_time=np.full(n_rows, time.time() if status != REVIEW_NONE else np.nan),
+                reviewer_index=np.full(n_rows, who, dtype=np.int64),
+            )
+
+    def reviewers(self, sample_id: str) -> list[str]:
+        """Names of the people who reviewed a sample; ``reviewer_index`` points into it."""
+        with self._mutex:
+            return [str(x) for x in self._sample_group(sample_id).attrs.get("reviewers", [])]
+
+    def _reviewer_index(self, sample_id: str, reviewer: str) -> int:
+        """Index of `reviewer` in the sample's names, added if new; -1 for "" (unknown)."""
+        if not isinstance(reviewer, str):
+            raise ValueError(f"reviewer must be text, got {type(reviewer).__name__}")
+        name = reviewer.strip()
+        if not name:
+            return -1
+        if len(name) > 100 or not name.isprintable():
+            raise ValueError("reviewer must be a printable name of at most 100 characters")
+        with self._mutex:
+            self._check_writable()
+            group = self._sample_group(sample_id)
+            names = [str(x) for x in group.attrs.get("reviewers", [])]
+            if name in names:
+                return names.index(name)
+            if len(names) >= np.iinfo(np.int16).max:
+                raise ValueError(f"sample {sample_id!r} has too many reviewers")
+            # The name is written before any row points at it: a crash in between leaves
+            # an unused name, never a dangling index.
+            group.update_attributes({"reviewers": [*names, name]})
+            return len(names)
 
     # ------------------------------------------------------------------ recovery
     def _recover(self, *, deep_clean: bool) -> None:
@@ -1294,6 +1369,9 @@ class TallyStore:
                 shutil.rmtree(entry.path)
                 continue
             group = zarr.open_group(self.path, path=f"samples/{entry.name}", mode="r+")
+            for name in _OPTIONAL_COLUMNS:
+                if name not in group:  # a store written before the column existed
+                    _create_column(group, name, _counter(group.attrs, "n_committed"))
             arrays = {name: group[name] for name in (*_COLUMNS, "crops", *_TALLY_ARRAYS)}
             trimmed = _trim_arrays(
                 arrays,
@@ -1349,6 +1427,9 @@ class TallyStore:
             for name in names:
                 arr = arrays.get(name) if arrays else None
                 if arr is None:
+                    if name in _OPTIONAL_COLUMNS and name not in group:
+                        out[name] = _filled_column(name, n, len(self._class_names))
+                        continue
                     arr = group[name]
                 out[name] = np.asarray(arr[:n])
             if crops:

@@ -1,0 +1,833 @@
+"""Foram review: check the classifier's least certain specimens first, fix their labels,
+export the validated crops and retrain.
+
+A thin Qt widget over `napari_foram.review` (the Qt-free queue, actions, export and
+fine-tuning). The store is opened for writing while the widget shows it (one writer at a
+time: a store that a scan is still writing opens read-only, to browse); every verdict is
+written at once. Reading a specimen is fast (one crop of 150 kB), so the queue runs on the
+GUI thread; exporting and fine-tuning run on a background thread and report through Qt
+signals.
+
+Keys (with the widget focused; click the crop to focus it):
+
+=================  ==========================================================
+1 .. 9             the specimen is of class 1..K (its predicted class = accept)
+Enter, A           accept: the predicted class is right
+D                  dubious: cannot tell (counted as predicted, reported)
+X                  reject: not a specimen
+Backspace, U       undo the last action (any number of levels)
+Right, Left        next / previous specimen of the queue
+=================  ==========================================================
+
+"Show in frame": tally stores keep crops, not frames, so the specimen is shown where it
+lies on the sample: the sample's specimens as points at their stage positions (the
+layers the store reader makes; a tray mosaic from a scan in the same viewer lines up with
+them, both are in micrometres), the view centred on it and the point selected. A sample
+counted without stage positions (image folders) opens its crops stack at the specimen.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QObject, QRectF, Qt, Signal
+from qtpy.QtGui import QColor, QFont, QImage, QKeyEvent, QPainter, QPen, QPixmap
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_foram.review import (
+    MEASURES,
+    STATUS_FILTERS,
+    QueueFilter,
+    ReviewSession,
+    default_checkpoint_path,
+    default_export_dir,
+)
+from napari_foram.tally.stats import REVIEW_NONE
+from napari_foram.widgets.layers import class_colour
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+    from napari_foram.tally.store import TallyStore
+
+#: Layer that marks the specimen under review.
+HIGHLIGHT_LAYER = "review specimen"
+#: Side of the crop shown in the widget (px): the 224 px crop, enlarged.
+CROP_DISPLAY_PX = 256
+#: Visible width around a specimen after "show in frame", in specimen diameters.
+FRAME_VIEW_DIAMETERS = 10.0
+#: Measure names as the widget shows them.
+MEASURE_LABELS = {
+    "mutual_information": "mutual information",
+    "entropy": "predictive entropy",
+    "vote": "1 - vote fraction",
+}
+
+_KEY_ACTIONS = {
+    int(Qt.Key.Key_Return): "accept",
+    int(Qt.Key.Key_Enter): "accept",
+    int(Qt.Key.Key_A): "accept",
+    int(Qt.Key.Key_D): "dubious",
+    int(Qt.Key.Key_X): "reject",
+    int(Qt.Key.Key_Backspace): "undo",
+    int(Qt.Key.Key_U): "undo",
+    int(Qt.Key.Key_Right): "next",
+    int(Qt.Key.Key_Left): "previous",
+}
+_DIGITS = {int(getattr(Qt.Key, f"Key_{d}")): d for d in range(1, 10)}
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def crop_pixmap(crop: np.ndarray, side: int = CROP_DISPLAY_PX) -> QPixmap:
+    """A (224, 224, 3) uint8 crop as a QPixmap of `side` px (smoothly scaled)."""
+    rgb = np.ascontiguousarray(crop[..., :3], dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    image = QImage(rgb.tobytes(), w, h, 3 * w, QImage.Format.Format_RGB888)
+    # copy(): the QImage borrows the bytes' buffer, which dies with this function.
+    pixmap = QPixmap.fromImage(image.copy())
+    return pixmap.scaled(
+        side,
+        side,
+        Qt.AspectRatioMode.KeepAspectRatio,
+        Qt.TransformationMode.SmoothTransformation,
+    )
+
+
+class ProbabilityBars(QWidget):
+    """The MC-dropout mean probability of every class as a horizontal bar, with +-1 SD.
+
+    One row per class, numbered as the keys that choose it; the predicted class's name is
+    bold, a class a person gave is marked. Drawn with QPainter: no matplotlib canvas.
+    """
+
+    ROW_PX = 22
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.class_names: list[str] = []
+        self.probs = np.zeros(0)
+        self.sd = np.zeros(0)
+        self.predicted = -1
+        self.reviewed = -1
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def set_values(
+        self,
+        class_names: list[str],
+        probs: np.ndarray,
+        sd: np.ndarray,
+        predicted: int,
+        reviewed: int = -1,
+    ) -> None:
+        """Show one specimen (probs and sd: (K,)); an empty `probs` clears the chart."""
+        self.class_names = list(class_names)
+        self.probs = np.asarray(probs, dtype=np.float64)
+        self.sd = np.asarray(sd, dtype=np.float64)
+        self.predicted, self.reviewed = int(predicted), int(reviewed)
+        self.setFixedHeight(max(1, len(self.class_names)) * self.ROW_PX + 8)
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        painter = QPainter(self)
+        try:
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            width = self.width()
+            label_w = min(170, int(width * 0.45))
+            value_w = 92
+            bar_x = label_w + 4
+            bar_w = max(10, width - bar_x - value_w)
+            text = self.palette().windowText().color()
+            normal, bold = QFont(self.font()), QFont(self.font())
+            bold.setBold(True)
+            for k, name in enumerate(self.class_names):
+                top = 4 + k * self.ROW_PX
+                p = float(self.probs[k]) if k < self.probs.size else math.nan
+                sd = float(self.sd[k]) if k < self.sd.size else 0.0
+                painter.setFont(bold if k == self.predicted else normal)
+                painter.setPen(text)
+                mark = " \u2714" if k == self.reviewed else ""
+                painter.drawText(
+                    QRectF(0, top, label_w, self.ROW_PX),
+                    int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft),
+                    f"{k + 1} {name}{mark}",
+                )
+                painter.setPen(QPen(QColor(128, 128, 128)))
+                painter.drawRect(QRectF(bar_x, top + 4, bar_w, self.ROW_PX - 8))
+                if not math.isfinite(p):
+                    continue
+                r, g, b, _ = class_colour(name, k)
+                painter.fillRect(
+                    QRectF(bar_x, top + 4, bar_w * min(max(p, 0.0), 1.0), self.ROW_PX - 8),
+                    QColor.fromRgbF(r, g, b),
+                )
+                if math.isfinite(sd) and sd > 0:  # the MC spread: +-1 SD whisker
+                    lo = bar_x + bar_w * min(max(p - sd, 0.0), 1.0)
+                    hi = bar_x + bar_w * min(max(p + sd, 0.0), 1.0)
+                    mid = top + self.ROW_PX / 2
+                    painter.setPen(QPen(text, 1.5))
+                    painter.drawLine(int(lo), int(mid), int(hi), int(mid))
+                    painter.drawLine(int(lo), int(mid - 4), int(lo), int(mid + 4))
+                    painter.drawLine(int(hi), int(mid - 4), int(hi), int(mid + 4))
+                painter.setPen(text)
+                painter.setFont(normal)
+                painter.drawText(
+                    QRectF(bar_x + bar_w + 4, top, value_w - 4, self.ROW_PX),
+                    int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft),
+                    f"{p:.2f} \u00b1 {sd:.2f}",
+                )
+        finally:
+            painter.end()
+
+
+class _Bridge(QObject):
+    """Carries events from the export / training thread to the GUI thread."""
+
+    progress = Signal(int, int, str)
+    finished = Signal(str, object)  # (what: "export" | "fine-tune", result or exception)
+
+
+class ReviewWidget(QWidget):
+    """Review a sample's specimens, most uncertain first, and retrain from the result.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer ("show in frame" adds layers to it).
+    store
+        A tally store to open at once (else choose one in the widget).
+    reviewer
+        Name stored with every verdict (default: the login name).
+    model
+        The current model: a checkpoint path, or "demo"; fine-tuning starts from it.
+    """
+
+    def __init__(
+        self,
+        napari_viewer: napari.viewer.Viewer,
+        *,
+        store: str | Path | None = None,
+        reviewer: str | None = None,
+        model: str = "demo",
+    ) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        #: The open review session (None until a store and a sample are open).
+        self.session: ReviewSession | None = None
+        self._store: TallyStore | None = None
+        #: Extra keyword arguments of `napari_foram.review.fine_tune` (epochs, lr, ...).
+        self.fine_tune_options: dict[str, Any] = {}
+        #: The last export's / fine-tuning's result (or exception); None while running.
+        self.last_result: Any = None
+        self._thread: threading.Thread | None = None
+        self._bridge = _Bridge()
+        self._bridge.progress.connect(self._on_progress)
+        self._bridge.finished.connect(self._on_finished)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+
+        # ---- store, sample, reviewer
+        self.store_edit = QLineEdit()
+        self.store_edit.setPlaceholderText("a tally store (.zarr folder)")
+        self.store_edit.returnPressed.connect(lambda: self.open_store(self.store_edit.text()))
+        self.sample_box = QComboBox()
+        self.sample_box.currentTextChanged.connect(self._on_sample)
+        self.reviewer_edit = QLineEdit(reviewer if reviewer is not None else _login_name())
+        self.reviewer_edit.textChanged.connect(self._on_reviewer)
+        form = QFormLayout()
+        form.addRow("tally store", self._with_browse(self.store_edit, self._browse_store))
+        form.addRow("sample", self.sample_box)
+        form.addRow("reviewer", self.reviewer_edit)
+
+        # ---- queue
+        self.measure_box = QComboBox()
+        for name in MEASURES:
+            self.measure_box.addItem(MEASURE_LABELS[name], name)
+        self.class_box = QComboBox()
+        self.status_box = QComboBox()
+        self.status_box.addItems(list(STATUS_FILTERS))
+        self.range_check = QCheckBox("uncertainty from")
+        self.min_spin = _double_spin(0.0, 10.0, 0.0, 0.05)
+        self.max_spin = _double_spin(0.0, 10.0, 2.0, 0.05)
+        self.target_check = QCheckBox("review until expected misclassified <")
+        self.target_spin = _double_spin(0.01, 100000.0, 5.0, 0.5)
+        # A compact grid: the dock must leave room for the crop on a laptop screen.
+        grid = QGridLayout()
+        grid.addWidget(QLabel("sort by"), 0, 0)
+        grid.addWidget(self.measure_box, 0, 1, 1, 3)
+        grid.addWidget(QLabel("class"), 1, 0)
+        grid.addWidget(self.class_box, 1, 1)
+        grid.addWidget(QLabel("status"), 1, 2)
+        grid.addWidget(self.status_box, 1, 3)
+        grid.addWidget(self.range_check, 2, 0, 1, 2)
+        range_row = QHBoxLayout()
+        for w in (self.min_spin, QLabel("to"), self.max_spin):
+            range_row.addWidget(w)
+        grid.addLayout(range_row, 2, 2, 1, 2)
+        grid.addWidget(self.target_check, 3, 0, 1, 3)
+        grid.addWidget(self.target_spin, 3, 3)
+        queue_box = QGroupBox("queue (most uncertain first)")
+        queue_box.setLayout(grid)
+        for box in (self.measure_box, self.class_box, self.status_box):
+            box.currentIndexChanged.connect(self._apply_queue_settings)
+        for check in (self.range_check, self.target_check):
+            check.toggled.connect(self._apply_queue_settings)
+        for spin in (self.min_spin, self.max_spin, self.target_spin):
+            spin.valueChanged.connect(self._apply_queue_settings)
+
+        # ---- the specimen
+        self.crop_label = QLabel()
+        self.crop_label.setFixedSize(CROP_DISPLAY_PX, CROP_DISPLAY_PX)
+        self.crop_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.crop_label.setStyleSheet("background: black;")
+        self.crop_label.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.info_label = QLabel("")
+        self.info_label.setWordWrap(True)
+        self.bars = ProbabilityBars()
+        self.prev_button = QPushButton("\u25c0 Prev")
+        self.accept_button = QPushButton("Accept (A)")
+        self.dubious_button = QPushButton("Dubious (D)")
+        self.reject_button = QPushButton("Reject (X)")
+        self.undo_button = QPushButton("Undo (U)")
+        self.next_button = QPushButton("Next \u25b6")
+        self.frame_button = QPushButton("Show in frame")
+        actions = {
+            self.prev_button: "previous",
+            self.accept_button: "accept",
+            self.dubious_button: "dubious",
+            self.reject_button: "reject",
+            self.undo_button: "undo",
+            self.next_button: "next",
+        }
+        buttons = QHBoxLayout()
+        for button, action in actions.items():
+            # Buttons never keep the focus, so the keys keep working after a click.
+            button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+            button.clicked.connect(lambda _=False, a=action: self.do(a))
+            buttons.addWidget(button)
+        self.frame_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.frame_button.clicked.connect(self.show_in_frame)
+        self.progress_label = QLabel("")
+        self.progress_label.setWordWrap(True)
+        self.message = QLabel("choose a tally store")
+        self.message.setWordWrap(True)
+
+        # ---- export and fine-tuning
+        self.export_edit = QLineEdit()
+        self.export_edit.setPlaceholderText("default: <store>_reviewed_crops beside the store")
+        self.model_edit = QLineEdit(model)
+        self.export_button = QPushButton("Export validated crops")
+        self.export_button.clicked.connect(self.export_crops)
+        self.tune_button = QPushButton("Fine-tune model")
+        self.tune_button.clicked.connect(self.fine_tune)
+        self.work_bar = QProgressBar()
+        self.work_bar.setVisible(False)
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+        out_form = QFormLayout()
+        out_form.addRow("export to", self._with_browse(self.export_edit, self._browse_export))
+        out_form.addRow("current model", self._with_browse(self.model_edit, self._browse_model))
+        out_buttons = QHBoxLayout()
+        out_buttons.addWidget(self.export_button)
+        out_buttons.addWidget(self.tune_button)
+        out_box = QGroupBox("retrain from the validated crops")
+        out_layout = QVBoxLayout(out_box)
+        out_layout.addLayout(out_form)
+        out_layout.addLayout(out_buttons)
+        out_layout.addWidget(self.work_bar)
+        out_layout.addWidget(self.result_label)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(queue_box)
+        layout.addWidget(self.crop_label, alignment=Qt.AlignmentFlag.AlignHCenter)
+        layout.addWidget(self.info_label)
+        layout.addWidget(self.bars)
+        layout.addLayout(buttons)
+        layout.addWidget(self.frame_button)
+        layout.addWidget(self.progress_label)
+        layout.addWidget(self.message)
+        layout.addWidget(out_box)
+        layout.addStretch(1)
+        self._show()
+        if store is not None:
+            self.open_store(store)
+
+    # ------------------------------------------------------------------ pickers
+    def _with_browse(self, edit: QLineEdit, pick: Any) -> QWidget:
+        row = QWidget()
+        box = QHBoxLayout(row)
+        box.setContentsMargins(0, 0, 0, 0)
+        button = QPushButton("...")
+        button.setMaximumWidth(32)
+        button.clicked.connect(pick)
+        box.addWidget(edit)
+        box.addWidget(button)
+        return row
+
+    def _browse_store(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Tally store (.zarr folder)")
+        if path:
+            self.open_store(path)
+
+    def _browse_export(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Folder for the validated crops")
+        if path:
+            self.export_edit.setText(path)
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "*.safetensors")
+        if path:
+            self.model_edit.setText(path)
+
+    # ------------------------------------------------------------------ store and sample
+    @property
+    def store_path(self) -> Path | None:
+        """The open store's folder, or None."""
+        return None if self._store is None else Path(self._store.path)
+
+    def open_store(self, path: str | Path) -> bool:
+        """Open a tally store for reviewing (read-only when another program writes it)
+        and show its first sample; False (and a one-line message) if it cannot be."""
+        from napari_foram.tally.store import TallyStore
+
+        self.close_store()
+        text = str(path).strip()
+        self.store_edit.setText(text)
+        if not text:
+            self.message.setText("choose a tally store")
+            return False
+        note = ""
+        try:
+            try:
+                store = TallyStore.open(text, mode="a")
+            except ValueError as exc:
+                if "one writer at a time" not in str(exc):
+                    raise
+                # A scan is writing it: browse what it has committed, no verdicts.
+                store = TallyStore.open(text, mode="r")
+                note = f" (read-only: {exc})"
+        except (ValueError, OSError) as exc:
+            self.message.setText(_one_line(f"cannot open store: {exc}"))
+            self._show()
+            return False
+        self._store = store
+        self.class_box.blockSignals(True)
+        self.class_box.clear()
+        self.class_box.addItem("all classes", None)
+        for k, name in enumerate(store.class_names):
+            self.class_box.addItem(f"{k + 1} {name}", k)
+        self.class_box.blockSignals(False)
+        samples = store.samples()
+        self.sample_box.blockSignals(True)
+        self.sample_box.clear()
+        self.sample_box.addItems(samples)
+        self.sample_box.blockSignals(False)
+        self.message.setText(_one_line(f"{store.path.name}: {len(samples)} sample(s){note}"))
+        if samples:
+            self.open_sample(samples[0])
+        else:
+            self._show()
+        self.setFocus()  # ready for the keys, e.g. right after Enter in the path field
+        return True
+
+    def close_store(self) -> None:
+        """Close the store (releases the writer lock)."""
+        self.session = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def open_sample(self, sample_id: str) -> None:
+        """Review `sample_id` of the open store."""
+        if self._store is None:
+            return
+        if self.sample_box.currentText() != sample_id:
+            self.sample_box.blockSignals(True)
+            self.sample_box.setCurrentText(sample_id)
+            self.sample_box.blockSignals(False)
+        try:
+            self.session = ReviewSession(
+                self._store,
+                sample_id,
+                reviewer=self.reviewer_edit.text(),
+                measure=str(self.measure_box.currentData()),
+                queue_filter=self._queue_filter(),
+                target=self._target(),
+            )
+        except ValueError as exc:
+            self.session = None
+            self.message.setText(_one_line(f"cannot review sample {sample_id!r}: {exc}"))
+        self._show()
+
+    def _on_sample(self, sample_id: str) -> None:
+        if sample_id:
+            self.open_sample(sample_id)
+
+    def _on_reviewer(self, name: str) -> None:
+        if self.session is not None:
+            self.session.reviewer = name
+
+    # ------------------------------------------------------------------ queue settings
+    def _queue_filter(self) -> QueueFilter:
+        cls = self.class_box.currentData()
+        lo = hi = None
+        if self.range_check.isChecked():
+            lo, hi = float(self.min_spin.value()), float(self.max_spin.value())
+        return QueueFilter(
+            classes=None if cls is None else (int(cls),),
+            statuses=STATUS_FILTERS[self.status_box.currentText() or "unreviewed"],
+            min_uncertainty=lo,
+            max_uncertainty=hi,
+        )
+
+    def _target(self) -> float | None:
+        return float(self.target_spin.value()) if self.target_check.isChecked() else None
+
+    def _apply_queue_settings(self, *_: object) -> None:
+        if self.session is None:
+            return
+        try:
+            self.session.set_measure(str(self.measure_box.currentData()))
+            self.session.set_filter(self._queue_filter())
+            self.session.set_target(self._target())
+        except ValueError as exc:
+            self.message.setText(_one_line(exc))
+        self._show()
+
+    # ------------------------------------------------------------------ actions
+    def keyPressEvent(self, event: QKeyEvent | None) -> None:
+        if event is None:
+            return
+        key = int(event.key())
+        no_modifier = event.modifiers() in (
+            Qt.KeyboardModifier.NoModifier,
+            Qt.KeyboardModifier.KeypadModifier,
+        )
+        if no_modifier and key in _DIGITS:
+            self.do(f"class {_DIGITS[key]}")
+            event.accept()
+        elif no_modifier and key in _KEY_ACTIONS:
+            self.do(_KEY_ACTIONS[key])
+            event.accept()
+        else:
+            super().keyPressEvent(event)
+
+    def do(self, action: str) -> bool:
+        """Run one action on the current specimen and show the next one.
+
+        `action` is "accept", "dubious", "reject", "undo", "next", "previous" or
+        "class N" (N = 1..K, the key pressed: relabel, or accept for the predicted
+        class). Returns False (and shows why) when it could not be done.
+        """
+        session = self.session
+        if session is None:
+            self.message.setText("open a store and a sample first")
+            return False
+        try:
+            if action == "next":
+                session.next()
+            elif action == "previous":
+                session.previous()
+            elif action == "undo":
+                step = session.undo()
+                self.message.setText(
+                    "nothing to undo"
+                    if step is None
+                    else f"undone: {step.action} of row {step.row}"
+                )
+            elif action.startswith("class "):
+                number = int(action.split()[1])
+                k = len(session.class_names)
+                if not 1 <= number <= k:
+                    raise ValueError(f"no class {number}: this store has {k} classes (keys 1-{k})")
+                step = session.relabel(number - 1)
+                self.message.setText(self._done_text(step.action, step.row, step.reviewed_class))
+            elif action in ("accept", "dubious", "reject"):
+                step = getattr(session, action)()
+                self.message.setText(self._done_text(step.action, step.row, -1))
+            else:
+                raise ValueError(f"unknown action {action!r}")
+        except ValueError as exc:
+            self.message.setText(_one_line(exc))
+            self._show()
+            return False
+        self._show()
+        return True
+
+    def _done_text(self, action: str, row: int, reviewed_class: int) -> str:
+        if action == "relabel" and self.session is not None:
+            return f"row {row}: relabelled {self.session.class_names[reviewed_class]}"
+        past = {"accept": "accepted", "dubious": "marked dubious", "reject": "rejected"}
+        return f"row {row}: {past.get(action, action)}"
+
+    # ------------------------------------------------------------------ display
+    def _show(self) -> None:
+        """Draw the current specimen, its probabilities and the progress line."""
+        session = self.session
+        row = session.current if session is not None else None
+        enabled = row is not None
+        writable = self._store is not None and self._store.mode == "a"
+        for button in (self.accept_button, self.dubious_button, self.reject_button):
+            button.setEnabled(enabled and writable)
+        self.frame_button.setEnabled(enabled)
+        self.undo_button.setEnabled(session is not None and session.undo_depth > 0)
+        self.export_button.setEnabled(self._store is not None and not self.is_running())
+        self.tune_button.setEnabled(self._store is not None and not self.is_running())
+        if session is None:
+            self.crop_label.clear()
+            self.info_label.setText("")
+            self.bars.set_values([], np.zeros(0), np.zeros(0), -1)
+            self.progress_label.setText("")
+            return
+        progress = session.progress()
+        position = f"{min(progress.position + 1, progress.length)} / {progress.length} in queue"
+        self.progress_label.setText(f"{progress.line()}; {position}")
+        if row is None:
+            self.crop_label.clear()
+            done = (
+                "target reached: expected misclassified "
+                f"{progress.expected_misclassified:.2f} < {progress.target:g}"
+                if progress.target_reached
+                else "queue finished: no more specimens match"
+            )
+            self.info_label.setText(done)
+            self.bars.set_values(session.class_names, np.zeros(0), np.zeros(0), -1)
+            return
+        spec = session.specimen(row)
+        try:
+            self.crop_label.setPixmap(crop_pixmap(session.crop(row)))
+        except (ValueError, OSError) as exc:
+            self.crop_label.clear()
+            self.message.setText(_one_line(f"cannot read the crop of row {row}: {exc}"))
+        status = "not reviewed yet" if spec["status"] == REVIEW_NONE else spec["status_name"]
+        if spec["reviewed_class"] >= 0:
+            status += f" as {session.class_names[spec['reviewed_class']]}"
+        if spec["reviewer"]:
+            status += f" by {spec['reviewer']}"
+        measure = MEASURE_LABELS[session.measure]
+        unit = "" if session.measure == "vote" else " nats"
+        self.info_label.setText(
+            f"row {row}: predicted <b>{spec['predicted_name']}</b> "
+            f"(p = {spec['mean_probs'][spec['predicted']]:.2f}, wrong with p = "
+            f"{spec['p_wrong']:.2f}); {measure} {spec['uncertainty']:.3f}{unit}; {status}"
+        )
+        self.bars.set_values(
+            session.class_names,
+            spec["mean_probs"],
+            spec["sd"],
+            spec["predicted"],
+            spec["reviewed_class"],
+        )
+
+    # ------------------------------------------------------------------ show in frame
+    def show_in_frame(self) -> str | None:
+        """Centre the viewer on the current specimen (see the module docstring); the
+        name of the layer it is shown in, or None."""
+        from napari_foram._reader import store_layer_data
+
+        session = self.session
+        row = session.current if session is not None else None
+        if session is None or row is None or self.store_path is None:
+            return None
+        spec = session.specimen(row)
+        sid = session.sample_id
+        y, x = spec["stage_yx_um"]
+        wanted = f"{sid} specimens" if math.isfinite(x) and math.isfinite(y) else f"{sid} crops"
+        try:
+            if wanted not in self.viewer.layers:
+                for data, kwargs, kind in store_layer_data(self.store_path):
+                    if kwargs.get("name") == wanted:
+                        getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        except (ValueError, OSError, LookupError, TypeError) as exc:
+            self.message.setText(_one_line(f"cannot show the sample: {exc}"))
+            return None
+        if wanted not in self.viewer.layers:
+            # Not counted (a duplicate or rejected row has no point): the crops, then.
+            self.message.setText(f"row {row} has no position on the sample")
+            return None
+        layer = self.viewer.layers[wanted]
+        layer.visible = True
+        if wanted.endswith("crops"):
+            self.viewer.layers.selection.active = layer
+            self.viewer.dims.set_current_step(0, row)
+            self.message.setText(f"no stage position: crop {row} of the {wanted!r} stack")
+            return wanted
+        rows = np.asarray(layer.features["row"]) if "row" in layer.features else np.zeros(0)
+        hits = np.flatnonzero(rows == row)
+        if hits.size:
+            layer.selected_data = {int(hits[0])}
+        size = float(np.ravel(layer.size)[hits[0]]) if hits.size else 100.0
+        self._highlight(np.array([[y, x]]), size)
+        camera, canvas = _camera_and_canvas(self.viewer)
+        camera.center = (y, x)
+        camera.zoom = min(canvas) / max(size * FRAME_VIEW_DIAMETERS, 1e-6)
+        self.message.setText(f"row {row} at x = {x:.0f} um, y = {y:.0f} um on {sid}")
+        return wanted
+
+    def _highlight(self, yx: np.ndarray, size: float) -> None:
+        if HIGHLIGHT_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[HIGHLIGHT_LAYER]
+            layer.data = yx
+            layer.size = size * 1.4
+        else:
+            self.viewer.add_points(
+                yx,
+                name=HIGHLIGHT_LAYER,
+                size=size * 1.4,
+                face_color="transparent",
+                border_color="magenta",
+                border_width=0.12,
+            )
+
+    # ------------------------------------------------------------------ export / retrain
+    def export_dir(self) -> Path | None:
+        """Where the validated crops go: the "export to" folder, or the default."""
+        text = self.export_edit.text().strip()
+        if text:
+            return Path(text).expanduser()
+        return None if self.store_path is None else default_export_dir(self.store_path)
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the export / training thread ends (tests, scripts); True if it did."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def export_crops(self) -> bool:
+        """Export every sample's validated crops (ImageFolder) on a background thread."""
+        return self._start("export")
+
+    def fine_tune(self) -> bool:
+        """Export the validated crops, then train a new checkpoint beside the store from
+        the current model, on a background thread."""
+        return self._start("fine-tune")
+
+    def _start(self, what: str) -> bool:
+        store, out = self.store_path, self.export_dir()
+        if self.is_running():
+            return False
+        if store is None or out is None:
+            self.message.setText("open a tally store first")
+            return False
+        self.last_result = None
+        self.work_bar.setVisible(True)
+        self.work_bar.setRange(0, 0)
+        self.result_label.setText(f"{what}: starting...")
+        args = (what, store, out, self.model_edit.text().strip() or "demo")
+        self._thread = threading.Thread(
+            target=self._work, args=args, daemon=True, name=f"napari-foram-review-{what}"
+        )
+        self._thread.start()
+        self._show()
+        return True
+
+    def _work(self, what: str, store_path: Path, out: Path, model: str) -> None:
+        from napari_foram.classify.checkpoint import read_model_info
+        from napari_foram.review import export_validated_crops, fine_tune, resolve_model
+        from napari_foram.tally.store import TallyStore
+
+        bridge = self._bridge
+
+        def progress(done: int, total: int, message: str = "") -> None:
+            bridge.progress.emit(done, total, message)
+
+        try:
+            base = None
+            if what == "fine-tune":
+                base = resolve_model(model, progress=progress)
+            # A reader of its own: the GUI thread keeps writing verdicts meanwhile.
+            with TallyStore.open(store_path, mode="r") as store:
+                classes = store.class_names
+                if base is not None and list(read_model_info(base).class_names) != classes:
+                    raise ValueError(
+                        f"the model's classes {list(read_model_info(base).class_names)} "
+                        f"differ from the store's {classes}"
+                    )
+                exported = export_validated_crops(store, out, progress=progress)
+            if base is None:
+                bridge.finished.emit(what, exported)
+                return
+            result = fine_tune(
+                out,
+                base,
+                default_checkpoint_path(store_path),
+                progress=progress,
+                **self.fine_tune_options,
+            )
+            bridge.finished.emit(what, result)
+        except Exception as exc:  # shown to the user, not swallowed
+            bridge.finished.emit(what, exc)
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.work_bar.setRange(0, max(total, 1))
+        self.work_bar.setValue(min(done, max(total, 1)))
+        if message:
+            self.result_label.setText(_one_line(message))
+
+    def _on_finished(self, what: str, outcome: object) -> None:
+        self.wait(10)  # the thread emitted its last signal and is returning
+        self.last_result = outcome
+        self.work_bar.setVisible(False)
+        if isinstance(outcome, Exception):
+            first = str(outcome).strip().splitlines()[0] if str(outcome).strip() else ""
+            self.result_label.setText(_one_line(f"{what} failed: {first or type(outcome)}"))
+        else:
+            self.result_label.setText(_one_line(outcome.summary()))  # type: ignore[attr-defined]
+        self._show()
+
+    def closeEvent(self, event: Any) -> None:
+        self.close_store()
+        super().closeEvent(event)
+
+
+def _double_spin(low: float, high: float, value: float, step: float) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setDecimals(3)
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+def _camera_and_canvas(viewer: Any) -> tuple[Any, tuple[int, ...]]:
+    """The viewer's camera and canvas size in pixels (napari >= 0.9 keeps them on
+    ``scene`` and ``canvas``; ``viewer.camera`` is deprecated there)."""
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None else viewer.camera
+    canvas = getattr(viewer, "canvas", None)
+    size = tuple(int(v) for v in getattr(canvas, "size", ())) or (600, 800)
+    return camera, size
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user database entry (containers)
+        return ""
