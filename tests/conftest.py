@@ -37,6 +37,28 @@ def realdata() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of VGG16 + the study's head with random weights (seed 0), four classes:
+    the real network's speed and shapes, with arbitrary classes."""
+    from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
+    from napari_foram.classify.model import build_model
+    from napari_foram.synthetic import CLASSES
+
+    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
+    path = tmp_path_factory.mktemp("model") / "random.safetensors"
+    save_checkpoint(path, model, ModelInfo.for_model(model, CLASSES))
+    return path
+
+
+@pytest.fixture(scope="session")
+def random_predictor(random_checkpoint: Path) -> object:
+    """A CPU `Predictor` of `random_checkpoint`, built once for the session."""
+    from napari_foram.classify.predict import Predictor
+
+    return Predictor.from_checkpoint(random_checkpoint, device="cpu")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip `gpu` tests without CUDA; `slow` ones run only with -m slow or RUN_SLOW=1."""
     has_cuda = torch.cuda.is_available()

@@ -55,14 +55,8 @@ def _tray(seed: int) -> tuple[np.ndarray, int]:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
-    from napari_foram.classify.model import build_model
-
-    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
-    path = tmp_path_factory.mktemp("model") / "random.safetensors"
-    save_checkpoint(path, model, ModelInfo.for_model(model, CLASSES))
-    return path
+def checkpoint(random_checkpoint: Path) -> Path:
+    return random_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,9 @@ from napari_foram.synthetic import CLASSES
 pytestmark = pytest.mark.acquisition
 
 
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory):
-    from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
-    from napari_foram.classify.model import build_model
-    from napari_foram.classify.predict import Predictor
-
-    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
-    path = tmp_path_factory.mktemp("model") / "random.safetensors"
-    save_checkpoint(path, model, ModelInfo.for_model(model, CLASSES))
-    return Predictor.from_checkpoint(path, device="cpu")
+@pytest.fixture
+def predictor(random_predictor):
+    return random_predictor
 
 
 @pytest.mark.parametrize("overlap", [0.10, 0.30])

@@ -23,17 +23,6 @@ SMALL_SCAN = DemoScan(
 )
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
-    from napari_foram.classify.model import build_model
-
-    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
-    path = tmp_path_factory.mktemp("model") / "random.safetensors"
-    save_checkpoint(path, model, ModelInfo.for_model(model, CLASSES))
-    return path
-
-
 @pytest.mark.acquisition
 def test_headless_demo_counts_every_specimen_once(tmp_path, random_checkpoint):
     out = tmp_path / "out"

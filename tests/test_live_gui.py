@@ -12,20 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_foram.synthetic import CLASSES
-
 pytestmark = [pytest.mark.gui, pytest.mark.acquisition]
-
-
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
-    from napari_foram.classify.model import build_model
-
-    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
-    path = tmp_path_factory.mktemp("model") / "random.safetensors"
-    save_checkpoint(path, model, ModelInfo.for_model(model, CLASSES))
-    return path
 
 
 class _StallWatch:

@@ -561,28 +561,18 @@ def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
 
 def _specimens_of(out: FrameResult) -> SpecimenBatch | None:
     """The counted specimens of a pipeline result as store rows (frame_index still 0)."""
+    from napari_foram.pipeline import specimen_columns
     from napari_foram.tally.store import SpecimenBatch
 
-    rows, det, pred = out.new_rows, out.detections, out.predictions
+    rows, pred = out.new_rows, out.predictions
     if pred is None or not len(rows):
         return None
-    assert det.crops is not None  # the pipeline's detector always cuts crops
-    n = len(rows)
+    columns = specimen_columns(out.frame, out.detections, rows, pred)
+    columns["frame_index"] = np.zeros(len(rows), dtype=np.int64)  # set by the writer
     return SpecimenBatch(
-        frame_index=np.zeros(n, dtype=np.int64),
-        stage_x_um=np.full(n, np.nan),  # files carry no stage position
-        stage_y_um=np.full(n, np.nan),
-        centroid_y=det.centroid[rows, 0],
-        centroid_x=det.centroid[rows, 1],
-        bbox=det.bbox[rows],
-        area_px=np.round(det.area_px[rows]).astype(np.int64),
-        class_index=pred.class_index,
-        mean_probs=pred.mean_probs,
-        variance=pred.variance,
-        entropy=pred.entropy,
-        mutual_information=pred.mutual_information,
-        vote_fraction=pred.vote_fraction,
-        crops=det.crops[rows],
+        stage_x_um=np.full(len(rows), np.nan),  # files carry no stage position
+        stage_y_um=np.full(len(rows), np.nan),
+        **columns,
     )
 
 

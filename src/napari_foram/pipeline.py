@@ -396,20 +396,7 @@ class CountingPipeline:
         """
         assert self.store is not None and self.sample_id is not None and det.crops is not None
         self.store.update_specimens(
-            self.sample_id,
-            self._store_row[entries],
-            frame_index=np.full(len(rows), frame.index, dtype=np.int64),
-            centroid_y=det.centroid[rows, 0],
-            centroid_x=det.centroid[rows, 1],
-            bbox=det.bbox[rows],
-            area_px=np.round(det.area_px[rows]).astype(np.int64),
-            class_index=pred.class_index,
-            mean_probs=pred.mean_probs,
-            variance=pred.variance,
-            entropy=pred.entropy,
-            mutual_information=pred.mutual_information,
-            vote_fraction=pred.vote_fraction,
-            crops=det.crops[rows],
+            self.sample_id, self._store_row[entries], **specimen_columns(frame, det, rows, pred)
         )
         self.views_replaced += len(rows)
 
@@ -501,22 +488,33 @@ class CountingPipeline:
             self._record_provenance(frame)
         n = len(rows)
         batch = SpecimenBatch(
-            frame_index=np.full(n, frame.index, dtype=np.int64),
             stage_x_um=xy[rows, 0],
             stage_y_um=xy[rows, 1],
-            centroid_y=det.centroid[rows, 0],
-            centroid_x=det.centroid[rows, 1],
-            bbox=det.bbox[rows],
-            area_px=np.round(det.area_px[rows]).astype(np.int64),
-            class_index=pred.class_index,
-            mean_probs=pred.mean_probs,
-            variance=pred.variance,
-            entropy=pred.entropy,
-            mutual_information=pred.mutual_information,
-            vote_fraction=pred.vote_fraction,
-            crops=det.crops[rows],
+            **specimen_columns(frame, det, rows, pred),
         )
         return self.store.append_specimens(self.sample_id, batch) - n
+
+
+def specimen_columns(
+    frame: Frame, det: Detections, rows: np.ndarray, pred: Predictions
+) -> dict[str, np.ndarray]:
+    """Store columns of detections `rows` of `frame` with their classification `pred`
+    (everything a specimen row holds but its stage position and review)."""
+    assert det.crops is not None  # the pipeline's detector always cuts crops
+    return {
+        "frame_index": np.full(len(rows), frame.index, dtype=np.int64),
+        "centroid_y": det.centroid[rows, 0],
+        "centroid_x": det.centroid[rows, 1],
+        "bbox": det.bbox[rows],
+        "area_px": np.round(det.area_px[rows]).astype(np.int64),
+        "class_index": pred.class_index,
+        "mean_probs": pred.mean_probs,
+        "variance": pred.variance,
+        "entropy": pred.entropy,
+        "mutual_information": pred.mutual_information,
+        "vote_fraction": pred.vote_fraction,
+        "crops": det.crops[rows],
+    }
 
 
 def view_sharpness(crop: np.ndarray) -> float:

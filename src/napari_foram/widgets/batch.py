@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_foram.widgets._qt import with_browse
 from napari_foram.widgets.layers import class_colour
 
 if TYPE_CHECKING:
@@ -169,10 +170,10 @@ class BatchWidget(QWidget):
         self.follow = QCheckBox("show each file as it is counted")
         self.follow.setChecked(True)
         form = QFormLayout()
-        form.addRow("image folder", self._with_browse(self.folder_edit, self._browse_folder))
-        form.addRow("tally store", self._with_browse(self.store_edit, self._browse_store))
-        form.addRow("model", self._with_browse(self.model_edit, self._browse_model))
-        form.addRow("sample sheet", self._with_browse(self.samples_edit, self._browse_samples))
+        form.addRow("image folder", with_browse(self.folder_edit, self._browse_folder))
+        form.addRow("tally store", with_browse(self.store_edit, self._browse_store))
+        form.addRow("model", with_browse(self.model_edit, self._browse_model))
+        form.addRow("sample sheet", with_browse(self.samples_edit, self._browse_samples))
         form.addRow("MC dropout passes", self.mc)
         form.addRow("device", self.device)
         form.addRow(self.follow)
@@ -220,17 +221,6 @@ class BatchWidget(QWidget):
         layout.addStretch(1)
 
     # ------------------------------------------------------------------ pickers
-    def _with_browse(self, edit: QLineEdit, pick: Any) -> QWidget:
-        row = QWidget()
-        box = QHBoxLayout(row)
-        box.setContentsMargins(0, 0, 0, 0)
-        button = QPushButton("...")
-        button.setMaximumWidth(32)
-        button.clicked.connect(pick)
-        box.addWidget(edit)
-        box.addWidget(button)
-        return row
-
     def _browse_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Folder of images")
         if path:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
@@ -37,23 +37,13 @@ from qtpy.QtWidgets import (
 
 from napari_foram.frames import Frame
 from napari_foram.mosaic import Mosaic
+from napari_foram.widgets._qt import spin, with_browse
 
 if TYPE_CHECKING:
     import napari.viewer
 
     from napari_foram.live import LiveCounter
     from napari_foram.pipeline import FrameResult
-
-_SpinT = TypeVar("_SpinT", QSpinBox, QDoubleSpinBox)
-
-
-def _spin(box: _SpinT, low: float, high: float, value: float, step: float = 1) -> _SpinT:
-    """Configure a spin box (PyQt6's stubs take no property keywords)."""
-    box.setRange(low, high)  # type: ignore[arg-type]
-    box.setSingleStep(step)  # type: ignore[arg-type]
-    box.setValue(value)  # type: ignore[arg-type]
-    return box
-
 
 FRAME_LAYER = "live frame"
 OVERVIEW_LAYER = "tray overview"
@@ -138,20 +128,15 @@ class LiveWidget(QWidget):
         self.source.addItems(["Simulated tray", "Micro-Manager configuration"])
         self.config_path = QLineEdit()
         self.config_path.setPlaceholderText("MMConfig.cfg")
-        browse = QPushButton("...")
-        browse.clicked.connect(self._browse_config)
-        self.seed = _spin(QSpinBox(), 0, 1_000_000, seed)
+        self.seed = spin(QSpinBox(), 0, 1_000_000, seed)
         self.store_path = QLineEdit(str(store_path or default_store_path()))
-        self.mc = _spin(QSpinBox(), 1, 1000, mc_samples)
-        self.target = _spin(QSpinBox(), 1, 100_000, DEFAULT_TARGET_COUNT)
+        self.mc = spin(QSpinBox(), 1, 1000, mc_samples)
+        self.target = spin(QSpinBox(), 1, 100_000, DEFAULT_TARGET_COUNT)
         self.connect_button = QPushButton("Connect")
         self.connect_button.clicked.connect(self.connect_microscope)
-        config_row = QHBoxLayout()
-        config_row.addWidget(self.config_path)
-        config_row.addWidget(browse)
         scope_form = QFormLayout()
         scope_form.addRow("microscope", self.source)
-        scope_form.addRow("configuration", config_row)
+        scope_form.addRow("configuration", with_browse(self.config_path, self._browse_config))
         scope_form.addRow("simulated tray seed", self.seed)
         scope_form.addRow("tally store", self.store_path)
         scope_form.addRow("MC dropout passes", self.mc)
@@ -197,10 +182,10 @@ class LiveWidget(QWidget):
         sample_box.setLayout(sample_layout)
 
         # Acquisition
-        self.rows = _spin(QSpinBox(), 1, 50, 3)
-        self.cols = _spin(QSpinBox(), 1, 50, 3)
-        self.overlap = _spin(QDoubleSpinBox(), 0.0, 0.6, 0.25, step=0.05)
-        self.z_planes = _spin(QSpinBox(), 1, 50, 1)
+        self.rows = spin(QSpinBox(), 1, 50, 3)
+        self.cols = spin(QSpinBox(), 1, 50, 3)
+        self.overlap = spin(QDoubleSpinBox(), 0.0, 0.6, 0.25, step=0.05)
+        self.z_planes = spin(QSpinBox(), 1, 50, 1)
         self.z_planes.setToolTip(
             "focal planes per field, fused into one sharp image before counting"
         )

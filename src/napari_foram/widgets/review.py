@@ -64,6 +64,7 @@ from napari_foram.review import (
     default_export_dir,
 )
 from napari_foram.tally.stats import REVIEW_NONE
+from napari_foram.widgets._qt import with_browse
 from napari_foram.widgets.layers import class_colour
 
 if TYPE_CHECKING:
@@ -257,7 +258,7 @@ class ReviewWidget(QWidget):
         self.reviewer_edit = QLineEdit(reviewer if reviewer is not None else _login_name())
         self.reviewer_edit.textChanged.connect(self._on_reviewer)
         form = QFormLayout()
-        form.addRow("tally store", self._with_browse(self.store_edit, self._browse_store))
+        form.addRow("tally store", with_browse(self.store_edit, self._browse_store))
         form.addRow("sample", self.sample_box)
         form.addRow("reviewer", self.reviewer_edit)
 
@@ -347,8 +348,8 @@ class ReviewWidget(QWidget):
         self.result_label = QLabel("")
         self.result_label.setWordWrap(True)
         out_form = QFormLayout()
-        out_form.addRow("export to", self._with_browse(self.export_edit, self._browse_export))
-        out_form.addRow("current model", self._with_browse(self.model_edit, self._browse_model))
+        out_form.addRow("export to", with_browse(self.export_edit, self._browse_export))
+        out_form.addRow("current model", with_browse(self.model_edit, self._browse_model))
         out_buttons = QHBoxLayout()
         out_buttons.addWidget(self.export_button)
         out_buttons.addWidget(self.tune_button)
@@ -376,17 +377,6 @@ class ReviewWidget(QWidget):
             self.open_store(store)
 
     # ------------------------------------------------------------------ pickers
-    def _with_browse(self, edit: QLineEdit, pick: Any) -> QWidget:
-        row = QWidget()
-        box = QHBoxLayout(row)
-        box.setContentsMargins(0, 0, 0, 0)
-        button = QPushButton("...")
-        button.setMaximumWidth(32)
-        button.clicked.connect(pick)
-        box.addWidget(edit)
-        box.addWidget(button)
-        return row
-
     def _browse_store(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Tally store (.zarr folder)")
         if path:
