@@ -556,3 +556,46 @@ def test_folded_standardisation_matches_training_on_standardised_features() -> N
     expected = head((x - mu) / sd)
     fold_standardisation(head, mu, sd)
     assert torch.allclose(head(x), expected, atol=1e-5)
+
+
+def test_warm_start_from_a_checkpoint_head_keeps_what_it_learnt(tmp_path: Path) -> None:
+    """init_head: phase 1 starts from a checkpoint's head (through the standardised
+    feature space and back, exactly); with a vanishing learning rate nothing moves."""
+    import torch
+    from torch import nn
+
+    from napari_foram.classify.checkpoint import load_checkpoint
+    from napari_foram.training.train import fold_standardisation, unfold_standardisation
+
+    head = nn.Sequential(nn.Flatten(), nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 6)
+    mu, sd = torch.randn(6), torch.rand(6) + 0.5
+    before = head(x)
+    unfold_standardisation(head, mu, sd)
+    torch.testing.assert_close(head((x - mu) / sd), before, rtol=1e-5, atol=1e-5)
+    fold_standardisation(head, mu, sd)
+    torch.testing.assert_close(head(x), before, rtol=1e-5, atol=1e-5)
+
+    data = _crops_in_memory(tmp_path, n_per_class=5)
+    feats, _ = _separable_features(5, 25088, seed=3)
+    first = TrainConfig(
+        backbone_weights="none", standardize_features=True, lr=1e-3, max_epochs=5, patience=5
+    )
+    train_classifier(data, tmp_path / "first.safetensors", first, features=feats)
+    again = TrainConfig(
+        backbone_weights="none",
+        standardize_features=True,
+        lr=1e-12,
+        max_epochs=1,
+        init_head=str(tmp_path / "first.safetensors"),
+    )
+    train_classifier(data, tmp_path / "again.safetensors", again, features=feats)
+    m1, _ = load_checkpoint(tmp_path / "first.safetensors")
+    m2, _ = load_checkpoint(tmp_path / "again.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(m2.head(feats), m1.head(feats), rtol=1e-3, atol=1e-3)
+
+    other = _crops_in_memory(tmp_path / "x", n_per_class=5)
+    other.class_names = ("a", "b", "z")
+    with pytest.raises(ValueError, match="predicts"):
+        train_classifier(other, tmp_path / "bad.safetensors", again, features=feats)

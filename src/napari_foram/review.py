@@ -941,6 +941,7 @@ def fine_tune(
     device: str = "cpu",
     val_fraction: float = DEFAULT_VAL_FRACTION,
     progress: ProgressCallback | None = None,
+    warm_start: bool = True,
 ) -> FineTuneResult:
     """Train a new checkpoint on an ImageFolder of reviewed crops, from the current model.
 
@@ -949,9 +950,10 @@ def fine_tune(
     features of the frozen backbone, Adam, early stopping on validation accuracy), with
     what the base model fixes: its classes *in its order* (``napari-foram train`` sorts
     the class folders, which would reorder the classes and drop empty ones), its head
-    layout and input normalisation, and its backbone. The head is trained afresh on the
-    folder's crops; to keep what the model learnt before, export the reviewed crops into
-    (a copy of) its original training folder. The split keeps `val_fraction` of every
+    layout and input normalisation, and its backbone. With `warm_start` (the default)
+    phase 1 starts from the base model's own head, so training on the reviewed crops
+    adjusts what the model knew instead of starting over; ``warm_start=False`` trains a
+    fresh head. The split keeps `val_fraction` of every
     class for validation and none for testing (score a model on a test set of your own
     with ``napari-foram evaluate``).
 
@@ -973,6 +975,8 @@ def fine_tune(
         ``--device``).
     val_fraction
         Share of every class held out to validate (each class needs at least 2 crops).
+    warm_start
+        Start from the base model's head (True) or from a fresh one (False).
     progress
         ``progress(done, total, message)`` while loading, extracting features, training.
 
@@ -1025,6 +1029,7 @@ def fine_tune(
             lr=lr,
             seed=seed,
             device=device,
+            init_head=str(base) if warm_start and backbone_weights is None else "",
         )
         t0 = time.perf_counter()
         outcome = train_classifier(data, output, config, split=split, progress=progress)

@@ -106,6 +106,11 @@ class TrainConfig:
         across crops and need it; the study's ImageNet recipe did not use it.
     device
         "cpu" (default), "cuda[:i]" or "auto".
+    init_head
+        A checkpoint whose dense head starts phase 1 instead of a fresh one (a warm start:
+        retraining a model on new, e.g. reviewed, crops without forgetting what it knew).
+        Its classes, in order, and its head layout must be those being trained. "" (the
+        default): a fresh head from `seed`.
     """
 
     backbone_weights: str = "imagenet"
@@ -125,6 +130,7 @@ class TrainConfig:
     imagenet_normalize: bool = False
     standardize_features: bool = False
     device: str = "cpu"
+    init_head: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_units", tuple(int(u) for u in self.hidden_units))
@@ -266,6 +272,8 @@ def _fresh_model(
             len(class_names), hidden_units=config.hidden_units, dropout=config.dropout
         )
     model.conv.load_state_dict(base.conv.state_dict())
+    if config.init_head:
+        _load_head(model, config.init_head, class_names)
     info = ModelInfo.for_model(
         model,
         tuple(class_names),
@@ -274,6 +282,23 @@ def _fresh_model(
         imagenet_normalize=config.imagenet_normalize,
     )
     return model.eval(), info
+
+
+def _load_head(model: FORAMNet, path: str, class_names: Sequence[str]) -> None:
+    """Copy the dense head of checkpoint `path` into `model` (same classes and layout)."""
+    from napari_foram.classify.checkpoint import load_checkpoint
+
+    source, info = load_checkpoint(path, device="cpu")
+    if tuple(info.class_names) != tuple(class_names):
+        raise ValueError(
+            f"init_head {path} predicts {list(info.class_names)}, not {list(class_names)}"
+        )
+    theirs, ours = source.head.state_dict(), model.head.state_dict()
+    if {k: tuple(v.shape) for k, v in theirs.items()} != {
+        k: tuple(v.shape) for k, v in ours.items()
+    }:
+        raise ValueError(f"init_head {path} has another head layout than the one trained")
+    model.head.load_state_dict(theirs)
 
 
 def build_base_model(
@@ -373,6 +398,17 @@ def fold_standardisation(head: nn.Sequential, mu: torch.Tensor, sd: torch.Tensor
         first.weight.copy_(w)
 
 
+def unfold_standardisation(head: nn.Sequential, mu: torch.Tensor, sd: torch.Tensor) -> None:
+    """The inverse of `fold_standardisation`: make a head that takes raw features x take
+    (x - mu) / sd instead, computing the same function (exact, in place)."""
+    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
+    with torch.no_grad():
+        w = first.weight.clone()
+        first.weight.mul_(sd.to(first.weight)[None, :])
+        if first.bias is not None:
+            first.bias.add_(w @ mu.to(first.weight))
+
+
 def train_head(
     head: nn.Sequential,
     features: torch.Tensor,
@@ -402,6 +438,10 @@ def train_head(
         mu = x[tr].mean(0)
         sd = x[tr].std(0) + 1e-6
         x = (x - mu) / sd
+        if config.init_head:
+            # A warm-started head takes raw features: bring it to the standardised ones
+            # it trains on here (folded back at the end, so nothing is lost either way).
+            unfold_standardisation(head, mu.cpu(), sd.cpu())
     va = torch.from_numpy(np.asarray(val_idx, dtype=np.int64)).to(device)
     head.to(device)
     optimiser = make_optimizer(config.optimizer, head.parameters(), config.lr)
