@@ -493,3 +493,151 @@ def test_importing_acquire_does_not_import_pymmcore_plus():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------ bit depth
+def _digitised(window: np.ndarray, bits: int, gain: float = 1.0) -> np.ndarray:
+    """What a noise-free `bits`-bit camera makes of an 8-bit world window: the same
+    float32 steps as `SimulatedMicroscope.snap_into`, so the comparison can be exact."""
+    top = 2**bits - 1
+    signal = window.astype(np.float32) * np.float32(gain) * np.float32(top / 255.0)
+    return np.clip(signal + np.float32(0.5), 0, top).astype(np.uint16)
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14, 16])
+def test_bit_depth_frames_are_the_8_bit_content_digitised_finer(make_core, world, bits):
+    from napari_foram.acquire import camera_bit_depth
+    from napari_foram.frames import to_uint8
+
+    top = 2**bits - 1
+    core = make_core(world, bit_depth=bits)
+    eight = make_core(world)
+    assert camera_bit_depth(core) == bits and camera_bit_depth(eight) == 8
+    # UniMMCore reports the container (2 bytes, 16 bits); the PixelFormat property the
+    # significant bits, which is what camera_bit_depth reads.
+    assert core.getBytesPerPixel() == 2 and core.getProperty("Camera", "PixelFormat") == (
+        f"RGB{bits}"
+    )
+    r, c, _, _ = DISCS[1]
+    for c_ in (core, eight):
+        c_.setXYPosition(c * PX_UM, r * PX_UM)  # a bright disc in the field
+    frame, frame8 = snap_frame(core), snap_frame(eight)
+    assert frame.image.dtype == np.uint16 and frame.image.shape == (*CAM, 3)
+    assert frame.metadata["bit_depth"] == bits and frame8.metadata["bit_depth"] == 8
+    window = world_window(world, frame.stage_xy_um, CAM, PX_UM)
+    np.testing.assert_array_equal(frame.image, _digitised(window, bits))
+    np.testing.assert_array_equal(to_uint8(frame.image, bits), frame8.image)
+    # Saturation at the top of the range, as at 255 for 8 bits.
+    core.setExposure(20.0)
+    double = snap_frame(core).image
+    assert int(double.max()) == top
+    np.testing.assert_array_equal(double, _digitised(window, bits, gain=2.0))
+    # Scans carry the depth too, read once per run.
+    frames: list[Frame] = []
+    assert run_scan(core, tray_scan_sequence(core, rows=1, cols=2), frames.append).ok
+    assert [f.metadata["bit_depth"] for f in frames] == [bits, bits]
+    assert all(f.image.dtype == np.uint16 and int(f.image.max()) <= top for f in frames)
+
+
+def test_bit_depth_noise_and_grey_frames(make_core, world):
+    from napari_foram.frames import to_uint8
+
+    # The same seeded sensor at 8 and 16 bits: the same noisy picture, digitised finer.
+    noisy8 = snap_frame(make_core(world, noise=True, seed=5)).image
+    noisy16 = snap_frame(make_core(world, noise=True, seed=5, bit_depth=16)).image
+    diff = to_uint8(noisy16, 16).astype(int) - noisy8
+    assert np.abs(diff).max() <= 1 and abs(diff.mean()) < 0.05
+    clean16 = snap_frame(make_core(world, bit_depth=16)).image.astype(float)
+    noise8 = (noisy8 - snap_frame(make_core(world)).image.astype(float)).std()
+    assert (noisy16 - clean16).std() == pytest.approx(257 * noise8, rel=0.05)
+    # A grey world gives grey 12-bit frames: "Mono12".
+    grey = make_core(world[..., 1].copy(), bit_depth=12)
+    frame = snap_frame(grey)
+    assert frame.image.shape == CAM and frame.image.dtype == np.uint16
+    assert grey.getProperty("Camera", "PixelFormat") == "Mono12"
+    assert frame.metadata["bit_depth"] == 12
+
+
+def test_live_stream_frames_carry_the_bit_depth(make_core, world):
+    core = make_core(world, bit_depth=14, simulate_exposure_time=True, exposure_ms=5.0)
+    frames: list[Frame] = []
+    with LiveStream(core, frames.append) as live:
+        deadline = time.monotonic() + 5.0
+        while live.frames_delivered < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(frames) >= 2
+    assert all(f.image.dtype == np.uint16 and f.metadata["bit_depth"] == 14 for f in frames)
+
+
+def test_dim_16_bit_frame_is_not_stretched(make_core, world):
+    """The scaling; that the pipeline's detector uses it: tests/test_live.py."""
+    from napari_foram.frames import to_uint8
+
+    # A quarter of the nominal exposure: the data fit in 14 bits, and guessing the depth
+    # from them would brighten the frame four times. The camera's depth keeps it dim.
+    dim16 = make_core(world, bit_depth=16, exposure_ms=10.0)
+    dim8 = make_core(world, exposure_ms=10.0)
+    for core in (dim16, dim8):
+        core.setExposure(2.5)
+    frame, frame8 = snap_frame(dim16), snap_frame(dim8)
+    assert int(frame.image.max()) < 2**14
+    bits = frame.metadata["bit_depth"]
+    assert np.abs(to_uint8(frame.image, bits).astype(int) - frame8.image).max() <= 1
+    assert to_uint8(frame.image).max() > 2 * int(frame8.image.max())  # what guessing does
+
+
+def test_bad_bit_depth_and_stage_fault_settings_are_valueerror(world):
+    for bits in (0, 9, 32, True):
+        with pytest.raises(ValueError, match="bit_depth"):
+            SimulatedMicroscope(world=world, pixel_size_um=1.0, bit_depth=bits)
+    with pytest.raises(ValueError, match="fail_after_moves"):
+        SimulatedMicroscope(world=world, pixel_size_um=1.0, fail_after_moves=-1)
+    scope = SimulatedMicroscope(world=world, pixel_size_um=1.0, camera_shape=CAM, bit_depth=12)
+    with pytest.raises(ValueError, match="uint16"):
+        scope.snap_into(np.empty((*CAM, 3), np.uint8))
+
+
+# --------------------------------------------------------------- stage failure
+def test_simulated_stage_fails_after_n_moves_and_stays_put(world):
+    from napari_foram.acquire import SimulatedStageError
+
+    scope = SimulatedMicroscope(world=world, pixel_size_um=PX_UM, fail_after_moves=2)
+    scope.move_to(10.0, 20.0)
+    scope.move_to(30.0, 40.0)
+    with pytest.raises(SimulatedStageError, match="after 2 moves"):
+        scope.move_to(50.0, 60.0)
+    assert scope.stage_xy_um == (30.0, 40.0) and scope.moves_made == 2
+    scope.move_z_to(5.0)  # the focus drive is another device: unaffected
+    assert scope.z_um == 5.0
+
+
+@pytest.mark.parametrize("hardware_sequencing", [False, True])
+def test_stage_failure_mid_scan_stops_with_one_line_and_keeps_frames(
+    make_core, world, hardware_sequencing
+):
+    clean: list[Frame] = []
+    core = make_core(world)
+    run_scan(core, tray_scan_sequence(core, rows=3, cols=4), clean.append)
+
+    # Placing the stage at the start is not a move: the first 5 fields are imaged.
+    core = make_core(world, fail_after_moves=5)
+    frames: list[Frame] = []
+    t0 = time.perf_counter()
+    result = run_scan(
+        core,
+        tray_scan_sequence(core, rows=3, cols=4),
+        frames.append,
+        hardware_sequencing=hardware_sequencing,
+    )
+    assert time.perf_counter() - t0 < 5.0  # no hang
+    assert result.frames_delivered == 5 and result.frames_failed == 0
+    assert not result.ok and not result.cancelled
+    assert result.error is not None and "\n" not in result.error
+    assert "simulated stage failure" in result.error and "5 of 12" in result.error
+    for got, want in zip(frames, clean[:5], strict=True):
+        assert got.stage_xy_um == pytest.approx(want.stage_xy_um)
+        np.testing.assert_array_equal(got.image, want.image)
+    # The field the stage never reached was not imaged from the wrong place.
+    scope = simulated_microscope(core)
+    assert scope is not None and scope.frames_snapped == 5
+    assert not core.mda.is_running()

@@ -217,3 +217,153 @@ def test_live_command_headless_scans_and_resumes(tmp_path):
     assert second["specimens_before"] == second["specimens"] == first["specimens"]
     assert main(["live", "--headless", "--mode", "blink"]) == 2
     assert main(["live", "--headless", "--config", str(tmp_path / "missing.cfg")]) == 1
+
+
+# ------------------------------------------------------------------ bit depth
+def _grid_scan(predictor, bit_depth):
+    """Scan the GRID tray with a `bit_depth` camera; what was counted, and where."""
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+
+    world = make_demo_world(11, GRID)
+    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1, bit_depth=bit_depth)
+    pipeline = CountingPipeline(predictor, mc_samples=1)
+    results: list = []
+    report = CountingSession(pipeline).scan(
+        tray.core, tray.grid_sequence(2, 2, 0.4), on_result=results.append
+    )
+    assert report.error is None and report.frames_processed == 4
+    return {
+        "world": world,
+        "counted": pipeline.specimens_counted,
+        "per_frame": [(len(r.new_rows), len(r.duplicate_rows)) for r in results],
+        "xy": np.concatenate([r.sample_xy_um[r.new_rows] for r in results]),
+        "frames": [r.frame for r in results[:4]],
+    }
+
+
+@pytest.fixture(scope="module")
+def eight_bit_grid_scan(random_predictor):
+    """The 8-bit scan the deeper cameras must reproduce (run once for the module)."""
+    return _grid_scan(random_predictor, 8)
+
+
+@pytest.mark.parametrize("bit_depth", [12, 16])
+def test_tray_scan_counts_the_same_specimens_at_every_bit_depth(
+    predictor, eight_bit_grid_scan, bit_depth
+):
+    deep = _grid_scan(predictor, bit_depth)
+    base = eight_bit_grid_scan
+    for frame in deep["frames"]:
+        assert frame.image.dtype == np.uint16 and frame.metadata["bit_depth"] == bit_depth
+        assert int(frame.image.max()) <= 2**bit_depth - 1
+    assert deep["counted"] == base["counted"] == len(_whole_truth(base["world"]))
+    assert deep["per_frame"] == base["per_frame"]
+    px = base["world"].pixel_size_um
+    np.testing.assert_allclose(deep["xy"], base["xy"], atol=px)  # the same specimens
+
+
+def test_dim_16_bit_frame_is_detected_as_dim_by_the_pipeline(predictor):
+    from napari_foram.acquire import snap_frame
+    from napari_foram.detect import detect
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import SimulatedTray
+
+    world = make_demo_world(5, FIELD)
+    results = {}
+    for bits in (8, 16):
+        tray = SimulatedTray(world, camera_shape=FIELD.camera_shape, noise=False, bit_depth=bits)
+        tray.core.setExposure(2.0)  # a fifth of the nominal 10 ms: the data fit 14 bits
+        frame = snap_frame(tray.core)
+        results[bits] = CountingPipeline(predictor, mc_samples=1).process(frame)
+    dim8, dim16 = results[8], results[16]
+    assert int(dim16.frame.image.max()) < 2**14
+    # Dim for the detector too (it may miss faint ones), but dim alike at both depths.
+    assert len(dim16.new_rows) == len(dim8.new_rows) > 0
+    np.testing.assert_allclose(dim16.detections.centroid, dim8.detections.centroid, atol=0.5)
+    # The crops the classifier saw are as dim as the 8-bit camera's ...
+    crops16 = dim16.detections.crops.astype(int)
+    assert np.abs(crops16 - dim8.detections.crops).max() <= 1
+    # ... where guessing the depth from the data would have brightened them four times.
+    guessed = detect(dim16.frame.image, crops=True)
+    assert guessed.crops.mean() > 2 * crops16.mean()
+
+
+def test_simulated_scope_mono_12_bit_counts_ground_truth(predictor, tmp_path):
+    from napari_foram.live import LiveCounter, SimulatedScope
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    scope = SimulatedScope(
+        seed=11,
+        camera_shape=GRID.camera_shape,
+        rows=2,
+        cols=2,
+        overlap=0.4,
+        specimens=8,
+        touching_pairs=0,
+        bit_depth=12,
+        mono=True,
+    )
+    store = TallyStore.create(tmp_path / "m.zarr", classes=CLASSES)
+    counter = LiveCounter(predictor, store, mc_samples=1)
+    counter.connect_simulated(scope)
+    assert counter.frame_shape() == GRID.camera_shape  # one component: grey
+    assert counter.microscope_info["bit_depth"] == 12
+    assert counter.microscope_info["colour"] == "mono"
+    rgb = make_demo_world(11, GRID).image.astype(float)
+    assert counter.tray is not None
+    luma = rgb @ [0.299, 0.587, 0.114]
+    assert np.abs(counter.tray.world.image - luma).max() <= 0.51
+    counter.start_sample(SampleRecord("M1"))
+    frames: list = []
+    report = counter.scan(2, 2, 0.4, on_result=lambda r: frames.append(r.frame))
+    assert report.error is None
+    assert all(f.image.dtype == np.uint16 and f.image.ndim == 2 for f in frames[:4])
+    assert all(f.metadata["bit_depth"] == 12 for f in frames[:4])
+    assert counter.progress()[0] == len(_whole_truth(counter.tray.world))
+    counter.close()
+
+
+def test_live_command_accepts_bit_depth_and_mono(capsys):
+    from napari_foram.cli import main
+
+    # Checked before any model loads: the options parse, then --mode is refused.
+    assert main(["live", "--headless", "--bit-depth", "12", "--mono", "--mode", "blink"]) == 2
+    assert "--mode" in capsys.readouterr().err
+    assert main(["live", "--headless", "--bit-depth", "20"]) == 2
+    assert "bit-depth" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- stage failure
+def test_stage_failure_mid_scan_then_resume_gives_ground_truth(predictor, tmp_path):
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    world = make_demo_world(11, GRID)
+    path = tmp_path / "scan.zarr"
+    store = TallyStore.create(path, classes=CLASSES)
+    store.add_sample(SampleRecord("S1"))
+    failing = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1, fail_after_moves=2)
+    pipeline = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+    t0 = time.perf_counter()
+    report = CountingSession(pipeline).scan(failing.core, failing.grid_sequence(2, 2, 0.4))
+    assert time.perf_counter() - t0 < 30  # stopped, not hung
+    assert report.error and "\n" not in report.error
+    assert "simulated stage failure" in report.error and report.frames_processed == 2
+    committed = store.n_specimens("S1")
+    assert committed == pipeline.specimens_counted == int(store.counts("S1").sum())
+    assert committed < len(_whole_truth(world))  # fields are missing: a partial count
+    store.close()
+
+    # The stage is fixed: reopen the store and scan again; nothing is counted twice.
+    store = TallyStore.open(path, mode="a")
+    assert store.n_specimens("S1") == committed
+    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1)
+    resumed = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+    assert resumed.specimens_resumed == committed
+    report = CountingSession(resumed).scan(tray.core, tray.grid_sequence(2, 2, 0.4))
+    assert report.error is None
+    assert store.n_specimens("S1") == len(_whole_truth(world))
+    assert int(store.counts("S1").sum()) == len(_whole_truth(world))
+    store.close()

@@ -143,6 +143,17 @@ def live(
     mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Simulated tray seed.")] = 7,
+    bit_depth: Annotated[
+        int,
+        typer.Option(
+            min=8,
+            max=16,
+            help="Simulated camera bit depth: 8 (uint8 frames) or 10, 12, 14, 16 (uint16).",
+        ),
+    ] = 8,
+    mono: Annotated[
+        bool, typer.Option("--mono", help="Simulated monochrome camera (the tray's luma).")
+    ] = False,
     headless: Annotated[
         bool, typer.Option("--headless", help="No window: run, then print the tally as JSON.")
     ] = False,
@@ -182,7 +193,13 @@ def live(
         else:
             counter.connect_simulated(
                 SimulatedScope(
-                    seed=seed, rows=rows, cols=cols, overlap=overlap, thick_specimens=z_planes > 1
+                    seed=seed,
+                    rows=rows,
+                    cols=cols,
+                    overlap=overlap,
+                    thick_specimens=z_planes > 1,
+                    bit_depth=bit_depth,
+                    mono=mono,
                 )
             )
         held = counter.start_sample(SampleRecord(sample_id))

@@ -453,6 +453,7 @@ def detect(
     pixel_size_um: float | None = None,
     crops: bool = True,
     masks: bool = False,
+    bit_depth: int | None = None,
     **overrides: Any,
 ) -> Detections:
     """Find specimens in one frame and cut a crop around each.
@@ -467,6 +468,10 @@ def detect(
         Micrometres per pixel, used when `params.min_area_um2` is set.
     crops, masks
         Cut (S, S, 3) crops / (S, S) object masks at full resolution.
+    bit_depth
+        Significant bits of integer data wider than 8 bits, when the camera says
+        (`frames.to_uint8`): a dim frame then stays dim. None: the smallest common
+        camera depth that holds the data.
 
     Returns
     -------
@@ -491,7 +496,7 @@ def detect(
     params = params or DetectionParams()
     if overrides:
         params = replace(params, **overrides)
-    img = to_uint8(image)
+    img = to_uint8(image, bit_depth)
     height, width = img.shape[:2]
     min_area = params.effective_min_area_px(pixel_size_um)
     scale = params.work_scale or auto_work_scale(img.shape, min_area)

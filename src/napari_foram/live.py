@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,11 @@ DEFAULT_TARGET_COUNT = 300
 
 @dataclass(frozen=True)
 class SimulatedScope:
-    """Settings of the built-in simulated microscope: a synthetic tray on a stage."""
+    """Settings of the built-in simulated microscope: a synthetic tray on a stage.
+
+    `bit_depth` is the camera's (8: uint8 frames; 10, 12, 14, 16: uint16 frames) and
+    `mono` gives a monochrome camera, which sees the tray's luma.
+    """
 
     seed: int = 7
     camera_shape: tuple[int, int] = (972, 1296)
@@ -42,6 +46,8 @@ class SimulatedScope:
     specimens: int = 45
     touching_pairs: int = 2
     thick_specimens: bool = False  # depth-dependent blur, for focus stacking
+    bit_depth: int = 8
+    mono: bool = False
 
 
 class LiveCounter:
@@ -104,11 +110,17 @@ class LiveCounter:
             touching_pairs=scope.touching_pairs,
         )
         world = make_demo_world(scope.seed, plan)
+        if scope.mono:
+            # A monochrome camera records luminance: ITU-R BT.601 luma of the RGB tray.
+            luma = world.image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            grey = np.clip(luma + 0.5, 0, 255).astype(np.uint8)
+            world = replace(world, image=grey)
         self.tray = SimulatedTray(
             world,
             camera_shape=scope.camera_shape,
             seed=scope.seed,
             thick_specimens=scope.thick_specimens,
+            bit_depth=scope.bit_depth,
         )
         self.core = self.tray.core
         self.microscope_info = self.tray.describe()

@@ -239,7 +239,12 @@ class CountingPipeline:
         staged = []
         for frame in frames:
             t0 = time.perf_counter()
-            det = detect(frame.image, self.detection, pixel_size_um=frame.pixel_size_um)
+            det = detect(
+                frame.image,
+                self.detection,
+                pixel_size_um=frame.pixel_size_um,
+                bit_depth=_frame_bit_depth(frame),
+            )
             t1 = time.perf_counter()
             xy, new_rows, new_of, dup_rows, dup_of = self._deduplicate(frame, det)
             better, better_of = self._better_views(det, dup_rows, dup_of)
@@ -515,6 +520,24 @@ def specimen_columns(
         "vote_fraction": pred.vote_fraction,
         "crops": det.crops[rows],
     }
+
+
+def _frame_bit_depth(frame: Frame) -> int | None:
+    """The camera's significant bits (``frame.metadata["bit_depth"]``) when they fit the
+    pixels, else None (`detect` then picks the smallest common depth holding the data).
+
+    Checked, not trusted: a depth the data exceeds (a misconfigured camera) would
+    saturate every bright pixel, which the automatic choice never does.
+    """
+    bits = frame.metadata.get("bit_depth")
+    image = frame.image
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        return None
+    if not np.issubdtype(image.dtype, np.integer) or not 1 <= bits <= 8 * image.itemsize:
+        return None
+    if image.size and int(image.max()) > 2 ** int(bits) - 1:
+        return None
+    return int(bits)
 
 
 def view_sharpness(crop: np.ndarray) -> float:

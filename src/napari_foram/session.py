@@ -329,6 +329,15 @@ class SimulatedTray:
         Sensor size (rows, cols).
     seed
         Seed of the camera noise.
+    noise
+        Shot and read noise on or off.
+    fail_after_frames, fail_after_moves
+        Fault injection: the camera fails after that many frames, the XY stage after
+        that many moves (None: never).
+    thick_specimens
+        Give each specimen its own height, so that one focal plane leaves some blurred.
+    bit_depth
+        Camera bit depth: 8 (uint8 frames) or 10, 12, 14, 16 (uint16 frames).
     """
 
     def __init__(
@@ -339,7 +348,9 @@ class SimulatedTray:
         seed: int = 0,
         noise: bool = True,
         fail_after_frames: int | None = None,
+        fail_after_moves: int | None = None,
         thick_specimens: bool = False,
+        bit_depth: int = 8,
     ) -> None:
         from napari_foram.acquire import create_simulated_core
         from napari_foram.acquire.simulated import height_map_from_labels
@@ -347,6 +358,7 @@ class SimulatedTray:
         self.world = world
         self.camera_shape = camera_shape
         self.pixel_size_um = world.pixel_size_um
+        self.bit_depth = bit_depth
         self.core = create_simulated_core(
             world.image,
             world.pixel_size_um,
@@ -354,6 +366,8 @@ class SimulatedTray:
             noise=noise,
             seed=seed,
             fail_after_frames=fail_after_frames,
+            fail_after_moves=fail_after_moves,
+            bit_depth=bit_depth,
             # Thick specimens: each a dome of its own height, so that one focal plane
             # leaves some blurred (what focus stacking is for).
             height_map=(
@@ -403,6 +417,8 @@ class SimulatedTray:
         return {
             "microscope": "napari-foram simulated microscope",
             "camera_shape": list(self.camera_shape),
+            "bit_depth": self.bit_depth,
+            "colour": "mono" if self.world.image.ndim == 2 else "rgb",
             "pixel_size_um": self.pixel_size_um,
             "synthetic_seed": self.world.seed,
         }

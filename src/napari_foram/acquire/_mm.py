@@ -14,13 +14,17 @@ pymmcore-plus / useq APIs used
   ``mda.run``, ``mda.cancel``, ``mda.is_running``, ``mda.set_engine``, ``mda.events``.
 * ``pymmcore_plus.mda.mda_listeners_connected(..., asynchronous=False)``: frameReady
   handled synchronously in the MDA thread.
-* ``pymmcore_plus.mda.MDAEngine``: subclassed (``exec_single_event``) so that a failed
-  snap is reported instead of only logged.
+* ``pymmcore_plus.mda.MDAEngine``: subclassed (``exec_single_event``, ``setup_event``)
+  so that a failed snap or a failed stage move is reported instead of only logged.
+* ``CMMCorePlus.getImageBitDepth``, ``hasProperty``, ``getProperty`` and
+  ``pymmcore_plus.PixelFormat``: the camera's significant bits (`camera_bit_depth`).
 * ``pymmcore_plus.experimental.unicore``: ``UniMMCore`` (``loadPyDevice``,
   ``initializeDevice``, ``setCameraDevice``, ``setXYStageDevice``, ``setFocusDevice``,
   ``setShutterDevice``, ``definePixelSizeConfig``, ``setPixelSizeUm``,
   ``setPixelSizeConfig``) and the device base classes ``SimpleCameraDevice``,
-  ``XYStageDevice``, ``StageDevice``, ``ShutterDevice``.
+  ``XYStageDevice``, ``StageDevice``, ``ShutterDevice``. A Python camera's dtype sets
+  ``getBytesPerPixel`` and ``getImageBitDepth`` (always 8 x bytes); its significant bits
+  go in the standard "PixelFormat" property (``get_pixel_format``).
 * ``CMMCorePlus.getFocusDevice`` / ``getZPosition`` (centre of a z-stack).
 * ``pymmcore.CMMCore.registerCallback`` (at interpreter exit, see `_release_at_exit`).
 * ``useq``: ``MDASequence``, ``GridRowsColumns``, ``GridFromEdges``, ``AbsolutePosition``,
@@ -45,6 +49,7 @@ import atexit
 import logging
 import math
 import os
+import re
 import threading
 import time
 import weakref
@@ -63,7 +68,7 @@ os.environ.setdefault("PYMM_LOG_LEVEL", "CRITICAL")
 
 import pymmcore
 import useq
-from pymmcore_plus import CMMCorePlus
+from pymmcore_plus import CMMCorePlus, PixelFormat
 from pymmcore_plus.experimental.unicore import (
     ShutterDevice,
     SimpleCameraDevice,
@@ -84,6 +89,7 @@ __all__ = [
     "SimulatedShutter",
     "SimulatedXYStage",
     "SimulatedZStage",
+    "camera_bit_depth",
     "cancel_scan",
     "create_simulated_core",
     "load_config_core",
@@ -150,7 +156,13 @@ def _track_core(core: CMMCorePlus) -> None:
 
 # ------------------------------------------------------------------ simulated devices
 class SimulatedCamera(SimpleCameraDevice):
-    """RGB (or grey) uint8 camera that images the `SimulatedMicroscope`'s world."""
+    """RGB (or grey) camera that images the `SimulatedMicroscope`'s world.
+
+    Frames are uint8 at 8 bits, uint16 at 10-16 bits. UniMMCore derives
+    ``getImageBitDepth`` from the dtype alone (16 for any uint16 camera), so the
+    significant bits are also published as the standard read-only "PixelFormat"
+    property ("RGB12", "Mono16", ...), which `camera_bit_depth` reads.
+    """
 
     def __init__(self, microscope: SimulatedMicroscope) -> None:
         super().__init__()
@@ -160,7 +172,11 @@ class SimulatedCamera(SimpleCameraDevice):
         return self._scope.frame_shape
 
     def dtype(self) -> Any:
-        return np.uint8
+        return self._scope.dtype
+
+    def get_pixel_format(self) -> PixelFormat:
+        components = 3 if len(self._scope.frame_shape) == 3 else 1
+        return PixelFormat.pick(self._scope.bit_depth, components)
 
     def get_exposure(self) -> float:
         return self._scope.exposure_ms
@@ -270,6 +286,8 @@ def create_simulated_core(
     noise: bool = True,
     seed: int = 0,
     fail_after_frames: int | None = None,
+    fail_after_moves: int | None = None,
+    bit_depth: int = 8,
     start_xy_um: tuple[float, float] | None = None,
     simulate_exposure_time: bool = True,
     height_map: np.ndarray | None = None,
@@ -295,6 +313,12 @@ def create_simulated_core(
         Seeded shot and read noise on or off.
     fail_after_frames
         Fault injection: snaps after the first `fail_after_frames` raise.
+    fail_after_moves
+        Fault injection: XY stage moves after the first `fail_after_moves` raise (placing
+        the stage at `start_xy_um` here is not a move).
+    bit_depth
+        Significant bits of the camera: 8 (uint8 frames) or 10, 12, 14, 16 (uint16
+        frames); reported through the "PixelFormat" property (see `camera_bit_depth`).
     start_xy_um
         Initial stage position; default: the centre of the world.
     simulate_exposure_time
@@ -325,11 +349,17 @@ def create_simulated_core(
         noise=noise,
         seed=seed,
         fail_after_frames=fail_after_frames,
+        fail_after_moves=fail_after_moves,
+        bit_depth=bit_depth,
         simulate_exposure_time=simulate_exposure_time,
         height_um=height_map,
         blur_per_um=float(blur_per_um),
     )
-    scope.move_to(*(scope.world_center_um if start_xy_um is None else start_xy_um))
+    # Placed, not moved: fault injection counts the moves a scan makes.
+    start = scope.world_center_um if start_xy_um is None else start_xy_um
+    scope.stage_xy_um = (float(start[0]), float(start[1]))
+    if not all(math.isfinite(v) for v in scope.stage_xy_um):
+        raise ValueError(f"start_xy_um must be finite, got {start_xy_um!r}")
     if start_z_um is None:
         start_z_um = 0.5 * float(scope.height_um.max()) if scope.height_um is not None else 0.0
     scope.move_z_to(start_z_um)
@@ -393,6 +423,32 @@ def _source(core: CMMCorePlus) -> str:
     return "simulated" if core in _SCOPES else "micro-manager"
 
 
+def camera_bit_depth(core: CMMCorePlus) -> int | None:
+    """Significant bits per pixel (per colour component) of the core's camera, or None.
+
+    A C++ camera adapter reports them through ``getImageBitDepth`` (12 for a 12-bit
+    camera delivering uint16). A Python camera on a UniMMCore cannot: there the value is
+    8 x the bytes of its dtype, and the significant bits are in the GenICam-style
+    "PixelFormat" property ("Mono12", "RGB14", ...) when the camera has one. The smaller
+    of the two wins; a property value that is not such a name ("Mono12p", "BayerRG8")
+    is ignored. Read it once per acquisition, not per frame: it is a device call.
+    """
+    try:
+        camera = core.getCameraDevice()
+        if not camera:
+            return None
+        bits = int(core.getImageBitDepth())
+        if core.hasProperty(camera, "PixelFormat"):
+            raw = core.getProperty(camera, "PixelFormat")
+            # A Python device returns the PixelFormat enum, a C++ one its string.
+            match = re.fullmatch(r"(?:Mono|RGB)(\d+)", str(getattr(raw, "value", raw)))
+            if match is not None and 0 < int(match.group(1)) < bits:
+                bits = int(match.group(1))
+    except Exception:  # no camera loaded, or an adapter that cannot answer: unknown
+        return None
+    return bits if bits > 0 else None
+
+
 def _stage_xy_or_none(core: CMMCorePlus) -> tuple[float, float] | None:
     if not core.getXYStageDevice():
         return None
@@ -436,7 +492,11 @@ def snap_frame(core: CMMCorePlus, *, index: int = 0) -> Frame:
         pixel_size_um=_pixel_size_or_none(core),
         timestamp=time.time(),
         source=_source(core),
-        metadata={"exposure_ms": float(core.getExposure()), "camera": core.getCameraDevice()},
+        metadata={
+            "exposure_ms": float(core.getExposure()),
+            "camera": core.getCameraDevice(),
+            "bit_depth": camera_bit_depth(core),
+        },
     )
 
 
@@ -626,7 +686,8 @@ def _caught_warnings() -> Iterator[_WarningCatcher]:
 
 
 class _ScanEngine(MDAEngine):
-    """MDAEngine that reports failed snaps and stops after `max_failed_frames` of them.
+    """MDAEngine that reports failed snaps and stops after `max_failed_frames` of them,
+    and stops at once when moving to a field fails.
 
     Per-event snaps by default (no hardware sequencing): the stage moves between all tray
     fields anyway, and one snap per event lets a camera failure stop the scan at once.
@@ -640,6 +701,26 @@ class _ScanEngine(MDAEngine):
         super().__init__(core, use_hardware_sequencing=hardware_sequencing)
         self.max_failed_frames = max_failed_frames
         self.failures: list[str] = []
+        self.setup_failure: str | None = None
+
+    def setup_event(self, event: useq.MDAEvent) -> None:
+        """Set up the field like MDAEngine, but raise when that fails.
+
+        MDAEngine 0.18 only logs "Failed to set XY position. <reason>" (channel,
+        exposure, properties alike) and snaps anyway, which would image the previous
+        field again under the new field's index; a z move that fails raises. Either way
+        the field is not the one planned, so the scan stops here with the reason.
+        """
+        with _caught_warnings() as caught:
+            try:
+                super().setup_event(event)
+            except Exception as exc:
+                self.setup_failure = _one_line(exc)
+                raise AcquisitionError(self.setup_failure) from exc
+        failed = [m for m in caught.messages if m.startswith("Failed to set")]
+        if failed:
+            self.setup_failure = failed[0]
+            raise AcquisitionError(self.setup_failure)
 
     def exec_single_event(self, event: useq.MDAEvent) -> Iterator[Any]:
         payloads = super().exec_single_event(event)
@@ -675,6 +756,7 @@ class _FrameHandler:
         self.ordinal: dict[int, int] = {}
         self.handler_error: str | None = None
         self.pixel_size_um = _pixel_size_or_none(core)
+        self.bit_depth = camera_bit_depth(core)  # once per run: a device call
         self.source = _source(core)
 
     def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping) -> None:
@@ -708,6 +790,7 @@ class _FrameHandler:
                     "event_xy_um": (event.x_pos, event.y_pos),
                     "camera": meta.get("camera_device", ""),
                     "runner_time_ms": meta.get("runner_time_ms"),
+                    "bit_depth": self.bit_depth,
                 },
             )
             self.on_frame(frame)
@@ -754,7 +837,9 @@ def run_scan(
     -------
     ScanResult
         Frames delivered before any failure stay delivered; ``error`` says in one line why
-        the scan stopped early.
+        the scan stopped early: a camera that failed more than `max_failed_frames` times,
+        a stage (or other field setup) that failed -- the scan stops at that field, never
+        images it from the wrong place -- or a failing `on_frame`.
 
     Raises
     ------
@@ -791,7 +876,13 @@ def run_scan(
     if handler.handler_error is not None:
         error = handler.handler_error
     delivered, failed = handler.delivered, len(engine.failures)
-    if handler.handler_error is None and failed:
+    if handler.handler_error is None and engine.setup_failure is not None:
+        # It stopped the scan, whatever camera failures were tolerated before it.
+        error = (
+            f"setting up the next field failed, {delivered} of {total} frames delivered: "
+            f"{engine.setup_failure}"
+        )
+    elif handler.handler_error is None and failed:
         # The camera error itself when it stopped the scan, else the first of those skipped.
         why = error if error is not None else engine.failures[0]
         error = f"camera failed {failed} time(s), {delivered} of {total} frames delivered: {why}"
@@ -853,6 +944,7 @@ class LiveStream:
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._bit_depth: int | None = None
 
     def start(self) -> None:
         """Start the camera streaming and the delivering thread."""
@@ -861,13 +953,16 @@ class LiveStream:
         if self.core.mda.is_running():
             raise ValueError("an acquisition is running on this core; stop it first")
         self._stop.clear()
+        # Before streaming starts, on the caller's thread: a property read is a device
+        # call, which the camera thread should not have to share.
+        self._bit_depth = camera_bit_depth(self.core)
         self.core.startContinuousSequenceAcquisition(0)
         self._thread = threading.Thread(target=self._loop, name="napari-foram-live", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         core = self.core
-        px, source = _pixel_size_or_none(core), _source(core)
+        px, source, bit_depth = _pixel_size_or_none(core), _source(core), self._bit_depth
         try:
             while not self._stop.is_set():
                 if core.getRemainingImageCount() > 0:
@@ -880,7 +975,11 @@ class LiveStream:
                         pixel_size_um=px,
                         timestamp=time.time(),
                         source=source,
-                        metadata={"exposure_ms": float(core.getExposure()), "live": True},
+                        metadata={
+                            "exposure_ms": float(core.getExposure()),
+                            "live": True,
+                            "bit_depth": bit_depth,
+                        },
                     )
                     self.on_frame(frame)
                     self.frames_delivered += 1

@@ -51,9 +51,11 @@ if TYPE_CHECKING:
     from napari_foram.synthetic import SpecimenTruth
 
 __all__ = [
+    "BIT_DEPTHS",
     "DEFAULT_BLUR_PER_UM",
     "SimulatedCameraError",
     "SimulatedMicroscope",
+    "SimulatedStageError",
     "defocus_blur",
     "height_map_from_labels",
     "stage_xy_for_window",
@@ -79,8 +81,17 @@ DEFAULT_BLUR_PER_UM = 0.05
 _MAX_PYRAMID_LEVELS = 7
 
 
+#: Bit depths the simulated camera offers: 8 (uint8 frames) or 10-16 significant bits in
+#: uint16 frames, as scientific cameras deliver them (unpacked, low bits significant).
+BIT_DEPTHS = (8, 10, 12, 14, 16)
+
+
 class SimulatedCameraError(RuntimeError):
     """Raised by the simulated camera when fault injection says it breaks."""
+
+
+class SimulatedStageError(RuntimeError):
+    """Raised by the simulated XY stage when fault injection says it breaks."""
 
 
 def _check_world(world: np.ndarray) -> None:
@@ -458,11 +469,17 @@ class SimulatedMicroscope:
         Micrometres per pixel of world and camera alike.
     camera_shape
         (height, width) of camera frames in pixels.
+    bit_depth
+        Significant bits per pixel (and per colour component): 8 gives uint8 frames;
+        10, 12, 14 or 16 give uint16 frames holding 0 .. ``2**bit_depth - 1``, the world's
+        0-255 brightness scaled by ``(2**bit_depth - 1) / 255``. The physics is the same
+        at every depth (see `snap_into`): only the digitisation differs.
     exposure_ms
         Current exposure time.
     nominal_exposure_ms
-        Exposure at which a frame reproduces the world's values exactly; brightness scales
-        with ``exposure_ms / nominal_exposure_ms`` and saturates at 255.
+        Exposure at which a frame reproduces the world's values exactly (scaled to
+        `bit_depth`); brightness scales with ``exposure_ms / nominal_exposure_ms`` and
+        saturates at `max_value`.
     noise
         Add shot noise (Gaussian approximation, variance = signal / `electrons_per_dn`)
         and read noise (`read_noise_dn` standard deviation), seeded with `seed`.
@@ -471,8 +488,17 @@ class SimulatedMicroscope:
     fail_after_frames
         Fault injection: the first `fail_after_frames` snaps succeed, every later one
         raises `SimulatedCameraError`. None: never fails.
+    fail_after_moves
+        Fault injection: the first `fail_after_moves` XY stage moves (`move_to`) succeed,
+        every later one raises `SimulatedStageError` and leaves the stage where it was.
+        None: never fails. The focus drive (`move_z_to`) is not affected.
     fill_value
-        Brightness of the field outside the world (the dark tray beyond its edges).
+        Brightness of the field outside the world (the dark tray beyond its edges), on
+        the world's 0-255 scale.
+    read_noise_dn, electrons_per_dn
+        Camera noise in 8-bit digital numbers (DN). At a higher `bit_depth` the noise in
+        DN grows with the range, exactly as the signal does: the same sensor, digitised
+        more finely.
     simulate_exposure_time
         Sleep for the exposure time in each snap, as a real camera takes that long; this
         also keeps continuous (live) acquisition from spinning a CPU core.
@@ -491,11 +517,13 @@ class SimulatedMicroscope:
     world: np.ndarray
     pixel_size_um: float
     camera_shape: tuple[int, int] = (972, 1296)
+    bit_depth: int = 8
     exposure_ms: float = 10.0
     nominal_exposure_ms: float = 10.0
     noise: bool = True
     seed: int = 0
     fail_after_frames: int | None = None
+    fail_after_moves: int | None = None
     fill_value: int = 0
     read_noise_dn: float = 1.5
     electrons_per_dn: float = 4.0
@@ -506,6 +534,7 @@ class SimulatedMicroscope:
     blur_per_um: float = DEFAULT_BLUR_PER_UM
     shutter_open: bool = False
     frames_snapped: int = 0
+    moves_made: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _rng: np.random.Generator = field(init=False, repr=False, compare=False)
     _noise_bank: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
@@ -518,6 +547,16 @@ class SimulatedMicroscope:
         self._check_exposure(self.nominal_exposure_ms)
         if self.fail_after_frames is not None and self.fail_after_frames < 0:
             raise ValueError(f"fail_after_frames must be >= 0, got {self.fail_after_frames}")
+        if self.fail_after_moves is not None and self.fail_after_moves < 0:
+            raise ValueError(f"fail_after_moves must be >= 0, got {self.fail_after_moves}")
+        # bool is an int: refuse it, True would silently mean a 1-bit camera.
+        if isinstance(self.bit_depth, bool) or self.bit_depth not in BIT_DEPTHS:
+            raise ValueError(f"bit_depth must be one of {BIT_DEPTHS}, got {self.bit_depth!r}")
+        self.bit_depth = int(self.bit_depth)  # 12.0 or np.int64(12) compare equal above
+        sx, sy = (float(v) for v in self.stage_xy_um)
+        if not (math.isfinite(sx) and math.isfinite(sy)):
+            raise ValueError(f"stage position must be finite, got {self.stage_xy_um!r}")
+        self.stage_xy_um = (sx, sy)
         if not 0 <= self.fill_value <= 255:
             raise ValueError(f"fill_value must be in 0..255, got {self.fill_value}")
         if self.height_um is not None:
@@ -548,6 +587,17 @@ class SimulatedMicroscope:
         if not (math.isfinite(exposure_ms) and exposure_ms > 0):
             raise ValueError(f"exposure must be a positive number of ms, got {exposure_ms!r}")
 
+    # ------------------------------------------------------------------ pixels
+    @property
+    def dtype(self) -> np.dtype:
+        """Pixel type of camera frames: uint8 at 8 bits, uint16 above."""
+        return np.dtype(np.uint8) if self.bit_depth == 8 else np.dtype(np.uint16)
+
+    @property
+    def max_value(self) -> int:
+        """Brightest value a frame can hold (``2**bit_depth - 1``): saturation."""
+        return int(2**self.bit_depth - 1)
+
     # ------------------------------------------------------------------ geometry
     @property
     def frame_shape(self) -> tuple[int, int] | tuple[int, int, int]:
@@ -567,12 +617,23 @@ class SimulatedMicroscope:
 
     # ------------------------------------------------------------------ devices
     def move_to(self, x_um: float, y_um: float) -> None:
-        """Move the stage (instantly) so that (x_um, y_um) is at the centre of the field."""
+        """Move the stage (instantly) so that (x_um, y_um) is at the centre of the field.
+
+        Raises
+        ------
+        SimulatedStageError
+            When fault injection says the stage has broken (it then stays where it was).
+        """
         x, y = float(x_um), float(y_um)
         if not (math.isfinite(x) and math.isfinite(y)):
             raise ValueError(f"stage position must be finite, got ({x_um!r}, {y_um!r})")
         with self._lock:
+            if self.fail_after_moves is not None and self.moves_made >= self.fail_after_moves:
+                raise SimulatedStageError(
+                    f"simulated stage failure after {self.fail_after_moves} moves"
+                )
             self.stage_xy_um = (x, y)
+            self.moves_made += 1
 
     def move_z_to(self, z_um: float) -> None:
         """Move the focus (instantly) so that the focal plane is `z_um` above the floor."""
@@ -629,16 +690,23 @@ class SimulatedMicroscope:
         return self._noise_bank[start : start + size].reshape(shape)
 
     def snap_into(self, buffer: np.ndarray) -> None:
-        """Expose one frame into `buffer` (shape `frame_shape`, uint8), in place.
+        """Expose one frame into `buffer` (shape `frame_shape`, dtype `dtype`), in place.
+
+        Light is modelled on the world's 0-255 scale whatever the bit depth: defocus
+        blur, exposure gain, then shot and read noise in 8-bit DN. Only then is the
+        signal digitised, scaled to ``0 .. max_value`` and clipped there, so a frame of
+        any depth is the 8-bit frame digitised more finely (same content, same
+        saturation point, noise in DN growing with the range).
 
         Raises
         ------
         SimulatedCameraError
             When fault injection says the camera has broken.
         """
-        if buffer.shape != self.frame_shape or buffer.dtype != np.uint8:
+        if buffer.shape != self.frame_shape or buffer.dtype != self.dtype:
             raise ValueError(
-                f"buffer must be {self.frame_shape} uint8, got {buffer.shape} {buffer.dtype}"
+                f"buffer must be {self.frame_shape} {self.dtype}, "
+                f"got {buffer.shape} {buffer.dtype}"
             )
         with self._lock:
             if (
@@ -658,7 +726,9 @@ class SimulatedMicroscope:
             signal: np.ndarray | None = None
             if self.height_um is not None and self.blur_per_um > 0:
                 signal = defocus_blur(buffer, self._sigma_window(origin))
-            if signal is not None or self.noise or gain != 1.0:
+            # The 8-bit camera with nothing to model keeps the world's bytes untouched
+            # (and fast); any other depth needs at least the rescaling below.
+            if signal is not None or self.noise or gain != 1.0 or self.bit_depth != 8:
                 if signal is None:
                     signal = buffer.astype(np.float32)
                 signal *= np.float32(gain)
@@ -670,14 +740,19 @@ class SimulatedMicroscope:
                         + np.float32(self.read_noise_dn**2)
                     )
                     signal += sigma * self._standard_normal_field(signal.shape)
-                np.clip(signal + np.float32(0.5), 0, 255, out=signal)
-                buffer[...] = signal.astype(np.uint8)
+                top = self.max_value
+                if top != 255:
+                    # Digitise: 0-255 light to 0..max_value DN. float32 holds every
+                    # integer up to 2**24 exactly, so 16-bit values round correctly.
+                    signal *= np.float32(top / 255.0)
+                np.clip(signal + np.float32(0.5), 0, top, out=signal)
+                buffer[...] = signal.astype(self.dtype)
             self.frames_snapped += 1
         if self.simulate_exposure_time:
             time.sleep(exposure / 1000.0)
 
     def snap(self) -> np.ndarray:
-        """One frame as a new (h, w[, 3]) uint8 array (see `snap_into`)."""
-        out = np.empty(self.frame_shape, dtype=np.uint8)
+        """One frame as a new (h, w[, 3]) array of `dtype` (see `snap_into`)."""
+        out = np.empty(self.frame_shape, dtype=self.dtype)
         self.snap_into(out)
         return out
