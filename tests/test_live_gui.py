@@ -128,3 +128,38 @@ def test_live_widget_explains_what_is_missing(make_napari_viewer, qtbot, tmp_pat
     widget.source.setCurrentIndex(1)  # Micro-Manager, but no file chosen
     widget.connect_microscope()
     assert "configuration file" in widget.status_label.text()
+
+
+def test_live_widget_shows_a_mono_12_bit_camera(
+    make_napari_viewer, qtbot, tmp_path, random_checkpoint
+):
+    from napari_foram.widgets.live import FRAME_LAYER, LiveWidget
+
+    viewer = make_napari_viewer()
+    widget = LiveWidget(
+        viewer,
+        model=random_checkpoint,
+        mc_samples=1,
+        store_path=tmp_path / "mono.zarr",
+        camera_shape=(486, 648),
+        specimens=6,
+        device="cpu",
+        bit_depth=12,
+        mono=True,
+    )
+    qtbot.addWidget(widget)
+    widget.rows.setValue(1)
+    widget.cols.setValue(1)
+    widget.start_demo("MONO-1")  # connect, start the sample, scan the one field
+    qtbot.waitUntil(lambda: "scan" in widget.last_outcome, timeout=60_000)
+    assert not isinstance(widget.last_outcome["scan"], Exception)
+    assert widget.counter is not None and widget.counter.store.n_specimens("MONO-1") > 0
+    widget.snap()
+    qtbot.waitUntil(lambda: "snap" in widget.last_outcome, timeout=60_000)
+    qtbot.wait(600)  # two redraw ticks
+    shown = viewer.layers[FRAME_LAYER].data
+    # Grey, 8-bit for display, scaled by the camera's 12 bits: the tray floor stays dark
+    # and the specimens bright, as in the 8-bit picture.
+    assert shown.ndim == 2 and shown.dtype == np.uint8
+    assert np.median(shown) < 60 and shown.max() > 150
+    widget.close()

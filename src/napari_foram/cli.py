@@ -172,7 +172,7 @@ def live(
     if config is not None and not config.is_file():
         raise FileNotFoundError(f"configuration file not found: {config}")
     if not headless and display_available():
-        _live_gui(model=model, mc=mc, store=store, device=device)
+        _live_gui(model=model, mc=mc, store=store, device=device, bit_depth=bit_depth, mono=mono)
         return
     from napari_foram.live import (
         LiveCounter,
@@ -234,13 +234,23 @@ def live(
         counter.close()
 
 
-def _live_gui(*, model: str, mc: int, store: Path | None, device: str) -> None:
+def _live_gui(
+    *, model: str, mc: int, store: Path | None, device: str, bit_depth: int, mono: bool
+) -> None:
     import napari
 
     from napari_foram.widgets.live import LiveWidget
 
     viewer = napari.Viewer(title="napari-foram live")
-    widget = LiveWidget(viewer, model=model, mc_samples=mc, store_path=store, device=device)
+    widget = LiveWidget(
+        viewer,
+        model=model,
+        mc_samples=mc,
+        store_path=store,
+        device=device,
+        bit_depth=bit_depth,
+        mono=mono,
+    )
     viewer.window.add_dock_widget(widget, name="Foram live", area="right")
     napari.run()
 

@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_foram.frames import Frame
+from napari_foram.frames import Frame, to_uint8
 from napari_foram.mosaic import Mosaic
 from napari_foram.widgets._qt import spin, with_browse
 
@@ -96,6 +96,8 @@ class LiveWidget(QWidget):
         specimens: int = 45,
         device: str = "auto",
         seed: int = 7,
+        bit_depth: int = 8,
+        mono: bool = False,
     ) -> None:
         from napari_foram.live import DEFAULT_TARGET_COUNT, default_store_path
 
@@ -105,6 +107,8 @@ class LiveWidget(QWidget):
         self.device = device
         self.camera_shape = camera_shape
         self.specimens = specimens
+        self.bit_depth = bit_depth  # of the simulated camera
+        self.mono = mono
         self.counter: LiveCounter | None = None
         self.last_outcome: dict[str, object] = {}
         self._pending: list[FrameResult] = []
@@ -271,6 +275,8 @@ class LiveWidget(QWidget):
             specimens=self.specimens,
             touching_pairs=0 if self.specimens < 20 else 2,
             thick_specimens=int(self.z_planes.value()) > 1,
+            bit_depth=self.bit_depth,
+            mono=self.mono,
         )
         store_path = Path(self.store_path.text().strip())
         mc, target = int(self.mc.value()), int(self.target.value())
@@ -548,7 +554,9 @@ class LiveWidget(QWidget):
         frame = result.frame
         px = frame.pixel_size_um or 1.0
         step = display_step(frame.image.shape[:2])
-        image = frame.image[::step, ::step]
+        # 10-16 bit cameras: scaled by the depth the camera reports, so a dim frame
+        # looks dim (guessing from the data would stretch it).
+        image = to_uint8(frame.image[::step, ::step], frame.metadata.get("bit_depth"))
         if self._mosaic is not None and OVERVIEW_LAYER in self.viewer.layers:
             small = Frame(image, stage_xy_um=frame.stage_xy_um, pixel_size_um=px * step)
             if self._mosaic.paste(small):
