@@ -16,9 +16,9 @@ band-pass energy the LoG responds to falls as a region leaves focus, while the G
 part keeps the camera's pixel noise from counting as detail.
 
 * `focus_measure`: the variance of the LoG over the whole image (the "variance of the
-  Laplacian" of Pech-Pacheco et al., 2000, with Gaussian pre-smoothing): the measure
-  `pipeline.view_sharpness` uses for crops, computed here on luma and without importing
-  the pipeline.
+  Laplacian" of Pech-Pacheco et al., 2000, with Gaussian pre-smoothing). The pipeline's
+  `views_sharpness` is a cheaper relative of it for crops (2 x 2 binning instead of the
+  Gaussian, one channel), because it runs on every specimen of every frame.
 * `fuse_stack`: per pixel, the local focus energy is the squared LoG averaged over a
   square window (`DEFAULT_ENERGY_SIZE`); each pixel takes the plane where it is highest.
   That decision map is then smoothed (a `DEFAULT_BLEND_SIZE` box over each plane's

@@ -113,7 +113,7 @@ class CountingPipeline:
         was only ever seen cut is counted once by `finish`).
     better_view_ratio
         A later whole view of a stored specimen replaces its crop and classification when
-        its sharpness (`view_sharpness`) exceeds the stored view's by this factor (a
+        its sharpness (`views_sharpness`) exceeds the stored view's by this factor (a
         specimen first seen out of focus, then in focus). None: never replace.
     """
 
@@ -371,7 +371,7 @@ class CountingPipeline:
             assert self.sample_id is not None
             todo = np.unique(entries[unknown])
             crops = self.store.read_crops(self.sample_id, self._store_row[todo])
-            self._sharpness[todo] = [view_sharpness(c) for c in crops]
+            self._sharpness[todo] = views_sharpness(crops)
         sharp = _crop_sharpness(det, rows)
         better = sharp > self.better_view_ratio * self._sharpness[entries]
         # One replacement per specimen and frame: its sharpest view.
@@ -540,25 +540,40 @@ def _frame_bit_depth(frame: Frame) -> int | None:
     return int(bits)
 
 
-def view_sharpness(crop: np.ndarray) -> float:
-    """How sharp a crop is: variance of the Laplacian of its grey image, smoothed first.
+def views_sharpness(crops: np.ndarray) -> np.ndarray:
+    """How sharp each crop is: variance of the Laplacian of its image at half size.
 
-    The Gaussian (sigma 1 px) keeps camera noise from passing for detail, so two noisy
-    frames of the same in-focus specimen score alike while a defocused view scores far
-    lower.
+    (N, S, S[, 3]) -> (N,). Colour crops are measured on green, the channel that carries
+    most of the luma (and one channel instead of three: a third of the work). Summing
+    2 x 2 pixels first keeps camera noise from passing for detail, so two noisy frames of
+    one in-focus specimen score alike while a defocused view scores far lower. Vectorised
+    over the stack: it runs on every new and every re-seen specimen, up to ~100 a frame.
     """
-    from scipy import ndimage
+    arr = np.asarray(crops)
+    plane = arr[..., 1] if arr.ndim == 4 else arr
+    g = plane.astype(np.float32)
+    n, h, w = g.shape
+    g = g[:, : h - h % 2, : w - w % 2]
+    half = g[:, ::2, ::2] + g[:, 1::2, ::2] + g[:, ::2, 1::2] + g[:, 1::2, 1::2]
+    lap = (
+        4 * half[:, 1:-1, 1:-1]
+        - half[:, :-2, 1:-1]
+        - half[:, 2:, 1:-1]
+        - half[:, 1:-1, :-2]
+        - half[:, 1:-1, 2:]
+    )
+    return lap.reshape(n, -1).var(axis=1) / 16.0  # in (grey levels)^2 of the 2 x 2 mean
 
-    grey = np.asarray(crop, dtype=np.float32)
-    if grey.ndim == 3:
-        grey = grey.mean(axis=2)
-    return float(ndimage.gaussian_laplace(grey, sigma=1.0).var())
+
+def view_sharpness(crop: np.ndarray) -> float:
+    """`views_sharpness` of one crop."""
+    return float(views_sharpness(np.asarray(crop)[None])[0])
 
 
 def _crop_sharpness(det: Detections, rows: np.ndarray) -> np.ndarray:
     if not len(rows) or det.crops is None:
         return np.full(len(rows), np.nan)
-    return np.array([view_sharpness(det.crops[r]) for r in rows])
+    return views_sharpness(det.crops[rows])
 
 
 def _box_um(frame: Frame, bbox: np.ndarray) -> tuple[float, float, float, float]:
