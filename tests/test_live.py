@@ -36,6 +36,25 @@ def _whole_truth(world):
     return [s for s in world.specimens if not s.clipped]
 
 
+def _rescan_reaches_the_truth(predictor, world, path, committed: int) -> None:
+    """Reopen a store left by a failed scan of GRID and scan its sample "S1" again with
+    working hardware: the stored specimens are known, the rest are counted, none twice."""
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.tally.store import TallyStore
+
+    store = TallyStore.open(path, mode="a")
+    assert store.n_specimens("S1") == committed
+    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1)
+    resumed = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+    assert resumed.specimens_resumed == committed
+    report = CountingSession(resumed).scan(tray.core, tray.grid_sequence(2, 2, 0.4))
+    assert report.error is None
+    assert store.n_specimens("S1") == len(_whole_truth(world))
+    assert int(store.counts("S1").sum()) == len(_whole_truth(world))
+    store.close()
+
+
 def test_live_preview_over_100_frames_counts_each_specimen_once(predictor):
     from napari_foram.pipeline import CountingPipeline
     from napari_foram.session import CountingSession, SimulatedTray
@@ -146,16 +165,7 @@ def test_camera_failure_mid_scan_then_resume_gives_ground_truth(predictor, tmp_p
     store.close()
 
     # The camera is fixed: reopen the store and scan again; nothing is counted twice.
-    store = TallyStore.open(path, mode="a")
-    assert store.n_specimens("S1") == committed
-    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1)
-    resumed = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
-    assert resumed.specimens_resumed == committed
-    report = CountingSession(resumed).scan(tray.core, tray.grid_sequence(2, 2, 0.4))
-    assert report.error is None
-    assert store.n_specimens("S1") == len(_whole_truth(world))
-    assert int(store.counts("S1").sum()) == len(_whole_truth(world))
-    store.close()
+    _rescan_reaches_the_truth(predictor, world, path, committed)
 
 
 def test_snap_counts_one_frame(predictor):
@@ -357,13 +367,4 @@ def test_stage_failure_mid_scan_then_resume_gives_ground_truth(predictor, tmp_pa
     store.close()
 
     # The stage is fixed: reopen the store and scan again; nothing is counted twice.
-    store = TallyStore.open(path, mode="a")
-    assert store.n_specimens("S1") == committed
-    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1)
-    resumed = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
-    assert resumed.specimens_resumed == committed
-    report = CountingSession(resumed).scan(tray.core, tray.grid_sequence(2, 2, 0.4))
-    assert report.error is None
-    assert store.n_specimens("S1") == len(_whole_truth(world))
-    assert int(store.counts("S1").sum()) == len(_whole_truth(world))
-    store.close()
+    _rescan_reaches_the_truth(predictor, world, path, committed)
