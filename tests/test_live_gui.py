@@ -163,3 +163,35 @@ def test_live_widget_shows_a_mono_12_bit_camera(
     assert shown.ndim == 2 and shown.dtype == np.uint8
     assert np.median(shown) < 60 and shown.max() > 150
     widget.close()
+
+
+def test_overview_gets_every_field_when_results_pile_up(
+    make_napari_viewer, qtbot, tmp_path, random_checkpoint
+):
+    """On a busy machine several fields arrive between two redraws: each must be pasted
+    into the tray overview, not just the newest (the others would stay black)."""
+    from napari_foram.widgets.live import OVERVIEW_LAYER, LiveWidget
+
+    viewer = make_napari_viewer()
+    widget = LiveWidget(
+        viewer,
+        model=random_checkpoint,
+        mc_samples=1,
+        store_path=tmp_path / "pile.zarr",
+        camera_shape=(486, 648),
+        specimens=8,
+        device="cpu",
+    )
+    qtbot.addWidget(widget)
+    widget.rows.setValue(2)
+    widget.cols.setValue(2)
+    widget.overlap.setValue(0.45)
+    widget._timer.stop()  # no redraws during the scan: all four results wait for the end
+    widget.start_demo("PILE-1")
+    qtbot.waitUntil(lambda: "scan" in widget.last_outcome, timeout=120_000)
+    report = widget.last_outcome["scan"]
+    assert not isinstance(report, Exception) and report.frames_processed == 4
+    overview = viewer.layers[OVERVIEW_LAYER].data
+    lit = overview.reshape(-1, 3).max(axis=1) > 0
+    assert lit.mean() > 0.9, f"only {lit.mean():.0%} of the overview was drawn"
+    widget.close()

@@ -523,7 +523,7 @@ class LiveWidget(QWidget):
         if not self._pending:
             return
         batch, self._pending[:] = list(self._pending), []
-        self._show_frame(batch[-1])
+        self._show_frames(batch)
         names = list(counter.store.class_names) if counter is not None else []
         for r in batch:
             if r.predictions is None:
@@ -545,26 +545,41 @@ class LiveWidget(QWidget):
             self._specimens_stale = False
             self._show_specimens()
 
-    def _show_frame(self, result: FrameResult) -> None:
-        """Show the newest frame where it lies on the tray, at display resolution.
+    def _show_frames(self, results: list[FrameResult]) -> None:
+        """Draw the frames that arrived since the last redraw: during a scan every one
+        is pasted into the tray overview (a field skipped would stay black); otherwise
+        the newest is shown, where it lies on the tray."""
+        if self._mosaic is not None and OVERVIEW_LAYER in self.viewer.layers:
+            pasted = False
+            for result in results:
+                image, px = self._display_image(result.frame)
+                small = Frame(image, stage_xy_um=result.frame.stage_xy_um, pixel_size_um=px)
+                pasted = self._mosaic.paste(small) or pasted
+            if pasted:
+                self.viewer.layers[OVERVIEW_LAYER].refresh()  # one redraw for them all
+                return
+        self._show_frame(results[-1])
+
+    @staticmethod
+    def _display_image(frame: Frame) -> tuple[np.ndarray, float]:
+        """The frame at display resolution, 8-bit, and its pixel size there.
 
         Every `display_step`-th pixel only: a preview needs no more than the screen shows,
         and uploading a full 5 MP frame four times a second would starve the GUI thread.
+        10-16 bit cameras are scaled by the depth they report, so a dim frame looks dim
+        (guessing from the data would stretch it).
         """
-        frame = result.frame
-        px = frame.pixel_size_um or 1.0
         step = display_step(frame.image.shape[:2])
-        # 10-16 bit cameras: scaled by the depth the camera reports, so a dim frame
-        # looks dim (guessing from the data would stretch it).
         image = to_uint8(frame.image[::step, ::step], frame.metadata.get("bit_depth"))
-        if self._mosaic is not None and OVERVIEW_LAYER in self.viewer.layers:
-            small = Frame(image, stage_xy_um=frame.stage_xy_um, pixel_size_um=px * step)
-            if self._mosaic.paste(small):
-                self.viewer.layers[OVERVIEW_LAYER].refresh()
-                return
+        return image, (frame.pixel_size_um or 1.0) * step
+
+    def _show_frame(self, result: FrameResult) -> None:
+        """Show one frame in the live-frame layer, where it lies on the tray."""
+        frame = result.frame
+        image, step_px = self._display_image(frame)
         corner = frame.pixel_to_stage_um(0, 0)
         translate = (corner[1], corner[0]) if corner is not None else (0.0, 0.0)
-        scale = (px * step, px * step)
+        scale = (step_px, step_px)
         if FRAME_LAYER in self.viewer.layers:
             layer = self.viewer.layers[FRAME_LAYER]
             if layer.data.shape == image.shape and layer.data.dtype == image.dtype:
