@@ -15,6 +15,23 @@ import pytest
 pytestmark = [pytest.mark.gui, pytest.mark.acquisition]
 
 
+def _small_widget(viewer, qtbot, checkpoint, store, **options):
+    """A Foram live widget on a small simulated camera (486 x 648), CPU, random model."""
+    from napari_foram.widgets.live import LiveWidget
+
+    settings = {"mc_samples": 1, "specimens": 8, **options}
+    widget = LiveWidget(
+        viewer,
+        model=checkpoint,
+        store_path=store,
+        camera_shape=(486, 648),
+        device="cpu",
+        **settings,
+    )
+    qtbot.addWidget(widget)
+    return widget
+
+
 class _StallWatch:
     """Largest gap between ticks of a 10 ms timer on the GUI thread."""
 
@@ -44,19 +61,10 @@ class _StallWatch:
 def test_live_widget_scans_counts_and_never_stalls(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):
-    from napari_foram.widgets.live import SPECIMENS_LAYER, LiveWidget
+    from napari_foram.widgets.live import SPECIMENS_LAYER
 
     viewer = make_napari_viewer()
-    widget = LiveWidget(
-        viewer,
-        model=random_checkpoint,
-        mc_samples=2,
-        store_path=tmp_path / "live.zarr",
-        camera_shape=(486, 648),
-        specimens=8,
-        device="cpu",
-    )
-    qtbot.addWidget(widget)
+    widget = _small_widget(viewer, qtbot, random_checkpoint, tmp_path / "live.zarr", mc_samples=2)
     assert not widget.scan_button.isEnabled()  # nothing to scan before a sample exists
     # Fields overlap by more than the largest specimen (0.45 x 486 px > 200 px), so each
     # specimen is whole in some field; the simulated tray is sized for this scan.
@@ -133,21 +141,12 @@ def test_live_widget_explains_what_is_missing(make_napari_viewer, qtbot, tmp_pat
 def test_live_widget_shows_a_mono_12_bit_camera(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):
-    from napari_foram.widgets.live import FRAME_LAYER, LiveWidget
+    from napari_foram.widgets.live import FRAME_LAYER
 
     viewer = make_napari_viewer()
-    widget = LiveWidget(
-        viewer,
-        model=random_checkpoint,
-        mc_samples=1,
-        store_path=tmp_path / "mono.zarr",
-        camera_shape=(486, 648),
-        specimens=6,
-        device="cpu",
-        bit_depth=12,
-        mono=True,
-    )
-    qtbot.addWidget(widget)
+    store = tmp_path / "mono.zarr"
+    options = {"specimens": 6, "bit_depth": 12, "mono": True}
+    widget = _small_widget(viewer, qtbot, random_checkpoint, store, **options)
     widget.rows.setValue(1)
     widget.cols.setValue(1)
     widget.start_demo("MONO-1")  # connect, start the sample, scan the one field
@@ -170,19 +169,10 @@ def test_overview_gets_every_field_when_results_pile_up(
 ):
     """On a busy machine several fields arrive between two redraws: each must be pasted
     into the tray overview, not just the newest (the others would stay black)."""
-    from napari_foram.widgets.live import OVERVIEW_LAYER, LiveWidget
+    from napari_foram.widgets.live import OVERVIEW_LAYER
 
     viewer = make_napari_viewer()
-    widget = LiveWidget(
-        viewer,
-        model=random_checkpoint,
-        mc_samples=1,
-        store_path=tmp_path / "pile.zarr",
-        camera_shape=(486, 648),
-        specimens=8,
-        device="cpu",
-    )
-    qtbot.addWidget(widget)
+    widget = _small_widget(viewer, qtbot, random_checkpoint, tmp_path / "pile.zarr")
     widget.rows.setValue(2)
     widget.cols.setValue(2)
     widget.overlap.setValue(0.45)

@@ -47,12 +47,28 @@ if TYPE_CHECKING:
 
 FRAME_LAYER = "live frame"
 OVERVIEW_LAYER = "tray overview"
+#: Longer side of the tray overview in screen pixels (the fields are binned to fit).
+OVERVIEW_MAX_SIDE = 800
 SPECIMENS_LAYER = "counted specimens"
 UNCERTAIN_LAYER = "uncertain specimens"
 #: A specimen is flagged uncertain when fewer than this share of its MC passes agree.
 UNCERTAIN_VOTE_FRACTION = 0.8
 #: Redraw period (ms): results arriving faster are drawn together.
 REDRAW_MS = 250
+
+
+def _freeze_heap() -> None:
+    """Move every object alive now out of the garbage collector's sight (`gc.freeze`).
+
+    napari, Qt, torch and the model leave ~10^6 long-lived objects; a full collection
+    walks them all while holding the GIL, which stalled the GUI thread for ~300 ms once
+    per scan (found by tests/test_live_gui.py with faulthandler). Objects made later are
+    still collected as usual.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def display_step(shape: tuple[int, ...], max_side: int = 660) -> int:
@@ -119,6 +135,8 @@ class LiveWidget(QWidget):
         self._tally: dict[str, int] = {}
         self._specimens_stale = False
         self._mosaic: Mosaic | None = None  # the scan's overview, at display resolution
+        self._overview_step = 1
+        self._overview_key: tuple[Any, ...] | None = None
         self._torch_threads: int | None = None
         self._after_connect: Callable[[], None] | None = None
         self._thread: threading.Thread | None = None
@@ -345,6 +363,16 @@ class LiveWidget(QWidget):
                 self.viewer.layers.remove(name)
         self._tally = self.counter.tally()
         self._prepare_layers()
+        try:  # the scan as set now: its overview is made (and first drawn) before it runs
+            plan = self.counter.plan_scan(
+                int(self.rows.value()),
+                int(self.cols.value()),
+                float(self.overlap.value()),
+                z_planes=int(self.z_planes.value()),
+            )
+            self._prepare_overview(self.counter, plan)
+        except ValueError:
+            pass  # no scan possible with these settings: start_scan will say why
         self._set_status(
             f"counting sample {record.sample_id}"
             + (f" (resumed: {held} specimens already stored)" if held else "")
@@ -385,6 +413,7 @@ class LiveWidget(QWidget):
             self._set_status(f"scan not started: {exc}")
             return
         self._prepare_overview(counter, sequence)
+        _freeze_heap()
         self._run(
             "scan",
             lambda: counter.scan(
@@ -552,7 +581,7 @@ class LiveWidget(QWidget):
         if self._mosaic is not None and OVERVIEW_LAYER in self.viewer.layers:
             pasted = False
             for result in results:
-                image, px = self._display_image(result.frame)
+                image, px = self._display_image(result.frame, self._overview_step)
                 small = Frame(image, stage_xy_um=result.frame.stage_xy_um, pixel_size_um=px)
                 pasted = self._mosaic.paste(small) or pasted
             if pasted:
@@ -561,7 +590,7 @@ class LiveWidget(QWidget):
         self._show_frame(results[-1])
 
     @staticmethod
-    def _display_image(frame: Frame) -> tuple[np.ndarray, float]:
+    def _display_image(frame: Frame, step: int | None = None) -> tuple[np.ndarray, float]:
         """The frame at display resolution, 8-bit, and its pixel size there.
 
         Every `display_step`-th pixel only: a preview needs no more than the screen shows,
@@ -569,7 +598,7 @@ class LiveWidget(QWidget):
         10-16 bit cameras are scaled by the depth they report, so a dim frame looks dim
         (guessing from the data would stretch it).
         """
-        step = display_step(frame.image.shape[:2])
+        step = step or display_step(frame.image.shape[:2])
         image = to_uint8(frame.image[::step, ::step], frame.metadata.get("bit_depth"))
         return image, (frame.pixel_size_um or 1.0) * step
 
@@ -609,13 +638,31 @@ class LiveWidget(QWidget):
         arrive (at display resolution: a 3 x 3 scan of 5 MP fields would be 45 MP)."""
         px = counter.pixel_size_um()
         positions = counter.field_positions(sequence)
+        key = (px, tuple(positions), counter.frame_shape())
+        if (
+            key == self._overview_key
+            and self._mosaic is not None
+            and OVERVIEW_LAYER in self.viewer.layers
+        ):
+            # Same fields as prepared (usually at sample start, where the layer's first,
+            # slow draw happened): clear it instead of making a new layer mid-scan.
+            self._mosaic.image[...] = 0
+            self.viewer.layers[OVERVIEW_LAYER].refresh()
+            if FRAME_LAYER in self.viewer.layers:
+                self.viewer.layers[FRAME_LAYER].visible = False
+            return
         if OVERVIEW_LAYER in self.viewer.layers:
             self.viewer.layers.remove(OVERVIEW_LAYER)
-        self._mosaic = None
+        self._mosaic, self._overview_key = None, key
         if px is None or not positions:
             return
+        # The whole overview, not each field, at most ~OVERVIEW_MAX_SIDE px on its longer
+        # side: every refresh re-uploads the texture, and with software OpenGL a 4 MB
+        # one stalls the GUI thread for ~300 ms (measured by tests/test_live_gui.py).
         shape = counter.frame_shape()
-        step = display_step(shape)
+        full = Mosaic.covering(positions, (shape[0], shape[1]), px)  # only its shape is used
+        self._overview_step = display_step(full.image.shape, OVERVIEW_MAX_SIDE)
+        step = self._overview_step
         field = (-(-shape[0] // step), -(-shape[1] // step))
         self._mosaic = Mosaic.covering(positions, field, px * step)
         step_px = self._mosaic.pixel_size_um
