@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -29,3 +30,16 @@ def with_browse(edit: QLineEdit, pick: Callable[[], object]) -> QWidget:
     box.addWidget(edit)
     box.addWidget(button)
     return row
+
+
+def thread_running(thread: threading.Thread | None) -> bool:
+    """Whether a widget's background thread exists and is still working."""
+    return thread is not None and thread.is_alive()
+
+
+def join_thread(thread: threading.Thread | None, timeout: float | None = None) -> bool:
+    """Wait for a widget's background thread (tests and scripts); True once it has ended."""
+    if thread is None:
+        return True
+    thread.join(timeout)
+    return not thread.is_alive()

@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_foram.widgets._qt import with_browse
+from napari_foram.widgets._qt import join_thread, thread_running, with_browse
 from napari_foram.widgets.layers import class_colour
 
 if TYPE_CHECKING:
@@ -290,14 +290,11 @@ class BatchWidget(QWidget):
             self.status_label.setText("stopping after the current files...")
 
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return thread_running(self._thread)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the batch thread ends (tests and scripts); True if it ended."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return join_thread(self._thread, timeout)
 
     # ------------------------------------------------------------------ batch thread
     def _work(self, config: Any, follow: bool) -> None:

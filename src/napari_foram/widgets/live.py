@@ -37,7 +37,7 @@ from qtpy.QtWidgets import (
 
 from napari_foram.frames import Frame, to_uint8
 from napari_foram.mosaic import Mosaic
-from napari_foram.widgets._qt import spin, with_browse
+from napari_foram.widgets._qt import join_thread, spin, thread_running, with_browse
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -429,17 +429,14 @@ class LiveWidget(QWidget):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the background work ends (tests, scripts); True if it ended."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return join_thread(self._thread, timeout)
 
     # ------------------------------------------------------------------ worker thread
     def _report(self, done: int, total: int, message: str = "") -> None:
         self._bridge.status.emit(f"{message} ({done}/{total})")
 
     def _run(self, what: str, work: Callable[[], object]) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if thread_running(self._thread):
             self._set_status("busy: stop the running acquisition first")
             return
 
@@ -522,7 +519,7 @@ class LiveWidget(QWidget):
             follow()
 
     def _update_buttons(self) -> None:
-        running = self._thread is not None and self._thread.is_alive()
+        running = thread_running(self._thread)
         ready = self.counter is not None and self.counter.sample_id is not None and not running
         self.connect_button.setEnabled(not running)
         self.sample_button.setEnabled(self.counter is not None and not running)

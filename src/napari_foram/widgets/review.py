@@ -64,7 +64,7 @@ from napari_foram.review import (
     default_export_dir,
 )
 from napari_foram.tally.stats import REVIEW_NONE
-from napari_foram.widgets._qt import with_browse
+from napari_foram.widgets._qt import join_thread, thread_running, with_browse
 from napari_foram.widgets.layers import class_colour
 
 if TYPE_CHECKING:
@@ -701,14 +701,11 @@ class ReviewWidget(QWidget):
         return None if self.store_path is None else default_export_dir(self.store_path)
 
     def is_running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return thread_running(self._thread)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the export / training thread ends (tests, scripts); True if it did."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return join_thread(self._thread, timeout)
 
     def export_crops(self) -> bool:
         """Export every sample's validated crops (ImageFolder) on a background thread."""
