@@ -9,9 +9,18 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-TORCH  ?= torch>=2.2 torchvision>=0.17
+TORCH  ?= 'torch>=2.2' 'torchvision>=0.17'
 OUT    ?= demo-out
 PYTEST_ARGS ?=
+# ImageNet VGG16 weights: a file named by NAPARI_FORAM_VGG16_WEIGHTS is used first. Where
+# the project's shared folder holds the Keras weights (our machines and CI), point the
+# variable at them, so the demo and the suite run the real ImageNet path; a value already
+# in the environment wins. Elsewhere torch hub's cache (or a download) is used.
+SHARED_VGG16 := $(wildcard $(CURDIR)/../shared/weights/vgg16_imagenet_features.safetensors)
+ifneq ($(SHARED_VGG16),)
+NAPARI_FORAM_VGG16_WEIGHTS ?= $(abspath $(SHARED_VGG16))
+export NAPARI_FORAM_VGG16_WEIGHTS
+endif
 # Debian packages for napari under a virtual X server (Mesa and most xcb libraries are
 # usually present already; these are the ones a bare image lacks).
 APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x11-0

@@ -423,6 +423,7 @@ def test_save_refuses_inconsistent_info(tmp_path, small):
 
 
 def test_missing_imagenet_weights_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("NAPARI_FORAM_VGG16_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(MissingWeightsError) as err:
         build_model(4, backbone_weights="imagenet")
@@ -443,6 +444,7 @@ def test_torchvision_weights_file_and_cache(tmp_path, monkeypatch, small):
     cache.mkdir(parents=True)
     torch.save(state, cache / IMAGENET_FILENAME)
     from_file = build_model(2, backbone_weights=cache / IMAGENET_FILENAME, seed=9)
+    monkeypatch.delenv("NAPARI_FORAM_VGG16_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     from_cache = build_model(2, backbone_weights="imagenet", seed=9)
     for k, v in donor.conv.state_dict().items():

@@ -6,7 +6,8 @@ Opening a store shows, for every sample,
   plane, loaded lazily: a store of thousands of specimens holds hundreds of MB of crops),
   with the class, predicted class and entropy of each crop in the layer metadata;
 - ``"<sample> specimens"``: the counted specimens at their stage positions (y, x in um),
-  coloured by class, with class / probability / entropy as features. Crops share no
+  coloured by class (grey: unsure, by the model's unsure rule), with class / probability /
+  entropy / unsure as features. Crops share no
   coordinate frame, so the positions are the only map of a sample; samples counted
   without a stage (positions NaN) get no points layer.
 
@@ -119,6 +120,7 @@ def store_layer_data(path: str | os.PathLike[str]) -> list[LayerData]:
 
 def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
     from napari_foram.tally import stats
+    from napari_foram.tally.export import UNSURE_COLOUR
     from napari_foram.widgets.layers import class_colour
 
     data = store.read_specimens(sid)
@@ -127,6 +129,8 @@ def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
         return []
     labels = stats.final_labels(data)
     counted = labels >= 0
+    # Specimens the model's unsure rule puts in no class: grey, flagged in the features.
+    unsure = stats.unsure_mask(data, store.unsure_rule(sid))
     predicted = [classes[int(c)] for c in data["class_index"]]
     final = [classes[int(c)] if c >= 0 else "" for c in labels]
     probability = np.asarray(data["mean_probs"], dtype=np.float64).max(axis=1)
@@ -139,6 +143,7 @@ def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
         "predicted_class": predicted,
         "entropy": entropy.round(4).tolist(),
         "counted": counted.tolist(),
+        "unsure": unsure.tolist(),
         "row": data["row"].tolist(),
     }
     layers: list[LayerData] = [
@@ -156,11 +161,17 @@ def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
     if keep.any():
         idx = np.flatnonzero(keep)
         names = [final[i] for i in idx]
-        colours = np.array([class_colour(classes[labels[i]], int(labels[i])) for i in idx])
+        colours = np.array(
+            [
+                UNSURE_COLOUR if unsure[i] else class_colour(classes[labels[i]], int(labels[i]))
+                for i in idx
+            ]
+        )
         features = {
             "class": names,
             "probability": probability[idx].round(3),
             "entropy": entropy[idx].round(3),
+            "unsure": unsure[idx],
             "row": data["row"][idx],
         }
         layers.append(

@@ -892,7 +892,9 @@ class _Writer:
                     "the stored record is kept"
                 )
             latest = self.store.provenance(sid)
-            if any(latest.get(k) != v for k, v in self.provenance.items()):
+            # An earlier model's rule must not stand for this model (which has none).
+            stale_rule = "unsure_rule" in latest and "unsure_rule" not in self.provenance
+            if stale_rule or any(latest.get(k) != v for k, v in self.provenance.items()):
                 self.store.set_provenance(sid, self.provenance)
         self._next_frame[sid] = len(self.store.processed_files(sid))
 
@@ -1187,6 +1189,7 @@ def run_batch(
         classifier itself. Odd image files never raise: they are reported.
     """
     from napari_foram.classify.checkpoint import read_model_info
+    from napari_foram.pipeline import model_provenance
 
     t_start = time.perf_counter()
     stop = stop or threading.Event()
@@ -1216,6 +1219,8 @@ def run_batch(
         "include_clipped": False,
         "counted_per_frame": True,
         "why": "image files carry no stage position: each file's whole specimens are counted",
+        # Backbone, input convention and unsure rule, as the counting pipeline records them.
+        **model_provenance(info),
     }
     store = _open_store(Path(config.store), list(info.class_names))
     new: dict[str, int] = {}
@@ -1260,6 +1265,10 @@ def run_batch(
                 if sid in stored:
                     total_counted = int(store.counts(sid).sum())
                     report.samples[sid] = {"new": new.get(sid, 0), "total": total_counted}
+                    if store.unsure_rule(sid).active:
+                        # Of the total, those the model's unsure rule puts in no class.
+                        unsure = store.sample_summary(sid)["n_unsure"]
+                        report.samples[sid]["unsure"] = int(unsure)
             if config.export is not None and finished:
                 from napari_foram.tally.export import export_csv
 

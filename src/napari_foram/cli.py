@@ -453,7 +453,7 @@ def classify(
 
     from napari_foram.detect import CROP_SIZE, cut_crops, detect
     from napari_foram.frames import read_image, to_rgb_uint8
-    from napari_foram.pipeline import load_predictor
+    from napari_foram.pipeline import load_predictor, predictions_unsure
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
@@ -475,6 +475,7 @@ def classify(
             rows.append({"path": str(path), "centroid_yx": None, "class": None})
             continue
         pred = predictor.predict(crops, mc_samples=mc)
+        unsure = predictions_unsure(pred, predictor.info)
         for i in range(len(crops)):
             rows.append(
                 {
@@ -485,6 +486,10 @@ def classify(
                     "entropy": round(float(pred.entropy[i]), 4),
                     "mutual_information": round(float(pred.mutual_information[i]), 4),
                     "vote_fraction": round(float(pred.vote_fraction[i]), 4),
+                    "feature_distance": None
+                    if np.isnan(pred.feature_distance[i])
+                    else round(float(pred.feature_distance[i]), 4),
+                    "unsure": bool(unsure[i]),
                 }
             )
     if as_json:
@@ -497,6 +502,7 @@ def classify(
                 typer.echo(
                     f"{r['path']}: {r['class']} (p={r['probability']:.2f}, "
                     f"entropy={r['entropy']:.2f})"
+                    + (" UNSURE: unlike the model's training crops" if r["unsure"] else "")
                 )
 
 
@@ -625,8 +631,29 @@ def train(
     data: Annotated[Path, typer.Argument(help="Labelled crops: DATA/<class>/<image>.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write.")],
     backbone_weights: Annotated[
-        str, typer.Option(help="imagenet, none (random backbone) or a vgg16 .pth file.")
+        str,
+        typer.Option(
+            help="imagenet ($NAPARI_FORAM_VGG16_WEIGHTS, then torch hub's cache, then a "
+            "download with --download-weights), none (random backbone), or a VGG16 "
+            ".safetensors/.pth file."
+        ),
     ] = "imagenet",
+    download_weights: Annotated[
+        bool,
+        typer.Option(
+            "--download-weights",
+            help="Allow torchvision to download its ImageNet VGG16 weights (528 MB) when "
+            "no file is found.",
+        ),
+    ] = False,
+    input_convention: Annotated[
+        str,
+        typer.Option(
+            help="How pixels are fed to VGG16: torchvision (0-1, ImageNet mean/std), caffe "
+            "(0-255 minus mean: Keras weights), study (0-1, the paper's code). Default: "
+            "what the weights carry."
+        ),
+    ] = "",
     fine_tune: Annotated[
         bool,
         typer.Option(
@@ -681,8 +708,8 @@ def train(
         seed=seed,
         device=device,
         standardize_features=backbone_weights == "none" if standardize is None else standardize,
-        # Centred inputs keep more signal through a random backbone.
-        imagenet_normalize=backbone_weights == "none",
+        input_convention=input_convention,
+        download_weights=download_weights,
     )
     with progress_callback("training", enabled=not as_json) as progress:
         outcome = train_from_folder(

@@ -136,6 +136,19 @@ def compare_with_truth(
     }
 
 
+def model_summary(info: Any) -> dict[str, Any]:
+    """What the summary says about the classifier: its backbone (ImageNet or random, by
+    name and digest), input convention, held-out accuracy and unsure rule."""
+    return {
+        "backbone": info.backbone_id or info.backbone_weights,
+        "backbone_sha256": info.backbone_sha256,
+        "input_convention": info.input_convention,
+        "held_out_accuracy": info.metrics.get("held_out_accuracy"),
+        "unsure_rule": dict(info.unsure_rule),
+        "path": info.path,
+    }
+
+
 @dataclass
 class DemoRun:
     """Everything a demo scan needs, built once; `scan()` runs it.
@@ -292,7 +305,9 @@ def run_headless_demo(
         "pixel_size_um": run.world.pixel_size_um,
         "mc_samples": mc_samples,
         "model_sha256": run.predictor.info.sha256,
+        "model": model_summary(run.predictor.info),
         **compare_with_truth(run.world, results, run.class_names, run.microscope.world_px_to_um),
+        "unsure": int(reader.sample_summary(DEMO_SAMPLE_ID)["n_unsure"]),
         "frames_acquired": report.frames_acquired,
         "frames_processed": report.frames_processed,
         "frames_dropped": report.frames_dropped,

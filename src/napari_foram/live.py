@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from napari_foram.classify.predict import Predictor
     from napari_foram.pipeline import CountingPipeline, FrameResult
     from napari_foram.session import CountingSession, ScanReport, SimulatedTray
+    from napari_foram.tally.stats import UnsureRule
     from napari_foram.tally.store import SampleRecord, TallyStore
 
 #: The count most census protocols aim for per sample (Fatela & Taborda 2002 and the
@@ -279,16 +280,39 @@ class LiveCounter:
         self._need_session().pause(paused)
 
     # ---------------------------------------------------------------- read-outs
-    def tally(self) -> dict[str, int]:
-        """Counts per class of the current sample, as stored (reviewed labels win)."""
-        names = list(self.store.class_names)
+    @property
+    def unsure_rule(self) -> UnsureRule:
+        """The classifier's unsure rule (empty if it has none): what the pipeline records
+        in the sample's provenance, so counting new predictions with it agrees with the
+        store's `sample_summary`."""
+        from napari_foram.pipeline import model_unsure_rule
+        from napari_foram.tally.stats import UnsureRule
+
+        return UnsureRule.from_dict(model_unsure_rule(self.predictor.info))
+
+    def summary(self) -> dict[str, Any] | None:
+        """`TallyStore.sample_summary` of the current sample (None before one is started):
+        the numbers the tally widget and the exports show."""
         if self.sample_id is None:
+            return None
+        return self.store.sample_summary(self.sample_id, target=self.target_count)
+
+    def tally(self) -> dict[str, int]:
+        """Counts per class of the current sample, as stored (reviewed labels win; the
+        specimens the model's unsure rule calls unsure are in no class: `unsure`)."""
+        names = list(self.store.class_names)
+        summary = self.summary()
+        if summary is None:
             return dict.fromkeys(names, 0)
-        counts = np.asarray(self.store.counts(self.sample_id))
-        return {name: int(n) for name, n in zip(names, counts, strict=True)}
+        return {name: int(n) for name, n in zip(names, summary["counts"], strict=True)}
+
+    def unsure(self) -> int:
+        """Specimens of the current sample the model's unsure rule puts in no class."""
+        summary = self.summary()
+        return 0 if summary is None else int(summary["n_unsure"])
 
     def progress(self) -> tuple[int, int]:
-        """(specimens counted in the sample, target count)."""
+        """(specimens counted in a class in the sample, target count)."""
         return sum(self.tally().values()), self.target_count
 
     def stats(self) -> dict[str, float]:

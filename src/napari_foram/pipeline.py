@@ -17,6 +17,7 @@ import numpy as np
 from napari_foram.detect import DetectionParams, Detections, detect
 from napari_foram.frames import Frame
 from napari_foram.tally.dedup import SpecimenRegistry
+from napari_foram.tally.stats import UnsureRule
 
 if TYPE_CHECKING:
     from napari_foram.classify.predict import Predictions, Predictor
@@ -208,21 +209,31 @@ class CountingPipeline:
         wanted = self.provenance()
         if frame.pixel_size_um is not None:
             wanted["pixel_size_um"] = frame.pixel_size_um
-        if any(latest.get(k) != v for k, v in wanted.items()):
-            kept = {k: v for k, v in latest.items() if k not in ("set_at", "from_row")}
+        # A rule of an earlier model must not outlive it: this model has none.
+        stale_rule = "unsure_rule" in latest and "unsure_rule" not in wanted
+        if stale_rule or any(latest.get(k) != v for k, v in wanted.items()):
+            dropped = ("set_at", "from_row", "unsure_rule")
+            kept = {k: v for k, v in latest.items() if k not in dropped}
             self.store.set_provenance(self.sample_id, {**kept, **wanted})
 
     def provenance(self) -> dict[str, Any]:
-        """Model and detector settings, for the store's per-sample record."""
+        """Model and detector settings, for the store's per-sample record.
+
+        The model's unsure rule goes in as ``"unsure_rule"`` when it has one (none: no
+        key, so the records of old models stay as they were); the tally reads it back
+        with `TallyStore.unsure_rule`.
+        """
         info = self.predictor.info
-        return {
+        out: dict[str, Any] = {
             "model_sha256": info.sha256,
             "class_names": list(info.class_names),
             "mc_samples": self.mc_samples,
             "detector": self.detection.to_dict(),
             "include_clipped": self.include_clipped,
             "dedup_tolerance_fraction": self.registry.tolerance_fraction,
+            **model_provenance(info),
         }
+        return out
 
     def process(self, frame: Frame) -> FrameResult:
         """Detect, de-duplicate, classify and store the specimens of one frame."""
@@ -500,6 +511,56 @@ class CountingPipeline:
         return self.store.append_specimens(self.sample_id, batch) - n
 
 
+def model_unsure_rule(info: Any) -> dict[str, Any]:
+    """A model's unsure rule (``ModelInfo.unsure_rule``) checked, as a plain dict for a
+    provenance record; ``{}`` when it has none (or predates the field).
+
+    Raises
+    ------
+    ValueError
+        The rule is malformed (one line): better refused before counting than stored
+        where every later tally would fail on it.
+    """
+    rule = getattr(info, "unsure_rule", None) or {}
+    UnsureRule.from_dict(rule)
+    return dict(rule)
+
+
+def model_provenance(info: Any) -> dict[str, Any]:
+    """What a sample's provenance records about the model besides its file digest: which
+    backbone (name, conv-tensor digest) and input convention it classifies with, and its
+    unsure rule when it has one (no key otherwise, so old models' records are unchanged)."""
+    out: dict[str, Any] = {
+        "backbone": getattr(info, "backbone_id", "") or getattr(info, "backbone_weights", ""),
+        "backbone_sha256": getattr(info, "backbone_sha256", ""),
+        "input_convention": getattr(info, "input_convention", ""),
+    }
+    rule = model_unsure_rule(info)
+    if rule:
+        out["unsure_rule"] = rule
+    return out
+
+
+def predictions_unsure(pred: Predictions, info: Any) -> np.ndarray:
+    """(n,) bool: fresh predictions that the model's unsure rule flags (no review yet).
+
+    The same test `stats.unsure_mask` applies to stored rows, for places that show
+    predictions before (or without) storing them: the live canvas, ``classify``.
+    """
+    from napari_foram.tally.stats import UnsureRule
+
+    rule = UnsureRule.from_dict(model_unsure_rule(info))
+    return rule.above(
+        {
+            "class_index": pred.class_index,
+            "entropy": pred.entropy,
+            "mutual_information": pred.mutual_information,
+            "vote_fraction": pred.vote_fraction,
+            "feature_distance": pred.feature_distance,
+        }
+    )
+
+
 def specimen_columns(
     frame: Frame, det: Detections, rows: np.ndarray, pred: Predictions
 ) -> dict[str, np.ndarray]:
@@ -518,6 +579,7 @@ def specimen_columns(
         "entropy": pred.entropy,
         "mutual_information": pred.mutual_information,
         "vote_fraction": pred.vote_fraction,
+        "feature_distance": pred.feature_distance,
         "crops": det.crops[rows],
     }
 

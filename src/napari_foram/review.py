@@ -57,18 +57,16 @@ from napari_foram.tally.stats import (
     REVIEW_NONE,
     REVIEW_REJECTED,
     REVIEW_RELABELLED,
+    uncertainty,
 )
 
 if TYPE_CHECKING:
     from napari_foram.tally.store import TallyStore
     from napari_foram.training.train import TrainingOutcome
 
-#: Uncertainty measures the queue can sort by: name -> what it is.
-MEASURES: dict[str, str] = {
-    "mutual_information": "mutual information (MC dropout, epistemic)",
-    "entropy": "predictive entropy of the mean probabilities",
-    "vote": "1 - vote fraction (share of MC passes not voting for the majority)",
-}
+#: Uncertainty measures the queue can sort by: name -> what it is (one definition, in
+#: `napari_foram.tally.stats`, shared with the classifier's unsure rule).
+MEASURES: dict[str, str] = stats.UNCERTAINTY_MEASURES
 
 #: Status filters by name (None: every status).
 STATUS_FILTERS: dict[str, tuple[int, ...] | None] = {
@@ -110,23 +108,6 @@ DEFAULT_VAL_FRACTION = 0.2
 
 
 # ----------------------------------------------------------------------------- numbers
-def uncertainty(specimens: Mapping[str, np.ndarray], measure: str) -> np.ndarray:
-    """The uncertainty of every row under `measure` (higher = less sure), (n,) float64.
-
-    Parameters
-    ----------
-    specimens
-        Columns as `TallyStore.read_specimens` returns them (the measure's column).
-    measure
-        "mutual_information", "entropy" (both in nats) or "vote" (1 - vote fraction).
-    """
-    if measure not in MEASURES:
-        raise ValueError(f"unknown uncertainty measure {measure!r}: use one of {list(MEASURES)}")
-    if measure == "vote":
-        return 1.0 - np.asarray(specimens["vote_fraction"], dtype=np.float64)
-    return np.asarray(specimens[measure], dtype=np.float64)
-
-
 def misclassification_probability(specimens: Mapping[str, np.ndarray]) -> np.ndarray:
     """(n,) probability that each row's counted label is wrong; 0 where it cannot be.
 
@@ -224,12 +205,16 @@ class QueueFilter:
     min_uncertainty, max_uncertainty
         Inclusive range of the queue's uncertainty measure (None: open). Rows whose
         measure is unknown (NaN) drop out when a bound is set.
+    unsure_only
+        Keep only the specimens the model's unsure rule puts in no class
+        (`stats.unsure_mask`: unreviewed ones; none when the model has no rule).
     """
 
     classes: tuple[int, ...] | None = None
     statuses: tuple[int, ...] | None = (REVIEW_NONE,)
     min_uncertainty: float | None = None
     max_uncertainty: float | None = None
+    unsure_only: bool = False
 
     def __post_init__(self) -> None:
         if self.classes is not None:
@@ -271,11 +256,13 @@ def queue_order(
     specimens: Mapping[str, np.ndarray],
     measure: str = "mutual_information",
     queue_filter: QueueFilter | None = None,
+    unsure_rule: stats.UnsureRule | Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Rows of a sample in review order: most uncertain first, filtered.
 
     Duplicates (a second record of a specimen already counted) are never in the queue.
-    Ties keep row order; rows whose measure is unknown (NaN) come last.
+    Ties keep row order; rows whose measure is unknown (NaN) come last. `unsure_rule`
+    (the sample's, `TallyStore.unsure_rule`) is what the filter's `unsure_only` uses.
 
     Returns
     -------
@@ -296,6 +283,8 @@ def queue_order(
         keep &= u >= flt.min_uncertainty - _BOUND_TOLERANCE
     if flt.max_uncertainty is not None:
         keep &= u <= flt.max_uncertainty + _BOUND_TOLERANCE
+    if flt.unsure_only:
+        keep &= stats.unsure_mask(specimens, unsure_rule)
     rows = np.flatnonzero(keep)
     key = np.where(np.isnan(u[rows]), -np.inf, u[rows])
     # lexsort sorts by the last key first: descending uncertainty, then ascending row.
@@ -463,7 +452,8 @@ class ReviewSession:
         flt = self._filter
         if self._target is not None:
             flt = replace(flt, statuses=(REVIEW_NONE,))
-        self.rows = queue_order(self.data, self._measure, flt)
+        rule = self.store.unsure_rule(self.sample_id) if flt.unsure_only else None
+        self.rows = queue_order(self.data, self._measure, flt, rule)
         self.position = 0
         if keep is not None:
             hits = np.flatnonzero(self.rows == keep)
@@ -1021,7 +1011,7 @@ def fine_tune(
             backbone_seed=info.backbone_seed if info.backbone_seed is not None else 0,
             hidden_units=info.hidden_units,
             dropout=info.dropout,
-            imagenet_normalize=info.imagenet_normalize,
+            input_convention=info.input_convention,
             # As `napari-foram train` does: random conv features need standardising.
             standardize_features=random_backbone,
             max_epochs=max_epochs,

@@ -938,10 +938,16 @@ def _render_layer(
     light: Lighting,
     overexposed: bool,
     max_diameter_px: float | None = None,
+    builder: Callable[..., _Shape] | None = None,
+    size_um: tuple[float, float] | None = None,
 ) -> _Layer:
-    """Build, texture, shade, blur and shadow one specimen in its own patch."""
-    build = _SHAPES[class_name]
-    lo, hi = _SIZE_UM[class_name]
+    """Build, texture, shade, blur and shadow one specimen in its own patch.
+
+    `builder` and `size_um` replace the class's shape function and size range (used by
+    `synthetic_ood` for objects that are none of the classes).
+    """
+    build = builder if builder is not None else _SHAPES[class_name]
+    lo, hi = size_um if size_um is not None else _SIZE_UM[class_name]
     if diameter_px is None:
         d = math.exp(rng.uniform(math.log(lo), math.log(hi))) / pixel_size_um
     else:

@@ -7,6 +7,8 @@ Main entry points
 -----------------
 - `Predictor` / `Predictor.from_checkpoint`: crops (N, 224, 224, 3) uint8 -> `Predictions`.
 - `build_model`, `FORAMNet`: the network, with "imagenet", file or "none" backbone weights.
+- `resolve_backbone`, `INPUT_CONVENTIONS`: where ImageNet weights come from and what input
+  each set expects.
 - `save_checkpoint`, `load_checkpoint`, `ModelInfo`: one safetensors file per model.
 - `demo_checkpoint`: a small model trained on synthetic specimens at first use.
 """
@@ -18,11 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "FORAMNet": "model",
-    "MissingWeightsError": "model",
+    "MissingWeightsError": "backbone",
+    "BackboneWeights": "backbone",
+    "INPUT_CONVENTIONS": "backbone",
+    "WEIGHTS_ENV": "backbone",
+    "resolve_backbone": "backbone",
     "build_model": "model",
-    "imagenet_weights_path": "model",
+    "imagenet_weights_path": "backbone",
     "ModelInfo": "checkpoint",
-    "file_sha256": "checkpoint",
+    "file_sha256": "backbone",
     "load_checkpoint": "checkpoint",
     "new_classifier": "checkpoint",
     "read_model_info": "checkpoint",
@@ -36,6 +42,9 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "INPUT_CONVENTIONS",
+    "WEIGHTS_ENV",
+    "BackboneWeights",
     "FORAMNet",
     "MissingWeightsError",
     "ModelInfo",
@@ -49,27 +58,31 @@ __all__ = [
     "measure_bf16_agreement",
     "new_classifier",
     "read_model_info",
+    "resolve_backbone",
     "resolve_device",
     "save_checkpoint",
     "train_head_on_features",
 ]
 
 if TYPE_CHECKING:
+    from napari_foram.classify.backbone import (
+        INPUT_CONVENTIONS,
+        WEIGHTS_ENV,
+        BackboneWeights,
+        MissingWeightsError,
+        file_sha256,
+        imagenet_weights_path,
+        resolve_backbone,
+    )
     from napari_foram.classify.checkpoint import (
         ModelInfo,
-        file_sha256,
         load_checkpoint,
         new_classifier,
         read_model_info,
         save_checkpoint,
     )
     from napari_foram.classify.demo_model import demo_checkpoint, train_head_on_features
-    from napari_foram.classify.model import (
-        FORAMNet,
-        MissingWeightsError,
-        build_model,
-        imagenet_weights_path,
-    )
+    from napari_foram.classify.model import FORAMNet, build_model
     from napari_foram.classify.predict import (
         Predictions,
         Predictor,

@@ -3,7 +3,9 @@
 Layout of a checkpoint file
 ---------------------------
 - tensors, fp32: ``conv.*`` (VGG16 conv blocks, 14,714,688 values = 58.9 MB) and ``head.*``
-  (the dense head: 12,878,660 values = 51.5 MB for (512, 64) units and 4 classes).
+  (the dense head: 12,878,660 values = 51.5 MB for (512, 64) units and 4 classes), and
+  optionally ``density.*`` (the feature density of `napari_foram.classify.density`, about
+  4.2 MB, kept in head-only files too).
   A *head-only* checkpoint stores just ``head.*`` (51.5 MB instead of 110.4 MB) and names
   its backbone (``"imagenet"``, ``"none"`` + seed, or a weights file); loading rebuilds the
   backbone from that source and checks it against the stored ``backbone_sha256``.
@@ -31,12 +33,21 @@ from typing import Any
 import torch
 
 from napari_foram._versions import software_versions
+from napari_foram.classify.backbone import (
+    INPUT_CONVENTIONS,
+    RANDOM_BACKBONE,
+    check_convention,
+    file_sha256,
+)
+from napari_foram.classify.density import STATE_PREFIX as DENSITY_PREFIX
+from napari_foram.classify.density import FeatureDensity
 from napari_foram.classify.model import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN_UNITS,
     INPUT_SIZE,
     FORAMNet,
     build_model,
+    build_model_with_weights,
     describe_weights_source,
 )
 
@@ -62,15 +73,27 @@ class ModelInfo:
     input_size
         Side of the square input crop in pixels (224).
     scale
-        Pixel scaling before the network: "0-1" (uint8 / 255), as in the study.
+        Kept for checkpoints written before `input_convention` existed: "0-1".
     imagenet_normalize
-        Whether to subtract the ImageNet mean and divide by its std after scaling
-        (the study did not).
+        Kept for old checkpoints: True meant the "torchvision" convention, False "study".
+        Always equal to ``input_convention == "torchvision"``.
+    input_convention
+        How uint8 RGB pixels become network input: "torchvision", "caffe" or "study"
+        (`napari_foram.classify.backbone.INPUT_CONVENTIONS`). Empty in an old record:
+        derived from `imagenet_normalize`, so old checkpoints load as they did.
     backbone
         Backbone architecture name ("vgg16").
     backbone_weights
         Where the backbone's starting weights came from: "imagenet", "none", or
         "file:NAME:SHA16" (see `describe_weights_source`).
+    backbone_id
+        Which weights those were: "vgg16-imagenet-keras", "vgg16-imagenet-torchvision",
+        "vgg16-random" or "vgg16-file:NAME" ("" in records written before it existed).
+        With `backbone_sha256` it identifies the backbone exactly.
+    unsure_rule
+        When a specimen is "unsure" (likely none of the classes) rather than its
+        arg-max class: ``{"measure": "mutual_information" | "entropy" | "vote",
+        "threshold": t, ...}``, unsure when the measure exceeds t. {} for no rule.
     backbone_seed
         Seed of the random backbone when `backbone_weights` is "none", else None.
     head_only
@@ -95,9 +118,12 @@ class ModelInfo:
     input_size: int = INPUT_SIZE
     scale: str = "0-1"
     imagenet_normalize: bool = False
+    input_convention: str = ""
     backbone: str = "vgg16"
     backbone_weights: str = "imagenet"
+    backbone_id: str = ""
     backbone_seed: int | None = None
+    unsure_rule: dict[str, Any] = field(default_factory=dict)
     head_only: bool = False
     backbone_sha256: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -118,6 +144,17 @@ class ModelInfo:
             raise ValueError(f"unsupported input scale {self.scale!r} (only '0-1')")
         if self.input_size != INPUT_SIZE:
             raise ValueError(f"VGG16 head needs {INPUT_SIZE} px crops, got {self.input_size}")
+        if not self.input_convention:
+            self.input_convention = "torchvision" if self.imagenet_normalize else "study"
+        check_convention(self.input_convention)
+        self.imagenet_normalize = self.input_convention == "torchvision"
+        if not isinstance(self.unsure_rule, dict):
+            raise ValueError(f"unsure_rule must be a mapping, got {self.unsure_rule!r}")
+
+    @property
+    def input_description(self) -> str:
+        """The input convention in words."""
+        return INPUT_CONVENTIONS[self.input_convention]
 
     @property
     def num_classes(self) -> int:
@@ -153,14 +190,18 @@ def new_classifier(
     hidden_units: Sequence[int] = DEFAULT_HIDDEN_UNITS,
     dropout: float = DEFAULT_DROPOUT,
     seed: int = 0,
-    imagenet_normalize: bool = False,
+    input_convention: str | None = None,
+    imagenet_normalize: bool | None = None,
     download: bool = False,
 ) -> tuple[FORAMNet, ModelInfo]:
     """A fresh (untrained-head) model and the matching `ModelInfo`, ready to train or save.
 
     Arguments as for `build_model`; `class_names` fixes K and the logit order.
+    `input_convention` defaults to the one the weights carry ("torchvision" for a random
+    backbone: centred inputs keep more signal through random layers); the older
+    `imagenet_normalize` flag, when given, means "torchvision" (True) or "study" (False).
     """
-    model = build_model(
+    model, weights = build_model_with_weights(
         len(class_names),
         backbone_weights=backbone_weights,
         hidden_units=hidden_units,
@@ -168,24 +209,20 @@ def new_classifier(
         seed=seed,
         download=download,
     )
+    if input_convention is None and imagenet_normalize is not None:
+        input_convention = "torchvision" if imagenet_normalize else "study"
+    if input_convention is None:
+        input_convention = weights.convention if weights is not None else "torchvision"
     source = describe_weights_source(backbone_weights)
     info = ModelInfo.for_model(
         model,
         tuple(class_names),
         backbone_weights=source,
+        backbone_id=weights.name if weights is not None else RANDOM_BACKBONE,
         backbone_seed=int(seed) if source == "none" else None,
-        imagenet_normalize=imagenet_normalize,
+        input_convention=check_convention(input_convention),
     )
     return model, info
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _tensor_digest(tensors: Mapping[str, torch.Tensor], h: Any = None) -> Any:
@@ -256,7 +293,7 @@ def save_checkpoint(
         k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
     }
     if head_only:
-        state = {k: v for k, v in state.items() if k.startswith("head.")}
+        state = {k: v for k, v in state.items() if k.startswith(("head.", DENSITY_PREFIX))}
     record = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **info._stored_dict()}
     try:
         json.dumps(record)
@@ -383,6 +420,14 @@ def load_checkpoint(
         raise ValueError(f"{path.name}: cannot read tensors: {exc}".splitlines()[0]) from None
     if record.get("content_sha256") != _content_digest(record, tensors):
         raise ValueError(f"{path.name}: content digest mismatch (file edited or corrupted)")
+    # The optional feature density travels beside the network's own tensors.
+    density_tensors = {k: tensors.pop(k) for k in list(tensors) if k.startswith(DENSITY_PREFIX)}
+    try:
+        density = FeatureDensity.from_state(density_tensors)
+    except ValueError as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
+    if density is not None and density.class_means.shape[0] != info.num_classes:
+        raise ValueError(f"{path.name}: the feature density does not fit the class count")
 
     # Build on the meta device (no memory, no init cost) just to learn the expected shapes.
     with torch.device("meta"):
@@ -428,6 +473,7 @@ def load_checkpoint(
     else:
         model = skeleton
         model.load_state_dict(tensors, strict=True, assign=True)
+    model.density = density
     info.sha256 = file_sha256(path)
     info.path = str(path)
     return model.to(device).eval(), info

@@ -1,11 +1,13 @@
 """A demo classifier trained on synthetic specimens at first use, with no download.
 
-The study's model needs ImageNet weights (528 MB) and the Barents Sea crops, neither of
-which the demo may download. So the demo model is the same network -- VGG16 conv blocks
-plus the Table-1 head -- with a *random* backbone from a fixed seed, and a head trained
-on synthetic specimens. Random conv features are a weak but real representation: enough
-to tell the procedural classes apart (the held-out accuracy is recorded in the
-checkpoint's metrics), nowhere near enough for real specimens.
+The demo model is the study's network -- VGG16 conv blocks plus the Table-1 head -- with
+the head trained on synthetic specimens. Its backbone is ImageNet VGG16 when weights are
+found the usual way (`napari_foram.classify.backbone.resolve_backbone`: the
+``$NAPARI_FORAM_VGG16_WEIGHTS`` file, then torch hub's cache; never a download behind the
+user's back), which is the study's transfer learning. When none are found (an offline
+machine) it warns (`DemoBackboneWarning`) and falls back to a *random* backbone from a
+fixed seed: a weak but real representation, far less accurate. Each backbone gets its own
+cache file; the checkpoint, `summary.json` and the tally provenance say which was used.
 
 The training crops are made the way the study made its own and the way the counter sees
 specimens: synthetic trays (`napari_foram.synthetic.render_tray`) go through the detector
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +35,36 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_foram.classify.backbone import (
+    BackboneWeights,
+    MissingWeightsError,
+    resolve_backbone,
+)
 from napari_foram.classify.checkpoint import new_classifier, read_model_info, save_checkpoint
+from napari_foram.classify.density import pool_features
 from napari_foram.classify.model import FORAMNet
 
+__all__ = [
+    "DemoBackboneWarning",
+    "demo_backbone",
+    "demo_checkpoint",
+    "demo_model_path",
+    "demo_pooling_matrix",
+    "fold_pooled_head",
+    "pool_features",
+    "render_demo_crops",
+    "train_head_on_features",
+]
+
 #: Bump when the renderer, the recipe or the defaults change: old caches are then ignored.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 #: Seed of the random backbone (fixed: the demo must be the same model everywhere).
 DEMO_BACKBONE_SEED = 20200113
-DEFAULT_N_PER_CLASS = 150
+#: Training crops per class on ImageNet features, and on a random backbone.
+DEFAULT_N_PER_CLASS = 100
+RANDOM_N_PER_CLASS = 150
+#: Share of held-out (in-distribution) crops the demo model's unsure rule may flag.
+UNSURE_FALSE_FLAG_RATE = 0.05
 #: Tray seeds for the demo: training uses indices below this, held-out checks above it.
 HELD_OUT_OFFSET = 50_000
 #: Geometry of the training trays: one demo camera field, specimens apart and whole.
@@ -49,6 +74,38 @@ TRAY_SPECIMENS = 24
 HELD_OUT_PER_CLASS = 25
 
 ProgressCallback = Callable[[int, int, str], None]
+
+
+class DemoBackboneWarning(UserWarning):
+    """No ImageNet VGG16 weights were found: the demo model uses a random backbone."""
+
+
+def demo_backbone() -> tuple[BackboneWeights | None, str]:
+    """The ImageNet weights the demo model would use, or (None, the reason none were found).
+
+    Never downloads: the demo must start on an offline machine.
+    """
+    try:
+        return resolve_backbone("imagenet", download=False), ""
+    except MissingWeightsError as exc:
+        return None, str(exc)
+
+
+def demo_model_path(
+    cache_dir: str | Path | None = None,
+    *,
+    weights: BackboneWeights | None,
+    n_per_class: int = DEFAULT_N_PER_CLASS,
+    seed: int = 0,
+    default_n: int = DEFAULT_N_PER_CLASS,
+) -> Path:
+    """Cache path of the demo model for this backbone (one file per set of weights)."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    suffix = "" if (n_per_class, seed) == (default_n, 0) else f"-n{n_per_class}-s{seed}"
+    # The file digest names the exact weights; a download has no file digest yet, but
+    # torchvision's file name carries its hash prefix.
+    tag = "random" if weights is None else f"imagenet-{(weights.file_sha256 or '397923af')[:12]}"
+    return root / "models" / f"demo-v{DEMO_VERSION}-{tag}{suffix}.safetensors"
 
 
 def tray_seed(seed: int, i: int) -> int:
@@ -214,9 +271,10 @@ def demo_checkpoint(
     cache_dir: str | Path | None = None,
     *,
     progress: ProgressCallback | None = None,
-    n_per_class: int = DEFAULT_N_PER_CLASS,
+    n_per_class: int | None = None,
     seed: int = 0,
     force: bool = False,
+    backbone: str = "auto",
 ) -> Path:
     """Path of the demo model, trained on synthetic specimens at first use and cached.
 
@@ -229,24 +287,47 @@ def demo_checkpoint(
         ``progress(done, total, message)`` callback for a progress bar; called only when
         the model has to be trained.
     n_per_class
-        Training crops per class (features of 4 x 150 crops take ~2 min on 2 CPU cores).
+        Training crops per class; default 100 on ImageNet features (more gained nothing
+        on held-out trays: docs/benchmarks.md) and 150 on a random backbone.
     seed
         Data set seed (crop seeds and the validation split).
     force
         Retrain even if a cached model exists.
+    backbone
+        "auto" (ImageNet weights if found, else a random backbone with a
+        `DemoBackboneWarning`), "imagenet" (raise `MissingWeightsError` if not found) or
+        "none" (random backbone).
 
     Returns
     -------
     Path
-        The ``.safetensors`` checkpoint (full: backbone + head, 110 MB).
+        The ``.safetensors`` checkpoint (full: backbone + head + feature density, 115 MB).
     """
+    from napari_foram.classify.density import FeatureDensity, fit_threshold, pooling_matrix
     from napari_foram.classify.predict import Predictor
 
+    if backbone not in ("auto", "imagenet", "none"):
+        raise ValueError(f"backbone must be auto, imagenet or none, not {backbone!r}")
+    weights: BackboneWeights | None = None
+    if backbone == "imagenet":
+        weights = resolve_backbone("imagenet")
+    elif backbone == "auto":
+        weights, reason = demo_backbone()
+        if weights is None:
+            warnings.warn(
+                f"the demo model falls back to a random VGG16 backbone (far less accurate) "
+                f"because {reason[0].lower()}{reason[1:]}",
+                DemoBackboneWarning,
+                stacklevel=2,
+            )
+    if n_per_class is None:
+        n_per_class = DEFAULT_N_PER_CLASS if weights is not None else RANDOM_N_PER_CLASS
     if n_per_class < 5:
         raise ValueError(f"n_per_class must be at least 5, got {n_per_class}")
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    suffix = "" if (n_per_class, seed) == (DEFAULT_N_PER_CLASS, 0) else f"-n{n_per_class}-s{seed}"
-    path = root / "models" / f"demo-v{DEMO_VERSION}{suffix}.safetensors"
+    default_n = DEFAULT_N_PER_CLASS if weights is not None else RANDOM_N_PER_CLASS
+    path = demo_model_path(
+        cache_dir, weights=weights, n_per_class=n_per_class, seed=seed, default_n=default_n
+    )
     if path.is_file() and not force:
         try:
             info = read_model_info(path)  # header + size check: catches truncated files
@@ -259,7 +340,7 @@ def demo_checkpoint(
     max_epochs = 100
     n_crops = 4 * n_per_class
     n_held_out = 4 * HELD_OUT_PER_CLASS
-    total = 2 * n_crops + max_epochs + n_held_out
+    total = 2 * n_crops + max_epochs + 2 * n_held_out
     t0 = time.perf_counter()
 
     report(0, total, "rendering synthetic trays and detecting specimens")
@@ -267,29 +348,26 @@ def demo_checkpoint(
     t_render = time.perf_counter() - t0
     report(n_crops, total, "computing VGG16 features")
 
-    model, info = new_classifier(
-        class_names,
-        backbone_weights="none",
-        seed=DEMO_BACKBONE_SEED,
-        imagenet_normalize=True,  # centred inputs keep more signal through a random net
-    )
+    if weights is not None:
+        model, info = new_classifier(class_names, backbone_weights="imagenet")
+    else:
+        model, info = new_classifier(class_names, backbone_weights="none", seed=DEMO_BACKBONE_SEED)
     predictor = Predictor(model, info, device="cpu", precision="fp32", batch_size=8)
-    chunks = []
-    for start in range(0, n_crops, 8):
-        chunks.append(predictor.extract_features(crops[start : start + 8]))
-        report(n_crops + min(start + 8, n_crops), total, "computing VGG16 features")
-    features = torch.cat(chunks)
+    features = _features_with_progress(
+        predictor, crops, lambda done: report(n_crops + done, total, "computing VGG16 features")
+    )
     t_features = time.perf_counter() - t0 - t_render
 
     def epoch_progress(epoch: int, epochs: int, message: str) -> None:
         report(2 * n_crops + epoch, total, message)
 
-    # Random VGG16 features are weak and 25088-wide; with a few hundred crops the head
-    # overfits them. It does better trained on standardised pooled features --
-    # the mean over the 7 x 7 grid and over its central 3 x 3, per channel (1024 wide,
-    # roughly translation-invariant). Pooling and standardising are linear, so the trained
-    # first layer folds exactly into the Table-1 head's 25088-input layer.
-    pooling = demo_pooling_matrix()
+    # With a few hundred crops a head on all 25088 conv values overfits (on ImageNet
+    # features: 93-95 % held out, against 96-98 % this way). It does better trained on
+    # standardised pooled features -- the mean over the 7 x 7 grid and over its central
+    # 3 x 3, per channel (1024 wide, roughly translation-invariant). Pooling and
+    # standardising are linear, so the trained first layer folds exactly into the
+    # Table-1 head's 25088-input layer.
+    pooling = pooling_matrix()
     pooled = pool_features(features, pooling)
     mu, sd = pooled.mean(0), pooled.std(0) + 1e-6
     proxy = _proxy_head(model, pooled.shape[1])
@@ -304,25 +382,37 @@ def demo_checkpoint(
         progress=epoch_progress,
     )
     fold_pooled_head(proxy, model, pooling, mu, sd)
+    model.density = FeatureDensity.fit(features, labels, len(class_names))
 
     # Held-out trays (seeds no training tray uses), scored with the folded Table-1 model
-    # itself, deterministic: the figure a user can expect on the demo's specimens.
+    # itself, deterministic: the figure a user can expect on the demo's specimens. Their
+    # feature distances set the "unsure" threshold (5 % of them flagged).
     done = 2 * n_crops + max_epochs
-    report(done, total, "scoring held-out synthetic trays")
+    report(done, total, "rendering held-out synthetic trays")
     held_crops, held_labels, _ = render_demo_crops(
         HELD_OUT_PER_CLASS, seed=seed, start=HELD_OUT_OFFSET
     )
-    correct = 0
-    for start in range(0, n_held_out, 8):
-        pred = predictor.predict(held_crops[start : start + 8], mc_samples=1)
-        correct += int((pred.class_index == held_labels[start : start + 8]).sum())
-        report(done + min(start + 8, n_held_out), total, "scoring held-out synthetic trays")
-    held_out_accuracy = correct / n_held_out
+    report(done + n_held_out, total, "scoring held-out synthetic trays")
+    held_features = _features_with_progress(
+        predictor,
+        held_crops,
+        lambda k: report(done + n_held_out + k, total, "scoring held-out synthetic trays"),
+    )
+    held = predictor.predict_features(held_features, mc_samples=1)
+    held_out_accuracy = float(np.mean(held.class_index == held_labels))
+    threshold = fit_threshold(held.feature_distance, UNSURE_FALSE_FLAG_RATE)
+    info.unsure_rule = {
+        "measure": "feature_distance",
+        "threshold": round(threshold, 4),
+        "false_flag_rate": UNSURE_FALSE_FLAG_RATE,
+        "set_on": f"{n_held_out} held-out synthetic crops",
+    }
     report(total, total, f"demo model ready: held-out accuracy {held_out_accuracy:.3f}")
 
     info.training = _training_record(
         result, n_per_class, seed, t_render, t_features, time.perf_counter() - t0
     )
+    info.training["backbone"] = info.backbone_id
     info.metrics = {
         "val_accuracy": result.val_accuracy,
         "val_loss": result.val_loss,
@@ -334,17 +424,22 @@ def demo_checkpoint(
     return path
 
 
+def _features_with_progress(
+    predictor: Any, crops: np.ndarray, done: Callable[[int], None], chunk: int = 8
+) -> torch.Tensor:
+    """Conv features of `crops` in chunks, calling ``done(n_so_far)`` after each."""
+    parts = []
+    for start in range(0, len(crops), chunk):
+        parts.append(predictor.extract_features(crops[start : start + chunk]))
+        done(min(start + chunk, len(crops)))
+    return torch.cat(parts)
+
+
 def demo_pooling_matrix() -> torch.Tensor:
-    """(2, 49) pooling weights over the 7 x 7 grid: global mean, and mean of the centre 3 x 3."""
-    centre = torch.zeros(7, 7)
-    centre[2:5, 2:5] = 1.0 / 9.0
-    return torch.stack([torch.full((49,), 1.0 / 49.0), centre.flatten()])
+    """The pooling the demo head is trained on (`napari_foram.classify.density.pooling_matrix`)."""
+    from napari_foram.classify.density import pooling_matrix
 
-
-def pool_features(features: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
-    """(N, 25088) -> (N, R * 512): ``out[:, r * 512 + c] = sum_s pooling[r, s] f[:, 49 c + s]``."""
-    x = features.view(-1, 512, 49)
-    return torch.einsum("ncs,rs->nrc", x, pooling).flatten(1)
+    return pooling_matrix()
 
 
 def _proxy_head(model: FORAMNet, in_features: int) -> nn.Sequential:
@@ -401,10 +496,9 @@ def _training_record(
         "n_per_class": n_per_class,
         "data_seed": seed,
         "tray_seeds": "tray_seed(data_seed, i) for i = 0, 1, ... until every class is full",
-        "phase": "head only (random VGG16 backbone frozen)",
+        "phase": "head only (VGG16 backbone frozen)",
         "head_input": "trained on standardised pooled features (7x7 mean, centre 3x3 mean), "
         "folded exactly into the 25088-input first layer",
-        "backbone_seed": DEMO_BACKBONE_SEED,
         "optimizer": "Adam",
         "lr": 5e-4,
         "batch_size": 32,

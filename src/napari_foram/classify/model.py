@@ -2,7 +2,7 @@
 
 ::
 
-    crop (N, 3, 224, 224), 0-1
+    crop (N, 3, 224, 224), scaled by the model's input convention
       -> VGG16 conv blocks (13 conv + 5 max-pool)      -> (N, 512, 7, 7)
       -> flatten                                       -> (N, 25088)
       -> Linear 512 -> ReLU -> Dropout(p)
@@ -12,20 +12,46 @@
 `FORAMNet.features` and `FORAMNet.head` are callable separately because dropout lives only
 in the head: Monte Carlo dropout computes the conv features once and runs the head N times.
 
-Backbone weights come from one of three places, never silently swapped for another:
-``"imagenet"`` (torchvision's VGG16 ImageNet weights, from torch hub's cache, downloaded
-only when asked to), a local file (a full torchvision ``vgg16`` state_dict such as
-``vgg16-397923af.pth``), or ``"none"`` (random He-normal initialisation from a seed).
+Backbone weights come from ``"imagenet"`` (found as `napari_foram.classify.backbone`
+says: an environment variable, torch hub's cache, or a download only when asked to), a
+local file (``.safetensors`` or ``.pth``, tensors only), or ``"none"`` (random He-normal
+initialisation from a seed); never silently swapped for another. Which input convention
+the weights expect travels with them (`napari_foram.classify.backbone`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from napari_foram.classify.backbone import (
+    IMAGENET_FILENAME,
+    IMAGENET_URL,
+    BackboneWeights,
+    MissingWeightsError,
+    file_sha256,
+    imagenet_weights_path,
+    resolve_backbone,
+)
+
+__all__ = [
+    "DEFAULT_DROPOUT",
+    "DEFAULT_HIDDEN_UNITS",
+    "FEATURE_DIM",
+    "IMAGENET_FILENAME",
+    "IMAGENET_URL",
+    "INPUT_SIZE",
+    "FORAMNet",
+    "MissingWeightsError",
+    "build_model",
+    "build_model_with_weights",
+    "describe_weights_source",
+    "imagenet_weights_path",
+    "vgg16_conv_shapes",
+]
 
 #: VGG16 layer plan (torchvision's configuration "D"): channels per conv, "M" = max-pool.
 VGG16_PLAN: tuple[int | str, ...] = (
@@ -55,13 +81,6 @@ FEATURE_DIM = 512 * 7 * 7
 #: The study's head: hidden units per dense layer and dropout rate (authors' code).
 DEFAULT_HIDDEN_UNITS: tuple[int, ...] = (512, 64)
 DEFAULT_DROPOUT = 0.2
-#: File name of torchvision's ImageNet VGG16 weights (as in torch hub's cache).
-IMAGENET_FILENAME = "vgg16-397923af.pth"
-IMAGENET_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-
-
-class MissingWeightsError(FileNotFoundError, ValueError):
-    """Pretrained backbone weights are not on this machine (also a ValueError: bad input)."""
 
 
 class FORAMNet(nn.Module):
@@ -84,6 +103,9 @@ class FORAMNet(nn.Module):
     head
         ``nn.Sequential``: Flatten -> [Linear -> ReLU -> Dropout] per hidden layer ->
         Linear K. Takes (N, 512, 7, 7) or (N, 25088) and returns logits (N, K).
+    density
+        None, or a `napari_foram.classify.density.FeatureDensity` fitted on the training
+        crops' features: how far a crop lies from every trained class.
 
     Notes
     -----
@@ -116,6 +138,9 @@ class FORAMNet(nn.Module):
             width = units
         layers.append(nn.Linear(width, self.num_classes))
         self.head = nn.Sequential(*layers)
+        # Optional "how unlike the training crops" model (`classify.density`), fitted after
+        # training; a submodule so it is saved, loaded and moved with the network.
+        self.density: nn.Module | None = None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened conv features, (N, 3, 224, 224) -> (N, 25088)."""
@@ -128,6 +153,14 @@ class FORAMNet(nn.Module):
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the head's tensors, keyed as in `state_dict` (``head.1.weight`` ...)."""
         return {k: v for k, v in self.state_dict().items() if k.startswith("head.")}
+
+    def feature_distance(self, features: torch.Tensor) -> torch.Tensor | None:
+        """(N,) distance of conv features from the training crops, or None without a
+        fitted density."""
+        if self.density is None:
+            return None
+        out: torch.Tensor = self.density(features)
+        return out
 
 
 def _vgg16_conv_blocks() -> nn.Sequential:
@@ -153,69 +186,19 @@ def _vgg16_conv_blocks() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def imagenet_weights_path() -> Path:
-    """Where torch hub keeps torchvision's ImageNet VGG16 weights on this machine."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_FILENAME
-
-
-def load_backbone_state(source: str | Path, *, download: bool = False) -> dict[str, torch.Tensor]:
-    """The conv-block tensors (keys ``0.weight`` ... ``28.bias``) from a weights source.
-
-    Parameters
-    ----------
-    source
-        ``"imagenet"`` or the path of a torchvision ``vgg16`` state_dict file.
-    download
-        With ``"imagenet"`` and no cached file: let torchvision download it (needs the
-        internet). Without it a missing file raises at once instead of trying the network.
-
-    Raises
-    ------
-    MissingWeightsError
-        The weights file is not there.
-    ValueError
-        The file holds no VGG16 conv tensors.
-    """
-    if str(source) == "imagenet":
-        path = imagenet_weights_path()
-        if not path.is_file():
-            if not download:
-                raise MissingWeightsError(
-                    f"ImageNet VGG16 weights not found: put {IMAGENET_FILENAME} "
-                    f"({IMAGENET_URL}) at {path}, or pass the file path as backbone weights"
-                )
-            # torchvision's own download path: verifies the hash in the file name.
-            state = torch.hub.load_state_dict_from_url(
-                IMAGENET_URL,
-                progress=True,
-                check_hash=True,
-                map_location="cpu",
-                weights_only=True,
-            )
-            return _conv_tensors(state, IMAGENET_URL)
-    else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise MissingWeightsError(f"backbone weights file not found: {path}")
-    try:
-        # weights_only: a plain tensor dict; never unpickle arbitrary objects.
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:
-        raise ValueError(f"cannot read backbone weights {path}: {exc}".splitlines()[0]) from exc
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a state_dict (got {type(state).__name__})")
-    return _conv_tensors(state, str(path))
-
-
-def _conv_tensors(state: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
-    """Keep the ``features.*`` tensors of a full vgg16 state_dict, prefix stripped."""
-    conv = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-    if not conv:
-        # Also accept a bare conv-block state_dict (keys "0.weight", ...).
-        conv = {k: v for k, v in state.items() if k.split(".", 1)[0].isdigit()}
-    if not conv:
-        raise ValueError(f"{where} holds no VGG16 conv tensors ('features.*' keys)")
-    return conv
+def vgg16_conv_shapes() -> dict[str, tuple[int, ...]]:
+    """Shapes of VGG16's conv tensors, keyed as in torchvision's ``vgg16().features``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    in_channels, index = 3, 0
+    for item in VGG16_PLAN:
+        if item == "M":
+            index += 1
+            continue
+        assert isinstance(item, int)
+        shapes[f"{index}.weight"] = (item, in_channels, 3, 3)
+        shapes[f"{index}.bias"] = (item,)
+        in_channels, index = item, index + 2  # conv + ReLU
+    return shapes
 
 
 def build_model(
@@ -236,36 +219,59 @@ def build_model(
     num_classes
         K output classes.
     backbone_weights
-        ``"imagenet"`` (torch hub cache, see `imagenet_weights_path`), a path to a
-        torchvision vgg16 state_dict, or ``"none"`` for a random backbone.
+        ``"imagenet"`` (resolved as `napari_foram.classify.backbone.resolve_backbone`
+        says: ``$NAPARI_FORAM_VGG16_WEIGHTS``, torch hub's cache, then a download if
+        allowed), a path to a VGG16 weights file (``.safetensors`` or ``.pth``), or
+        ``"none"`` for a random backbone.
     hidden_units, dropout
         Head configuration (the study: (512, 64), 0.2).
     seed
         Seeds the random initialisation (of the head, and of the backbone with "none"),
         without disturbing the global RNG.
     download
-        Allow torchvision to download the ImageNet weights when they are not cached.
+        Allow torchvision to download the ImageNet weights when they are not found.
 
     Raises
     ------
     MissingWeightsError
         Pretrained weights were asked for but are not on this machine.
     """
-    state = None
+    model, _ = build_model_with_weights(
+        num_classes,
+        backbone_weights=backbone_weights,
+        hidden_units=hidden_units,
+        dropout=dropout,
+        seed=seed,
+        download=download,
+    )
+    return model
+
+
+def build_model_with_weights(
+    num_classes: int,
+    *,
+    backbone_weights: str | Path = "imagenet",
+    hidden_units: Sequence[int] = DEFAULT_HIDDEN_UNITS,
+    dropout: float = DEFAULT_DROPOUT,
+    seed: int = 0,
+    download: bool = False,
+) -> tuple[FORAMNet, BackboneWeights | None]:
+    """`build_model`, also returning what the backbone weights are (None for "none")."""
+    weights = None
     if str(backbone_weights) != "none":
-        state = load_backbone_state(backbone_weights, download=download)
+        weights = resolve_backbone(backbone_weights, download=download)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = FORAMNet(num_classes, hidden_units=hidden_units, dropout=dropout)
-    if state is not None:
+    if weights is not None:
         try:
-            model.conv.load_state_dict(state, strict=True)
+            model.conv.load_state_dict(weights.conv, strict=True)
         except RuntimeError as exc:
             raise ValueError(
                 f"backbone weights {backbone_weights} do not fit VGG16: "
                 + str(exc).splitlines()[0]
             ) from exc
-    return model.eval()
+    return model.eval(), weights
 
 
 def describe_weights_source(backbone_weights: str | Path) -> str:
@@ -273,8 +279,4 @@ def describe_weights_source(backbone_weights: str | Path) -> str:
     if str(backbone_weights) in ("imagenet", "none"):
         return str(backbone_weights)
     path = Path(backbone_weights)
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return f"file:{path.name}:{digest.hexdigest()[:16]}"
+    return f"file:{path.name}:{file_sha256(path)[:16]}"

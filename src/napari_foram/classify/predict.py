@@ -27,12 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_foram.classify.backbone import convention_affine
 from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
 from napari_foram.classify.model import FEATURE_DIM, FORAMNet
 
-#: ImageNet channel mean and std (on 0-1 pixels), for checkpoints trained with them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Default crops per forward pass.
 DEFAULT_BATCH_CPU = 16
 DEFAULT_BATCH_CUDA = 256
@@ -65,6 +63,10 @@ class Predictions:
         The K class names in column order.
     mc_samples
         Stochastic passes per crop; 1 means one deterministic pass with dropout off.
+    feature_distance
+        (N,) float32, how far each crop's features lie from the training crops
+        (`napari_foram.classify.density`; about 1 for training-like crops, larger for
+        strangers); NaN when the model carries no feature density.
     """
 
     class_index: np.ndarray
@@ -76,6 +78,15 @@ class Predictions:
     vote_fraction: np.ndarray
     class_names: tuple[str, ...]
     mc_samples: int
+    feature_distance: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros(0, np.float32)
+    )
+
+    def __post_init__(self) -> None:
+        if self.feature_distance.shape[0] != self.class_index.shape[0]:
+            # No density (or built by older code): "unknown" for every crop.
+            nan = np.full(self.class_index.shape[0], np.nan, np.float32)
+            object.__setattr__(self, "feature_distance", nan)
 
     def __len__(self) -> int:
         return int(self.class_index.shape[0])
@@ -96,6 +107,7 @@ class Predictions:
             mutual_information=self.mutual_information[rows],
             vote_class=self.vote_class[rows],
             vote_fraction=self.vote_fraction[rows],
+            feature_distance=self.feature_distance[rows],
         )
 
 
@@ -298,13 +310,10 @@ class Predictor:
         if compile:
             self._conv = torch.compile(self.model.conv)
         self._head_prefix, self._head_rest = split_head(self.model.head)
-        self._scale = torch.full((1, 3, 1, 1), 1.0 / 255.0, device=self.device)
-        self._offset = torch.zeros((1, 3, 1, 1), device=self.device)
-        if info.imagenet_normalize:
-            std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-            mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-            self._scale = self._scale / std
-            self._offset = -mean / std
+        # The checkpoint's input convention, as one multiply-add per channel.
+        scale, offset = convention_affine(info.input_convention)
+        self._scale = torch.tensor(scale, device=self.device).view(1, 3, 1, 1)
+        self._offset = torch.tensor(offset, device=self.device).view(1, 3, 1, 1)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Predictor:
@@ -423,7 +432,11 @@ class Predictor:
                 with _dropout_active(self._head_rest):
                     logits = self._head_rest(rows)
                 probs = torch.softmax(logits.float(), dim=-1).view(n, b, -1)
-        return mc_statistics(probs)
+        stats = mc_statistics(probs)
+        distance = self.model.feature_distance(f.float())
+        if distance is not None:
+            stats["feature_distance"] = distance
+        return stats
 
     def _assemble(self, parts: list[dict[str, torch.Tensor]], n: int) -> Predictions:
         k = self.info.num_classes
@@ -455,6 +468,9 @@ class Predictor:
             vote_fraction=cat("vote_fraction").astype(np.float32),
             class_names=self.class_names,
             mc_samples=n,
+            feature_distance=cat("feature_distance").astype(np.float32)
+            if "feature_distance" in parts[0]
+            else np.zeros(0, np.float32),
         )
 
 

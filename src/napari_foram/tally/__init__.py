@@ -19,6 +19,7 @@ from napari_foram.tally.stats import (
     REVIEW_NONE,
     REVIEW_REJECTED,
     REVIEW_RELABELLED,
+    UnsureRule,
     class_counts,
     expected_counts,
     final_labels,
@@ -26,6 +27,7 @@ from napari_foram.tally.stats import (
     progress,
     sample_summary,
     specimens_per_gram,
+    unsure_mask,
     wilson_interval,
 )
 from napari_foram.tally.store import (
@@ -52,6 +54,7 @@ __all__ = [
     "SampleRecord",
     "SpecimenBatch",
     "TallyStore",
+    "UnsureRule",
     "class_counts",
     "expected_counts",
     "export_csv",
@@ -62,5 +65,6 @@ __all__ = [
     "safe_text",
     "sample_summary",
     "specimens_per_gram",
+    "unsure_mask",
     "wilson_interval",
 ]

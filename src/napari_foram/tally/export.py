@@ -27,6 +27,8 @@ import numpy as np
 from napari_foram.tally import stats
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from napari_foram.tally.store import TallyStore
 
 #: Record fields, in count-sheet order, written at the start of every sample row.
@@ -48,6 +50,12 @@ RECORD_COLUMNS = (
     "notes",
 )
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: How unsure specimens are drawn (plots, napari layers): a light grey that is no
+#: class's colour (matplotlib's C7 and the sediment colour are darker greys), hatched
+#: in plots.
+UNSURE_COLOUR = (0.85, 0.85, 0.85, 1.0)
+UNSURE_HATCH = "///"
+UNSURE_LABEL = "unsure"
 
 
 def safe_text(text: str) -> str:
@@ -156,10 +164,19 @@ def export_csv(
     ``n_uncertain``; ``uncertain_entropy``; ``n_reviewed`` (counted specimens a person
     has looked at: confirmed, relabelled or dubious); ``n_dubious`` (counted as predicted,
     flagged by a person); ``n_duplicates``; ``n_rejected``; ``n_rows``; ``target``;
-    ``progress``; ``model_sha256``; ``mc_samples``; ``software_version``; ``export_date``.
+    ``progress``; ``model_sha256``; ``mc_samples``; ``software_version``; ``export_date``;
+    ``unsure``, ``unsure_measure``, ``unsure_threshold`` (see below).
     Counts use reviewed labels (a relabelled specimen counts as its reviewed class, a
-    rejected one not at all). Long rows repeat the sample's ``n_reviewed`` and
-    ``n_dubious`` on every class row.
+    rejected one not at all). Long rows repeat the sample's ``n_reviewed``,
+    ``n_dubious`` and ``unsure`` on every class row.
+
+    Unsure specimens: when the model that counted a sample carries an unsure rule
+    (`TallyStore.unsure_rule`), the specimens it calls unsure and no person has reviewed
+    are in no class count, nor in ``total_forams``, the percentages, per gram or P/B;
+    ``unsure`` says how many there are (``total_objects`` includes them), and the rule's
+    measure and threshold follow (empty without a rule, where ``unsure`` is 0). The
+    expected counts still use every counted specimen's probabilities. In the specimens
+    layout, ``unsure`` (1/0) marks them; their ``class`` column keeps the predicted class.
     """
     if fmt not in ("wide", "long", "specimens"):
         raise ValueError(f"fmt must be 'wide', 'long' or 'specimens', got {fmt!r}")
@@ -182,12 +199,14 @@ def export_csv(
             "area_px", "predicted_class", "class", "counted",
             *[f"prob_{s}" for s in slugs], *[f"var_{s}" for s in slugs],
             "entropy", "mutual_information", "vote_fraction", "review_status",
-            "reviewed_class", "review_time", "duplicate_of", "reviewer",
+            "reviewed_class", "review_time", "duplicate_of", "reviewer", "unsure",
+            "feature_distance",
         ]  # fmt: skip
         rows: list[list[Any]] = []
         for sid in ids:
             d = store.read_specimens(sid)
             labels = stats.final_labels(d)
+            unsure = stats.unsure_mask(d, store.unsure_rule(sid))
             reviewers, who = store.reviewers(sid), d["reviewer_index"]
             for i in range(len(d["row"])):
                 review_time = float(d["review_time"][i])
@@ -221,6 +240,8 @@ def export_csv(
                         else "",
                         d["duplicate_of"][i],
                         reviewers[who[i]] if who[i] >= 0 else "",
+                        bool(unsure[i]),
+                        d["feature_distance"][i],
                     ]
                 )
         _write_csv(out, header, rows)
@@ -229,13 +250,8 @@ def export_csv(
     summaries = []
     for sid in ids:
         record = store.sample_record(sid)
-        summary = stats.sample_summary(
-            store.read_specimens(sid),
-            record,
-            classes,
-            target=target,
-            z=z,
-            uncertain_entropy=uncertain_entropy,
+        summary = store.sample_summary(
+            sid, target=target, z=z, uncertain_entropy=uncertain_entropy
         )
         summaries.append((sid, record.to_dict(), summary, _model_id(store, sid)))
 
@@ -243,7 +259,7 @@ def export_csv(
         header = [
             *RECORD_COLUMNS[:9], "class", "count", "is_foram", "pct", "pct_low", "pct_high",
             "expected", "expected_sd", "total_forams", "n_reviewed", "n_dubious",
-            "model_sha256", "export_date",
+            "model_sha256", "export_date", "unsure",
         ]  # fmt: skip
         rows = []
         for _, rec, s, (sha, _mc) in summaries:
@@ -264,6 +280,7 @@ def export_csv(
                         s["n_dubious"],
                         sha,
                         export_date,
+                        s["n_unsure"],
                     ]
                 )
         _write_csv(out, header, rows)
@@ -280,6 +297,7 @@ def export_csv(
         "specimens_per_gram", "pb_ratio", "planktic_pct_of_pb", "n_uncertain", "uncertain_entropy",
         "n_reviewed", "n_dubious", "n_duplicates", "n_rejected", "n_rows", "target", "progress",
         "model_sha256", "mc_samples", "software_version", "export_date",
+        "unsure", "unsure_measure", "unsure_threshold",
     ]  # fmt: skip
     rows = []
     foram_idx = np.flatnonzero(forams)
@@ -308,6 +326,9 @@ def export_csv(
                 mc if isinstance(mc, (int, float)) else (str(mc) if mc is not None else None),
                 version,
                 export_date,
+                s["n_unsure"],
+                s["unsure_rule"].get("measure"),
+                s["unsure_rule"].get("threshold"),
             ]
         )
     _write_csv(out, header, rows)
@@ -334,7 +355,10 @@ def plot_tally(
     Left panel: % of the foraminiferal assemblage per class against depth (depth axis
     downward, as on a core log), with Wilson intervals as error bars. Samples without a
     depth are placed by their order and the axis says so. Right panel: the assemblage of
-    each sample as a stacked horizontal bar (%), samples in the same vertical order.
+    each sample as a stacked horizontal bar (%), samples in the same vertical order. The
+    specimens the model's unsure rule leaves out of the classes (see `export_csv`)
+    follow the assemblage as a hatched grey segment labelled "unsure", as many per 100
+    forams as there are (the axis stops at 200; the row labels give the numbers).
 
     Parameters
     ----------
@@ -349,6 +373,16 @@ def plot_tally(
     suffix = out.suffix.lower()
     if suffix not in (".png", ".svg"):
         raise ValueError(f"plot file must end in .png or .svg, got {out.name!r}")
+    fig = tally_figure(store, samples=samples, z=z)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, format=suffix[1:])
+    return out
+
+
+def tally_figure(
+    store: TallyStore, *, samples: Sequence[str] | None = None, z: float = 1.96
+) -> Figure:
+    """The figure `plot_tally` writes (axes: depth panel, bar panel), not saved."""
     # The object-oriented API with an Agg canvas: no pyplot, no global backend switch,
     # so it is safe inside napari's Qt process and headless alike.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -361,8 +395,7 @@ def plot_tally(
     if not ids:
         raise ValueError(f"no samples to plot in {store.path}")
     records = [store.sample_record(s) for s in ids]
-    summaries = [stats.sample_summary(store.read_specimens(s), r, classes, z=z) for s, r in
-                 zip(ids, records, strict=True)]  # fmt: skip
+    summaries = [store.sample_summary(s, z=z) for s in ids]
     depths = [r.depth for r in records]
     by_depth = all(d is not None for d in depths)
     if by_depth:
@@ -413,23 +446,49 @@ def plot_tally(
         pct = np.nan_to_num(np.array([s["pct"][j] for s in summaries])[order])
         ax_bar.barh(rows, pct, left=left, color=colours[j], label=classes[j], height=0.7)
         left += pct
+    # Unsure specimens (the model's unsure rule) are in no class and not in the 100 %:
+    # a grey segment after the assemblage, as many per 100 forams as there are (the
+    # whole bar when no foram was identified), so the class segments stay the CSV's %.
+    n_unsure = np.array([s["n_unsure"] for s in summaries], dtype=np.float64)[order]
+    n_forams = np.array([s["total_forams"] for s in summaries], dtype=np.float64)[order]
+    x_max = 100.0
+    if n_unsure.any():
+        width = np.where(n_forams > 0, 100.0 * n_unsure / np.maximum(n_forams, 1), 100.0)
+        width = np.where(n_unsure > 0, width, 0.0)
+        start = np.where(n_forams > 0, 100.0, 0.0)
+        ax_bar.barh(
+            rows,
+            width,
+            left=start,
+            color=UNSURE_COLOUR,
+            hatch=UNSURE_HATCH,
+            edgecolor="0.45",
+            linewidth=0.5,
+            label=UNSURE_LABEL,
+            height=0.7,
+        )
+        # Room for the unsure segments, up to twice the assemblage (the labels say n).
+        x_max = min(200.0, max(100.0, float((start + width).max())))
+        ax_bar.axvline(100.0, color="black", linewidth=0.6)
+        ax_bar.legend(fontsize="small", loc="lower right")
     labels = []
     for i in order:
         n = summaries[i]["total_forams"]
         depth = f" @ {depths[i]:g}" if depths[i] is not None else ""
-        labels.append(f"{ids[i]}{depth} (n={n})")
+        unsure = summaries[i]["n_unsure"]
+        labels.append(f"{ids[i]}{depth} (n={n}" + (f", {unsure} unsure)" if unsure else ")"))
     if by_depth:
         ax_bar.set_yticks(rows, labels, fontsize="small")
         ax_bar.set_ylim(len(ids) - 0.5, -0.5)  # first (shallowest) sample on top
     else:
         ax_bar.set_yticks(rows, labels, fontsize="small")
-    ax_bar.set_xlim(0, 100)
-    ax_bar.set_xlabel("% of foraminifera")
+    ax_bar.set_xlim(0, x_max)
+    ax_bar.set_xlabel(
+        "% of foraminifera" + ("; grey: unsure, per 100 forams" if n_unsure.any() else "")
+    )
     ax_bar.set_title("assemblage per sample", fontsize="medium")
     fig.suptitle(f"napari-foram tally: {store.path.name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, format=suffix[1:])
-    return out
+    return fig
 
 
 def _conf_label(z: float) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,20 @@ DEFAULT_TARGET = 300
 #: Predictive entropy (nats) above which an unreviewed specimen is flagged uncertain.
 #: ln(4) = 1.386 is the maximum for four classes; 0.5 nats is e.g. p = (0.87, 0.13/3 ...).
 DEFAULT_UNCERTAIN_ENTROPY = 0.5
+
+#: Uncertainty measures of a specimen: name -> what it is (higher = less sure). The review
+#: queue sorts by them and a classifier's unsure rule thresholds one of them.
+UNCERTAINTY_MEASURES: dict[str, str] = {
+    "mutual_information": "mutual information (MC dropout, epistemic)",
+    "entropy": "predictive entropy of the mean probabilities",
+    "vote": "1 - vote fraction (share of MC passes not voting for the majority)",
+    "feature_distance": "distance of the crop's VGG16 features from the training crops "
+    "(about 1 for training-like crops; NaN: the model has no feature density)",
+}
+#: Measure values within this of an unsure rule's threshold count as equal to it, so not
+#: above it: the measures are stored as float32, and e.g. a vote fraction of 0.7 reads
+#: back as 0.69999999, which would put 1 - 0.7 "above" a threshold of 0.3.
+UNSURE_TOLERANCE = 1e-6
 
 
 def normalise_class_name(name: str) -> str:
@@ -60,6 +75,127 @@ def predictive_entropy(mean_probs: np.ndarray) -> np.ndarray:
     return terms.sum(axis=1)
 
 
+def uncertainty(specimens: Mapping[str, np.ndarray], measure: str) -> np.ndarray:
+    """The uncertainty of every row under `measure` (higher = less sure), (n,) float64.
+
+    Parameters
+    ----------
+    specimens
+        Columns as `TallyStore.read_specimens` returns them (the measure's column).
+    measure
+        "mutual_information", "entropy" (both in nats), "vote" (1 - vote fraction) or
+        "feature_distance" (NaN in stores written before it existed).
+    """
+    if measure not in UNCERTAINTY_MEASURES:
+        raise ValueError(
+            f"unknown uncertainty measure {measure!r}: use one of {list(UNCERTAINTY_MEASURES)}"
+        )
+    if measure == "vote":
+        return 1.0 - np.asarray(specimens["vote_fraction"], dtype=np.float64)
+    if measure not in specimens:  # a column older stores lack: unknown, never "above"
+        return np.full(len(np.asarray(specimens["class_index"])), np.nan)
+    return np.asarray(specimens[measure], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class UnsureRule:
+    """When a classifier does not know what a specimen is: its measure above a threshold.
+
+    A classifier checkpoint may carry such a rule (``ModelInfo.unsure_rule``, recorded in
+    a sample's provenance as ``"unsure_rule"``), calibrated so that objects it was never
+    trained on (ostracods, fragments ...) are reported as *unsure* instead of being given
+    a class. The empty rule (no measure) makes no specimen unsure.
+
+    Parameters
+    ----------
+    measure
+        One of `UNCERTAINTY_MEASURES`; None for the empty rule.
+    threshold
+        A specimen is unsure when `uncertainty` under `measure` is strictly greater
+        (beyond `UNSURE_TOLERANCE`).
+    details
+        The rule's other keys as given (how it was calibrated ...), kept for the record.
+    """
+
+    measure: str | None = None
+    threshold: float = math.inf
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, rule: Mapping[str, Any] | UnsureRule | None) -> UnsureRule:
+        """The rule of a checkpoint's or a provenance entry's ``unsure_rule`` mapping.
+
+        ``{}`` and None give the empty rule; otherwise ``"measure"`` and a finite,
+        non-negative ``"threshold"`` are required (one-line ValueError if not).
+        """
+        if isinstance(rule, UnsureRule):
+            return rule
+        if rule is None or (isinstance(rule, Mapping) and not rule):
+            return cls()
+        if not isinstance(rule, Mapping):
+            raise ValueError(f"unsure rule must be a mapping, got {type(rule).__name__}")
+        measure = rule.get("measure")
+        if measure not in UNCERTAINTY_MEASURES:
+            raise ValueError(
+                f"unsure rule: unknown measure {measure!r}: use one of "
+                f"{list(UNCERTAINTY_MEASURES)}"
+            )
+        threshold = rule.get("threshold")
+        # bool is an int: refuse it, a True threshold is a mistake, not 1.0.
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise ValueError(f"unsure rule: threshold must be a number, got {threshold!r}")
+        if not math.isfinite(threshold) or threshold < 0:
+            # Every measure is >= 0: a negative threshold would call every specimen unsure.
+            raise ValueError(f"unsure rule: threshold must be finite and >= 0, got {threshold!r}")
+        details = {k: v for k, v in rule.items() if k not in ("measure", "threshold")}
+        return cls(str(measure), float(threshold), details)
+
+    @property
+    def active(self) -> bool:
+        """Whether the rule can make a specimen unsure (False for the empty rule)."""
+        return self.measure is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule as stored (``{}`` for the empty rule); `from_dict` reads it back."""
+        if self.measure is None:
+            return {}
+        return {"measure": self.measure, "threshold": self.threshold, **self.details}
+
+    def describe(self) -> str:
+        """Short text for a table or a plot: "mutual_information > 0.25" ("" when empty)."""
+        if self.measure is None:
+            return ""
+        return f"{self.measure} > {self.threshold:g}"
+
+    def above(self, specimens: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(n,) bool: rows whose measure exceeds the threshold, reviews not considered
+        (e.g. on fresh predictions, which have no review columns)."""
+        n = len(np.asarray(specimens["class_index"]))
+        if self.measure is None:
+            return np.zeros(n, dtype=bool)
+        return uncertainty(specimens, self.measure) > self.threshold + UNSURE_TOLERANCE
+
+
+def unsure_mask(
+    specimens: Mapping[str, np.ndarray], rule: UnsureRule | Mapping[str, Any] | None
+) -> np.ndarray:
+    """(n,) bool: counted specimens that `rule` calls unsure and no person has settled.
+
+    A row is unsure when it counts (`counted_mask`: not a duplicate, not rejected), its
+    measure is above the rule's threshold (`UnsureRule.above`) and its review status is
+    "not reviewed": a person who confirmed, relabelled or marked it dubious has decided
+    what it counts as. The empty rule (``{}`` or None) gives all False.
+    """
+    unsure_rule = UnsureRule.from_dict(rule)
+    mask = counted_mask(specimens)
+    if not unsure_rule.active:
+        return np.zeros_like(mask)
+    mask &= unsure_rule.above(specimens)
+    if "review_status" in specimens:
+        mask &= np.asarray(specimens["review_status"]) == REVIEW_NONE
+    return mask
+
+
 def counted_mask(specimens: Mapping[str, np.ndarray]) -> np.ndarray:
     """(n,) bool: rows that count (not a duplicate of an earlier row, not rejected)."""
     n = len(np.asarray(specimens["class_index"]))
@@ -82,9 +218,16 @@ def final_labels(specimens: Mapping[str, np.ndarray]) -> np.ndarray:
     return labels
 
 
-def class_counts(specimens: Mapping[str, np.ndarray], n_classes: int) -> np.ndarray:
-    """Counted specimens per class, (K,) int64 (see `final_labels`)."""
+def class_counts(
+    specimens: Mapping[str, np.ndarray], n_classes: int, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """Counted specimens per class, (K,) int64 (see `final_labels`).
+
+    `exclude`, an (n,) bool mask, leaves those rows out too (e.g. `unsure_mask`).
+    """
     labels = final_labels(specimens)
+    if exclude is not None:
+        labels = labels[~np.asarray(exclude, dtype=bool)]
     labels = labels[labels >= 0]
     if labels.size and labels.max() >= n_classes:
         raise ValueError(f"class index {labels.max()} out of range for {n_classes} classes")
@@ -272,12 +415,21 @@ def sample_summary(
     z: float = 1.96,
     uncertain_entropy: float = DEFAULT_UNCERTAIN_ENTROPY,
     non_foram_classes: Sequence[str] = NON_FORAM_CLASSES,
+    unsure_rule: UnsureRule | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a count sheet row needs about one sample.
 
     Percentages are of the foraminiferal assemblage: classes in `non_foram_classes`
     ("sediment") are counted but left out of `total_forams`, of the percentages (NaN for
     them) and of specimens per gram.
+
+    With an `unsure_rule` (the classifier's, `TallyStore.unsure_rule`), the specimens it
+    calls unsure (`unsure_mask`) are in no class: they are left out of `counts`,
+    `total_forams`, the percentages, specimens per gram, P/B and progress, and reported
+    as `n_unsure` (they are objects: ``total_objects = counts.sum() + n_unsure``). The
+    expected counts still use every counted row's probabilities, unsure ones included
+    (sum of expected = total_objects): they say what the model's probabilities imply,
+    not what the tally shows. Without a rule nothing is unsure and `n_unsure` is 0.
 
     Parameters
     ----------
@@ -288,11 +440,14 @@ def sample_summary(
         The SampleRecord (or a mapping with split_factor and dry_weight_g), or None.
     classes
         Class names in classifier order.
+    unsure_rule
+        An `UnsureRule` or its mapping (``{}`` / None: none).
 
     Returns
     -------
     dict
-        counts (K,) int64, total_objects, total_forams, pct (K,) and pct_low / pct_high
+        counts (K,) int64 (unsure specimens left out), n_unsure, unsure_rule (the rule as a
+        mapping, ``{}`` if none), total_objects, total_forams, pct (K,) and pct_low / pct_high
         (K,) Wilson bounds, all in % (NaN for non-foram classes and an empty sample);
         expected (K,), expected_sd (K,) from the MC probabilities; per_gram; pb_ratio;
         pct_planktic; n_uncertain; n_reviewed (counted rows a person has looked at:
@@ -300,7 +455,10 @@ def sample_summary(
         person); n_duplicates; n_rejected; n_rows; target; progress.
     """
     k = len(classes)
-    counts = class_counts(specimens, k)
+    rule = UnsureRule.from_dict(unsure_rule)
+    unsure = unsure_mask(specimens, rule)
+    n_unsure = int(unsure.sum())
+    counts = class_counts(specimens, k, exclude=unsure)
     forams = foram_mask(classes, non_foram_classes)
     total_forams = int(counts[forams].sum())
     # Percentages are of the foraminifera; non-foram classes (sediment) can outnumber
@@ -321,7 +479,9 @@ def sample_summary(
     counted = counted_mask(specimens)
     return {
         "counts": counts,
-        "total_objects": int(counts.sum()),
+        "n_unsure": n_unsure,
+        "unsure_rule": rule.to_dict(),
+        "total_objects": int(counts.sum()) + n_unsure,
         "total_forams": total_forams,
         "pct": pct,
         "pct_low": low,

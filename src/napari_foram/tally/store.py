@@ -14,6 +14,7 @@ Layout (a directory store)::
           entropy (n,)  mutual_information (n,)  vote_fraction (n,)  review_status (n,)
           reviewed_class (n,)  review_time (n,)  duplicate_of (n,)  crops (n, 224, 224, 3)
           reviewer_index (n,)   added later: stores without it read -1 (no reviewer)
+          feature_distance (n,) added later: stores without it read NaN (not measured)
           tally_time (m,)  tally_counts (m, K)     one row per commit (the running tally)
 
 Crash safety (see docs and environment notes: zarr's ``append`` grows the shape before it
@@ -108,10 +109,12 @@ _COLUMNS: dict[str, tuple[str, Any, tuple[int | str, ...]]] = {
     "duplicate_of": ("int64", -1, ()),
     # Index into the sample's "reviewers" attribute (who set review_status), -1 = none.
     "reviewer_index": ("int16", -1, ()),
+    # How unlike the model's training crops (classify.density); NaN = not measured.
+    "feature_distance": ("float32", float("nan"), ()),
 }
 # Columns added after stores were first written: an old store lacks their arrays, so
 # readers fill them in and a writer creates them on open (still schema version 1).
-_OPTIONAL_COLUMNS = ("reviewer_index",)
+_OPTIONAL_COLUMNS = ("reviewer_index", "feature_distance")
 #: Names of the per-specimen columns returned by `TallyStore.read_specimens` (crops aside).
 SPECIMEN_COLUMNS = tuple(_COLUMNS)
 # Columns needed to count specimens (see stats.final_labels).
@@ -306,6 +309,7 @@ class SpecimenBatch:
     class_index : (n,) int in [0, K)
     entropy, mutual_information : (n,) float, nats
     vote_fraction : (n,) float in [0, 1], share of MC samples voting for the majority class
+    feature_distance : (n,) float, distance from the model's training crops (NaN: unknown)
     stage_x_um, stage_y_um : (n,) float, sample coordinates of the specimen, micrometres
     review_status : (n,) int8 codes (REVIEW_*)
     reviewed_class : (n,) int, -1 = none
@@ -324,6 +328,7 @@ class SpecimenBatch:
     entropy: np.ndarray | None = None
     mutual_information: np.ndarray | None = None
     vote_fraction: np.ndarray | None = None
+    feature_distance: np.ndarray | None = None
     stage_x_um: np.ndarray | None = None
     stage_y_um: np.ndarray | None = None
     review_status: np.ndarray | None = None
@@ -382,6 +387,11 @@ class SpecimenBatch:
             (probs.max(axis=1) if n else np.zeros(0))
             if self.vote_fraction is None
             else _as_float(self.vote_fraction, "vote_fraction", (n,))
+        )
+        out["feature_distance"] = (
+            np.full(n, np.nan)
+            if self.feature_distance is None
+            else _as_float(self.feature_distance, "feature_distance", (n,), True)
         )
         for name in ("stage_x_um", "stage_y_um"):
             value = getattr(self, name)
@@ -1090,6 +1100,31 @@ class TallyStore:
         with self._mutex:
             return [dict(e) for e in self._sample_group(sample_id).attrs.get("provenance", [])]
 
+    def unsure_rule(self, sample_id: str) -> stats.UnsureRule:
+        """The unsure rule of the model that classified the sample last (empty if none).
+
+        The rule is the ``"unsure_rule"`` of the latest provenance entry that names a
+        model or a rule: entries that only note other things (frames counted per frame
+        at the end of a scan) keep the rule before them, and an entry of a model without
+        a rule (an old checkpoint) means no rule. One-line ValueError for a malformed rule.
+        """
+        for entry in reversed(self.provenance_history(sample_id)):
+            if "unsure_rule" in entry or "model_sha256" in entry:
+                return stats.UnsureRule.from_dict(entry.get("unsure_rule") or {})
+        return stats.UnsureRule()
+
+    def sample_summary(self, sample_id: str, **kwargs: Any) -> dict[str, Any]:
+        """`stats.sample_summary` of a sample with its record and its `unsure_rule`: the
+        numbers every widget, count sheet and plot shows. `kwargs` go to it (target, z,
+        uncertain_entropy, non_foram_classes)."""
+        return stats.sample_summary(
+            self.read_specimens(sample_id),
+            self.sample_record(sample_id),
+            self._class_names,
+            unsure_rule=self.unsure_rule(sample_id),
+            **kwargs,
+        )
+
     # ------------------------------------------------------------------ writing
     def _check_writable(self) -> None:
         if self._closed:
@@ -1469,7 +1504,8 @@ class TallyStore:
 
     def counts(self, sample_id: str) -> np.ndarray:
         """Counted specimens per class, (K,) int64: reviewed labels override predictions;
-        duplicates and rejected rows are left out."""
+        duplicates and rejected rows are left out. The model's unsure rule is not applied
+        here (every row has its class): `sample_summary` applies it."""
         data = self.read_specimens(sample_id, columns=_COUNT_COLUMNS)
         return stats.class_counts(data, len(self._class_names))
 

@@ -128,11 +128,14 @@ class LiveWidget(QWidget):
         self.counter: LiveCounter | None = None
         self.last_outcome: dict[str, object] = {}
         self._pending: list[FrameResult] = []
-        self._shown: list[tuple[float, float, str, float, bool, float]] = []
+        # (y, x, class, probability, uncertain, diameter um, unsure) per counted specimen.
+        self._shown: list[tuple[float, float, str, float, bool, float, bool]] = []
         # Counts drawn in the table: read from the store when a sample starts or an
         # acquisition ends, advanced from the results in between (reading the store on
-        # every redraw would wait for the worker's appends on the GUI thread).
+        # every redraw would wait for the worker's appends on the GUI thread). Specimens
+        # the model's unsure rule puts in no class are counted apart, as the tally does.
         self._tally: dict[str, int] = {}
+        self._n_unsure = 0
         self._specimens_stale = False
         self._mosaic: Mosaic | None = None  # the scan's overview, at display resolution
         self._overview_step = 1
@@ -361,7 +364,7 @@ class LiveWidget(QWidget):
         for name in (SPECIMENS_LAYER, UNCERTAIN_LAYER):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
-        self._tally = self.counter.tally()
+        self._reload_tally()
         self._prepare_layers()
         try:  # the scan as set now: its overview is made (and first drawn) before it runs
             plan = self.counter.plan_scan(
@@ -493,7 +496,7 @@ class LiveWidget(QWidget):
     def _on_finished(self, what: str, outcome: object) -> None:
         self._redraw(everything=True)
         if self.counter is not None and self.counter.sample_id is not None:
-            self._tally = self.counter.tally()  # the worker is done: the store is quiet
+            self._reload_tally()  # the worker is done: the store is quiet
             self._refresh_tally()
         self.last_outcome[what] = outcome
         self.pause_button.setChecked(False)
@@ -551,10 +554,27 @@ class LiveWidget(QWidget):
         batch, self._pending[:] = list(self._pending), []
         self._show_frames(batch)
         names = list(counter.store.class_names) if counter is not None else []
+        rule = counter.unsure_rule if counter is not None else None
         for r in batch:
             if r.predictions is None:
                 continue
             px = r.frame.pixel_size_um or 1.0
+            # New rows are counted and unreviewed: the rule alone says which are unsure
+            # (`stats.unsure_mask` on the stored rows gives the same).
+            p = r.predictions
+            unsure = (
+                rule.above(
+                    {
+                        "class_index": p.class_index,
+                        "entropy": p.entropy,
+                        "mutual_information": p.mutual_information,
+                        "vote_fraction": p.vote_fraction,
+                        "feature_distance": p.feature_distance,
+                    }
+                )
+                if rule is not None
+                else np.zeros(len(p.class_index), dtype=bool)
+            )
             for j, row in enumerate(r.new_rows):
                 x, y = r.sample_xy_um[row]
                 if not np.isfinite(x):  # no stage position: place it in frame pixels
@@ -563,8 +583,12 @@ class LiveWidget(QWidget):
                 prob = float(r.predictions.mean_probs[j].max())
                 vote = float(r.predictions.vote_fraction[j])
                 diam = float(r.detections.equivalent_diameter_px[row]) * px
-                self._shown.append((y, x, names[k], prob, vote < UNCERTAIN_VOTE_FRACTION, diam))
-                self._tally[names[k]] = self._tally.get(names[k], 0) + 1
+                uncertain = vote < UNCERTAIN_VOTE_FRACTION
+                self._shown.append((y, x, names[k], prob, uncertain, diam, bool(unsure[j])))
+                if unsure[j]:
+                    self._n_unsure += 1
+                else:
+                    self._tally[names[k]] = self._tally.get(names[k], 0) + 1
         self._specimens_stale = True
         self._refresh_tally()
         if everything:
@@ -686,23 +710,28 @@ class LiveWidget(QWidget):
         blank = np.zeros((-(-shape[0] // step), -(-shape[1] // step), *shape[2:]), np.uint8)
         if FRAME_LAYER not in self.viewer.layers:
             self.viewer.add_image(blank, name=FRAME_LAYER, rgb=blank.ndim == 3, units="um")
-        self._shown = [(0.0, 0.0, self.counter.store.class_names[0], 0.0, True, 1.0)]
+        self._shown = [(0.0, 0.0, self.counter.store.class_names[0], 0.0, True, 1.0, False)]
         self._show_specimens()  # one placeholder point, so that text and symbols compile
         self._shown = []
         self._show_specimens()
 
     def _show_specimens(self) -> None:
+        from napari_foram.tally.export import UNSURE_COLOUR
         from napari_foram.widgets.layers import class_colour
 
         counter = self.counter
         names = list(counter.store.class_names) if counter is not None else []
         yx = np.array([(s[0], s[1]) for s in self._shown]).reshape(-1, 2)
         cls = [s[2] for s in self._shown]
-        colours = np.array([class_colour(n, names.index(n)) for n in cls]).reshape(-1, 4)
+        # Unsure specimens (the model's unsure rule) in grey, in no class's colour.
+        colours = np.array(
+            [UNSURE_COLOUR if s[6] else class_colour(s[2], names.index(s[2])) for s in self._shown]
+        ).reshape(-1, 4)
         features = {
             "class": cls,
             "probability": np.round([s[3] for s in self._shown], 2),
             "uncertain": [s[4] for s in self._shown],
+            "unsure": [s[6] for s in self._shown],
         }
         sizes = 1.3 * np.array([s[5] for s in self._shown])
         if SPECIMENS_LAYER in self.viewer.layers:
@@ -746,16 +775,32 @@ class LiveWidget(QWidget):
                 units="um",
             )
 
+    def _reload_tally(self) -> None:
+        """The table's counts from the store's `sample_summary` (unsure rule applied)."""
+        if self.counter is None:
+            return
+        summary = self.counter.summary()
+        names = list(self.counter.store.class_names)
+        if summary is None:
+            self._tally, self._n_unsure = dict.fromkeys(names, 0), 0
+            return
+        self._tally = {n: int(c) for n, c in zip(names, summary["counts"], strict=True)}
+        self._n_unsure = int(summary["n_unsure"])
+
     def _refresh_tally(self) -> None:
         if self.counter is None:
             return
         counts = self._tally
-        total = sum(counts.values())
+        # As in the tally: unsure specimens are objects but in no class, so they fill
+        # no part of the target.
+        classified = sum(counts.values())
+        total = classified + self._n_unsure
         target = self.counter.target_count
         self.target_bar.setRange(0, target)
-        self.target_bar.setValue(min(total, target))
-        self.table.setRowCount(len(counts) + 1)
-        for row, (name, n) in enumerate([*counts.items(), ("total", total)]):
+        self.target_bar.setValue(min(classified, target))
+        rows = [*counts.items(), ("unsure", self._n_unsure), ("total", total)]
+        self.table.setRowCount(len(rows))
+        for row, (name, n) in enumerate(rows):
             self.table.setItem(row, 0, QTableWidgetItem(name.replace("_", " ")))
             self.table.setItem(row, 1, QTableWidgetItem(str(n)))
             pct = "" if name == "total" or not total else f"{100.0 * n / total:.1f}"

@@ -83,6 +83,7 @@ MEASURE_LABELS = {
     "mutual_information": "mutual information",
     "entropy": "predictive entropy",
     "vote": "1 - vote fraction",
+    "feature_distance": "distance from training crops",
 }
 
 _KEY_ACTIONS = {
@@ -272,6 +273,7 @@ class ReviewWidget(QWidget):
         self.range_check = QCheckBox("uncertainty from")
         self.min_spin = _double_spin(0.0, 10.0, 0.0, 0.05)
         self.max_spin = _double_spin(0.0, 10.0, 2.0, 0.05)
+        self.unsure_check = QCheckBox("unsure only (the model's unsure rule)")
         self.target_check = QCheckBox("review until expected misclassified <")
         self.target_spin = _double_spin(0.01, 100000.0, 5.0, 0.5)
         # A compact grid: the dock must leave room for the crop on a laptop screen.
@@ -289,11 +291,12 @@ class ReviewWidget(QWidget):
         grid.addLayout(range_row, 2, 2, 1, 2)
         grid.addWidget(self.target_check, 3, 0, 1, 3)
         grid.addWidget(self.target_spin, 3, 3)
+        grid.addWidget(self.unsure_check, 4, 0, 1, 4)
         queue_box = QGroupBox("queue (most uncertain first)")
         queue_box.setLayout(grid)
         for box in (self.measure_box, self.class_box, self.status_box):
             box.currentIndexChanged.connect(self._apply_queue_settings)
-        for check in (self.range_check, self.target_check):
+        for check in (self.range_check, self.target_check, self.unsure_check):
             check.toggled.connect(self._apply_queue_settings)
         for spin in (self.min_spin, self.max_spin, self.target_spin):
             spin.valueChanged.connect(self._apply_queue_settings)
@@ -491,6 +494,7 @@ class ReviewWidget(QWidget):
             statuses=STATUS_FILTERS[self.status_box.currentText() or "unreviewed"],
             min_uncertainty=lo,
             max_uncertainty=hi,
+            unsure_only=self.unsure_check.isChecked(),
         )
 
     def _target(self) -> float | None:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: Table columns: counts, % of the foram assemblage and its Wilson 95 % interval (%).
 TABLE_COLUMNS = ("count", "%", "low 95%", "high 95%")
+#: The row of the specimens the model's unsure rule puts in no class.
+UNSURE_ROW = "unsure"
 TOTAL_FORAMS_ROW = "total forams"
 TOTAL_OBJECTS_ROW = "total objects"
 #: Cell text where a number does not apply (% of a non-foram class, % of a total).
@@ -39,7 +41,9 @@ def tally_table(summary: dict[str, Any], classes: list[str]) -> dict[str, Any]:
     """Table data (``{"data", "index", "columns"}``) of a `stats.sample_summary`.
 
     One row per class (count, %, Wilson bounds; the % cells of non-foram classes, such
-    as sediment, are NOT_APPLICABLE), then the totals of forams and of all objects.
+    as sediment, are NOT_APPLICABLE), the specimens the model's unsure rule puts in no
+    class (0 without a rule; in neither the classes nor the forams, but in the objects),
+    then the totals of forams and of all objects.
     """
     rows: list[list[Any]] = []
     for j, _ in enumerate(classes):
@@ -52,17 +56,21 @@ def tally_table(summary: dict[str, Any], classes: list[str]) -> dict[str, Any]:
             ]
         )
     blank = [NOT_APPLICABLE] * 3
+    rows.append([int(summary.get("n_unsure", 0)), *blank])
     rows.append([int(summary["total_forams"]), *blank])
     rows.append([int(summary["total_objects"]), *blank])
     return {
         "data": rows,
-        "index": [*classes, TOTAL_FORAMS_ROW, TOTAL_OBJECTS_ROW],
+        "index": [*classes, UNSURE_ROW, TOTAL_FORAMS_ROW, TOTAL_OBJECTS_ROW],
         "columns": list(TABLE_COLUMNS),
     }
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """One line under the table: progress, per gram, P/B, specimens worth a look."""
+    """One line under the table: progress, per gram, P/B, unsure specimens (with a rule),
+    specimens worth a look."""
+    from napari_foram.tally import stats
+
     parts = [f"{summary['total_forams']} / {summary['target']} forams"]
     per_gram = float(summary["per_gram"])
     parts.append(
@@ -71,6 +79,10 @@ def summary_line(summary: dict[str, Any]) -> str:
     pb = float(summary["pb_ratio"])
     if math.isfinite(pb):
         parts.append(f"P/B {pb:.2f} ({float(summary['pct_planktic']):.0f} % planktic)")
+    rule = stats.UnsureRule.from_dict(summary.get("unsure_rule"))
+    if rule.active:
+        # The rule that makes them unsure, so the number can be read.
+        parts.append(f"{summary['n_unsure']} unsure ({rule.describe()})")
     parts.append(f"{summary['n_uncertain']} uncertain, {summary['n_reviewed']} reviewed")
     return "; ".join(parts)
 
@@ -156,13 +168,16 @@ class TallyWidget(Container):
 
     def _draw_chart(self, sample_id: str | None) -> None:
         from napari_foram.tally import stats
+        from napari_foram.tally.export import UNSURE_COLOUR, UNSURE_HATCH, UNSURE_LABEL
         from napari_foram.widgets.layers import class_colour
 
         self._figure.clear()
         ax = self._figure.add_subplot()
         s = self.summary
         if s is None or sample_id is None or s["total_forams"] == 0:
-            ax.text(0.5, 0.5, "no foraminifera counted yet", ha="center", va="center")
+            unsure = int(s.get("n_unsure", 0)) if s is not None and sample_id else 0
+            text = "no foraminifera counted yet" + (f" ({unsure} unsure)" if unsure else "")
+            ax.text(0.5, 0.5, text, ha="center", va="center")
             ax.set_axis_off()
         else:
             forams = np.flatnonzero(stats.foram_mask(self.class_names))
@@ -179,13 +194,30 @@ class TallyWidget(Container):
                 edgecolor="black",
                 linewidth=0.5,
             )
-            ax.set_xticks(
-                np.arange(len(forams)), [n.replace("_", "\n") for n in names], fontsize=7
-            )
-            ax.set_ylim(0, 100)
-            ax.set_ylabel("% of forams", fontsize=8)
+            ticks = [n.replace("_", "\n") for n in names]
+            top = 100.0
+            unsure = int(s.get("n_unsure", 0))
+            if unsure:
+                # Its own grey bar after the classes, as many per 100 forams as there are
+                # (the forams' % are not changed by it; see `export.plot_tally`).
+                height = 100.0 * unsure / s["total_forams"]
+                ax.bar(
+                    [len(forams)],
+                    [height],
+                    color=[UNSURE_COLOUR],
+                    hatch=UNSURE_HATCH,
+                    edgecolor="black",
+                    linewidth=0.5,
+                    label=UNSURE_LABEL,
+                )
+                ticks.append(UNSURE_LABEL)
+                top = min(200.0, max(100.0, height))
+            ax.set_xticks(np.arange(len(ticks)), ticks, fontsize=7)
+            ax.set_ylim(0, top)
+            ax.set_ylabel("% of forams" + (" (unsure: per 100)" if unsure else ""), fontsize=8)
             ax.tick_params(axis="y", labelsize=7)
-            ax.set_title(f"{sample_id}: n = {s['total_forams']} (Wilson 95 %)", fontsize=8)
+            title = f"{sample_id}: n = {s['total_forams']} (Wilson 95 %)"
+            ax.set_title(title + (f", {unsure} unsure" if unsure else ""), fontsize=8)
         self.canvas.draw_idle()
 
     # ------------------------------------------------------------------ data
@@ -248,8 +280,6 @@ class TallyWidget(Container):
         self._show_sample()
 
     def _show_sample(self, *_: object) -> None:
-        from napari_foram.tally import stats
-
         sid = self.sample_id
         if sid is None:
             self._clear()
@@ -261,9 +291,8 @@ class TallyWidget(Container):
         try:
             with store:
                 self.class_names = store.class_names
-                summary = stats.sample_summary(
-                    store.read_specimens(sid), store.sample_record(sid), self.class_names
-                )
+                # The store's summary applies the model's unsure rule, as the exports do.
+                summary = store.sample_summary(sid)
         except (ValueError, OSError, LookupError, TypeError) as exc:
             self.message.value = _one_line(f"cannot read sample {sid!r}: {exc}")
             self._clear()

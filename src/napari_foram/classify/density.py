@@ -1,0 +1,198 @@
+"""How far a crop lies from everything the classifier was trained on ("none of these").
+
+Real trays hold objects of no trained class (ostracods, radiolarians, shell fragments,
+spines). A softmax classifier still gives them a class, and often confidently: on the
+synthetic out-of-distribution set (`napari_foram.synthetic_ood`) the MC-dropout measures
+(entropy, mutual information, vote) separate them from the four classes only weakly (see
+docs/benchmarks.md, "Not one of these classes"). What does separate them is where their
+ImageNet features lie: far from every class's training crops.
+
+`FeatureDensity` is a Gaussian model of the training features per class with one shared,
+shrunk covariance (the Mahalanobis-distance detector of Lee et al. 2018, on pooled conv
+features). Its score for a crop is the squared Mahalanobis distance to the nearest class
+mean divided by the feature dimension, so in-distribution crops score about 1 and
+strangers much more. It is an `nn.Module` of buffers attached to the model
+(``FORAMNet.density``), so it is saved, loaded and moved to a device with the model, and
+it runs once per crop on the conv features the classifier computes anyway.
+
+The features are pooled first (mean over the 7 x 7 grid and over its centre 3 x 3, per
+channel: 1024 values), because 25088 raw values are too many to estimate a covariance from
+a few hundred crops, and roughly translation-invariant pooled features describe *what* is
+in the crop rather than where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Channels of VGG16's last conv block, and cells of its 7 x 7 output grid.
+_CHANNELS = 512
+_CELLS = 49
+#: Default shrinkage of the shared covariance towards its mean variance (0 = none).
+DEFAULT_SHRINKAGE = 0.5
+#: Default share of in-distribution crops an "unsure" rule may flag.
+DEFAULT_FALSE_FLAG_RATE = 0.05
+#: Prefix of the density's tensors in a checkpoint.
+STATE_PREFIX = "density."
+
+
+def pooling_matrix() -> torch.Tensor:
+    """(2, 49) pooling weights over the 7 x 7 grid: global mean, and mean of the centre 3 x 3."""
+    centre = torch.zeros(7, 7)
+    centre[2:5, 2:5] = 1.0 / 9.0
+    return torch.stack([torch.full((_CELLS,), 1.0 / _CELLS), centre.flatten()])
+
+
+def pool_features(features: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
+    """(N, 25088) -> (N, R * 512): ``out[:, r * 512 + c] = sum_s pooling[r, s] f[:, 49 c + s]``."""
+    x = features.reshape(-1, _CHANNELS, _CELLS)
+    return torch.einsum("ncs,rs->nrc", x, pooling.to(x)).flatten(1)
+
+
+class FeatureDensity(nn.Module):
+    """Class-conditional Gaussian model of pooled conv features (shared covariance).
+
+    Build it with `FeatureDensity.fit`; `forward` / `score` give each crop's distance.
+
+    Buffers (all float32): ``pooling`` (R, 49), ``mean`` and ``scale`` (D,) standardise
+    the pooled features, ``class_means`` (K, D), ``precision`` (D, D) the inverse of the
+    shrunk shared covariance; D = R * 512.
+    """
+
+    pooling: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+    class_means: torch.Tensor
+    precision: torch.Tensor
+
+    def __init__(
+        self,
+        pooling: torch.Tensor,
+        mean: torch.Tensor,
+        scale: torch.Tensor,
+        class_means: torch.Tensor,
+        precision: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        d = pooling.shape[0] * _CHANNELS
+        if pooling.shape[1:] != (_CELLS,) or mean.shape != (d,) or scale.shape != (d,):
+            raise ValueError("feature density tensors do not fit VGG16's pooled features")
+        if class_means.ndim != 2 or class_means.shape[1] != d or precision.shape != (d, d):
+            raise ValueError("feature density tensors have inconsistent shapes")
+        for name, t in (
+            ("pooling", pooling),
+            ("mean", mean),
+            ("scale", scale),
+            ("class_means", class_means),
+            ("precision", precision),
+        ):
+            self.register_buffer(name, t.detach().float().contiguous())
+
+    @property
+    def dim(self) -> int:
+        """D, the length of the pooled feature vector."""
+        return int(self.mean.shape[0])
+
+    @classmethod
+    def fit(
+        cls,
+        features: torch.Tensor,
+        labels: np.ndarray,
+        num_classes: int,
+        *,
+        shrinkage: float = DEFAULT_SHRINKAGE,
+    ) -> FeatureDensity:
+        """Fit on training crops' conv features (N, 25088) and their labels (N,).
+
+        The covariance is shrunk towards ``mean variance x identity`` (``shrinkage`` in
+        0-1): with a few hundred crops and D = 1024 the sample covariance is singular.
+        """
+        y = np.asarray(labels, dtype=np.int64)
+        if features.ndim != 2 or features.shape[0] != y.shape[0]:
+            raise ValueError("features (N, 25088) and labels (N,) do not match")
+        if not 0.0 < shrinkage <= 1.0:
+            raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
+        present = np.unique(y)
+        if present.size < 2:
+            raise ValueError("a feature density needs training crops of at least 2 classes")
+        pooling = pooling_matrix()
+        pooled = pool_features(features.detach().float().cpu(), pooling).double()
+        mean = pooled.mean(0)
+        scale = pooled.std(0) + 1e-6
+        z = (pooled - mean) / scale
+        yt = torch.from_numpy(y)
+        class_means = torch.zeros(num_classes, z.shape[1], dtype=torch.float64)
+        # A class absent from the training crops keeps an unreachable mean: no crop is
+        # ever "near" it.
+        class_means[:] = float("inf")
+        for k in present:
+            class_means[int(k)] = z[yt == int(k)].mean(0)
+        resid = z - class_means[yt]
+        cov = resid.T @ resid / max(1, z.shape[0] - present.size)
+        # Constant features (dead ReLUs of a random backbone) have zero variance: floor the
+        # ridge so the shrunk covariance stays invertible.
+        ridge = max(float(cov.diagonal().mean()), 1e-6)
+        cov = (1.0 - shrinkage) * cov + shrinkage * ridge * torch.eye(cov.shape[0]).double()
+        precision = torch.linalg.inv(cov)
+        return cls(pooling, mean.float(), scale.float(), class_means.float(), precision.float())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 25088) conv features -> (B,) squared Mahalanobis distance to the nearest
+        class mean, divided by D (about 1 for training-like crops)."""
+        z = (pool_features(features.float(), self.pooling) - self.mean) / self.scale
+        best = torch.full((z.shape[0],), float("inf"), device=z.device)
+        for mu in self.class_means:
+            if not torch.isfinite(mu).all():
+                continue
+            diff = z - mu
+            best = torch.minimum(best, ((diff @ self.precision) * diff).sum(1))
+        return best / self.dim
+
+    def score(self, features: torch.Tensor) -> np.ndarray:
+        """`forward` without gradients, as a float32 numpy array."""
+        with torch.inference_mode():
+            return self(features).float().cpu().numpy().astype(np.float32)
+
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, torch.Tensor]) -> FeatureDensity | None:
+        """The density stored under ``density.*`` in checkpoint `tensors`, or None."""
+        names = ("pooling", "mean", "scale", "class_means", "precision")
+        keys = [STATE_PREFIX + n for n in names]
+        present = [k in tensors for k in keys]
+        if not any(present):
+            return None
+        if not all(present):
+            raise ValueError("the checkpoint's feature density is incomplete")
+        return cls(*(tensors[k] for k in keys))
+
+
+def fit_threshold(values: np.ndarray, false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE) -> float:
+    """The threshold that flags `false_flag_rate` of in-distribution `values` (higher = less
+    sure): their (1 - rate) quantile."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("no in-distribution values to set an unsure threshold from")
+    if not 0.0 < false_flag_rate < 1.0:
+        raise ValueError(f"false_flag_rate must be in (0, 1), got {false_flag_rate}")
+    return float(np.quantile(v, 1.0 - false_flag_rate))
+
+
+def auroc(in_distribution: np.ndarray, out_of_distribution: np.ndarray) -> float:
+    """Area under the ROC curve of a score meant to be higher out of distribution.
+
+    The probability that a random stranger scores above a random in-distribution crop,
+    ties counting one half (Mann-Whitney U with average ranks).
+    """
+    from scipy.stats import rankdata
+
+    a = np.asarray(in_distribution, dtype=np.float64)
+    b = np.asarray(out_of_distribution, dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("AUROC needs scores of both groups")
+    ranks = rankdata(np.concatenate([a, b]))
+    return float((ranks[a.size :].sum() - b.size * (b.size + 1) / 2) / (a.size * b.size))
