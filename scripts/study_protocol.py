@@ -8,7 +8,9 @@ Arms (see `napari_foram.training.protocol`):
   own input convention, phase 1 and phase 2, plus the "not one of these classes" study;
 - ``imagenet-torchvision`` / ``imagenet-study``: the same weights fed the other two
   conventions (phase 1 only), to compare conventions on the same split;
-- ``random``: a random VGG16 (standardised features, centred inputs), phases 1 and 2.
+- ``random``: a random VGG16 (standardised features, centred inputs), phases 1 and 2;
+- ``*-pooled*``: the same with phase 1 on pooled, standardised features (the project's
+  default: `TrainConfig.pooled_features`).
 
 Needs ImageNet weights; nothing is downloaded.
 """
@@ -20,6 +22,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,26 @@ ARMS = {
         "imagenet-study", "imagenet", "study", fine_tune=False, ood=False
     ),
     "random": ProtocolArm("random", "none", standardize_features=True),
+    # The project's phase 1: the head trained on pooled, standardised features (folded
+    # into the Table-1 head), with each convention, and fine-tuned from there.
+    "imagenet-pooled": ProtocolArm("imagenet-pooled", "imagenet", pooled_features=True),
+    "imagenet-pooled-torchvision": ProtocolArm(
+        "imagenet-pooled-torchvision",
+        "imagenet",
+        "torchvision",
+        pooled_features=True,
+        fine_tune=False,
+        ood=False,
+    ),
+    "imagenet-pooled-study": ProtocolArm(
+        "imagenet-pooled-study",
+        "imagenet",
+        "study",
+        pooled_features=True,
+        fine_tune=False,
+        ood=False,
+    ),
+    "random-pooled": ProtocolArm("random-pooled", "none", pooled_features=True),
 }
 
 
@@ -96,12 +119,23 @@ def main() -> int:
     parser.add_argument("--fine-tune-epochs", type=int, default=3)
     parser.add_argument("--precision", default="bf16", help="phase 2's conv passes")
     parser.add_argument("--feature-cache", type=Path, default=None)
+    parser.add_argument("--phase1-only", default="", help="arms to run without phase 2")
+    parser.add_argument(
+        "--tables-from", type=Path, nargs="*", default=[], help="print tables of JSON files"
+    )
     args = parser.parse_args()
+    if args.tables_from:
+        results = [r for f in args.tables_from for r in json.loads(f.read_text())["results"]]
+        print(markdown(results))
+        return 0
     t0 = time.perf_counter()
     data = benchmark_data()
+    phase1_only = {a.strip() for a in args.phase1_only.split(",") if a.strip()}
     results = []
     for name in args.arms.split(","):
         arm = ARMS[name.strip()]
+        if arm.name in phase1_only:
+            arm = replace(arm, fine_tune=False)
         results.append(
             run_arm(
                 arm,

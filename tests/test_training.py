@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from napari_foram.classify.model import FORAMNet
 from napari_foram.cli import main
 from napari_foram.training.data import (
     LabelledCrops,
@@ -599,3 +600,42 @@ def test_warm_start_from_a_checkpoint_head_keeps_what_it_learnt(tmp_path: Path) 
     other.class_names = ("a", "b", "z")
     with pytest.raises(ValueError, match="predicts"):
         train_classifier(other, tmp_path / "bad.safetensors", again, features=feats)
+
+
+def test_pooled_phase1_folds_into_the_table1_head() -> None:
+    """Class information in the channel means: the pooled head learns it, and the folded
+    Table-1 head gives exactly the proxy's predictions on the raw 25088 features."""
+    gen = torch.Generator().manual_seed(0)
+    labels = np.repeat(np.arange(3), 20)
+    channel_means = torch.rand(3, 512, generator=gen)
+    grid = channel_means[labels][:, :, None].expand(60, 512, 49)
+    features = (grid + 0.3 * torch.rand(60, 512, 49, generator=gen)).reshape(60, -1)
+    head = FORAMNet(3, hidden_units=(16,)).head
+    tr, va = np.arange(0, 60, 2), np.arange(1, 60, 2)
+    config = TrainConfig(pooled_features=True, lr=1e-2, max_epochs=30, patience=30, seed=1)
+    record = train_head(head, features, labels, tr, va, config)
+    assert record["val_accuracy"] == 1.0
+    with torch.no_grad():
+        predicted = head.eval()(features).argmax(1).numpy()
+    assert (predicted[va] == labels[va]).mean() == record["val_accuracy"]
+    with pytest.raises(ValueError, match="warm-start"):
+        bad = TrainConfig(pooled_features=True, init_head="x")
+        train_head(head, features, labels, tr, va, bad)
+
+
+def test_trained_checkpoint_carries_density_and_unsure_rule(tmp_path: Path) -> None:
+    from napari_foram.classify.checkpoint import load_checkpoint
+
+    data = tmp_path / "data"
+    _write_class_folder(data, n_per_class=6)
+    ckpt = tmp_path / "m.safetensors"
+    rc = main(
+        ["train", str(data), "-o", str(ckpt), "--backbone-weights", "none", "--epochs", "2",
+         "--device", "cpu"]
+    )  # fmt: skip
+    assert rc == 0
+    model, info = load_checkpoint(ckpt)
+    assert model.density is not None and model.density.class_means.shape[0] == 3
+    rule = info.unsure_rule
+    assert rule["measure"] == "feature_distance" and rule["threshold"] > 0
+    assert "validation" in rule["set_on"]

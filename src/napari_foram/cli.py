@@ -688,6 +688,15 @@ def train(
             "Default: on for a random backbone, off for ImageNet (the study's recipe).",
         ),
     ] = None,
+    pooled: Annotated[
+        bool,
+        typer.Option(
+            "--pooled/--raw-features",
+            help="Phase 1 on pooled, standardised features, folded into the study's head "
+            "(default: better with a few hundred crops per class; see docs/benchmarks.md), "
+            "or on the 25088 raw features as the study did.",
+        ),
+    ] = True,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
@@ -710,6 +719,7 @@ def train(
         standardize_features=backbone_weights == "none" if standardize is None else standardize,
         input_convention=input_convention,
         download_weights=download_weights,
+        pooled_features=pooled,
     )
     with progress_callback("training", enabled=not as_json) as progress:
         outcome = train_from_folder(

@@ -444,15 +444,9 @@ def demo_pooling_matrix() -> torch.Tensor:
 
 def _proxy_head(model: FORAMNet, in_features: int) -> nn.Sequential:
     """A copy of `model.head` whose first Linear takes `in_features` pooled inputs."""
-    import copy
+    from napari_foram.classify.density import pooled_proxy_head
 
-    proxy = copy.deepcopy(model.head)
-    first = proxy[1]
-    assert isinstance(first, nn.Linear)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(DEMO_BACKBONE_SEED + 1)
-        proxy[1] = nn.Linear(in_features, first.out_features)
-    return proxy
+    return pooled_proxy_head(model.head, in_features, DEMO_BACKBONE_SEED + 1)
 
 
 def fold_pooled_head(
@@ -462,22 +456,11 @@ def fold_pooled_head(
     mu: torch.Tensor,
     sd: torch.Tensor,
 ) -> None:
-    """Copy a head trained on ``z = (pool_features(f) - mu) / sd`` into `model.head`, exactly.
+    """Copy a head trained on pooled, standardised features into `model.head`, exactly
+    (`napari_foram.classify.density.fold_pooled_head_into`)."""
+    from napari_foram.classify.density import fold_pooled_head_into
 
-    The first layer ``W z + b`` equals ``W' f + b'`` on the flattened 25088 features f, with
-    ``W'[:, 49 c + s] = sum_r (W / sd)[:, 512 r + c] pooling[r, s]`` and
-    ``b' = b - (W / sd) mu``. Every later layer is copied unchanged.
-    """
-    first = proxy[1]
-    assert isinstance(first, nn.Linear)
-    with torch.no_grad():
-        w = first.weight / sd  # (units, R * 512)
-        units = w.shape[0]
-        weight = torch.einsum("urc,rs->ucs", w.view(units, -1, 512), pooling).reshape(units, -1)
-        bias = first.bias - w @ mu
-        state = {k: v.clone() for k, v in proxy.state_dict().items()}
-        state["1.weight"], state["1.bias"] = weight.contiguous(), bias
-        model.head.load_state_dict(state)
+    fold_pooled_head_into(proxy, model.head, pooling, mu, sd)
     model.eval()
 
 

@@ -53,6 +53,45 @@ def pool_features(features: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor
     return torch.einsum("ncs,rs->nrc", x, pooling.to(x)).flatten(1)
 
 
+def pooled_proxy_head(head: nn.Sequential, in_features: int, seed: int) -> nn.Sequential:
+    """A copy of a Table-1 head whose first Linear takes `in_features` pooled inputs
+    (freshly initialised from `seed`); train it, then `fold_pooled_head_into`."""
+    import copy
+
+    proxy = copy.deepcopy(head)
+    index, first = next((i, m) for i, m in enumerate(proxy) if isinstance(m, nn.Linear))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        proxy[index] = nn.Linear(in_features, first.out_features)
+    return proxy
+
+
+def fold_pooled_head_into(
+    proxy: nn.Sequential,
+    head: nn.Sequential,
+    pooling: torch.Tensor,
+    mu: torch.Tensor,
+    sd: torch.Tensor,
+) -> None:
+    """Copy a head trained on ``z = (pool_features(f) - mu) / sd`` into `head`, exactly.
+
+    The first layer ``W z + b`` equals ``W' f + b'`` on the flattened 25088 features f, with
+    ``W'[:, 49 c + s] = sum_r (W / sd)[:, 512 r + c] pooling[r, s]`` and
+    ``b' = b - (W / sd) mu``. Every later layer is copied unchanged.
+    """
+    index, first = next((i, m) for i, m in enumerate(proxy) if isinstance(m, nn.Linear))
+    with torch.no_grad():
+        w = first.weight / sd.to(first.weight)  # (units, R * 512)
+        units = w.shape[0]
+        weight = torch.einsum("urc,rs->ucs", w.view(units, -1, _CHANNELS), pooling.to(w)).reshape(
+            units, -1
+        )
+        bias = first.bias - w @ mu.to(w)
+        state = {k: v.clone() for k, v in proxy.state_dict().items()}
+        state[f"{index}.weight"], state[f"{index}.bias"] = weight.contiguous(), bias
+        head.load_state_dict(state)
+
+
 class FeatureDensity(nn.Module):
     """Class-conditional Gaussian model of pooled conv features (shared covariance).
 

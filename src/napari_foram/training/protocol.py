@@ -75,6 +75,7 @@ class ProtocolArm:
     backbone_weights: str  # "imagenet", "none" or a file
     input_convention: str = ""  # "" = the weights' own
     standardize_features: bool = False
+    pooled_features: bool = False
     fine_tune: bool = True
     ood: bool = True
 
@@ -198,6 +199,7 @@ def run_arm(
         backbone_weights=arm.backbone_weights,
         input_convention=arm.input_convention,
         standardize_features=arm.standardize_features,
+        pooled_features=arm.pooled_features,
         fine_tune_lr=fine_tune_lr,
         fine_tune_epochs=fine_tune_epochs,
         precision=precision,
@@ -282,6 +284,7 @@ def run_arm(
         "backbone": base[1].backbone_id,
         "input_convention": base[1].input_convention,
         "standardize_features": arm.standardize_features,
+        "pooled_features": arm.pooled_features,
         "n_train": len(tr),
         "n_val": len(va),
         "n_held_out": len(y_held),

@@ -46,7 +46,15 @@ from torch import nn
 from napari_foram._progress import ProgressCallback
 from napari_foram.classify.backbone import check_convention, to_network_input
 from napari_foram.classify.checkpoint import ModelInfo, conv_sha256, save_checkpoint
-from napari_foram.classify.density import DEFAULT_FALSE_FLAG_RATE, FeatureDensity, fit_threshold
+from napari_foram.classify.density import (
+    DEFAULT_FALSE_FLAG_RATE,
+    FeatureDensity,
+    fit_threshold,
+    fold_pooled_head_into,
+    pool_features,
+    pooled_proxy_head,
+    pooling_matrix,
+)
 from napari_foram.classify.model import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN_UNITS,
@@ -139,6 +147,7 @@ class TrainConfig:
     input_convention: str = ""
     download_weights: bool = False
     standardize_features: bool = False
+    pooled_features: bool = False
     device: str = "cpu"
     precision: str = "auto"
     init_head: str = ""
@@ -448,6 +457,10 @@ def train_head(
     KeyboardInterrupt
         Ctrl-C before the first epoch finished (there is nothing to keep).
     """
+    if config.pooled_features:
+        return _train_pooled_head(
+            head, features, labels, train_idx, val_idx, config, progress=progress, label=label
+        )
     device = resolve_device(config.device)
     x = features.float().to(device)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
@@ -520,6 +533,40 @@ def train_head(
         "history": history,
         "interrupted": interrupted,
     }
+
+
+def _train_pooled_head(
+    head: nn.Sequential,
+    features: torch.Tensor,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    label: str = "",
+) -> dict[str, Any]:
+    """`train_head` on standardised pooled features, folded into `head` afterwards."""
+    if config.init_head:
+        raise ValueError("pooled features cannot warm-start a head (init_head): train afresh")
+    pooling = pooling_matrix()
+    pooled = pool_features(features.float(), pooling)
+    tr = np.asarray(train_idx, dtype=np.int64)
+    mu, sd = pooled[tr].mean(0), pooled[tr].std(0) + 1e-6
+    proxy = pooled_proxy_head(head, pooled.shape[1], config.seed)
+    record = train_head(
+        proxy,
+        (pooled - mu) / sd,
+        labels,
+        train_idx,
+        val_idx,
+        replace(config, pooled_features=False, standardize_features=False),
+        progress=progress,
+        label=label,
+    )
+    fold_pooled_head_into(proxy, head, pooling, mu, sd)
+    head.eval()
+    return record
 
 
 def _crop_batches(
