@@ -9,6 +9,7 @@ second, so neither a fast camera nor a slow classifier can stall the interface.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -314,12 +315,21 @@ class LiveWidget(QWidget):
 
             if self._torch_threads is None:
                 self._torch_threads = cpu_threads()  # restored when the widget closes
-            predictor = load_predictor(
-                self.model,
-                device=self.device,
-                progress=self._report,
-                cpu_threads=interactive_cpu_threads(),  # a core stays with the interface
-            )
+            from napari_foram.classify.demo_model import DemoBackboneWarning
+
+            # An offline machine without ImageNet weights gets a weaker demo model: say so
+            # where the user looks (the status line), not only on a terminal.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DemoBackboneWarning)
+                predictor = load_predictor(
+                    self.model,
+                    device=self.device,
+                    progress=self._report,
+                    cpu_threads=interactive_cpu_threads(),  # a core stays with the interface
+                )
+            fallback = [str(w.message) for w in caught if w.category is DemoBackboneWarning]
+            info = predictor.info
+            backbone = f"{info.backbone_id or info.backbone_weights} ({info.input_convention})"
             store = open_or_create_store(store_path, list(predictor.info.class_names))
             try:
                 counter = LiveCounter(predictor, store, mc_samples=mc, target_count=target)
@@ -331,7 +341,8 @@ class LiveWidget(QWidget):
                 store.close()
                 raise
             self.counter = counter
-            return f"connected; store {store_path}"
+            note = f" | WARNING: {fallback[0]}" if fallback else ""
+            return f"connected; store {store_path}; classifier backbone {backbone}{note}"
 
         self._run("connect", work)
 
