@@ -76,15 +76,23 @@ def features(predictor: Predictor, crops: np.ndarray) -> torch.Tensor:
 
 
 def _reference_mc(model: FORAMNet, f: torch.Tensor, n: int, seed: int) -> dict[str, np.ndarray]:
-    """The whole head run with dropout on, on sample-major repeated features, in numpy."""
-    torch.manual_seed(seed)
-    model.head.train()
-    try:
-        with torch.no_grad():
-            rows = f.repeat(n, 1)  # row i * B + j = sample i of crop j
-            probs = torch.softmax(model.head(rows), dim=-1).view(n, f.shape[0], -1).numpy()
-    finally:
-        model.head.eval()
+    """The whole head run n times per crop, every layer (the deterministic ones too), with
+    each crop's dropout masks as `dropout_uniforms` defines them; statistics in numpy."""
+    from napari_foram.classify.predict import dropout_uniforms, feature_keys
+
+    keys = torch.from_numpy(feature_keys(f, seed))
+    with torch.no_grad():
+        layers = list(model.head)
+        x = layers[0](f).unsqueeze(0).repeat(n, 1, 1)  # Flatten, then (n, B, D)
+        layer = 0
+        for m in layers[1:]:
+            if isinstance(m, torch.nn.Dropout):
+                keep = dropout_uniforms(keys, n, x.shape[-1], layer) >= m.p
+                x = x * keep / (1.0 - m.p)
+                layer += 1
+            else:
+                x = m(x)
+        probs = torch.softmax(x, dim=-1).numpy()
     probs = probs.astype(np.float64)
     mean = probs.mean(axis=0)
     entropy = -(mean * np.log(mean)).sum(-1)
@@ -111,6 +119,35 @@ def test_features_match_plain_forward(model, predictor, crops, features):
         direct = model.features(x)
     # channels_last changes the summation order, not the values beyond float rounding
     torch.testing.assert_close(features[:2], direct, rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_masks_belong_to_the_crop_not_the_batch(predictor, crops):
+    """A crop's MC statistics do not depend on its batch, batch size or neighbours."""
+    alone = [predictor.predict(crops[i : i + 1], mc_samples=20) for i in range(3)]
+    together = predictor.predict(crops[::-1], mc_samples=20)
+    for i in range(3):
+        np.testing.assert_allclose(
+            alone[i].mean_probs[0], together.mean_probs[2 - i], rtol=1e-5, atol=1e-6
+        )
+        assert alone[i].vote_fraction[0] == together.vote_fraction[2 - i]
+    # Reproducible without a seed, different with another seed, uses no global RNG.
+    state = torch.random.get_rng_state()
+    again = predictor.predict(crops[:1], mc_samples=20)
+    assert torch.equal(state, torch.random.get_rng_state())
+    np.testing.assert_array_equal(again.mean_probs, alone[0].mean_probs)
+    other = predictor.predict(crops[:1], mc_samples=20, seed=5)
+    assert not np.array_equal(other.variance, alone[0].variance)
+
+
+def test_dropout_uniforms_are_uniform_and_distinct():
+    from napari_foram.classify.predict import dropout_uniforms
+
+    u = dropout_uniforms(torch.tensor([1, 2]), 200, 512, 0)
+    assert u.shape == (200, 2, 512) and float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float((u < 0.2).float().mean()) - 0.2) < 0.01
+    assert not torch.equal(u[:, 0], u[:, 1])  # two crops
+    assert not torch.equal(u[0], u[1])  # two passes
+    assert not torch.equal(u, dropout_uniforms(torch.tensor([1, 2]), 200, 512, 1))  # two layers
 
 
 def test_mc_statistics_equal_direct_computation(model, predictor, features):
@@ -159,8 +196,11 @@ def test_seed_reproducible_and_global_rng_untouched(predictor, features):
 
 
 def test_predict_from_crops_equals_predict_from_features(predictor, crops, features):
+    from napari_foram.classify.predict import crop_keys
+
     from_crops = predictor.predict(list(crops), mc_samples=10, seed=5)  # list input too
-    from_features = predictor.predict_features(features, mc_samples=10, seed=5)
+    keys = crop_keys(crops, seed=5)
+    from_features = predictor.predict_features(features, mc_samples=10, keys=keys)
     np.testing.assert_allclose(from_crops.mean_probs, from_features.mean_probs, atol=1e-6)
     np.testing.assert_allclose(from_crops.variance, from_features.variance, atol=1e-8)
 

@@ -7,6 +7,12 @@ they also run once per crop; only the rest of the head (Dropout -> Linear -> ReL
 Dropout -> Linear) runs N times, as one batch of N x B rows. The result is exactly the
 whole head run N times with dropout on, at a small fraction of the cost.
 
+Dropout masks are drawn per crop, not from a shared random stream: each crop's key (a
+hash of its pixels, or of its features, mixed with an optional seed) fixes its N masks
+through a counter-based hash (`dropout_uniforms`). A specimen therefore gets the same
+MC statistics whatever else is in its batch, its file, its task or its Dask worker, so
+counts do not depend on how a run is cut; and a run is reproducible with no seed at all.
+
 Per crop and class the statistics follow the paper: mean = 1/N sum_i y_i and population
 variance 1/N sum_i (y_i - mean)^2 of the softmax outputs y_i, plus the predictive entropy
 of the mean, the mutual information (entropy of the mean minus the mean entropy of the
@@ -170,18 +176,76 @@ def check_crops(crops: Crops, size: int) -> np.ndarray:
     return arr
 
 
-@contextlib.contextmanager
-def _dropout_active(module: nn.Module) -> Iterator[None]:
-    """Switch only the Dropout layers of `module` to training mode, then restore."""
-    drops = [m for m in module.modules() if isinstance(m, nn.Dropout)]
-    before = [m.training for m in drops]
-    for m in drops:
-        m.train(True)
-    try:
-        yield
-    finally:
-        for m, was in zip(drops, before, strict=True):
-            m.train(was)
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (xor-shift-multiply) on int64 tensors holding 32-bit
+    values: every input bit flips about half the output bits. int64 products wrap, and
+    only their low 32 bits are kept, so CPU and CUDA give the same numbers."""
+    x = x & _MASK32
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _MASK32
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def crop_keys(crops: np.ndarray, seed: int | None = None) -> np.ndarray:
+    """(B,) int64 32-bit keys of uint8 crops (B, S, S, 3): a hash of each crop's pixels,
+    mixed with `seed` (None: 0). Equal crops get equal keys."""
+    import hashlib
+
+    salt = (int(seed or 0) * 0x9E3779B1) & _MASK32
+    return np.array(
+        [
+            int.from_bytes(
+                hashlib.blake2b(np.ascontiguousarray(c).data, digest_size=4).digest(), "little"
+            )
+            ^ salt
+            for c in crops
+        ],
+        dtype=np.int64,
+    )
+
+
+def feature_keys(features: torch.Tensor, seed: int | None = None) -> np.ndarray:
+    """(B,) keys of conv features (B, D), as `crop_keys` does for pixels."""
+    arr = features.detach().float().cpu().contiguous().numpy()
+    return crop_keys(arr.view(np.uint8).reshape(arr.shape[0], -1), seed)
+
+
+def dropout_uniforms(keys: torch.Tensor, n: int, units: int, layer: int) -> torch.Tensor:
+    """(n, B, units) uniforms in [0, 1): pass i, unit u of dropout layer `layer` of the
+    crop with key k, a pure function of (k, i, u, layer) on the keys' device."""
+    device = keys.device
+    i = torch.arange(n, device=device, dtype=torch.int64).view(n, 1, 1)
+    k = (keys.to(torch.int64) & _MASK32).view(1, -1, 1)
+    u = torch.arange(units, device=device, dtype=torch.int64).view(1, 1, units)
+    x = _mix32(k * 0x9E3779B1 + _mix32(i * 0x85EBCA77 + layer * 0x27D4EB2F) + u * 0xC2B2AE3D)
+    x = _mix32(x + k)
+    return x.to(torch.float32) * (1.0 / 4294967296.0)
+
+
+def stochastic_passes(
+    rest: nn.Sequential, hidden: torch.Tensor, n: int, keys: torch.Tensor
+) -> torch.Tensor:
+    """Run the head's stochastic part `n` times per crop with per-crop dropout masks.
+
+    `hidden` (B, H) is the output of the head's deterministic prefix (`split_head`);
+    returns logits (n, B, K). Every ``nn.Dropout`` of `rest` becomes a mask drawn by
+    `dropout_uniforms` (kept with probability 1 - p, scaled by 1 / (1 - p), as
+    ``nn.Dropout`` does in training mode); other layers run as they are.
+    """
+    x = hidden.unsqueeze(0).expand(n, *hidden.shape)
+    layer = 0
+    for module in rest:
+        if isinstance(module, nn.Dropout):
+            if module.p > 0:
+                keep = dropout_uniforms(keys, n, x.shape[-1], layer) >= module.p
+                x = x * keep.to(x.dtype) * (1.0 / (1.0 - module.p))
+            layer += 1
+        else:
+            x = module(x)
+    return x
 
 
 def split_head(head: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]:
@@ -336,12 +400,17 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def _batches(self, crops: Crops) -> Iterator[torch.Tensor]:
-        """Validated crops as preprocessed (B, 3, S, S) float tensors on the device."""
+    def _batches(
+        self, crops: Crops, seed: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Validated crops as preprocessed (B, 3, S, S) float tensors on the device, with
+        their dropout keys (`crop_keys`)."""
         arr = check_crops(crops, self.info.input_size)
         cuda = self.device.type == "cuda"
         for start in range(0, arr.shape[0], self.batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(arr[start : start + self.batch_size]))
+            chunk = np.ascontiguousarray(arr[start : start + self.batch_size])
+            keys = torch.from_numpy(crop_keys(chunk, seed))
+            x = torch.from_numpy(chunk)
             if cuda:
                 x = x.pin_memory()
             # uint8 crosses to the device (4x less traffic than float), converted there.
@@ -349,7 +418,7 @@ class Predictor:
             x = x * self._scale + self._offset
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x
+            yield x, keys
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -359,7 +428,7 @@ class Predictor:
         """Flattened conv features (N, 25088) float32 on the CPU, e.g. to cache for training."""
         out = []
         with torch.inference_mode():
-            for x in self._batches(crops):
+            for x, _ in self._batches(crops):
                 out.append(self._features(x).float().cpu())
         if not out:
             return torch.zeros((0, FEATURE_DIM))
@@ -376,8 +445,9 @@ class Predictor:
             Stochastic head passes per crop (the study: 100). 0 or 1: one deterministic
             pass with dropout off (variance 0, vote = argmax).
         seed
-            Seeds the dropout masks for a reproducible result (the global RNG is left
-            untouched); None draws from the global RNG.
+            Mixed into every crop's dropout key (None: 0). The masks of a crop depend
+            only on its pixels and this seed, never on the rest of the batch, and the
+            global RNG is neither used nor touched.
 
         Returns
         -------
@@ -387,51 +457,60 @@ class Predictor:
             raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
         n = max(int(mc_samples), 1)
         parts: list[dict[str, torch.Tensor]] = []
-        with self._seeded(seed), torch.inference_mode():
-            for x in self._batches(crops):
-                parts.append(self._predict_features(self._features(x), n))
+        with torch.inference_mode():
+            for x, keys in self._batches(crops, seed):
+                parts.append(self._predict_features(self._features(x), n, keys))
         return self._assemble(parts, n)
 
     def predict_features(
-        self, features: torch.Tensor, mc_samples: int = 100, seed: int | None = None
+        self,
+        features: torch.Tensor,
+        mc_samples: int = 100,
+        seed: int | None = None,
+        keys: np.ndarray | None = None,
     ) -> Predictions:
-        """As `predict`, from precomputed conv features (N, 25088) (e.g. a feature cache)."""
+        """As `predict`, from precomputed conv features (N, 25088) (e.g. a feature cache).
+
+        The dropout keys are `keys` when given (e.g. `crop_keys` of the crops the features
+        came from: then the result equals `predict` on those crops), else hashes of the
+        features (`feature_keys`) mixed with `seed`.
+        """
         n = max(int(mc_samples), 1)
         if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
             raise ValueError(f"features must be (N, {FEATURE_DIM}), got {tuple(features.shape)}")
+        if keys is not None:
+            keys = np.asarray(keys, dtype=np.int64)
+            if keys.shape != (features.shape[0],):
+                raise ValueError(f"keys must be ({features.shape[0]},), got {keys.shape}")
         if int(mc_samples) < 0:
             raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
         parts = []
-        with self._seeded(seed), torch.inference_mode():
+        with torch.inference_mode():
             for start in range(0, features.shape[0], self.batch_size):
-                f = features[start : start + self.batch_size].to(self.device)
-                parts.append(self._predict_features(f, n))
+                f = features[start : start + self.batch_size]
+                k = (
+                    keys[start : start + self.batch_size]
+                    if keys is not None
+                    else feature_keys(f, seed)
+                )
+                parts.append(self._predict_features(f.to(self.device), n, torch.from_numpy(k)))
         return self._assemble(parts, n)
 
-    @contextlib.contextmanager
-    def _seeded(self, seed: int | None) -> Iterator[None]:
-        """Seed the RNG for the block and restore the caller's RNG state afterwards."""
-        if seed is None:
-            yield
-            return
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(seed))
-            yield
-
-    def _predict_features(self, f: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
-        """MC statistics for one batch of features f (B, 25088)."""
+    def sample_probs(self, f: torch.Tensor, n: int, keys: torch.Tensor) -> torch.Tensor:
+        """(n, B, K) softmax outputs of `n` dropout passes for features f (B, 25088) with
+        per-crop `keys` (n = 1: one deterministic pass, dropout off)."""
         with self.autocast():
             if n == 1:
-                probs = torch.softmax(self.model.head(f).float(), dim=-1)[None]
-            else:
-                hidden = self._head_prefix(f)  # deterministic part, once per crop
-                b = hidden.shape[0]
-                # Sample-major rows (n * B): row i * B + j is sample i of crop j.
-                rows = hidden.unsqueeze(0).expand(n, *hidden.shape).reshape(n * b, -1)
-                with _dropout_active(self._head_rest):
-                    logits = self._head_rest(rows)
-                probs = torch.softmax(logits.float(), dim=-1).view(n, b, -1)
+                return torch.softmax(self.model.head(f).float(), dim=-1)[None]
+            hidden = self._head_prefix(f)  # deterministic part, once per crop
+            logits = stochastic_passes(self._head_rest, hidden, n, keys.to(f.device))
+            return torch.softmax(logits.float(), dim=-1)
+
+    def _predict_features(
+        self, f: torch.Tensor, n: int, keys: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """MC statistics for one batch of features f (B, 25088)."""
+        probs = self.sample_probs(f, n, keys)
         stats = mc_statistics(probs)
         distance = self.model.feature_distance(f.float())
         if distance is not None:

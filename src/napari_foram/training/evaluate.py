@@ -151,9 +151,8 @@ def mc_sample_probs(
 ) -> np.ndarray:
     """Softmax outputs of every Monte Carlo dropout pass, (S, N, K) float32.
 
-    Runs the head exactly as `Predictor.predict_features` does (same batches, same
-    deterministic prefix before the first Dropout, sample-major rows), so with the same
-    seed its mean equals that method's ``mean_probs``.
+    Runs the head exactly as `Predictor.predict_features` does (the same per-crop dropout
+    masks), so with the same seed its mean equals that method's ``mean_probs``.
 
     Parameters
     ----------
@@ -164,40 +163,23 @@ def mc_sample_probs(
     mc_samples
         S >= 1 passes with dropout on.
     seed
-        Seeds the dropout masks (the global RNG is restored afterwards).
+        Mixed into each crop's dropout key (`napari_foram.classify.predict.feature_keys`).
     """
     import torch
-    from torch import nn
 
-    from napari_foram.classify.predict import split_head
+    from napari_foram.classify.predict import feature_keys
 
     n = int(mc_samples)
     if n < 1:
         raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-    prefix, rest = split_head(predictor.model.head)
     k = predictor.info.num_classes
     out = []
-    devices = [predictor.device] if predictor.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.inference_mode():
-        if seed is not None:
-            torch.manual_seed(int(seed))
+    with torch.inference_mode():
         for start in range(0, features.shape[0], predictor.batch_size):
-            f = features[start : start + predictor.batch_size].to(predictor.device)
-            with predictor.autocast():
-                hidden = prefix(f)
-                b = hidden.shape[0]
-                rows = hidden.unsqueeze(0).expand(n, *hidden.shape).reshape(n * b, -1)
-                # Dropout on in the stochastic part only (as Predictor does), then off.
-                drops = [m for m in rest.modules() if isinstance(m, nn.Dropout)]
-                for m in drops:
-                    m.train(True)
-                try:
-                    logits = rest(rows)
-                finally:
-                    for m in drops:
-                        m.train(False)
-                probs = torch.softmax(logits.float(), dim=-1).view(n, b, k)
-            out.append(probs.cpu().numpy())
+            f = features[start : start + predictor.batch_size]
+            keys = torch.from_numpy(feature_keys(f, seed))
+            probs = predictor.sample_probs(f.to(predictor.device), n, keys)
+            out.append(probs.float().cpu().numpy())
     if not out:
         return np.zeros((n, 0, k), np.float32)
     return np.concatenate(out, axis=1).astype(np.float32)
