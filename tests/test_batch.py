@@ -389,3 +389,13 @@ def test_batch_widget_counts_a_folder(make_napari_viewer, qtbot, checkpoint, tmp
         lambda: viewer.layers[FRAME_LAYER].metadata["file"] == "S1/tray1.png", timeout=10_000
     )
     assert len(viewer.layers[SPECIMENS_LAYER].data) == counts[0]
+
+
+def test_counts_do_not_depend_on_files_per_task(local_run, trays, checkpoint, tmp_path):
+    """MC-dropout masks belong to each specimen, so cutting the folder into tasks of 1 or
+    of 4 files gives the uninterrupted run's store exactly (MC statistics included)."""
+    folder, _ = trays
+    for per_task in (1, 4):
+        store = tmp_path / f"per{per_task}.zarr"
+        run_batch(_config(folder, store, checkpoint, files_per_task=per_task))
+        _same_store(local_run[0], store)

@@ -13,6 +13,10 @@ Opening a store shows, for every sample,
 
 `get_reader` returns None for anything that is not a tally store (a foreign Zarr group, a
 damaged root, a plain folder), so napari can try its other readers; it never raises.
+A damaged sample (metadata unreadable, a chunk of its columns missing or undecodable) gets
+no layers and a warning naming the sample and what is wrong (napari shows it as a
+notification), never labels made from fill values; a crop chunk that cannot be decoded
+when displayed shows as black and is logged, instead of raising inside napari.
 The store is opened read-only, so a store that a scan is still writing opens safely
 (it shows the rows committed so far).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,7 +94,9 @@ def read_tally_stores(path: str | Sequence[str]) -> list[LayerData]:
         try:
             layers.extend(store_layer_data(p))
         except (ValueError, OSError, LookupError, TypeError) as exc:
-            logger.warning("napari-foram: cannot read tally store %s: %s", p, exc)
+            msg = f"napari-foram: cannot read tally store {p}: {exc}"
+            logger.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)  # a notification, not silence
     return layers
 
 
@@ -108,14 +115,49 @@ def store_layer_data(path: str | os.PathLike[str]) -> list[LayerData]:
     with TallyStore.open(path, mode="r") as store:
         classes = store.class_names
         layers: list[LayerData] = []
+        damaged = store.damaged_samples()
+        for sid, why in damaged.items():
+            _warn_damaged(path, sid, why)
         for sid in store.samples():
+            if sid in damaged:
+                continue
             try:
                 layers.extend(_sample_layers(store, sid, classes))
             except (ValueError, OSError, LookupError, TypeError) as exc:
-                logger.warning(
-                    "napari-foram: skipping damaged sample %r of %s: %s", sid, path, exc
-                )
+                _warn_damaged(path, sid, str(exc).strip().splitlines()[0] if str(exc) else "")
         return layers
+
+
+def _warn_damaged(path: str | os.PathLike[str], sid: str, why: str) -> None:
+    """Say, where the user sees it, that a sample is not shown and why."""
+    msg = (
+        f"napari-foram: sample {sid!r} of {path} is damaged and not shown ({why}); "
+        "run 'napari-foram check' on the store"
+    )
+    logger.warning(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+class _SafeCrops:
+    """A zarr crops array cut to the committed rows, read by dask: a chunk that cannot
+    be decoded reads as black crops and is logged (napari calls this while drawing,
+    where an exception would be a traceback, not a reason)."""
+
+    def __init__(self, arr: Any, n: int, label: str) -> None:
+        self._arr = arr
+        self._label = label
+        self.shape = (n, *arr.shape[1:])
+        self.dtype = arr.dtype
+        self.ndim = arr.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self._arr[key])
+        except Exception as exc:  # codec or size errors of a damaged chunk
+            logger.warning("napari-foram: %s: unreadable crops shown black (%s)", self._label, exc)
+            # The shape of the selection, from a view that allocates nothing.
+            shape = np.broadcast_to(np.zeros((), dtype=bool), self.shape)[key].shape
+            return np.zeros(shape, dtype=self.dtype)
 
 
 def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
@@ -215,4 +257,5 @@ def _lazy_crops(store_path: Path, sid: str, n: int) -> Any:
     except ImportError:  # pragma: no cover - napari depends on dask
         return np.asarray(arr[:n])
     # Rows above n may be a writer's preallocated slack: never show them.
-    return da.from_array(arr, chunks=arr.chunks)[:n]
+    safe = _SafeCrops(arr, n, f"{store_path} sample {sid!r}")
+    return da.from_array(safe, chunks=(arr.chunks[0], *arr.shape[1:]), asarray=False, name=False)

@@ -61,6 +61,7 @@ import numpy as np
 
 from napari_foram.detect import DetectionParams
 from napari_foram.frames import IMAGE_SUFFIXES
+from napari_foram.pixelsize import read_pixel_size
 
 if TYPE_CHECKING:
     import torch
@@ -392,6 +393,7 @@ class ChunkTask:
     min_side_px: int = DEFAULT_MIN_SIDE_PX
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     torch_threads: int | None = None
+    pixel_size_um: float | None = None
 
     @property
     def sample_id(self) -> str:
@@ -524,7 +526,7 @@ def _load(file: SourceFile, task: ChunkTask) -> tuple[FileResult, np.ndarray | N
         if result.error:
             return result, None
     try:
-        image = read_image(file.path)
+        image = read_image(file.path, max_megapixels=task.max_megapixels)
     except ValueError as exc:
         # read_image starts its reasons with the path; the report has the file already.
         result.error = _one_line(exc).removeprefix(f"{file.path}: ")
@@ -596,7 +598,10 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
         result, image = _load(file, task)
         results.append(result)
         if image is not None:
-            frames.append(Frame(image=image, index=i, source=str(file.path)))
+            # The detector's minimum size follows the magnification: the size given for
+            # the run, else the file's own metadata, else (None) the image decides.
+            px = task.pixel_size_um or read_pixel_size(file.path)
+            frames.append(Frame(image=image, index=i, source=str(file.path), pixel_size_um=px))
             owners.append(result)
     if not frames:
         return results
@@ -776,6 +781,9 @@ class BatchConfig:
         Detector settings.
     min_side_px, max_megapixels
         Smaller or larger images are reported as bad.
+    pixel_size_um
+        Micrometres per pixel of every image (None: each file's metadata, else the
+        detector derives its minimum size from the image).
     report
         The report's JSON path (its CSV beside it); None: `default_report_paths`.
     export
@@ -796,6 +804,7 @@ class BatchConfig:
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     report: Path | None = None
     export: Path | None = None
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
         if self.mc_samples < 1:
@@ -1032,6 +1041,7 @@ def _tasks(
                         min_side_px=config.min_side_px,
                         max_megapixels=config.max_megapixels,
                         torch_threads=threads,
+                        pixel_size_um=config.pixel_size_um,
                     )
                 )
     return tasks

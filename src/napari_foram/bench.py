@@ -7,6 +7,11 @@ records what we saw, with the machine):
 - ``detect_s_per_frame_5mp_rgb``: detection + 224 px crops on a 1944 x 2592 RGB synthetic
   tray with ~100 specimens.
 - ``synth_render_s_5mp``: rendering that tray.
+- ``count_error_pct``, ``count_false_pct``, ``count_merged_pct``, ``planktic_cut_pct``:
+  counting at default settings on a fixed set of synthetic trays with touching pairs
+  (`bench_counting`): (counted - true) / true whole specimens; detections that are no
+  specimen or a second piece of one; specimens merged into a neighbour; planktics cut
+  into two or more detections.
 - ``vgg16_bare_crops_per_s``: a bare torchvision VGG16 forward (same precision and layout
   as the predictor), the floor for classification (15.5 GFLOP per crop).
 - ``classify_crops_per_s``: the predictor with MC dropout N=100.
@@ -91,6 +96,7 @@ def bench_detection(repeats: int = 5) -> dict[str, float]:
     det_s = _median_time(lambda: detect(tray.image), repeats)
     no_crops_s = _median_time(lambda: detect(tray.image, crops=False), repeats)
     scale4_s = _median_time(lambda: detect(tray.image, work_scale=4), repeats)
+    split_s = _median_time(lambda: detect(tray.image, split_touching=True), repeats)
     det = detect(tray.image)
     return {
         "detect_s_per_frame_5mp_rgb": round(det_s, 4),
@@ -98,7 +104,73 @@ def bench_detection(repeats: int = 5) -> dict[str, float]:
         "detect_objects_found_5mp": len(det),
         "detect_s_5mp_rgb_without_crops": round(no_crops_s, 4),
         "detect_scale4_over_auto_ratio": round(scale4_s / det_s, 3),
+        # The neck splitter's cost (off by default): detection with it over the default.
+        "detect_split_over_nosplit_ratio": round(split_s / det_s, 3),
         "synth_render_s_5mp": round(render_s, 3),
+    }
+
+
+def score_counting(tray: Any, det: Any) -> dict[str, int]:
+    """Compare a detection with a synthetic tray's truth, object by object.
+
+    Each whole detection is matched to the specimen covering most of its pixels (none: a
+    false detection); a specimen claimed by k > 1 detections was cut (k - 1 false); a whole
+    specimen claimed by none was merged into a neighbour (or missed).
+    """
+    s = det.work_scale
+    truth = tray.labels[::s, ::s][: det.labels.shape[0], : det.labels.shape[1]]
+    n_truth = int(tray.labels.max()) + 1
+    inside = det.labels > 0
+    key = det.labels[inside].astype(np.int64) * n_truth + truth[inside]
+    keys, counts = np.unique(key, return_counts=True)
+    best: dict[int, tuple[int, int]] = {}
+    for k, c in zip(keys.tolist(), counts.tolist(), strict=True):
+        d, t = divmod(k, n_truth)
+        if t and c > best.get(d, (0, 0))[0]:
+            best[d] = (c, t)
+    claims: dict[int, int] = {}
+    false = 0
+    for i in np.flatnonzero(det.whole):
+        hit = best.get(int(det.label[i]))
+        if hit is None:
+            false += 1
+        else:
+            claims[hit[1]] = claims.get(hit[1], 0) + 1
+    whole = {t.id for t in tray.specimens if not t.clipped}
+    planktic = {t.id for t in tray.specimens if not t.clipped and t.class_name == "planktic"}
+    return {
+        "truth": len(whole),
+        "found": int(det.whole.sum()),
+        "false": false + sum(c - 1 for c in claims.values()),
+        "merged": len(whole - set(claims)),
+        "planktic": len(planktic),
+        "planktic_cut": sum(1 for t, c in claims.items() if c > 1 and t in planktic),
+    }
+
+
+def bench_counting(seeds: range = range(4242, 4254), touching_pairs: int = 6) -> dict[str, Any]:
+    """Counting accuracy at default settings on fixed synthetic trays with touching pairs.
+
+    Twelve 5 MP trays of 60 specimens, six touching pairs each (seeds 4242-4253): the
+    figures of issue 16.
+    """
+    from napari_foram.detect import detect
+    from napari_foram.synthetic import render_tray
+
+    total: dict[str, int] = {}
+    for seed in seeds:
+        tray = render_tray(seed, n_specimens=60, touching_pairs=touching_pairs)
+        det = detect(tray.image, crops=False, pixel_size_um=tray.pixel_size_um)
+        for k, v in score_counting(tray, det).items():
+            total[k] = total.get(k, 0) + v
+    truth = max(total["truth"], 1)
+    return {
+        "count_error_pct": round(100.0 * (total["found"] - total["truth"]) / truth, 2),
+        "count_false_pct": round(100.0 * total["false"] / max(total["found"], 1), 2),
+        "count_merged_pct": round(100.0 * total["merged"] / truth, 2),
+        "planktic_cut_pct": round(100.0 * total["planktic_cut"] / max(total["planktic"], 1), 2),
+        "count_trays": len(seeds),
+        "count_true_specimens": total["truth"],
     }
 
 
@@ -447,6 +519,7 @@ def run_benchmarks(
 
     parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("detection", lambda: bench_detection(repeats=3 if quick else 7)),
+        ("counting", lambda: bench_counting(range(4242, 4246) if quick else range(4242, 4254))),
         ("store", lambda: bench_store(1000 if quick else 10_000)),
         ("classification", lambda: bench_classification(device, quick)),
         ("batch", lambda: bench_batch(device, quick)),

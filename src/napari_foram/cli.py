@@ -8,6 +8,7 @@ happen inside the commands, so `napari-foram --help` is instant.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,6 +47,11 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
 
 
+#: Most Monte Carlo dropout passes an option accepts: 10000 passes already take minutes
+#: per crop on a CPU; beyond it the passes' outputs would not fit in memory.
+MAX_MC = 10000
+
+
 def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=_json_default))
 
@@ -81,6 +87,14 @@ def demo(
         str,
         typer.Option(help="Checkpoint (.safetensors) or 'demo' (trained here at first use)."),
     ] = "demo",
+    download_weights: Annotated[
+        bool,
+        typer.Option(
+            "--download-weights",
+            help="Let torchvision download ImageNet VGG16 (528 MB) for the demo model when "
+            "no weights are found; without them the demo model uses a random backbone.",
+        ),
+    ] = False,
 ) -> None:
     """Scan a synthetic tray on the built-in simulated microscope, count and classify it.
 
@@ -89,6 +103,10 @@ def demo(
     """
     from napari_foram.demo import display_available, run_demo_gui, run_headless_demo
 
+    if download_weights and model == "demo":
+        from napari_foram.classify.backbone import resolve_backbone
+
+        resolve_backbone("imagenet", download=True)  # into torch hub's cache, found later
     if headless or not display_available():
         if not headless:
             typer.echo("no display found: running headless", err=True)
@@ -96,6 +114,12 @@ def demo(
         typer.echo(
             f"demo finished: {summary['found_whole']} specimens counted, "
             f"{summary['truth_whole']} in the ground truth; outputs in {out.resolve()}"
+        )
+        m, acc = summary["model"], summary["classification_accuracy"]
+        typer.echo(
+            f"  classifier backbone {m['backbone']} ({m['input_convention']} input); "
+            + (f"{acc:.0%} of matched specimens classified right, " if acc is not None else "")
+            + f"{summary['unsure']} unsure"
         )
         for key in ("store", "csv", "plot", "screenshot", "summary"):
             typer.echo(f"  {key:<10} {summary['files'][key]}")
@@ -267,8 +291,11 @@ def synth(
     specimens: Annotated[int, typer.Option(min=0, help="Specimens per tray frame.")] = 60,
 ) -> None:
     """Write synthetic tray frames with ground truth and an ImageFolder of labelled crops."""
+    from napari_foram._outputs import check_output_dir
     from napari_foram._progress import progress_callback
     from napari_foram.synthetic import write_synth
+
+    check_output_dir(out_dir, "synth output folder")
 
     with progress_callback("rendering synthetic forams") as bar:
         write_synth(
@@ -294,25 +321,53 @@ def detect_cmd(
     threshold: Annotated[
         float | None, typer.Option(help="Grey level 0-255 (default: automatic, Otsu).")
     ] = None,
-    min_area: Annotated[int, typer.Option(help="Smallest object in pixels.")] = 1024,
+    min_area: Annotated[
+        int | None,
+        typer.Option(
+            help="Smallest object in pixels (default: 6400 um^2 when the pixel size is "
+            "known, else derived from the image)."
+        ),
+    ] = None,
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            min=0.0,
+            help="Micrometres per pixel (default: the file's metadata, if any).",
+        ),
+    ] = None,
     invert: Annotated[bool, typer.Option(help="Dark objects on a bright background.")] = False,
     no_border: Annotated[
         bool, typer.Option("--no-border", help="Skip the tray-border pass.")
+    ] = False,
+    split: Annotated[
+        bool,
+        typer.Option(
+            "--split/--no-split",
+            help="Separate touching specimens at narrow necks (off by default: see "
+            "docs/usage.md, Detection choices).",
+        ),
     ] = False,
 ) -> None:
     """Find specimens in images with the study's connected-component detector."""
     from napari_foram.detect import DetectionParams, detect
     from napari_foram.frames import read_image
+    from napari_foram.pixelsize import read_pixel_size
 
     params = DetectionParams(
-        threshold=threshold, min_area_px=min_area, invert=invert, mask_border=not no_border
+        threshold=threshold,
+        min_area_px=min_area,
+        invert=invert,
+        mask_border=not no_border,
+        split_touching=split,
     )
     results: list[dict[str, Any]] = []
     failed = 0
     for path in images:
         # One bad file must not cost the others their results: report it and go on.
         try:
-            det = detect(read_image(path), params, crops=False)
+            px = pixel_size or read_pixel_size(path)
+            det = detect(read_image(path), params, crops=False, pixel_size_um=px)
         except ValueError as exc:
             failed += 1
             results.append({"image": str(path), "error": str(exc)})
@@ -324,6 +379,9 @@ def detect_cmd(
                 "count": int(det.whole.sum()),
                 "clipped": int(det.clipped.sum()),
                 "threshold": round(det.threshold, 2),
+                "pixel_size_um": det.pixel_size_um,
+                "min_area_px": round(det.min_area_px, 1),
+                "min_area_rule": det.min_area_rule,
                 "objects": det.to_records(),
             }
         )
@@ -380,6 +438,26 @@ def batch_cmd(
         typer.Option(help="Report JSON (its CSV beside it); default: beside the store."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            min=0.0,
+            help="Micrometres per pixel of every image (default: each file's metadata, "
+            "else the detector derives its minimum size from the image).",
+        ),
+    ] = None,
+    min_area: Annotated[
+        int | None, typer.Option(help="Smallest object in pixels (overrides the rules).")
+    ] = None,
+    split: Annotated[
+        bool,
+        typer.Option(
+            "--split/--no-split",
+            help="Separate touching specimens at narrow necks (off by default: see "
+            "docs/usage.md, Detection choices).",
+        ),
+    ] = False,
 ) -> None:
     """Count every image of a folder into a tally store: detect, classify, tally.
 
@@ -389,6 +467,7 @@ def batch_cmd(
     """
     from napari_foram._progress import progress_callback
     from napari_foram.batch import BatchConfig, plan_batch, resolve_checkpoint, run_batch
+    from napari_foram.detect import DetectionParams
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
@@ -411,6 +490,8 @@ def batch_cmd(
             files_per_task=files_per_task,
             report=report,
             export=export,
+            pixel_size_um=pixel_size or None,
+            detection=DetectionParams(min_area_px=min_area, split_touching=split),
         )
         with progress_callback("counting", enabled=not as_json) as bar:
             outcome = run_batch(config, progress=bar)
@@ -444,37 +525,45 @@ def classify(
     model: Annotated[
         str, typer.Option(help="Checkpoint file (.safetensors), or 'demo' for the demo model.")
     ] = "demo",
-    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 100,
+    mc: Annotated[
+        int, typer.Option("--mc", min=1, max=MAX_MC, help="Monte Carlo dropout passes.")
+    ] = 100,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Classify crops (224x224 images) or whole frames with a checkpoint."""
-    import numpy as np
+    """Classify crops (224x224 images) or whole frames with a checkpoint.
 
-    from napari_foram.detect import CROP_SIZE, cut_crops, detect
-    from napari_foram.frames import read_image, to_rgb_uint8
-    from napari_foram.pipeline import load_predictor, predictions_unsure
-
+    An image is taken as one crop when it looks like one: at most 448 px on its longer
+    side and no more elongated than 2:1 (a crop is cut square around one specimen); any
+    other image is a frame whose specimens are detected first. Images under 32 px on a
+    side are refused (no specimen fits). A file that cannot be read or classified is
+    reported and the others are still classified; the exit status is then 1.
+    """
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
+    import numpy as np
+
+    from napari_foram.pipeline import load_predictor, predictions_unsure
+
     predictor = load_predictor(model, device=device)
     rows: list[dict[str, Any]] = []
+    failed: list[str] = []
     for path in paths:
-        image = read_image(path)
-        h, w = image.shape[:2]
-        if max(h, w) <= 2 * CROP_SIZE:
-            # A crop: bring it to 224 x 224 around its centre, as detection does.
-            crops = cut_crops(to_rgb_uint8(image), np.array([[(h - 1) / 2, (w - 1) / 2]]))
-            where = [None]
-        else:
-            det = detect(image)
-            keep = det.whole
-            assert det.crops is not None
-            crops, where = det.crops[keep], [c.tolist() for c in det.centroid[keep]]
-        if len(crops) == 0:
-            rows.append({"path": str(path), "centroid_yx": None, "class": None})
+        # One bad file must not cost the others their results: report it and go on.
+        try:
+            crops, where = _classify_inputs(path)
+            if len(crops) == 0:
+                rows.append({"path": str(path), "centroid_yx": None, "class": None})
+                continue
+            pred = predictor.predict(crops, mc_samples=mc)
+        except (ValueError, OSError, MemoryError) as exc:
+            reason = _exc_line(exc)
+            if not reason.startswith(str(path)):
+                reason = f"{path}: {reason}"
+            failed.append(reason)
+            rows.append({"path": str(path), "error": reason})
+            typer.echo(f"napari-foram: error: {reason}", err=True)
             continue
-        pred = predictor.predict(crops, mc_samples=mc)
         unsure = predictions_unsure(pred, predictor.info)
         for i in range(len(crops)):
             rows.append(
@@ -496,6 +585,8 @@ def classify(
         _echo_json(rows)
     else:
         for r in rows:
+            if "error" in r:
+                continue  # said on stderr when it happened
             if r["class"] is None:
                 typer.echo(f"{r['path']}: no specimen found")
             else:
@@ -504,6 +595,54 @@ def classify(
                     f"entropy={r['entropy']:.2f})"
                     + (" UNSURE: unlike the model's training crops" if r["unsure"] else "")
                 )
+    if failed:
+        typer.echo(
+            f"napari-foram: {len(failed)} of {len(paths)} file(s) failed: "
+            + "; ".join(failed[:3])
+            + (" ..." if len(failed) > 3 else ""),
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+#: Images smaller than this on a side hold no specimen (`classify` refuses them).
+MIN_CLASSIFY_SIDE_PX = 32
+
+
+def _classify_inputs(path: Path) -> tuple[Any, list[Any]]:
+    """The crops of one `classify` input and where they are (None for a crop itself)."""
+    import numpy as np
+
+    from napari_foram.detect import CROP_SIZE, cut_crops, detect
+    from napari_foram.frames import read_image, to_rgb_uint8
+
+    image = read_image(path)
+    h, w = image.shape[:2]
+    if min(h, w) < MIN_CLASSIFY_SIDE_PX:
+        raise ValueError(
+            f"{path}: too small to hold a specimen ({w} x {h} px; at least "
+            f"{MIN_CLASSIFY_SIDE_PX} px per side)"
+        )
+    if max(h, w) <= 2 * CROP_SIZE and max(h, w) <= 2 * min(h, w):
+        # A crop: bring it to 224 x 224 around its centre, as detection does.
+        crops = cut_crops(to_rgb_uint8(image), np.array([[(h - 1) / 2, (w - 1) / 2]]))
+        return crops, [None]
+    det = detect(image)
+    keep = det.whole
+    if det.crops is None:
+        raise ValueError(f"{path}: the detector returned no crops")
+    return det.crops[keep], [c.tolist() for c in det.centroid[keep]]
+
+
+def _exc_line(exc: BaseException) -> str:
+    """An exception as one line (its first line; the type when it says nothing)."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        return f"{where}{exc.strerror}"
+    if isinstance(exc, MemoryError):
+        return "not enough memory"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------- export-reviewed
@@ -546,18 +685,89 @@ def export(
     ] = "wide",
     plot: Annotated[Path | None, typer.Option(help="Also draw the tally (PNG or SVG).")] = None,
 ) -> None:
-    """Export tallies as a core-log table (UTF-8 CSV), optionally with a plot."""
+    """Export tallies as a core-log table (UTF-8 CSV), optionally with a plot.
+
+    A store with a damaged sample is refused (its counts would be wrong); run
+    `napari-foram check STORE --repair` first, which sets such samples aside.
+    """
+    from napari_foram._outputs import check_output_file
     from napari_foram.tally.export import export_csv, plot_tally
     from napari_foram.tally.store import TallyStore
 
     if fmt not in ("wide", "long", "specimens"):
         raise CommandError(f"--format must be wide, long or specimens, not {fmt!r}")
-    tally = TallyStore.open(store, mode="r")
-    export_csv(tally, output, fmt=fmt)  # type: ignore[arg-type]  # checked above
-    typer.echo(f"wrote {output}")
+    check_output_file(output, "count sheet")
     if plot is not None:
-        plot_tally(tally, plot)
-        typer.echo(f"wrote {plot}")
+        if plot.suffix.lower() not in (".png", ".svg"):
+            raise CommandError(f"--plot must end in .png or .svg, got {plot.name!r}")
+        check_output_file(plot, "plot")
+    with TallyStore.open(store, mode="r") as tally:
+        export_csv(tally, output, fmt=fmt)  # type: ignore[arg-type]  # checked above
+        typer.echo(f"wrote {output}")
+        if plot is not None:
+            plot_tally(tally, plot)
+            typer.echo(f"wrote {plot}")
+        for q in tally.quarantined():
+            typer.echo(
+                f"napari-foram: note: sample {q.get('sample_id')!r} is not in the export: "
+                f"it was set aside in {q.get('moved_to')} ({q.get('reason')})",
+                err=True,
+            )
+
+
+# ----------------------------------------------------------------------------- check
+@app.command("check")
+def check_cmd(
+    store: Annotated[Path, typer.Argument(help="A napari-foram tally store (.zarr folder).")],
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Rebuild what can be derived; move the rest into STORE/quarantine/ "
+            "(nothing is deleted).",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Verify every sample of a store: metadata, array lengths, every chunk readable,
+    commit counters. Prints what is wrong; exit status 1 if anything is."""
+    from dataclasses import asdict
+
+    from napari_foram.tally.integrity import format_count, repair_store, store_problems
+
+    problems, found = store_problems(store, decode=True)
+    actions: list[str] = []
+    if repair and problems:
+        actions = repair_store(store)
+        before = problems
+        problems, found = store_problems(store, decode=True)
+        if problems and problems == before:
+            actions.append("nothing could be repaired")
+    if as_json:
+        _echo_json(
+            {
+                "store": str(store),
+                "samples": found,
+                "problems": [asdict(p) for p in problems],
+                "repairs": actions,
+            }
+        )
+    else:
+        for line in actions:
+            typer.echo(f"repaired: {line}")
+        for p in problems:
+            typer.echo(f"damaged: {p}")
+        if problems:
+            n_samples = len({p.sample_id for p in problems if p.sample_id})
+            typer.echo(
+                f"{store}: {format_count(len(problems), 'problem')} in "
+                f"{format_count(n_samples, 'sample')} of {len(found)}"
+                + ("" if repair else "; 'napari-foram check --repair' sets them aside")
+            )
+        else:
+            typer.echo(f"{store}: {format_count(len(found), 'sample')}, all readable")
+    if problems:
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- bench
@@ -706,6 +916,12 @@ def train(
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
+    from napari_foram._outputs import check_output_file
+
+    # Before training, not after: a model trained for hours must have somewhere to go.
+    check_output_file(output, "checkpoint")
+    if split is not None and not split.exists():
+        check_output_file(split, "split file")
     config = TrainConfig(
         backbone_weights=backbone_weights,
         fine_tune=fine_tune,
@@ -762,7 +978,9 @@ def evaluate_cmd(
     data: Annotated[Path, typer.Argument(help="Labelled crops: DATA/<class>/<image>.")],
     model: Annotated[Path, typer.Option(help="Checkpoint file (.safetensors).")],
     report: Annotated[Path, typer.Option(help="Folder for the report files.")],
-    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 100,
+    mc: Annotated[
+        int, typer.Option("--mc", min=1, max=MAX_MC, help="Monte Carlo dropout passes.")
+    ] = 100,
     split: Annotated[
         Path | None, typer.Option(help="Split JSON from training: score one part of it.")
     ] = None,
@@ -780,6 +998,9 @@ def evaluate_cmd(
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
+    from napari_foram._outputs import check_output_dir
+
+    check_output_dir(report, "report folder")
     with progress_callback("evaluating", enabled=not as_json) as progress:
         result = evaluate(
             data,
@@ -833,9 +1054,22 @@ def main(argv: list[str] | None = None) -> int:
     except _CLICK_ERROR as exc:
         typer.echo(f"napari-foram: error: {' '.join(exc.format_message().split())}", err=True)
         return int(getattr(exc, "exit_code", 1) or 1)
-    except (CommandError, ValueError, FileNotFoundError, RuntimeError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        typer.echo(f"napari-foram: error: {msg}", err=True)
+    except KeyboardInterrupt:
+        typer.echo("napari-foram: interrupted", err=True)
+        return 130
+    except (CommandError, ValueError, RuntimeError, OSError, MemoryError) as exc:
+        # OSError covers permission denied, is-a-directory, read-only file systems, disk
+        # full: its strerror and file name make the line, never a traceback.
+        typer.echo(f"napari-foram: error: {_exc_line(exc)}", err=True)
+        return 1
+    except Exception as exc:  # a bug or an unforeseen input: still one line, and where
+        if os.environ.get("NAPARI_FORAM_DEBUG"):
+            raise
+        typer.echo(
+            f"napari-foram: error: {type(exc).__name__}: {_exc_line(exc)} "
+            "(unexpected; set NAPARI_FORAM_DEBUG=1 for the traceback)",
+            err=True,
+        )
         return 1
     return status if isinstance(status, int) else 0
 

@@ -161,57 +161,205 @@ def _quiet_logger(name: str) -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file into a numpy array, or raise ValueError with a one-line reason."""
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{p}: no such file")
-    if p.is_dir():
-        raise ValueError(f"{p}: is a folder, not an image")
-    suffix = p.suffix.lower()
+#: Largest image `read_image` decodes, in megapixels (shared by every entry point: detect,
+#: classify, batch, training data). Checked from the file's header before decoding, so a
+#: 30000 x 30000 image is refused in milliseconds instead of taking 2.7 GB.
+MAX_MEGAPIXELS = 150.0
+#: Largest image file `read_image` reads into memory, in bytes.
+MAX_FILE_BYTES = 2 * 1024**3
+
+
+def _fail(p: Path, reason: str) -> ValueError:
+    return ValueError(f"{p}: {reason}")
+
+
+def _check_pixels(p: Path, h: int, w: int, max_megapixels: float | None) -> None:
+    if max_megapixels is not None and h * w > max_megapixels * 1e6:
+        raise _fail(
+            p,
+            f"too large: {w} x {h} px = {h * w / 1e6:.0f} MP (limit {max_megapixels:g} MP)",
+        )
+
+
+def _tiff_image(p: Path, raw: bytes, max_megapixels: float | None) -> np.ndarray:
+    """The main image of a TIFF as (H, W) or (H, W, C), by its axes (not its shape).
+
+    - Samples (tifffile axis ``S``) are colour: planar RGB (3, H, W) and interleaved
+      (H, W, 3) give the same (H, W, 3) image.
+    - Two samples are grey + alpha when the file marks the second as alpha (the grey is
+      read); otherwise there is no colour meaning to give them, and the file is refused.
+    - A stack (pages or axes Z, T, C, Q, I ... longer than 1) is refused: which plane to
+      count is the user's choice (or fuse a z-stack with `focus.fuse_stack` first).
+    - Reduced-resolution pages (thumbnails, pyramids) are other series and are ignored.
+    """
     import io
 
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+        if not tif.series:
+            raise ValueError("no image in the file")
+        series = tif.series[0]
+        axes, shape = series.axes, tuple(int(s) for s in series.shape)
+        if "Y" not in axes or "X" not in axes:
+            raise ValueError(f"no image plane (axes {axes})")
+        _check_pixels(p, shape[axes.index("Y")], shape[axes.index("X")], max_megapixels)
+        extra = [(a, n) for a, n in zip(axes, shape, strict=True) if a not in "YXS" and n > 1]
+        if extra:
+            what = ", ".join(f"{n} along {a}" for a, n in extra)
+            raise _fail(
+                p,
+                f"holds a stack of images ({what}; axes {axes}): save the one image to "
+                "count (or fuse a z-stack first)",
+            )
+        extrasamples = tuple(getattr(series.keyframe, "extrasamples", ()) or ())
+        with _quiet_logger("tifffile") as messages:
+            data = np.asarray(series.asarray())
+        if data.size == 0 and messages:
+            raise ValueError(messages[0])
+    # Drop the length-1 axes, keep Y, X and S in that order.
+    kept = [a for a, n in zip(axes, shape, strict=True) if a in "YXS" or n > 1]
+    data = data.reshape([n for a, n in zip(axes, shape, strict=True) if a in kept])
+    order = [kept.index(a) for a in "YXS" if a in kept]
+    data = np.transpose(data, order)
+    if data.ndim == 3 and data.shape[2] == 2:
+        # TIFF ExtraSamples: 1 = associated alpha, 2 = unassociated alpha.
+        if len(extrasamples) == 1 and int(extrasamples[0]) in (1, 2):
+            return np.ascontiguousarray(data[:, :, 0])
+        raise _fail(
+            p,
+            "has 2 channels that are not grey + alpha; save it as grey or RGB "
+            "(napari-foram does not guess what 2 channels mean)",
+        )
+    return data
+
+
+def _header_pixels(p: Path, raw: bytes, max_megapixels: float | None) -> None:
+    """Refuse an image over the pixel limit from its header, before decoding it."""
+    if max_megapixels is None:
+        return
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb warning (89 MP) is not our limit: ours follows.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as img:  # lazy: reads the header only
+                w, h = img.size
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise _fail(
+            p, f"too large: over {limit:.0f} MP from its header (limit {max_megapixels:g} MP)"
+        ) from None
+    except Exception:  # not a format Pillow knows: the decoder gives the reason
+        return
+    _check_pixels(p, int(h), int(w), max_megapixels)
+
+
+def read_image(path: str | Path, *, max_megapixels: float | None = MAX_MEGAPIXELS) -> np.ndarray:
+    """Read an image file into a numpy array, or raise ValueError with a one-line reason.
+
+    Parameters
+    ----------
+    path
+        A regular file (a FIFO, device or folder is refused before it is opened, so
+        ``/dev/zero`` or a named pipe never hangs the reader).
+    max_megapixels
+        Largest image decoded (`MAX_MEGAPIXELS`); checked from the header first where
+        the format allows (TIFF, PNG, JPEG, BMP). None: no limit.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W) grey or (H, W, C) with C in 1, 3, 4, of the file's own dtype.
+
+    Notes
+    -----
+    Channel layouts: planar RGB TIFFs (3, H, W) are read as RGB like interleaved ones;
+    grey + alpha (a PNG in mode LA, a TIFF marking its second sample as alpha) is read
+    as grey; any other 2-channel image is refused. Multi-page TIFFs and animated images
+    (stacks, time series) are refused with the number of planes: which plane to count
+    is not ours to guess. A TIFF's reduced-resolution pages (thumbnails) are ignored.
+    """
+    import os
+    import stat
+
+    p = Path(path)
+    try:
+        st = p.stat()  # follows links: a link to /dev/zero is a character device
+    except FileNotFoundError:
+        raise _fail(p, "no such file") from None
+    except OSError as exc:  # a symlink loop, a name too long, no permission on a folder
+        raise _fail(p, f"cannot open ({exc.strerror or type(exc).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _fail(p, "is a folder, not an image")
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(p, "is not a regular file (a pipe, socket or device), not an image")
+    if st.st_size == 0:
+        raise _fail(p, "empty file (0 bytes)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise _fail(p, f"file too large ({st.st_size / 1024**3:.1f} GB)")
+    suffix = p.suffix.lower()
     import imageio.v3 as iio
 
     # Read the bytes ourselves: imageio's plugin probing leaves file handles open when a
     # file turns out to be corrupt, and readers then work from memory only.
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as fh:
+            # Re-checked on the open handle: the name may have been swapped meanwhile.
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise _fail(p, "is not a regular file, not an image")
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ValueError(f"{p}: cannot read file ({exc.strerror or exc})") from exc
-    readers: list[Callable[[], Any]] = [
-        lambda: iio.imread(raw, extension=suffix) if suffix else iio.imread(raw)
-    ]
-    if suffix in (".tif", ".tiff"):
-        import tifffile
-
-        # tifffile keeps 16-bit and multi-page microscope TIFFs intact; Pillow (through
-        # imageio) still reads the JPEG-compressed TIFFs some cameras write when the
-        # optional imagecodecs package is missing.
-        readers.insert(0, lambda: tifffile.imread(io.BytesIO(raw)))
+        raise _fail(p, f"cannot read file ({exc.strerror or type(exc).__name__})") from None
+    is_tiff = raw[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    readers: list[Callable[[], Any]] = []
+    if is_tiff or suffix in (".tif", ".tiff"):
+        # tifffile keeps 16-bit, planar and multi-page microscope TIFFs intact (and says
+        # which they are); Pillow (through imageio) still reads the JPEG-compressed TIFFs
+        # some cameras write when the optional imagecodecs package is missing.
+        readers.append(lambda: _tiff_image(p, raw, max_megapixels))
+    else:
+        _header_pixels(p, raw, max_megapixels)
+    readers.append(lambda: iio.imread(raw, extension=suffix) if suffix else iio.imread(raw))
     first_error: Exception | None = None
     data = None
     for reader in readers:
         try:
-            with _quiet_logger("tifffile") as warnings:
+            with _quiet_logger("tifffile") as messages:
                 data = reader()
-            if warnings and np.asarray(data).size == 0:
+            if messages and np.asarray(data).size == 0:
                 # tifffile logs "invalid offset..." and returns nothing for a broken file
-                raise ValueError(warnings[0])
+                raise ValueError(messages[0])
             break
+        except ValueError as exc:
+            if str(exc).startswith(f"{p}: "):
+                raise  # our own reason (too large, a stack, 2 channels): final
+            first_error = first_error or exc
+            data = None
         except Exception as exc:  # every reader fails differently; the user needs one line
             first_error = first_error or exc
             data = None
     if data is None:
         assert first_error is not None
         msg = str(first_error).splitlines()[0] if str(first_error) else type(first_error).__name__
-        raise ValueError(f"{p}: cannot read image ({msg})") from first_error
+        raise _fail(p, f"cannot read image ({msg})")
     data = np.asarray(data)
-    # Multi-page TIFFs / animated files: take the first page, say nothing is lost silently.
+    if not is_tiff and data.ndim == 3 and data.shape[-1] == 2:
+        data = data[:, :, 0]  # grey + alpha (PNG mode LA): the alpha is display only
     if data.ndim == 4 or (data.ndim == 3 and data.shape[-1] not in (1, 3, 4)):
-        data = data[0]
+        raise _fail(
+            p,
+            f"holds {data.shape[0]} images (frames or pages, shape {data.shape}): save the "
+            "one image to count",
+        )
+    if data.ndim >= 2 and max_megapixels is not None:
+        _check_pixels(p, int(data.shape[0]), int(data.shape[1]), max_megapixels)
     try:
         check_image(data)
     except ValueError as exc:
-        raise ValueError(f"{p}: {exc}") from None
+        raise _fail(p, str(exc)) from None
     return data

@@ -13,6 +13,7 @@ numbers (shortest round-trip form); missing values are empty cells.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
@@ -108,15 +109,42 @@ def _model_id(store: TallyStore, sample_id: str) -> tuple[str, Any]:
 
 
 def _write_csv(out_path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".part")
-    # Written whole, then renamed: a crash never leaves a half count sheet under the name.
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([safe_text(h) for h in header])
-        for row in rows:
-            writer.writerow([_cell(v) for v in row])
-    tmp.replace(out_path)
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        # Written whole, then renamed: a crash never leaves a half count sheet under the name.
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([safe_text(h) for h in header])
+            for row in rows:
+                writer.writerow([_cell(v) for v in row])
+        tmp.replace(out_path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # never leave a .part beside the sheet
+            tmp.unlink(missing_ok=True)
+        raise ValueError(
+            f"{out_path}: cannot write the count sheet ({exc.strerror or type(exc).__name__})"
+        ) from None
+
+
+def check_samples_readable(store: TallyStore, samples: Sequence[str] | None) -> list[str]:
+    """The samples to export (all, or `samples`), after refusing damaged ones.
+
+    A damaged sample would read as counts of 0 (a missing chunk reads as fill values) or
+    be left out without a word (an unreadable ``zarr.json``): both are refused here with
+    one line naming the sample and what is wrong. ValueError.
+    """
+    damaged = store.damaged_samples()
+    ids = store.samples() if samples is None else list(samples)
+    wanted = damaged if samples is None else {s: damaged[s] for s in ids if s in damaged}
+    if wanted:
+        first = next(iter(wanted.values()))
+        more = f" (and {len(wanted) - 1} more damaged sample(s))" if len(wanted) > 1 else ""
+        raise ValueError(
+            f"{store.path}: {first}{more}; nothing exported: run 'napari-foram check "
+            f"{store.path} --repair' to set damaged samples aside, or export named samples"
+        )
+    return ids
 
 
 def export_csv(
@@ -183,7 +211,7 @@ def export_csv(
     out = Path(out_path)
     classes = store.class_names
     slugs = _slugs(classes)
-    ids = store.samples() if samples is None else list(samples)
+    ids = check_samples_readable(store, samples)
     known = set(store.samples())
     missing = [s for s in ids if s not in known]
     if missing:
@@ -374,8 +402,13 @@ def plot_tally(
     if suffix not in (".png", ".svg"):
         raise ValueError(f"plot file must end in .png or .svg, got {out.name!r}")
     fig = tally_figure(store, samples=samples, z=z)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, format=suffix[1:])
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=dpi, format=suffix[1:])
+    except OSError as exc:
+        raise ValueError(
+            f"{out}: cannot write the plot ({exc.strerror or type(exc).__name__})"
+        ) from None
     return out
 
 
@@ -391,7 +424,7 @@ def tally_figure(
     classes = store.class_names
     forams = stats.foram_mask(classes)
     foram_idx = np.flatnonzero(forams)
-    ids = store.samples() if samples is None else list(samples)
+    ids = check_samples_readable(store, samples)
     if not ids:
         raise ValueError(f"no samples to plot in {store.path}")
     records = [store.sample_record(s) for s in ids]

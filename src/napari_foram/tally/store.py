@@ -28,7 +28,13 @@ writes, so a killed writer leaves "ghost" rows of fill values):
    rows so that a batch rewrites no array metadata).
 
 One writer at a time: the writer holds a lock file with its PID and host; a lock left by a
-dead process on this host is taken over with a warning.
+dead process (or a zombie: killed, not yet reaped) on this host is taken over with a warning.
+
+Damage (see `napari_foram.tally.integrity`): a sample whose files cannot be read as they
+were written (metadata unreadable, a chunk file missing or undecodable) is never deleted
+or rewritten. Reading it raises `DamagedSampleError` naming the sample, array and chunk,
+writing into it is refused, and the other samples stay usable; ``napari-foram check``
+lists every problem and ``--repair`` moves what cannot be derived into ``quarantine/``.
 """
 
 from __future__ import annotations
@@ -123,6 +129,10 @@ _COUNT_COLUMNS = ("class_index", "reviewed_class", "review_status", "duplicate_o
 _ROWS_PER_CHUNK = 4096
 # Crops per chunk of the crops array.
 _CROPS_PER_CHUNK = 4
+
+
+class DamagedSampleError(ValueError):
+    """A sample whose files cannot be read as they were written (one-line message)."""
 
 
 # ----------------------------------------------------------------------------- records
@@ -491,8 +501,21 @@ def _jsonable(value: Any, where: str) -> Any:
     return out
 
 
+def _is_zombie(pid: int) -> bool:
+    """True if `pid` is a zombie (exited, not reaped: containers without an init process
+    keep a killed writer in this state), read from Linux's /proc; False elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    # "pid (command) state ...": the command may hold spaces and parentheses.
+    fields_after = stat.rsplit(")", 1)[-1].split()
+    return bool(fields_after) and fields_after[0] in ("Z", "X")
+
+
 def _pid_alive(pid: int) -> bool:
-    """True if a process with this PID exists on this machine (a zombie counts as alive)."""
+    """True if a process with this PID runs on this machine (a zombie is dead: it holds
+    no files and will never write again)."""
     if pid <= 0:
         return False
     if sys.platform == "win32":  # pragma: no cover - os.kill(pid, 0) would kill it there
@@ -511,8 +534,8 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+        return not _is_zombie(pid)  # exists, owned by someone else
+    return not _is_zombie(pid)
 
 
 class _WriterLock:
@@ -721,18 +744,32 @@ def _filled_column(name: str, n: int, k: int) -> np.ndarray:
     return np.full((n, *trailing), fill, dtype=dtype)
 
 
+def _compressor(level: int = 0) -> Any:
+    """Zstd with its frame checksum: a chunk whose bytes changed (a flipped bit on disk, a
+    file copied halfway) fails to decode instead of reading as other numbers. Stores
+    written before carry no checksum and read as before."""
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=level, checksum=True)
+
+
 def _create_column(group: Any, name: str, rows: int, k: int = 0) -> None:
     """Add column `name` to an old sample group: `rows` rows of its fill value (no chunk
     is written until a value differs)."""
     dtype, fill, tail = _COLUMNS[name]
     trailing = tuple(k if t == "K" else int(t) for t in tail)
-    group.create_array(
+    arr = group.create_array(
         name,
         shape=(rows, *trailing),
         chunks=(_ROWS_PER_CHUNK, *trailing),
         dtype=dtype,
         fill_value=fill,
+        compressors=_compressor(),
     )
+    if rows:
+        # Written out, so that every committed row has its chunk file (a missing one is
+        # then always damage; see tally.integrity).
+        arr.with_config({"write_empty_chunks": True})[:rows] = fill
 
 
 def _counter(attrs: Mapping[str, Any], key: str) -> int:
@@ -771,6 +808,22 @@ def _trim_arrays(arrays: Mapping[str, Any], n: int, m: int, sample_id: str) -> i
     return trimmed
 
 
+def _half_made(sample_dir: Path) -> bool:
+    """True for a sample folder that `add_sample` left half made: its ``zarr.json`` reads
+    well, says "not initialised" and nothing committed (anything else may hold data)."""
+    try:
+        meta = json.loads((sample_dir / "zarr.json").read_text(encoding="utf-8"))
+        attrs = meta["attributes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return (
+        isinstance(attrs, dict)
+        and attrs.get("initialised") is False
+        and attrs.get("n_committed") == 0
+        and attrs.get("n_tally") == 0
+    )
+
+
 # ----------------------------------------------------------------------------- the store
 class TallyStore:
     """Specimens, crops and running tallies of one acquisition run, in a Zarr v3 group.
@@ -793,6 +846,8 @@ class TallyStore:
         self._groups: dict[str, Any] = {}
         self._arrays: dict[str, dict[str, Any]] = {}
         self._running: dict[str, np.ndarray] = {}
+        # Samples found damaged (by a writer's open or a failed check): left untouched.
+        self._damaged: dict[str, str] = {}
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -821,7 +876,12 @@ class TallyStore:
             if root.is_dir() and not any(root.iterdir()):
                 pass  # an empty directory is fine to use
             elif not overwrite:
-                raise ValueError(f"{root} already exists; pass overwrite=True to replace a store")
+                # Also what a second writer creating the same store at the same moment
+                # sees: it names no option, since the CLI has none to replace a store.
+                raise ValueError(
+                    f"{root} already exists (another program may have just created it); "
+                    "open it to append, or choose a new path"
+                )
             else:
                 _check_root_attrs(_read_zarr_json(root).get("attributes", {}), root)
                 lock = _WriterLock(root)
@@ -840,6 +900,14 @@ class TallyStore:
         root.mkdir(parents=True, exist_ok=True)
         lock = _WriterLock(root)
         lock.acquire()
+        if (root / "zarr.json").exists():
+            # A second creator that got the lock after the first closed: never write a
+            # new root over the store the first one made.
+            lock.release()
+            raise ValueError(
+                f"{root} already exists (another program has just created it); "
+                "open it to append, or choose a new path"
+            )
         try:
             # The root's attrs are written together with the group: a store never exists
             # without its schema marker.
@@ -882,6 +950,16 @@ class TallyStore:
         stored = list(meta["attributes"]["class_names"])
         if classes is not None and _validate_classes(classes) != stored:
             raise ValueError(f"store classes {stored} differ from expected {list(classes)}")
+        if (root / "samples").exists():
+            from napari_foram.tally.integrity import read_json
+
+            try:
+                read_json(root / "samples" / "zarr.json")
+            except ValueError as exc:
+                # zarr's own message ("Expecting value: line 1 column 1") names no file.
+                raise ValueError(
+                    f"{root / 'samples'}: {exc}; 'napari-foram check --repair' rewrites it"
+                ) from None
         lock = None
         if mode == "a":
             lock = _WriterLock(root)
@@ -947,16 +1025,40 @@ class TallyStore:
     def _samples_dir(self) -> Path:
         return self.path / "samples"
 
+    def _damage(self, sample_id: str, problem: str) -> DamagedSampleError:
+        """The error for a damaged sample (a writer remembers it and leaves it alone; a
+        reader looks again next time: `check --repair` may have run meanwhile)."""
+        if self.mode == "a":
+            self._damaged.setdefault(sample_id, problem)
+        return DamagedSampleError(
+            f"{self.path}: {problem}; the sample is left as it is ('napari-foram check' "
+            "on the store lists every problem, --repair sets damaged samples aside)"
+        )
+
     def _sample_group(self, sample_id: str) -> Any:
+        if sample_id in self._damaged:
+            raise self._damage(sample_id, self._damaged[sample_id])
         if self.mode == "a" and sample_id in self._groups:
             return self._groups[sample_id]
         if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.match(sample_id):
             raise ValueError(f"no sample {sample_id!r} in {self.path}")
+        from napari_foram.tally.integrity import read_json
+
+        sample_dir = self._samples_dir() / sample_id
+        if not sample_dir.is_dir():
+            raise ValueError(f"no sample {sample_id!r} in {self.path}")
+        try:
+            read_json(sample_dir / "zarr.json")
+        except ValueError as exc:
+            raise self._damage(sample_id, f"sample {sample_id!r}: {exc}") from None
         try:
             # Fetched afresh in read mode so a reader sees a writer's new commits.
             group = self._root[f"samples/{sample_id}"]
         except KeyError:
             raise ValueError(f"no sample {sample_id!r} in {self.path}") from None
+        except Exception as exc:  # zarr's errors for metadata it cannot parse
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise self._damage(sample_id, f"sample {sample_id!r}: {msg}") from None
         if not group.attrs.get("initialised", False):
             raise ValueError(f"sample {sample_id!r} in {self.path} is incomplete")
         if self.mode == "a":
@@ -982,16 +1084,65 @@ class TallyStore:
                     found.append((str(attrs.get("added", "")), entry.name))
             return [name for _, name in sorted(found)]
 
+    def damaged_samples(self, *, decode: bool = False) -> dict[str, str]:
+        """Samples that cannot be read as written: id -> the first problem, one line.
+
+        Checks each sample folder's metadata, array lengths and the presence of every
+        chunk file of the committed rows, crops aside (`decode` also reads every chunk:
+        slow, it decompresses the crops; ``napari-foram check`` does all of it).
+        Incomplete samples a killed writer left (never initialised) are not listed:
+        readers skip them and a writer removes them.
+        """
+        from napari_foram.tally.integrity import sample_problems
+
+        with self._mutex:
+            out: dict[str, str] = {}
+            sdir = self._samples_dir()
+            if not sdir.is_dir():
+                return out
+            k = len(self._class_names)
+            for entry in sorted(os.scandir(sdir), key=lambda e: e.name):
+                if not entry.is_dir():
+                    continue
+                found = [
+                    p
+                    for p in sample_problems(
+                        Path(entry.path), k, decode=decode, optional_chunks=("crops",)
+                    )
+                    if not p.reason.startswith("sample is incomplete")
+                ]
+                if found:
+                    out[entry.name] = str(found[0])
+            return out
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        """Samples `napari-foram check --repair` moved into ``quarantine/`` (id, where,
+        why, when), oldest first."""
+        value = self._root.attrs.get("quarantined", [])
+        return [dict(v) for v in value] if isinstance(value, list) else []
+
+    def check_sample(self, sample_id: str, *, decode: bool = False) -> None:
+        """Raise `DamagedSampleError` naming the first damaged part of a sample, if any."""
+        from napari_foram.tally.integrity import sample_problems
+
+        found = sample_problems(
+            self._samples_dir() / sample_id, len(self._class_names), decode=decode
+        )
+        if found:
+            raise self._damage(sample_id, str(found[0]))
+
     def add_sample(self, record: SampleRecord) -> None:
         """Add a sample (its record and empty columns); ValueError if the id exists."""
-
-        from zarr.codecs import ZstdCodec
 
         if not isinstance(record, SampleRecord):
             raise ValueError(f"expected a SampleRecord, got {type(record).__name__}")
         with self._mutex:
             self._check_writable()
             sid = record.sample_id
+            if (self._samples_dir() / sid).exists() and sid not in self.samples():
+                # A folder zarr cannot read as a sample: never create a group over it.
+                self._sample_group(sid)  # raises DamagedSampleError with the reason
+                raise ValueError(f"sample {sid!r} in {self.path} is incomplete")
             samples = self._root["samples"]
             if sid in samples:
                 raise ValueError(f"sample {sid!r} already exists in {self.path}")
@@ -1019,6 +1170,7 @@ class TallyStore:
                     chunks=(_ROWS_PER_CHUNK, *trailing),
                     dtype=dtype,
                     fill_value=fill,
+                    compressors=_compressor(),
                 )
             # A few crops per chunk: cheap random access for review, and 4x fewer files
             # (measured 1.5x faster appends than one crop per chunk). A partly filled chunk
@@ -1030,7 +1182,7 @@ class TallyStore:
                 chunks=(_CROPS_PER_CHUNK, CROP_SIZE, CROP_SIZE, 3),
                 dtype="uint8",
                 fill_value=0,
-                compressors=ZstdCodec(level=1),
+                compressors=_compressor(level=1),
             )
             group.create_array(
                 "tally_time",
@@ -1038,6 +1190,7 @@ class TallyStore:
                 chunks=(_ROWS_PER_CHUNK,),
                 dtype="float64",
                 fill_value=float("nan"),
+                compressors=_compressor(),
             )
             group.create_array(
                 "tally_counts",
@@ -1045,6 +1198,7 @@ class TallyStore:
                 chunks=(_ROWS_PER_CHUNK, k),
                 dtype="int64",
                 fill_value=0,
+                compressors=_compressor(),
             )
             group.update_attributes({"initialised": True})
             self._root.update_attributes({"updated": now})
@@ -1135,6 +1289,20 @@ class TallyStore:
     def _sample_arrays(self, sample_id: str) -> dict[str, Any]:
         if sample_id not in self._arrays:
             group = self._sample_group(sample_id)
+            # Before the first write: every chunk a write may rewrite must decode, or the
+            # write would replace data it could not read. Crops: only the last chunk (the
+            # one an append fills up); the small columns are a chunk per 4096 rows.
+            from napari_foram.tally.integrity import sample_problems
+
+            found = sample_problems(
+                self._samples_dir() / sample_id,
+                len(self._class_names),
+                decode=True,
+                decode_last_only=("crops",),
+                optional_chunks=("crops",),
+            )
+            if found:
+                raise self._damage(sample_id, str(found[0]))
             names = (*_COLUMNS, "crops", *_TALLY_ARRAYS)
             # Every row we write holds data, so skip zarr's "is this chunk all fill value?"
             # scan (a full pass over each crop; measured 30 % of the append time).
@@ -1214,8 +1382,10 @@ class TallyStore:
             counts = self._running_counts(sample_id) + stats.class_counts(cols, k)
             n1 = n0 + b
             writes = [(arrays[name], slice(n0, n1), cols[name]) for name in _COLUMNS]
-            if cols["crops"] is not None:
-                writes.append((arrays["crops"], slice(n0, n1), cols["crops"]))
+            # Rows without a crop get zeros written (a scalar: zarr fills chunk by chunk),
+            # so every committed row has its crop chunk and a missing one means damage.
+            crops = cols["crops"] if cols["crops"] is not None else np.uint8(0)
+            writes.append((arrays["crops"], slice(n0, n1), crops))
             writes.append((arrays["tally_time"], slice(m0, m0 + 1), np.array([time.time()])))
             writes.append((arrays["tally_counts"], slice(m0, m0 + 1), counts[None, :]))
             grow = dict.fromkeys((*_COLUMNS, "crops"), n1)
@@ -1383,19 +1553,25 @@ class TallyStore:
 
     # ------------------------------------------------------------------ recovery
     def _recover(self, *, deep_clean: bool) -> None:
-        """Trim ghost rows and remove half-made samples left by a killed writer."""
+        """Trim ghost rows and remove half-made samples left by a killed writer.
+
+        A sample that cannot be read as written is left exactly as it is (never removed,
+        trimmed or extended): it is reported once and refused to writers; the others are
+        recovered as usual.
+        """
         import zarr
 
+        from napari_foram.tally.integrity import sample_problems
+
         sdir = self._samples_dir()
-        for entry in list(os.scandir(sdir)) if sdir.is_dir() else []:
+        k = len(self._class_names)
+        for entry in sorted(os.scandir(sdir), key=lambda e: e.name) if sdir.is_dir() else []:
             if not entry.is_dir():
                 continue
-            meta_file = Path(entry.path) / "zarr.json"
-            try:
-                attrs = json.loads(meta_file.read_text(encoding="utf-8")).get("attributes", {})
-            except (OSError, ValueError):
-                attrs = {}
-            if not attrs.get("initialised"):
+            found = sample_problems(Path(entry.path), k, optional_chunks=("crops",))
+            if found and _half_made(Path(entry.path)):
+                # add_sample was killed before the sample existed: nothing was committed,
+                # every file is ours and readable, so it is safe to remove.
                 warnings.warn(
                     f"removing incomplete sample {entry.name!r} left by an interrupted writer",
                     RuntimeWarning,
@@ -1403,11 +1579,24 @@ class TallyStore:
                 )
                 shutil.rmtree(entry.path)
                 continue
-            group = zarr.open_group(self.path, path=f"samples/{entry.name}", mode="r+")
+            if found:
+                self._damaged[entry.name] = str(found[0])
+                warnings.warn(
+                    f"{self.path}: {found[0]}; sample left as it is and closed to writing "
+                    f"(run 'napari-foram check {self.path}')",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                continue
+            group: Any = zarr.open_group(self.path, path=f"samples/{entry.name}", mode="r+")
             for name in _OPTIONAL_COLUMNS:
                 if name not in group:  # a store written before the column existed
-                    _create_column(group, name, _counter(group.attrs, "n_committed"))
-            arrays = {name: group[name] for name in (*_COLUMNS, "crops", *_TALLY_ARRAYS)}
+                    _create_column(group, name, _counter(group.attrs, "n_committed"), k)
+            # write_empty_chunks: the crop chunk zeroed past the end must stay a file.
+            arrays = {
+                name: group[name].with_config({"write_empty_chunks": True})
+                for name in (*_COLUMNS, "crops", *_TALLY_ARRAYS)
+            }
             trimmed = _trim_arrays(
                 arrays,
                 _counter(group.attrs, "n_committed"),
@@ -1424,7 +1613,13 @@ class TallyStore:
         if deep_clean:
             # zarr writes each file as <name>.<hex>.partial then renames it; a kill mid-write
             # leaves the .partial behind. Harmless, but they would pile up.
-            for dirpath, _, filenames in os.walk(self.path):
+            from napari_foram.tally.integrity import QUARANTINE_DIR
+
+            untouched = {self._samples_dir() / s for s in self._damaged}
+            untouched.add(self.path / QUARANTINE_DIR)
+            for dirpath, dirnames, filenames in os.walk(self.path):
+                # Damaged samples and quarantine stay byte for byte as they are.
+                dirnames[:] = [d for d in dirnames if Path(dirpath, d) not in untouched]
                 for fname in filenames:
                     if fname.endswith(".partial") or (
                         fname.startswith(LOCK_NAME + ".") and fname.endswith((".tmp", ".stale"))
@@ -1449,6 +1644,13 @@ class TallyStore:
         -------
         dict
             Column name -> array of n rows (n = committed rows), plus "row" (n,) int64.
+
+        Raises
+        ------
+        DamagedSampleError
+            When a column's metadata or a chunk of its committed rows is missing or
+            cannot be decoded: zarr would read a missing chunk as fill values (class -1,
+            counted nowhere), so that is never returned as data.
         """
         with self._mutex:
             group = self._sample_group(sample_id)
@@ -1458,6 +1660,8 @@ class TallyStore:
             if unknown:
                 raise ValueError(f"unknown specimen column(s): {', '.join(unknown)}")
             arrays = self._arrays.get(sample_id) or {}
+            if not arrays:  # a writer's cached arrays were checked before its first write
+                self._check_present(sample_id, names)
             out: dict[str, np.ndarray] = {"row": np.arange(n, dtype=np.int64)}
             for name in names:
                 arr = arrays.get(name) if arrays else None
@@ -1466,7 +1670,7 @@ class TallyStore:
                         out[name] = _filled_column(name, n, len(self._class_names))
                         continue
                     arr = group[name]
-                out[name] = np.asarray(arr[:n])
+                out[name] = self._decoded(sample_id, name, lambda a=arr: a[:n])
             if crops:
                 out["crops"] = self.read_crops(sample_id)
             return out
@@ -1481,16 +1685,17 @@ class TallyStore:
         with self._mutex:
             group = self._sample_group(sample_id)
             n = _counter(group.attrs, "n_committed")
+            self._check_present(sample_id, ("crops",), optional_chunks=("crops",))
             arr = group["crops"]
             if rows is None:
-                return np.asarray(arr[:n])
+                return self._decoded(sample_id, "crops", lambda: arr[:n])
             idx = np.asarray(rows, dtype=np.int64)
             if idx.ndim != 1:
                 raise ValueError("rows must be 1-D")
             if idx.size and (idx.min() < 0 or idx.max() >= n):
                 raise ValueError(f"rows must lie in [0, {n}) (committed rows of {sample_id!r})")
             return (
-                np.asarray(arr.oindex[idx])
+                self._decoded(sample_id, "crops", lambda: arr.oindex[idx])
                 if idx.size
                 else np.zeros((0, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
             )
@@ -1500,7 +1705,40 @@ class TallyStore:
         with self._mutex:
             group = self._sample_group(sample_id)
             m = _counter(group.attrs, "n_tally")
-            return np.asarray(group["tally_time"][:m]), np.asarray(group["tally_counts"][:m])
+            self._check_present(sample_id, _TALLY_ARRAYS)
+            return (
+                self._decoded(sample_id, "tally_time", lambda: group["tally_time"][:m]),
+                self._decoded(sample_id, "tally_counts", lambda: group["tally_counts"][:m]),
+            )
+
+    def _check_present(
+        self, sample_id: str, names: Sequence[str], optional_chunks: Sequence[str] = ()
+    ) -> None:
+        """DamagedSampleError unless the metadata and every chunk file of the committed
+        rows of arrays `names` are there (stat calls only; decoding is `_decoded`'s)."""
+        from napari_foram.tally.integrity import sample_problems
+
+        found = sample_problems(
+            self._samples_dir() / sample_id,
+            len(self._class_names),
+            arrays=names,
+            optional_chunks=optional_chunks,
+        )
+        if found:
+            raise self._damage(sample_id, str(found[0]))
+
+    def _decoded(self, sample_id: str, name: str, read: Any) -> np.ndarray:
+        """`read()` as an array; a chunk that cannot be decoded becomes a one-line
+        DamagedSampleError naming the sample and array (zarr's own message names neither)."""
+        try:
+            return np.asarray(read())
+        except Exception as exc:  # codec errors (e.g. Zstd), size mismatches, JSON errors
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # Not remembered as damaged: a writer mid-rename may be the cause; checked again.
+            raise DamagedSampleError(
+                f"{self.path}: sample {sample_id!r}, array {name}: cannot decode ({msg}); "
+                f"run 'napari-foram check {self.path}'"
+            ) from None
 
     def counts(self, sample_id: str) -> np.ndarray:
         """Counted specimens per class, (K,) int64: reviewed labels override predictions;

@@ -15,7 +15,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from napari_foram.detect import STUDY_MIN_AREA_PX, DetectionParams, detect
+from napari_foram.detect import DetectionParams, detect, split_lines
 
 if TYPE_CHECKING:
     import napari
@@ -24,16 +24,21 @@ if TYPE_CHECKING:
 
 DETECTIONS_LAYER = "detections"
 CENTROIDS_LAYER = "specimen centres"
+SPLITS_LAYER = "split lines"
 
 
 def show_detections(
-    viewer: napari.Viewer, image_layer: napari.layers.Image, params: DetectionParams
+    viewer: napari.Viewer,
+    image_layer: napari.layers.Image,
+    params: DetectionParams,
+    pixel_size_um: float | None = None,
 ) -> str:
-    """Detect on `image_layer` and show labels + centres; returns a one-line summary."""
+    """Detect on `image_layer` and show labels, centres and split lines; returns a
+    one-line summary that names the minimum size and the rule that set it."""
     data = np.asarray(image_layer.data)
     if image_layer.rgb is False and data.ndim == 3 and data.shape[-1] not in (3, 4):
         data = data[viewer.dims.current_step[0]]  # a stack: preview the current plane
-    det = detect(data, params, crops=False)
+    det = detect(data, params, crops=False, pixel_size_um=pixel_size_um)
     scale = det.work_scale
     # The label image lives at the working scale: show it scaled back onto the frame.
     layer_scale = (scale, scale)
@@ -57,10 +62,27 @@ def show_detections(
             border_color="black",
             features=features,
         )
+    # Split lines in red, so a user sees which touching specimens were separated.
+    cuts = split_lines(det.labels)
+    if SPLITS_LAYER in viewer.layers:
+        viewer.layers.remove(SPLITS_LAYER)
+    if cuts.any():
+        viewer.add_labels(cuts.astype(np.uint8), name=SPLITS_LAYER, scale=layer_scale, opacity=1.0)
     return (
         f"{int(det.whole.sum())} specimens, {int(det.clipped.sum())} clipped; "
-        f"threshold {det.threshold:.1f} (at 1/{scale} scale)"
+        f"threshold {det.threshold:.1f} (at 1/{scale} scale); {min_area_text(det)}"
     )
+
+
+def min_area_text(det: Any) -> str:
+    """The minimum size used and why, e.g. "min area 240 px (from the image)"."""
+    if det.min_area_rule == "um2":
+        why = f"{det.params.min_area_um2:.0f} um^2 at {det.pixel_size_um:.3g} um/px"
+    elif det.min_area_rule == "image":
+        why = "from the image: 0.2 x its typical object, within 100-1024 px"
+    else:
+        why = "as set"
+    return f"min area {det.min_area_px:.0f} px ({why})"
 
 
 class DetectionWidget(Container):
@@ -75,8 +97,12 @@ class DetectionWidget(Container):
         self._image = image_choice
         self._auto = CheckBox(value=True, label="automatic threshold (Otsu)")
         self._threshold = FloatSlider(value=120.0, min=0, max=255, label="threshold")
+        # 0 = automatic: from the pixel size when given, else from the image.
         self._min_area = SpinBox(
-            value=STUDY_MIN_AREA_PX, min=1, max=500_000, step=64, label="min area (px)"
+            value=0, min=0, max=500_000, step=64, label="min area (px, 0 = auto)"
+        )
+        self._pixel_size = FloatSpinBox(
+            value=0.0, min=0.0, max=50.0, step=0.1, label="pixel size (um, 0 = unknown)"
         )
         self._sigma = FloatSpinBox(
             value=4.0, min=0.0, max=30.0, step=0.5, label="smoothing sigma (px)"
@@ -90,6 +116,7 @@ class DetectionWidget(Container):
             self._auto,
             self._threshold,
             self._min_area,
+            self._pixel_size,
             self._sigma,
             self._invert,
             self._border,
@@ -106,7 +133,7 @@ class DetectionWidget(Container):
         """The detector settings the controls describe."""
         return DetectionParams(
             threshold=None if self._auto.value else float(self._threshold.value),
-            min_area_px=int(self._min_area.value),
+            min_area_px=int(self._min_area.value) or None,
             smooth_sigma_px=float(self._sigma.value),
             invert=bool(self._invert.value),
             mask_border=bool(self._border.value),
@@ -120,6 +147,19 @@ class DetectionWidget(Container):
             self.result.value = "choose an image layer"
             return
         try:
-            self.result.value = show_detections(self._viewer, layer, self.params())
+            px = float(self._pixel_size.value) or _layer_pixel_size(layer)
+            self.result.value = show_detections(self._viewer, layer, self.params(), px)
         except ValueError as exc:
             self.result.value = f"cannot detect: {exc}"
+
+
+def _layer_pixel_size(layer: Any) -> float | None:
+    """Micrometres per pixel a reader left on the layer (its metadata), if any."""
+    meta = getattr(layer, "metadata", None) or {}
+    for key in ("pixel_size_um", "PixelSizeUm"):
+        if meta.get(key):
+            try:
+                return float(meta[key])
+            except (TypeError, ValueError):
+                return None
+    return None

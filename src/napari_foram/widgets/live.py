@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -167,7 +168,18 @@ class LiveWidget(QWidget):
         scope_form.addRow("tally store", self.store_path)
         scope_form.addRow("MC dropout passes", self.mc)
         scope_form.addRow("target count", self.target)
-        scope_form.addRow(self.connect_button)
+        # Online machines may fetch torchvision's ImageNet VGG16 for the demo model; never
+        # without the user's say (528 MB).
+        self.download_weights = QCheckBox("download ImageNet weights if missing")
+        self.download_weights.setToolTip(
+            "The demo model stands on ImageNet VGG16 features. Without weights on this "
+            "machine ($NAPARI_FORAM_VGG16_WEIGHTS or torch hub's cache) it falls back to a "
+            "random backbone; tick to let torchvision download them (528 MB) first."
+        )
+        connect_row = QHBoxLayout()
+        connect_row.addWidget(self.connect_button)
+        connect_row.addWidget(self.download_weights)
+        scope_form.addRow(connect_row)
         scope_box = QGroupBox("Microscope")
         scope_box.setLayout(scope_form)
 
@@ -302,6 +314,7 @@ class LiveWidget(QWidget):
         )
         store_path = Path(self.store_path.text().strip())
         mc, target = int(self.mc.value()), int(self.target.value())
+        download = self.download_weights.isChecked()
 
         def work() -> object:
             from napari_foram.live import LiveCounter, open_or_create_store
@@ -316,6 +329,12 @@ class LiveWidget(QWidget):
             if self._torch_threads is None:
                 self._torch_threads = cpu_threads()  # restored when the widget closes
             from napari_foram.classify.demo_model import DemoBackboneWarning
+
+            if download and self.model == "demo":
+                from napari_foram.classify.backbone import resolve_backbone
+
+                self._bridge.status.emit("looking for ImageNet VGG16 weights (may download)")
+                resolve_backbone("imagenet", download=True)  # lands in torch hub's cache
 
             # An offline machine without ImageNet weights gets a weaker demo model: say so
             # where the user looks (the status line), not only on a terminal.
