@@ -27,19 +27,20 @@ APT_PACKAGES := xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-cursor0 libxkbcommon-x
 
 .PHONY: demo test setup setup-test xvfb lint typecheck bench sample-data clean
 
-demo: $(VENV)/.setup-demo
-	@if [ -n "$$DISPLAY" ] || [ -n "$$WAYLAND_DISPLAY" ]; then \
-		$(BIN)/napari-foram demo --out $(OUT); \
-	else \
-		$(MAKE) --no-print-directory xvfb; \
-		$(BIN)/napari-foram demo --headless --out $(OUT); \
-	fi
+# With a display the demo opens napari; without one it runs headless, after the xvfb
+# target (its screenshot uses a private Xvfb). The choice is made by make itself, not by a
+# recursive $(MAKE) in the recipe, so `make -n demo` only prints what it would run.
+HAVE_DISPLAY := $(strip $(DISPLAY)$(WAYLAND_DISPLAY))
 
-# Lint and types first (seconds), then the suite; all must pass.
+demo: $(VENV)/.setup-demo $(if $(HAVE_DISPLAY),,xvfb)
+	$(BIN)/napari-foram demo $(if $(HAVE_DISPLAY),,--headless )--out $(OUT)
+
+# Lint, types and the import layers first (seconds), then the suite; all must pass.
 test: $(VENV)/.setup-test xvfb
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup: $(VENV)/.setup-demo

@@ -72,7 +72,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     """Table 2 of the study for every arm, then the OOD table."""
     lines = [
         "| arm | backbone / input | phase | accuracy | MC mean +- sd (per-pass) | "
-        "majority vote | MC-mean accuracy | ECE |",
+        "majority vote | MC-mean accuracy | ECE of the MC mean |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for res in results:

@@ -579,6 +579,8 @@ def test_pooled_head_folds_exactly_into_table1_head():
 
 
 @pytest.mark.slow
+# Without ImageNet weights the demo model says it falls back to a random backbone.
+@pytest.mark.filterwarnings("ignore::napari_foram.classify.demo_model.DemoBackboneWarning")
 def test_demo_checkpoint_trains_once_and_classifies_held_out(tmp_path):
     from napari_foram.classify.demo_model import (
         HELD_OUT_OFFSET,

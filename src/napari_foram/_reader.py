@@ -162,8 +162,7 @@ class _SafeCrops:
 
 def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
     from napari_foram.tally import stats
-    from napari_foram.tally.export import UNSURE_COLOUR
-    from napari_foram.widgets.layers import class_colour
+    from napari_foram.tally.export import UNSURE_COLOUR, class_colour
 
     data = store.read_specimens(sid)
     n = len(data["row"])

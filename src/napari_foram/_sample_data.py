@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_foram.defaults import CAMERA_SHAPE
+
 #: Seeds and sizes shared with scripts/make_sample_data.py, so the files and the on-the-fly
 #: renders are the same pictures.
 TRAY_SEED = 11
-TRAY_SHAPE = (972, 1296)
+TRAY_SHAPE = CAMERA_SHAPE
 TRAY_SPECIMENS = 24
 CROPS_SEED = 5
 CROPS_PER_CLASS = 6

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from napari_foram.defaults import MC_SAMPLES
 from napari_foram.detect import DetectionParams
 from napari_foram.frames import IMAGE_SUFFIXES
 from napari_foram.pixelsize import read_pixel_size
@@ -794,7 +795,7 @@ class BatchConfig:
     store: Path
     model: str | Path = "demo"
     samples_csv: Path | None = None
-    mc_samples: int = 30
+    mc_samples: int = MC_SAMPLES
     device: str = "auto"
     workers: int = 0
     scheduler: str | None = None

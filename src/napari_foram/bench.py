@@ -451,7 +451,7 @@ def bench_soak(n_frames: int = 10_000) -> dict[str, Any]:
     the steady state of a long session. Resident memory is sampled after the first
     1,000 frames and at the end.
     """
-    from napari_foram.demo import DemoScan, make_demo_world
+    from napari_foram.demo_scene import DemoScan, make_demo_world
     from napari_foram.pipeline import CountingPipeline
     from napari_foram.session import CountingSession, SimulatedTray
     from napari_foram.synthetic import CLASSES

@@ -16,6 +16,8 @@ from typing import Annotated, Any
 import click
 import typer
 
+from napari_foram.defaults import MC_SAMPLES
+
 # typer >= 0.20 vendors its own copy of click; accept the exceptions of both.
 _CLICK_MODULES: list[Any] = [click.exceptions]
 try:
@@ -82,7 +84,9 @@ def demo(
         "demo-out"
     ),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic tray.")] = 7,
-    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
+    mc: Annotated[
+        int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")
+    ] = MC_SAMPLES,
     model: Annotated[
         str,
         typer.Option(help="Checkpoint (.safetensors) or 'demo' (trained here at first use)."),
@@ -164,7 +168,9 @@ def live(
     ] = None,
     sample_id: Annotated[str, typer.Option(help="Sample to count into.")] = "SAMPLE-001",
     model: Annotated[str, typer.Option(help="Checkpoint (.safetensors) or 'demo'.")] = "demo",
-    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
+    mc: Annotated[
+        int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")
+    ] = MC_SAMPLES,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Simulated tray seed.")] = 7,
     bit_depth: Annotated[
@@ -425,7 +431,9 @@ def batch_cmd(
         str | None,
         typer.Option(help="Address of a running Dask scheduler, e.g. tcp://host:8786."),
     ] = None,
-    mc: Annotated[int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")] = 30,
+    mc: Annotated[
+        int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")
+    ] = MC_SAMPLES,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     export: Annotated[
         Path | None, typer.Option(help="Also write the wide count sheet (CSV) here.")

@@ -21,6 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_foram.defaults import MC_SAMPLES
+
+# The scene lives in core (the live counter builds it too); re-exported for the app's users.
+from napari_foram.demo_scene import DemoScan, make_demo_world
+
 if TYPE_CHECKING:
     from napari_foram.classify.predict import Predictor
     from napari_foram.mosaic import Mosaic
@@ -32,46 +37,9 @@ if TYPE_CHECKING:
 DEMO_SAMPLE_ID = "DEMO-001"
 
 
-@dataclass(frozen=True)
-class DemoScan:
-    """Geometry of the demo: a tray imaged as rows x cols overlapping camera fields.
-
-    The overlap must exceed the largest specimen (200 px) so that every specimen lies
-    whole inside at least one field; clipped views are never counted.
-    """
-
-    rows: int = 3
-    cols: int = 3
-    camera_shape: tuple[int, int] = (972, 1296)
-    overlap_fraction: float = 0.25
-    specimens: int = 45
-    touching_pairs: int = 2
-
-    def world_shape(self) -> tuple[int, int]:
-        """Tray size in pixels that the grid covers exactly."""
-        h, w = self.camera_shape
-        step_y = round(h * (1 - self.overlap_fraction))
-        step_x = round(w * (1 - self.overlap_fraction))
-        return (h + (self.rows - 1) * step_y, w + (self.cols - 1) * step_x)
-
-
 def display_available() -> bool:
     """Whether a window can be opened (X11 or Wayland display set)."""
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-
-
-def make_demo_world(seed: int, scan: DemoScan | None = None) -> TrayRender:
-    """The synthetic tray the simulated microscope will scan."""
-    from napari_foram.synthetic import render_tray
-
-    scan = scan or DemoScan()
-    return render_tray(
-        seed,
-        shape=scan.world_shape(),
-        n_specimens=scan.specimens,
-        clipped=False,
-        touching_pairs=scan.touching_pairs,
-    )
 
 
 def compare_with_truth(
@@ -193,7 +161,7 @@ def prepare_demo_run(
     store_path: Path,
     *,
     seed: int = 7,
-    mc_samples: int = 30,
+    mc_samples: int = MC_SAMPLES,
     scan: DemoScan | None = None,
     model: str | Path = "demo",
     progress: Callable[[int, int, str], None] | bool = True,
@@ -254,7 +222,7 @@ def run_headless_demo(
     out_dir: Path,
     *,
     seed: int = 7,
-    mc_samples: int = 30,
+    mc_samples: int = MC_SAMPLES,
     progress: bool = True,
     scan: DemoScan | None = None,
     model: str | Path = "demo",
@@ -375,7 +343,9 @@ def save_screenshot(run: DemoRun, results: list[FrameResult], path: Path) -> str
     return "matplotlib (no X server found for napari)"
 
 
-def run_demo_gui(*, seed: int = 7, mc_samples: int = 30, model: str | Path = "demo") -> None:
+def run_demo_gui(
+    *, seed: int = 7, mc_samples: int = MC_SAMPLES, model: str | Path = "demo"
+) -> None:
     """Open napari with the Foram live widget docked and the simulated scan running."""
     import napari
 

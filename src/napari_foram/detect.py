@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_foram.defaults import CROP_SIZE
 from napari_foram.frames import check_image, to_uint8
 
-CROP_SIZE = 224
 #: The study's minimum object area in pixels (components below it are discarded).
 STUDY_MIN_AREA_PX = 1024
 #: The same limit in um^2 at the study's ~2.5 um per pixel (a 90 um disc): used whenever

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
 from napari_foram.detect import DetectionParams
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class SimulatedScope:
     """
 
     seed: int = 7
-    camera_shape: tuple[int, int] = (972, 1296)
+    camera_shape: tuple[int, int] = CAMERA_SHAPE
     rows: int = 3  # the tray covers this grid of fields at `overlap`
     cols: int = 3
     overlap: float = 0.25
@@ -73,7 +74,7 @@ class LiveCounter:
         predictor: Predictor,
         store: TallyStore,
         *,
-        mc_samples: int = 30,
+        mc_samples: int = MC_SAMPLES,
         detection: DetectionParams | None = None,
         target_count: int = DEFAULT_TARGET_COUNT,
     ) -> None:
@@ -98,7 +99,7 @@ class LiveCounter:
     # ---------------------------------------------------------------- microscope
     def connect_simulated(self, scope: SimulatedScope | None = None) -> None:
         """Use the built-in simulated microscope over a synthetic tray."""
-        from napari_foram.demo import DemoScan, make_demo_world
+        from napari_foram.demo_scene import DemoScan, make_demo_world
         from napari_foram.session import SimulatedTray
 
         scope = scope or SimulatedScope()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_foram.defaults import MC_SAMPLES
 from napari_foram.detect import DetectionParams, Detections, detect
 from napari_foram.frames import Frame
 from napari_foram.tally.dedup import SpecimenRegistry
@@ -125,7 +126,7 @@ class CountingPipeline:
         store: TallyStore | None = None,
         sample_id: str | None = None,
         detection: DetectionParams | None = None,
-        mc_samples: int = 30,
+        mc_samples: int = MC_SAMPLES,
         include_clipped: bool = False,
         registry: SpecimenRegistry | None = None,
         better_view_ratio: float | None = 1.25,

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from napari_foram.defaults import CAMERA_SHAPE
 from napari_foram.mosaic import Mosaic
 
 if TYPE_CHECKING:
@@ -344,7 +345,7 @@ class SimulatedTray:
         self,
         world: TrayRender,
         *,
-        camera_shape: tuple[int, int] = (972, 1296),
+        camera_shape: tuple[int, int] = CAMERA_SHAPE,
         seed: int = 0,
         noise: bool = True,
         fail_after_frames: int | None = None,

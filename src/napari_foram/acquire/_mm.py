@@ -79,6 +79,7 @@ from pymmcore_plus.experimental.unicore import (
 from pymmcore_plus.mda import MDAEngine, mda_listeners_connected
 
 from napari_foram.acquire.simulated import DEFAULT_BLUR_PER_UM, SimulatedMicroscope
+from napari_foram.defaults import CAMERA_SHAPE
 from napari_foram.frames import Frame
 
 __all__ = [
@@ -281,7 +282,7 @@ def create_simulated_core(
     world: np.ndarray,
     pixel_size_um: float,
     *,
-    camera_shape: tuple[int, int] = (972, 1296),
+    camera_shape: tuple[int, int] = CAMERA_SHAPE,
     exposure_ms: float = 10.0,
     noise: bool = True,
     seed: int = 0,

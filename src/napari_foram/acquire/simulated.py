@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_foram.defaults import CAMERA_SHAPE
+
 if TYPE_CHECKING:
     from napari_foram.synthetic import SpecimenTruth
 
@@ -516,7 +518,7 @@ class SimulatedMicroscope:
 
     world: np.ndarray
     pixel_size_um: float
-    camera_shape: tuple[int, int] = (972, 1296)
+    camera_shape: tuple[int, int] = CAMERA_SHAPE
     bit_depth: int = 8
     exposure_ms: float = 10.0
     nominal_exposure_ms: float = 10.0

@@ -329,10 +329,48 @@ def _conv_tensors(state: dict[str, object], where: str) -> dict[str, torch.Tenso
     return conv
 
 
+# The layer plan and the shapes it gives live here, not in `model`: checking a weights
+# file needs them, and `model` builds on this module.
+#: VGG16 layer plan (torchvision's configuration "D"): channels per conv, "M" = max-pool.
+VGG16_PLAN: tuple[int | str, ...] = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
+
+
+def vgg16_conv_shapes() -> dict[str, tuple[int, ...]]:
+    """Shapes of VGG16's conv tensors, keyed as in torchvision's ``vgg16().features``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    in_channels, index = 3, 0
+    for item in VGG16_PLAN:
+        if item == "M":
+            index += 1
+            continue
+        assert isinstance(item, int)
+        shapes[f"{index}.weight"] = (item, in_channels, 3, 3)
+        shapes[f"{index}.bias"] = (item,)
+        in_channels, index = item, index + 2  # conv + ReLU
+    return shapes
+
+
 def _check_vgg16_shapes(conv: dict[str, torch.Tensor], where: str) -> None:
     """One-line ValueError unless `conv` has exactly VGG16's 13 conv layers' shapes."""
-    from napari_foram.classify.model import vgg16_conv_shapes
-
     expected = vgg16_conv_shapes()
     if set(conv) != set(expected):
         missing = sorted(set(expected) - set(conv))[:2]

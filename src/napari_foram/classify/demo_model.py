@@ -42,7 +42,9 @@ from napari_foram.classify.backbone import (
 )
 from napari_foram.classify.checkpoint import new_classifier, read_model_info, save_checkpoint
 from napari_foram.classify.density import pool_features
+from napari_foram.classify.head_fit import fit_head
 from napari_foram.classify.model import FORAMNet
+from napari_foram.defaults import CAMERA_SHAPE
 
 __all__ = [
     "DemoBackboneWarning",
@@ -68,7 +70,7 @@ UNSURE_FALSE_FLAG_RATE = 0.05
 #: Tray seeds for the demo: training uses indices below this, held-out checks above it.
 HELD_OUT_OFFSET = 50_000
 #: Geometry of the training trays: one demo camera field, specimens apart and whole.
-TRAY_SHAPE = (972, 1296)
+TRAY_SHAPE = CAMERA_SHAPE
 TRAY_SPECIMENS = 24
 #: Crops per class scored on held-out trays after training (recorded in the metrics).
 HELD_OUT_PER_CLASS = 25
@@ -202,15 +204,33 @@ def train_head_on_features(
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
     train_idx, val_idx = stratified_split(y, val_fraction, seed)
-    # One training loop in the project: phase 1 of the training package.
-    from napari_foram.training.train import TrainConfig, train_head
-
-    config = TrainConfig(
-        lr=lr, batch_size=batch_size, max_epochs=max_epochs, patience=patience, seed=seed
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    for name, value in (
+        ("batch_size", batch_size),
+        ("max_epochs", max_epochs),
+        ("patience", patience),
+    ):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    # One training loop in the project (`head_fit`), shared with the training package's
+    # phase 1; on the CPU, as the training package's default device.
+    device = torch.device("cpu")
+    record = fit_head(
+        head,
+        features.detach().float().cpu(),
+        torch.from_numpy(y),
+        torch.from_numpy(train_idx.astype(np.int64)),
+        torch.from_numpy(val_idx.astype(np.int64)),
+        device,
+        lr=lr,
+        batch_size=int(batch_size),
+        max_epochs=int(max_epochs),
+        patience=int(patience),
+        seed=seed,
+        progress=progress,
     )
-    record = train_head(
-        head, features.detach().float().cpu(), y, train_idx, val_idx, config, progress=progress
-    )
+    head.eval()
     return HeadTrainingResult(
         best_epoch=record["best_epoch"],
         epochs_run=record["epochs_run"],

@@ -30,12 +30,15 @@ from torch import nn
 from napari_foram.classify.backbone import (
     IMAGENET_FILENAME,
     IMAGENET_URL,
+    VGG16_PLAN,
     BackboneWeights,
     MissingWeightsError,
     file_sha256,
     imagenet_weights_path,
     resolve_backbone,
+    vgg16_conv_shapes,
 )
+from napari_foram.defaults import CROP_SIZE
 
 __all__ = [
     "DEFAULT_DROPOUT",
@@ -53,29 +56,8 @@ __all__ = [
     "vgg16_conv_shapes",
 ]
 
-#: VGG16 layer plan (torchvision's configuration "D"): channels per conv, "M" = max-pool.
-VGG16_PLAN: tuple[int | str, ...] = (
-    64,
-    64,
-    "M",
-    128,
-    128,
-    "M",
-    256,
-    256,
-    256,
-    "M",
-    512,
-    512,
-    512,
-    "M",
-    512,
-    512,
-    512,
-    "M",
-)
-#: Side of the square input crop in pixels (the conv blocks then give 7 x 7 x 512).
-INPUT_SIZE = 224
+#: Side of the square input crop in pixels: the crop size itself (crops are not rescaled).
+INPUT_SIZE = CROP_SIZE
 #: Length of the flattened conv features for a 224 x 224 input: 512 * 7 * 7.
 FEATURE_DIM = 512 * 7 * 7
 #: The study's head: hidden units per dense layer and dropout rate (authors' code).
@@ -184,21 +166,6 @@ def _vgg16_conv_blocks() -> nn.Sequential:
             layers += [conv, nn.ReLU(inplace=True)]
             in_channels = item
     return nn.Sequential(*layers)
-
-
-def vgg16_conv_shapes() -> dict[str, tuple[int, ...]]:
-    """Shapes of VGG16's conv tensors, keyed as in torchvision's ``vgg16().features``."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    in_channels, index = 3, 0
-    for item in VGG16_PLAN:
-        if item == "M":
-            index += 1
-            continue
-        assert isinstance(item, int)
-        shapes[f"{index}.weight"] = (item, in_channels, 3, 3)
-        shapes[f"{index}.bias"] = (item,)
-        in_channels, index = item, index + 2  # conv + ReLU
-    return shapes
 
 
 def build_model(

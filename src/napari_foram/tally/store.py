@@ -60,6 +60,7 @@ from typing import Any, Literal
 import numpy as np
 
 from napari_foram._versions import software_versions
+from napari_foram.defaults import CROP_SIZE
 from napari_foram.tally import stats
 from napari_foram.tally.stats import (
     REVIEW_CONFIRMED,
@@ -73,8 +74,6 @@ from napari_foram.tally.stats import (
 SCHEMA_NAME = "napari-foram-tally"
 #: The layout version this code writes and understands.
 SCHEMA_VERSION = 1
-#: Side length of the stored crops in pixels (the classifier's input size).
-CROP_SIZE = 224
 #: Name of the writer's lock file inside the store directory.
 LOCK_NAME = ".napari-foram.lock"
 

@@ -29,7 +29,6 @@ device defaults to the CPU; on CUDA the forward passes run under bf16 autocast.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import itertools
@@ -55,6 +54,18 @@ from napari_foram.classify.density import (
     pooled_proxy_head,
     pooling_matrix,
 )
+
+# The head-training loop and its helpers live in classify (the demo model trains heads
+# too, and classify must not import training); the old names stay importable here.
+from napari_foram.classify.head_fit import (
+    OPTIMIZERS,
+    fit_head,
+    make_optimizer,
+)
+from napari_foram.classify.head_fit import autocast_for as _autocast
+from napari_foram.classify.head_fit import better_score as _better
+from napari_foram.classify.head_fit import head_scores as _head_scores
+from napari_foram.classify.head_fit import seeded as _seeded
 from napari_foram.classify.model import (
     DEFAULT_DROPOUT,
     DEFAULT_HIDDEN_UNITS,
@@ -74,7 +85,6 @@ from napari_foram.training.metrics import mean_sd
 
 #: First layer of VGG16 block 4 in ``vgg16().features``: fine-tuning unfreezes from here.
 FINE_TUNE_FROM_LAYER = 17
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
 #: The default grid: 2 x 2 x 2 = 8 phase-1 runs on shared features (the study: 72).
 DEFAULT_GRID: dict[str, list[Any]] = {
     "hidden_units": [(512, 64), (256, 32)],
@@ -211,43 +221,6 @@ class TrainingOutcome:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _seeded(seed: int, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """Fork the RNGs (CPU and, if used, this CUDA device) and seed them."""
-
-    @contextlib.contextmanager
-    def forked() -> Iterator[None]:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(seed))
-            yield
-
-    return forked()
-
-
-def _autocast(
-    device: torch.device, precision: str = "auto"
-) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA ("auto"), or on any device when asked for ("bf16")."""
-    if precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    ):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def make_optimizer(
-    name: str, params: Sequence[nn.Parameter] | Iterator[nn.Parameter], lr: float
-) -> torch.optim.Optimizer:
-    """Adam, RMSprop or SGD (momentum 0.9) over `params`."""
-    params = list(params)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
-
-
 def preprocess(x: torch.Tensor, input_convention: str) -> torch.Tensor:
     """(B, 3, H, W) 0-1 float -> network input (as `Predictor` prepares crops)."""
     return to_network_input(x, input_convention)
@@ -394,27 +367,6 @@ def compute_features(
     return features
 
 
-def _head_scores(
-    head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, device: torch.device
-) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the head with dropout off; (nan, nan) if empty."""
-    if feats.shape[0] == 0:
-        return float("nan"), float("nan")
-    head.eval()
-    with torch.inference_mode(), _autocast(device):
-        logits = torch.cat([head(feats[s : s + 512]).float() for s in range(0, len(feats), 512)])
-    loss = float(nn.functional.cross_entropy(logits, labels))
-    return float((logits.argmax(1) == labels).float().mean()), loss
-
-
-def _better(score: tuple[float, float], best: tuple[float, float]) -> bool:
-    """Higher accuracy wins; at equal accuracy the lower loss wins (NaN never wins)."""
-    acc, loss = score
-    if np.isnan(acc):
-        return False
-    return (acc, -loss) > best
-
-
 def fold_standardisation(head: nn.Sequential, mu: torch.Tensor, sd: torch.Tensor) -> None:
     """Fold x -> (x - mu) / sd into the head's first Linear layer, in place (exact)."""
     first = next(m for m in head.modules() if isinstance(m, nn.Linear))
@@ -474,65 +426,26 @@ def train_head(
             # it trains on here (folded back at the end, so nothing is lost either way).
             unfold_standardisation(head, mu.cpu(), sd.cpu())
     va = torch.from_numpy(np.asarray(val_idx, dtype=np.int64)).to(device)
-    head.to(device)
-    optimiser = make_optimizer(config.optimizer, head.parameters(), config.lr)
-    best: tuple[float, float] = (-1.0, -float("inf"))
-    best_state: dict[str, torch.Tensor] = {}
-    best_epoch, stale, interrupted = 0, 0, False
-    history: list[dict[str, float]] = []
-    with _seeded(config.seed, device):
-        try:
-            for epoch in range(1, config.max_epochs + 1):
-                head.train()
-                order = tr[torch.randperm(tr.numel()).to(device)]
-                for start in range(0, order.numel(), config.batch_size):
-                    batch = order[start : start + config.batch_size]
-                    optimiser.zero_grad(set_to_none=True)
-                    with _autocast(device):
-                        logits = head(x[batch])
-                    loss = nn.functional.cross_entropy(logits.float(), y[batch])
-                    loss.backward()
-                    optimiser.step()
-                val_acc, val_loss = _head_scores(head, x[va], y[va], device)
-                train_acc, train_loss = _head_scores(head, x[tr], y[tr], device)
-                history.append(
-                    {
-                        "epoch": epoch,
-                        "train_loss": train_loss,
-                        "train_accuracy": train_acc,
-                        "val_loss": val_loss,
-                        "val_accuracy": val_acc,
-                    }
-                )
-                if progress is not None:
-                    progress(epoch, config.max_epochs, f"{label}val acc {val_acc:.3f}")
-                # Without a validation set, "best" is the last epoch (training accuracy).
-                score = (val_acc, val_loss) if va.numel() else (train_acc, train_loss)
-                if not best_state or _better(score, best):
-                    best, best_epoch, stale = (score[0], -score[1]), epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-                else:
-                    stale += 1
-                    if stale >= config.patience:
-                        break
-        except KeyboardInterrupt:
-            if not best_state:
-                raise
-            interrupted = True
-    head.load_state_dict(best_state)
+    record = fit_head(
+        head,
+        x,
+        y,
+        tr,
+        va,
+        device,
+        optimizer=config.optimizer,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        max_epochs=config.max_epochs,
+        patience=config.patience,
+        seed=config.seed,
+        progress=progress,
+        label=label,
+    )
     if config.standardize_features:
         fold_standardisation(head, mu, sd)
     head.eval().to("cpu")
-    row = history[best_epoch - 1]
-    return {
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "val_accuracy": row["val_accuracy"],
-        "val_loss": row["val_loss"],
-        "train_accuracy": row["train_accuracy"],
-        "history": history,
-        "interrupted": interrupted,
-    }
+    return record
 
 
 def _train_pooled_head(

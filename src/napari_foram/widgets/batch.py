@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_foram.defaults import MC_SAMPLES
 from napari_foram.widgets._qt import join_thread, thread_running, with_browse
 from napari_foram.widgets.layers import class_colour
 
@@ -139,7 +140,11 @@ class BatchWidget(QWidget):
     """
 
     def __init__(
-        self, napari_viewer: napari.viewer.Viewer, *, model: str = "demo", mc_samples: int = 30
+        self,
+        napari_viewer: napari.viewer.Viewer,
+        *,
+        model: str = "demo",
+        mc_samples: int = MC_SAMPLES,
     ) -> None:
         super().__init__()
         self.viewer = napari_viewer

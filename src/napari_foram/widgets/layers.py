@@ -13,34 +13,16 @@ import numpy as np
 
 from napari_foram.mosaic import Mosaic
 
+# The colours are a core rule (the reader uses them too); re-exported for the widgets.
+from napari_foram.tally.export import class_colour
+
 if TYPE_CHECKING:
     import napari
 
     from napari_foram.pipeline import FrameResult
 
-#: Colours of the study's four classes (RGBA 0-1); other class lists use a cycle.
-CLASS_COLOURS = {
-    "planktic": (0.20, 0.75, 1.00, 1.0),
-    "calcareous_benthic": (1.00, 0.85, 0.15, 1.0),
-    "agglutinated_benthic": (1.00, 0.45, 0.10, 1.0),
-    "sediment": (0.65, 0.65, 0.65, 1.0),
-}
-_CYCLE = [
-    (0.9, 0.3, 0.3, 1.0),
-    (0.3, 0.9, 0.3, 1.0),
-    (0.6, 0.4, 1.0, 1.0),
-    (1.0, 0.5, 0.8, 1.0),
-    (0.4, 1.0, 0.9, 1.0),
-    (0.9, 0.9, 0.5, 1.0),
-]
-
 MOSAIC_LAYER = "tray mosaic"
 SPECIMENS_LAYER = "counted specimens"
-
-
-def class_colour(name: str, index: int) -> tuple[float, float, float, float]:
-    """A stable colour for a class name."""
-    return CLASS_COLOURS.get(name, _CYCLE[index % len(_CYCLE)])
 
 
 def specimen_points(

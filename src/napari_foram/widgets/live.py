@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
 from napari_foram.frames import Frame, to_uint8
 from napari_foram.mosaic import Mosaic
 from napari_foram.widgets._qt import join_thread, spin, thread_running, with_browse
@@ -108,9 +109,9 @@ class LiveWidget(QWidget):
         napari_viewer: napari.viewer.Viewer,
         *,
         model: str | Path = "demo",
-        mc_samples: int = 30,
+        mc_samples: int = MC_SAMPLES,
         store_path: str | Path | None = None,
-        camera_shape: tuple[int, int] = (972, 1296),
+        camera_shape: tuple[int, int] = CAMERA_SHAPE,
         specimens: int = 45,
         device: str = "auto",
         seed: int = 7,
