@@ -399,3 +399,24 @@ def test_counts_do_not_depend_on_files_per_task(local_run, trays, checkpoint, tm
         store = tmp_path / f"per{per_task}.zarr"
         run_batch(_config(folder, store, checkpoint, files_per_task=per_task))
         _same_store(local_run[0], store)
+
+
+def test_plan_leaves_out_label_and_mask_images(tmp_path):
+    from napari_foram.batch import LABEL_IMAGE_REASON, is_label_image_name
+    from napari_foram.synthetic import write_synth
+
+    # What `napari-foram synth` writes: frames, their label images, JSON and truth CSV.
+    info = write_synth(tmp_path / "synth", trays=2, crops_per_class=0, shape=(256, 320))
+    trays = Path(info["trays"][0]).parent
+    (trays / "extra").mkdir()
+    iio.imwrite(trays / "extra" / "field_mask.png", np.zeros((80, 80), dtype=np.uint8))
+    iio.imwrite(trays / "extra" / "field.png", np.zeros((80, 80), dtype=np.uint8))
+    plan = plan_batch(trays)
+    assert [f.name for f in plan.files] == ["tray_000.png", "tray_001.png", "extra/field.png"]
+    reasons = {r.file: (r.status, r.reason) for r in plan.ignored}
+    for name in ("tray_000_labels.png", "tray_001_labels.png", "extra/field_mask.png"):
+        assert reasons[name] == ("ignored", LABEL_IMAGE_REASON), name
+    assert reasons["truth.csv"][0] == "ignored"
+    # Only the file's own name counts: a sample folder called "masks" keeps its frames.
+    assert not is_label_image_name("masks/tray_1.png")
+    assert is_label_image_name("S1/Tray_2_Labels.TIF")

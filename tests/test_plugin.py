@@ -142,3 +142,31 @@ def test_torch_after_napari_canvas_does_not_crash():
     )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert "survived FORAMNet" in proc.stdout
+
+
+def test_detection_preview_lies_on_a_scaled_image(make_napari_viewer):
+    # The plugin's own sample tray is in micrometres (2.5 um/px): the preview must take
+    # the image's scale and translate, not draw in pixels at the origin.
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(
+        _disc_image(), name="frame", scale=(2.5, 2.5), translate=(100.0, -40.0)
+    )
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-foram", "Detection preview")
+    widget._border.value = False
+    widget._image.value = layer
+    widget.update_preview()
+    assert "3 specimens" in widget.result.value
+    points = viewer.layers["specimen centres"]
+    assert tuple(points.scale) == (2.5, 2.5)
+    assert tuple(points.translate) == (100.0, -40.0)
+    # In world coordinates the centres fall on the discs drawn in the image.
+    world = np.asarray(points.data) * 2.5 + np.array([100.0, -40.0])
+    discs = np.array([(120, 150), (300, 420), (400, 600)]) * 2.5 + np.array([100.0, -40.0])
+    for centre in discs:
+        assert np.min(np.linalg.norm(world - centre, axis=1)) < 2.5 * 3
+    labels = viewer.layers["detections"]
+    work = labels.scale[-1] / 2.5  # the working scale, on top of the image's
+    assert work >= 1 and tuple(labels.scale) == (2.5 * work, 2.5 * work)
+    assert tuple(labels.translate) == (100.0, -40.0)
+    # The extent of the labels matches the image's, in world units.
+    assert np.allclose(labels.extent.world[1], layer.extent.world[1], atol=2.5 * work)

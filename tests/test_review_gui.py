@@ -299,3 +299,48 @@ def test_fine_tune_button_trains_a_checkpoint_beside_the_store(
         "planktic": 2, "calcareous_benthic": 3, "agglutinated_benthic": 0, "sediment": 0
     }  # fmt: skip
     assert widget.tune_button.isEnabled()
+
+
+def test_enter_in_the_store_field_opens_it_and_accepts_nothing(
+    make_napari_viewer, qtbot, store_path
+):
+    viewer = make_napari_viewer()
+    widget = _open(viewer)
+    qtbot.keyClicks(widget.store_edit, str(store_path))
+    qtbot.keyClick(widget.store_edit, Qt.Key.Key_Return)
+    session = widget.session
+    assert session is not None and session.current == 2  # opened, the first specimen shown
+    assert session.undo_depth == 0 and "accepted" not in widget.message.text()
+    # Review keys typed into a text field are text, and Enter in a spin box confirms it.
+    qtbot.keyClicks(widget.reviewer_edit, "ada")
+    qtbot.keyClick(widget.reviewer_edit, Qt.Key.Key_Return)
+    qtbot.keyClick(widget.target_spin, Qt.Key.Key_Enter)
+    assert widget.reviewer_edit.text() == "testerada"
+    assert session.current == 2 and session.undo_depth == 0
+    with TallyStore.open(store_path, mode="r") as store:
+        assert (store.read_specimens("S1")["review_status"] == REVIEW_NONE).all()
+    # The widget itself (or the crop) focused: the keys act.
+    _press(qtbot, widget, Qt.Key.Key_Return)
+    assert widget.message.text() == "row 2: accepted"
+
+
+def test_review_keys_act_on_the_napari_canvas(make_napari_viewer, qtbot, store_path):
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = _open(viewer, store_path)
+    qtbot.waitUntil(widget.isVisible)
+    # A Points layer active: its own A (select all) and 1-5 (modes) would take the keys.
+    points = viewer.add_points(np.array([[10.0, 10.0]]))
+    canvases = widget.window().findChildren(QOpenGLWidget)
+    assert canvases
+    canvas = canvases[0]
+    qtbot.keyClick(canvas, Qt.Key.Key_A)
+    assert widget.message.text() == "row 2: accepted" and widget.session.current == 7
+    qtbot.keyClick(canvas, Qt.Key.Key_3)
+    assert widget.message.text() == "row 7: relabelled agglutinated_benthic"
+    assert points.mode == "pan_zoom" and len(points.data) == 1
+    # Without a sample open the canvas keys are napari's again.
+    widget.close_store()
+    qtbot.keyClick(canvas, Qt.Key.Key_2)
+    assert points.mode == "add"

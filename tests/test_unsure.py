@@ -456,3 +456,31 @@ def test_tally_widget_shows_the_unsure_count(make_napari_viewer: Any, rule_store
     counts = dict(zip(table["index"], [row[0] for row in table["data"]], strict=True))
     assert counts[UNSURE_ROW] == 0 and counts["total objects"] == 2
     assert "unsure" not in widget.summary_label.value
+
+
+def test_plot_uses_the_viewers_class_colours(rule_store: Path) -> None:
+    from matplotlib.colors import to_rgba
+
+    from napari_foram.tally.export import class_colour, tally_figure
+    from napari_foram.tally.stats import foram_mask
+
+    with TallyStore.open(rule_store) as store:
+        classes = store.class_names
+        fig = tally_figure(store)
+    ax_depth, ax_bar = fig.axes[:2]
+    forams = [classes[j] for j in np.flatnonzero(foram_mask(classes))]
+    expected = {name: to_rgba(class_colour(name, classes.index(name))) for name in forams}
+    # Every class's stacked bars, and its line on the depth panel, in the viewer's colour.
+    bars = {c.get_label(): c for c in ax_bar.containers if c.get_label() != UNSURE_LABEL}
+    assert set(bars) == set(forams)
+    for name, container in bars.items():
+        for patch in container.patches:
+            assert patch.get_facecolor() == pytest.approx(expected[name]), name
+    # ErrorbarContainer: (data line, caps, bars), labelled with the class.
+    lines = {c.get_label(): c.lines[0] for c in ax_depth.containers}
+    for name in forams:
+        assert to_rgba(lines[name].get_color()) == pytest.approx(expected[name]), name
+    # Unsure stays its own grey, which no class has.
+    unsure = next(c for c in ax_bar.containers if c.get_label() == UNSURE_LABEL)
+    assert unsure.patches[0].get_facecolor() == pytest.approx(to_rgba(UNSURE_COLOUR))
+    assert to_rgba(UNSURE_COLOUR) not in expected.values()

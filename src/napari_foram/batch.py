@@ -130,7 +130,7 @@ class FileReport:
     status
         "processed" (counted in this run), "skipped" (already in the store, or the same
         bytes as another file of the sample), "bad" (could not be used) or "ignored" (not
-        an image file type, or not listed in the sample sheet).
+        an image file type, a label or mask image, or not listed in the sample sheet).
     reason
         One line: why it was skipped, bad or ignored; for processed files, what was
         converted (16-bit, alpha), else "".
@@ -221,6 +221,29 @@ def _is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
+#: Why `plan_batch` leaves out label and mask images (status "ignored", this reason).
+LABEL_IMAGE_REASON = "label image"
+
+
+def is_label_image_name(name: str) -> bool:
+    """True for a ground-truth label or mask image beside the frames it describes.
+
+    ``napari-foram synth`` writes ``tray_000_labels.png`` (or ``.tif``) beside
+    ``tray_000.png``, and segmentation tools commonly write ``*_mask*`` files: counted as
+    frames they add black images (and, at worst, their label values as "specimens"), so a
+    folder plan leaves them out. A file stem ending in ``_labels`` / ``_label`` or holding
+    ``_mask`` (any case) is one.
+
+    Parameters
+    ----------
+    name
+        A file name or relative path; only its last component is looked at, so a
+        sample folder called ``masks`` does not hide its frames.
+    """
+    stem = Path(name).stem.lower()
+    return stem.endswith(("_labels", "_label")) or "_mask" in stem
+
+
 def plan_batch(
     folder: str | os.PathLike[str], samples_csv: str | os.PathLike[str] | None = None
 ) -> BatchPlan:
@@ -264,6 +287,11 @@ def plan_batch(
         if not _is_image_name(name):
             suffix = Path(name).suffix or "no suffix"
             ignored.append(FileReport(name, sid, "ignored", f"not an image file type ({suffix})"))
+            continue
+        if is_label_image_name(name):
+            # Ground truth written beside the frames (e.g. by `napari-foram synth`), not a
+            # frame; a sample sheet that lists one still counts it (the user asked).
+            ignored.append(FileReport(name, sid, "ignored", LABEL_IMAGE_REASON))
             continue
         if raw_of.setdefault(sid, raw) != raw:
             raise ValueError(

@@ -468,7 +468,8 @@ def tally_figure(
     fig = Figure(figsize=(11, max(4.0, 0.35 * len(ids) + 2.5)), layout="constrained")
     FigureCanvasAgg(fig)
     ax_depth, ax_bar = fig.subplots(1, 2, sharey=not by_depth, width_ratios=(3, 2))
-    colours = [f"C{i % 10}" for i in range(len(classes))]
+    # The viewer's colours (points, live view, tally chart): one colour per class everywhere.
+    colours = [class_colour(name, i) for i, name in enumerate(classes)]
     for j in foram_idx:
         pct = np.array([s["pct"][j] for s in summaries])[order]
         low = np.array([s["pct_low"][j] for s in summaries])[order]

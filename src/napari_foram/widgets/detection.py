@@ -40,14 +40,26 @@ def show_detections(
         data = data[viewer.dims.current_step[0]]  # a stack: preview the current plane
     det = detect(data, params, crops=False, pixel_size_um=pixel_size_um)
     scale = det.work_scale
-    # The label image lives at the working scale: show it scaled back onto the frame.
-    layer_scale = (scale, scale)
+    # Detections are in the frame's pixels; the image may be drawn in micrometres (a
+    # reader's scale) and shifted: the preview layers take the image's own transform so
+    # they lie on it, whatever its units.
+    image_scale, image_translate = image_transform(image_layer)
+    # The label image lives at the working scale (a strided copy: label pixel i is frame
+    # pixel i * scale), so only its scale grows.
+    layer_scale = tuple(float(v) * scale for v in image_scale)
     if DETECTIONS_LAYER in viewer.layers:
         labels_layer = viewer.layers[DETECTIONS_LAYER]
         labels_layer.data = det.labels
         labels_layer.scale = layer_scale
+        labels_layer.translate = image_translate
     else:
-        viewer.add_labels(det.labels, name=DETECTIONS_LAYER, scale=layer_scale, opacity=0.4)
+        viewer.add_labels(
+            det.labels,
+            name=DETECTIONS_LAYER,
+            scale=layer_scale,
+            translate=image_translate,
+            opacity=0.4,
+        )
     # Green: whole specimens (counted); orange: clipped by the frame edge or tray border.
     colours = np.where(det.clipped[:, None], [[1.0, 0.6, 0.0, 1.0]], [[0.0, 1.0, 0.4, 1.0]])
     features = {"clipped": det.clipped, "area_px": det.area_px.round(0)}
@@ -61,17 +73,38 @@ def show_detections(
             face_color=colours,
             border_color="black",
             features=features,
+            scale=image_scale,
+            translate=image_translate,
         )
     # Split lines in red, so a user sees which touching specimens were separated.
     cuts = split_lines(det.labels)
     if SPLITS_LAYER in viewer.layers:
         viewer.layers.remove(SPLITS_LAYER)
     if cuts.any():
-        viewer.add_labels(cuts.astype(np.uint8), name=SPLITS_LAYER, scale=layer_scale, opacity=1.0)
+        viewer.add_labels(
+            cuts.astype(np.uint8),
+            name=SPLITS_LAYER,
+            scale=layer_scale,
+            translate=image_translate,
+            opacity=1.0,
+        )
     return (
         f"{int(det.whole.sum())} specimens, {int(det.clipped.sum())} clipped; "
         f"threshold {det.threshold:.1f} (at 1/{scale} scale); {min_area_text(det)}"
     )
+
+
+def image_transform(
+    image_layer: napari.layers.Image,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The (y, x) scale and translate of an image layer's frame (world units per pixel).
+
+    The last two axes: for a stack the preview is of one plane, and an RGB layer's colour
+    axis has no scale of its own.
+    """
+    sy, sx = (float(v) for v in np.asarray(image_layer.scale)[-2:])
+    ty, tx = (float(v) for v in np.asarray(image_layer.translate)[-2:])
+    return (sy, sx), (ty, tx)
 
 
 def min_area_text(det: Any) -> str:

@@ -8,7 +8,9 @@ written at once. Reading a specimen is fast (one crop of 150 kB), so the queue r
 GUI thread; exporting and fine-tuning run on a background thread and report through Qt
 signals.
 
-Keys (with the widget focused; click the crop to focus it):
+Keys (with the widget focused, click the crop to focus it, or with napari's canvas
+focused while a sample is open; never while typing in a text field, where Enter only
+confirms the field):
 
 =================  ==========================================================
 1 .. 9             the specimen is of class 1..K (its predicted class = accept)
@@ -18,6 +20,10 @@ X                  reject: not a specimen
 Backspace, U       undo the last action (any number of levels)
 Right, Left        next / previous specimen of the queue
 =================  ==========================================================
+
+On the canvas these keys take precedence over napari's own (a Points layer's 1-5, A and
+Backspace, the dims' Left and Right) while the widget is shown with a sample open, so a
+key always acts on the specimen the widget shows.
 
 "Show in frame": tally stores keep crops, not frames, so the specimen is shown where it
 lies on the sample: the sample's specimens as points at their stage positions (the
@@ -35,9 +41,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QRectF, Qt, Signal
+from qtpy.QtCore import QEvent, QObject, QRectF, Qt, Signal
 from qtpy.QtGui import QColor, QFont, QImage, QKeyEvent, QPainter, QPen, QPixmap
+from qtpy.QtOpenGLWidgets import QOpenGLWidget
 from qtpy.QtWidgets import (
+    QAbstractSpinBox,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -98,6 +106,27 @@ _KEY_ACTIONS = {
     int(Qt.Key.Key_Left): "previous",
 }
 _DIGITS = {int(getattr(Qt.Key, f"Key_{d}")): d for d in range(1, 10)}
+
+
+def key_action(event: QKeyEvent) -> str | None:
+    """The review action a key press asks for ("accept", "class 2", ...), or None.
+
+    Only plain keys (no Ctrl, Alt, Shift or Meta): napari's and Qt's shortcuts keep theirs.
+    """
+    no_modifier = event.modifiers() in (
+        Qt.KeyboardModifier.NoModifier,
+        Qt.KeyboardModifier.KeypadModifier,
+    )
+    if not no_modifier:
+        return None
+    key = int(event.key())
+    if key in _DIGITS:
+        return f"class {_DIGITS[key]}"
+    return _KEY_ACTIONS.get(key)
+
+
+def _inside_a_box(edit: QLineEdit) -> bool:
+    return isinstance(edit.parent(), (QAbstractSpinBox, QComboBox))
 
 
 def _one_line(text: object) -> str:
@@ -375,6 +404,14 @@ class ReviewWidget(QWidget):
         layout.addWidget(self.message)
         layout.addWidget(out_box)
         layout.addStretch(1)
+        # Text fields keep the keys typed into them: Qt passes a key a field does not
+        # use (Enter, Up...) on to its parent, where Enter in the store field would
+        # otherwise accept the specimen shown as the store opens.
+        # (A spin box's own line edit is left alone: the box receives the keys.)
+        edits = [e for e in self.findChildren(QLineEdit) if not _inside_a_box(e)]
+        for field in [*edits, *self.findChildren(QAbstractSpinBox)]:
+            field.installEventFilter(self)
+        self._canvases: list[QOpenGLWidget] = []
         self._show()
         if store is not None:
             self.open_store(store)
@@ -515,19 +552,41 @@ class ReviewWidget(QWidget):
     def keyPressEvent(self, event: QKeyEvent | None) -> None:
         if event is None:
             return
-        key = int(event.key())
-        no_modifier = event.modifiers() in (
-            Qt.KeyboardModifier.NoModifier,
-            Qt.KeyboardModifier.KeypadModifier,
-        )
-        if no_modifier and key in _DIGITS:
-            self.do(f"class {_DIGITS[key]}")
-            event.accept()
-        elif no_modifier and key in _KEY_ACTIONS:
-            self.do(_KEY_ACTIONS[key])
+        action = key_action(event)
+        if action is not None:
+            self.do(action)
             event.accept()
         else:
             super().keyPressEvent(event)
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        # Docked, the widget shares napari's window: watch its canvas (a QOpenGLWidget,
+        # found through Qt, not napari's private attributes) for the review keys.
+        window = self.window()
+        for canvas in window.findChildren(QOpenGLWidget) if window is not None else []:
+            if canvas not in self._canvases:
+                canvas.installEventFilter(self)
+                self._canvases.append(canvas)
+
+    def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:
+        if not isinstance(event, QKeyEvent) or event.type() != QEvent.Type.KeyPress:
+            return super().eventFilter(watched, event)
+        if isinstance(watched, (QLineEdit, QAbstractSpinBox)):
+            if key_action(event) is None:
+                return False
+            # Let the field handle the key (Enter emits returnPressed), then stop it.
+            watched.event(event)
+            event.accept()
+            return True
+        if isinstance(watched, QOpenGLWidget) and watched in self._canvases:
+            action = key_action(event)
+            if action is None or self.session is None or not self.isVisible():
+                return False  # napari's own keys
+            self.do(action)
+            event.accept()
+            return True
+        return super().eventFilter(watched, event)
 
     def do(self, action: str) -> bool:
         """Run one action on the current specimen and show the next one.
@@ -795,6 +854,9 @@ class ReviewWidget(QWidget):
 
     def closeEvent(self, event: Any) -> None:
         self.close_store()
+        for canvas in self._canvases:  # napari's canvas outlives the widget
+            canvas.removeEventFilter(self)
+        self._canvases.clear()
         super().closeEvent(event)
 
 
