@@ -1770,26 +1770,50 @@ def render_crop(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
-    ss = np.random.SeedSequence([int(seed), k])
+    return centred_crop(np.random.SeedSequence([int(seed), k]), class_name, size, pixel_size_um)
+
+
+def centred_crop(
+    ss: np.random.SeedSequence,
+    name: str,
+    size: int,
+    pixel_size_um: float,
+    *,
+    builder: Callable[..., _Shape] | None = None,
+    size_um: tuple[float, float] | None = None,
+    keep_inside: bool = False,
+) -> np.ndarray:
+    """The crop recipe shared by `render_crop` and `synthetic_ood.render_ood_crop`: tray
+    background with a chance of lint and dust, one object (class `name`, or `builder`
+    with `size_um`) centred by its centre of mass, vignette, exposure and noise.
+
+    `keep_inside` moves the object just enough to keep all of it in the crop (a long,
+    tapering object's centre of mass lies off its middle).
+    """
     rng_bg, _, _, rng_place, rng_lint, rng_noise, rng_dust, spec_ss = _spawn(ss)
     light = Lighting.random(rng_bg)
     frame = _background((size, size), rng_bg)
     if rng_lint.random() < 0.15:
         _draw_lint(frame, rng_lint, 1, pixel_size_um)
     _draw_dust(frame, rng_dust, int(rng_dust.integers(0, 3)))
-    rng = np.random.default_rng(spec_ss)
     layer = _render_layer(
-        class_name,
-        rng,
+        name,
+        np.random.default_rng(spec_ss),
         diameter_px=None,
         pixel_size_um=pixel_size_um,
         light=light,
         overexposed=rng_place.random() < 0.06,
         max_diameter_px=0.9 * size,
+        builder=builder,
+        size_um=size_um,
     )
     ys, xs = np.nonzero(layer.mask)
     cy, cx = ys.mean(), xs.mean()
     y0, x0 = round(size / 2 - 0.5 - cy), round(size / 2 - 0.5 - cx)
+    if keep_inside:
+        rows, cols = np.flatnonzero(layer.mask.any(1)), np.flatnonzero(layer.mask.any(0))
+        y0 = _clamp(y0, 1 - int(rows[0]), size - 2 - int(rows[-1]))
+        x0 = _clamp(x0, 1 - int(cols[0]), size - 2 - int(cols[-1]))
     _composite(frame, None, layer, y0, x0, 0)
     return _finish(
         frame,
@@ -1797,6 +1821,13 @@ def render_crop(
         vignette=rng_noise.uniform(0.0, 0.08),
         exposure=rng_noise.uniform(0.9, 1.1),
     )
+
+
+def _clamp(value: int, lo: int, hi: int) -> int:
+    """`value` moved into [lo, hi]; the midpoint when the range is empty (too big)."""
+    if lo > hi:
+        return (lo + hi) // 2
+    return min(max(value, lo), hi)
 
 
 def _seed_for(seed: int, *keys: int) -> int:

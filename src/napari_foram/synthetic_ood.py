@@ -23,18 +23,11 @@ from scipy.spatial import cKDTree
 
 from napari_foram.synthetic import (
     DEFAULT_PIXEL_SIZE_UM,
-    Lighting,
-    _background,
     _colour,
-    _composite,
-    _draw_dust,
-    _draw_lint,
-    _finish,
     _polygon_sd,
-    _render_layer,
     _Shape,
-    _spawn,
     _unit_noise,
+    centred_crop,
 )
 
 __all__ = ["OOD_KINDS", "render_ood_crop", "render_ood_set"]
@@ -580,13 +573,6 @@ def _check_seed(seed: object) -> int:
     return int(seed)
 
 
-def _clamp(value: int, lo: int, hi: int) -> int:
-    """`value` moved into [lo, hi]; the midpoint when the range is empty (too big)."""
-    if lo > hi:
-        return (lo + hi) // 2
-    return min(max(value, lo), hi)
-
-
 def render_ood_crop(
     kind: str, seed: int, *, size: int = 224, pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
 ) -> np.ndarray:
@@ -620,41 +606,16 @@ def render_ood_crop(
         raise ValueError(f"size must be an integer >= 32, got {size!r}")
     if not pixel_size_um > 0:
         raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}")
-    size = int(size)
-    # The same steps and generator layout as `render_crop`, so background, lint, dust,
-    # exposure and noise follow the same distributions as the in-distribution crops.
-    ss = np.random.SeedSequence([seed, _SALT, k])
-    rng_bg, _, _, rng_place, rng_lint, rng_noise, rng_dust, spec_ss = _spawn(ss)
-    light = Lighting.random(rng_bg)
-    frame = _background((size, size), rng_bg)
-    if rng_lint.random() < 0.15:
-        _draw_lint(frame, rng_lint, 1, pixel_size_um)
-    _draw_dust(frame, rng_dust, int(rng_dust.integers(0, 3)))
-    layer = _render_layer(
+    # The same recipe as `render_crop`, so background, lint, dust, exposure and noise
+    # follow the same distributions as the in-distribution crops.
+    return centred_crop(
+        np.random.SeedSequence([seed, _SALT, k]),
         kind,
-        np.random.default_rng(spec_ss),
-        diameter_px=None,
-        pixel_size_um=pixel_size_um,
-        light=light,
-        overexposed=rng_place.random() < 0.06,
-        max_diameter_px=0.9 * size,
+        int(size),
+        pixel_size_um,
         builder=_OOD_SHAPES[kind],
         size_um=_OOD_SIZE_UM[kind],
-    )
-    ys, xs = np.nonzero(layer.mask)
-    cy, cx = ys.mean(), xs.mean()
-    y0, x0 = round(size / 2 - 0.5 - cy), round(size / 2 - 0.5 - cx)
-    # A tapering spine's centre of mass lies towards its base, which can push the tip out
-    # of the crop: shift it back just enough to keep the whole object in view.
-    rows, cols = np.flatnonzero(layer.mask.any(1)), np.flatnonzero(layer.mask.any(0))
-    y0 = _clamp(y0, 1 - int(rows[0]), size - 2 - int(rows[-1]))
-    x0 = _clamp(x0, 1 - int(cols[0]), size - 2 - int(cols[-1]))
-    _composite(frame, None, layer, y0, x0, 0)
-    return _finish(
-        frame,
-        rng_noise,
-        vignette=rng_noise.uniform(0.0, 0.08),
-        exposure=rng_noise.uniform(0.9, 1.1),
+        keep_inside=True,
     )
 
 
