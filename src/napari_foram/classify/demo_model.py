@@ -323,7 +323,7 @@ def demo_checkpoint(
     Path
         The ``.safetensors`` checkpoint (full: backbone + head + feature density, 115 MB).
     """
-    from napari_foram.classify.density import FeatureDensity, fit_threshold, pooling_matrix
+    from napari_foram.classify.density import FeatureDensity, fit_on_pooled, fit_threshold
     from napari_foram.classify.predict import Predictor
 
     if backbone not in ("auto", "imagenet", "none"):
@@ -387,21 +387,22 @@ def demo_checkpoint(
     # 3 x 3, per channel (1024 wide, roughly translation-invariant). Pooling and
     # standardising are linear, so the trained first layer folds exactly into the
     # Table-1 head's 25088-input layer.
-    pooling = pooling_matrix()
-    pooled = pool_features(features, pooling)
-    mu, sd = pooled.mean(0), pooled.std(0) + 1e-6
-    proxy = _proxy_head(model, pooled.shape[1])
-    result = train_head_on_features(
-        (pooled - mu) / sd,
-        labels,
-        proxy,
-        lr=5e-4,
-        max_epochs=max_epochs,
-        patience=15,
-        seed=seed,
-        progress=epoch_progress,
+    result = fit_on_pooled(
+        model.head,
+        features,
+        np.arange(len(features)),  # standardised over every training crop
+        DEMO_BACKBONE_SEED + 1,
+        lambda proxy, z: train_head_on_features(
+            z,
+            labels,
+            proxy,
+            lr=5e-4,
+            max_epochs=max_epochs,
+            patience=15,
+            seed=seed,
+            progress=epoch_progress,
+        ),
     )
-    fold_pooled_head(proxy, model, pooling, mu, sd)
     model.density = FeatureDensity.fit(features, labels, len(class_names))
 
     # Held-out trays (seeds no training tray uses), scored with the folded Table-1 model

@@ -23,12 +23,14 @@ in the crop rather than where.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
+T = TypeVar("T")
 #: Channels of VGG16's last conv block, and cells of its 7 x 7 output grid.
 _CHANNELS = 512
 _CELLS = 49
@@ -90,6 +92,32 @@ def fold_pooled_head_into(
         state = {k: v.clone() for k, v in proxy.state_dict().items()}
         state[f"{index}.weight"], state[f"{index}.bias"] = weight.contiguous(), bias
         head.load_state_dict(state)
+
+
+def fit_on_pooled(
+    head: nn.Sequential,
+    features: torch.Tensor,
+    fit_rows: np.ndarray,
+    seed: int,
+    fit: Callable[[nn.Sequential, torch.Tensor], T],
+) -> T:
+    """Train `head` on standardised pooled features, then fold it back, exactly.
+
+    Pools the (N, 25088) `features`, standardises them with the mean and SD of rows
+    `fit_rows`, builds a proxy of `head` taking the pooled values (`pooled_proxy_head`,
+    seeded), calls ``fit(proxy, z)`` to train it in place, folds the proxy into `head`
+    (`fold_pooled_head_into`) and returns what `fit` returned. The one place for this
+    recipe: the demo model and ``napari-foram train`` both use it.
+    """
+    pooling = pooling_matrix()
+    pooled = pool_features(features.float(), pooling)
+    rows = torch.from_numpy(np.asarray(fit_rows, dtype=np.int64))
+    mu, sd = pooled[rows].mean(0), pooled[rows].std(0) + 1e-6
+    proxy = pooled_proxy_head(head, pooled.shape[1], seed)
+    result = fit(proxy, (pooled - mu) / sd)
+    fold_pooled_head_into(proxy, head, pooling, mu, sd)
+    head.eval()
+    return result
 
 
 class FeatureDensity(nn.Module):

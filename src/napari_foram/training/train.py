@@ -48,11 +48,8 @@ from napari_foram.classify.checkpoint import ModelInfo, conv_sha256, save_checkp
 from napari_foram.classify.density import (
     DEFAULT_FALSE_FLAG_RATE,
     FeatureDensity,
+    fit_on_pooled,
     fit_threshold,
-    fold_pooled_head_into,
-    pool_features,
-    pooled_proxy_head,
-    pooling_matrix,
 )
 
 # The head-training loop and its helpers live in classify (the demo model trains heads
@@ -462,24 +459,16 @@ def _train_pooled_head(
     """`train_head` on standardised pooled features, folded into `head` afterwards."""
     if config.init_head:
         raise ValueError("pooled features cannot warm-start a head (init_head): train afresh")
-    pooling = pooling_matrix()
-    pooled = pool_features(features.float(), pooling)
-    tr = np.asarray(train_idx, dtype=np.int64)
-    mu, sd = pooled[tr].mean(0), pooled[tr].std(0) + 1e-6
-    proxy = pooled_proxy_head(head, pooled.shape[1], config.seed)
-    record = train_head(
-        proxy,
-        (pooled - mu) / sd,
-        labels,
-        train_idx,
-        val_idx,
-        replace(config, pooled_features=False, standardize_features=False),
-        progress=progress,
-        label=label,
+    plain = replace(config, pooled_features=False, standardize_features=False)
+    return fit_on_pooled(
+        head,
+        features,
+        np.asarray(train_idx),
+        config.seed,
+        lambda proxy, z: train_head(
+            proxy, z, labels, train_idx, val_idx, plain, progress=progress, label=label
+        ),
     )
-    fold_pooled_head_into(proxy, head, pooling, mu, sd)
-    head.eval()
-    return record
 
 
 def _crop_batches(
