@@ -355,7 +355,7 @@ def test_demo_backbone_falls_back_with_a_reason(no_weights: Path) -> None:
 
     weights, reason = demo_backbone()
     assert weights is None and WEIGHTS_ENV in reason
-    random_path = demo_model_path(no_weights, weights=None)
+    random_path = demo_model_path(no_weights, weights_sha256=None)
     assert "random" in random_path.name
 
 

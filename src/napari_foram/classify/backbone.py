@@ -162,6 +162,27 @@ def _missing_message() -> str:
     )
 
 
+def locate_imagenet_weights(*, required: bool = False) -> tuple[Path, str] | None:
+    """(file, how it was found) of ImageNet weights on this machine, without reading it:
+    ``$NAPARI_FORAM_VGG16_WEIGHTS``, then torch hub's cached torchvision file.
+
+    None when neither is there, or `MissingWeightsError` naming every way to provide them
+    when `required`. A variable that names no file is always an error: the user meant it.
+    """
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise MissingWeightsError(_missing_message())
+        return path, f"${WEIGHTS_ENV} ({path})"
+    cached = imagenet_weights_path()
+    if cached.is_file():
+        return cached, f"torch hub cache ({cached})"
+    if required:
+        raise MissingWeightsError(_missing_message())
+    return None
+
+
 def resolve_backbone(
     source: str | Path, *, download: bool = False, convention: str | None = None
 ) -> BackboneWeights:
@@ -188,19 +209,10 @@ def resolve_backbone(
     if convention is not None:
         check_convention(convention)
     if str(source) == "imagenet":
-        env = os.environ.get(WEIGHTS_ENV)
-        if env:
-            path = Path(env).expanduser()
-            if not path.is_file():
-                raise MissingWeightsError(_missing_message())
-            weights = read_weights_file(path, convention=convention)
-            return _with_origin(weights, f"${WEIGHTS_ENV} ({path})")
-        cached = imagenet_weights_path()
-        if cached.is_file():
-            weights = read_weights_file(cached, convention=convention)
-            return _with_origin(weights, f"torch hub cache ({cached})")
-        if not download:
-            raise MissingWeightsError(_missing_message())
+        found = locate_imagenet_weights(required=not download)
+        if found is not None:
+            path, origin = found
+            return read_weights_file(path, convention=convention, origin=origin)
         # torchvision's own download path: it checks the hash prefix in the file name
         # and leaves the file in the cache, so the next call finds it there.
         state = torch.hub.load_state_dict_from_url(
@@ -218,17 +230,9 @@ def resolve_backbone(
     return read_weights_file(path, convention=convention)
 
 
-def _with_origin(weights: BackboneWeights, origin: str) -> BackboneWeights:
-    return BackboneWeights(
-        conv=weights.conv,
-        name=weights.name,
-        convention=weights.convention,
-        origin=origin,
-        file_sha256=weights.file_sha256,
-    )
-
-
-def read_weights_file(path: str | Path, *, convention: str | None = None) -> BackboneWeights:
+def read_weights_file(
+    path: str | Path, *, convention: str | None = None, origin: str = ""
+) -> BackboneWeights:
     """Read VGG16 conv weights from a ``.safetensors`` or ``.pth`` file, tensors only.
 
     The convention comes from, in order: the `convention` argument, a file we know by
@@ -280,7 +284,7 @@ def read_weights_file(path: str | Path, *, convention: str | None = None) -> Bac
         conv=conv,
         name=name,
         convention=convention or implied,
-        origin=f"file ({path})",
+        origin=origin or f"file ({path})",
         file_sha256=digest,
     )
 

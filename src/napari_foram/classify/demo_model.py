@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from napari_foram.classify.backbone import (
-    BackboneWeights,
     MissingWeightsError,
-    resolve_backbone,
+    file_sha256,
+    locate_imagenet_weights,
 )
 from napari_foram.classify.checkpoint import new_classifier, read_model_info, save_checkpoint
 from napari_foram.classify.density import pool_features
@@ -82,31 +82,34 @@ class DemoBackboneWarning(UserWarning):
     """No ImageNet VGG16 weights were found: the demo model uses a random backbone."""
 
 
-def demo_backbone() -> tuple[BackboneWeights | None, str]:
-    """The ImageNet weights the demo model would use, or (None, the reason none were found).
+def demo_backbone() -> tuple[str | None, str]:
+    """The sha256 of the ImageNet weights file the demo model would stand on, or (None,
+    the reason none were found).
 
-    Never downloads: the demo must start on an offline machine.
+    Finds and hashes the file without loading it (this runs at every demo start; the
+    tensors are read only when the model is trained). Never downloads: the demo must
+    start on an offline machine.
     """
     try:
-        return resolve_backbone("imagenet", download=False), ""
+        found = locate_imagenet_weights(required=True)
     except MissingWeightsError as exc:
         return None, str(exc)
+    assert found is not None
+    return file_sha256(found[0]), ""
 
 
 def demo_model_path(
     cache_dir: str | Path | None = None,
     *,
-    weights: BackboneWeights | None,
+    weights_sha256: str | None,
     n_per_class: int = DEFAULT_N_PER_CLASS,
     seed: int = 0,
     default_n: int = DEFAULT_N_PER_CLASS,
 ) -> Path:
-    """Cache path of the demo model for this backbone (one file per set of weights)."""
+    """Cache path of the demo model for a weights file (by its digest; None: random)."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     suffix = "" if (n_per_class, seed) == (default_n, 0) else f"-n{n_per_class}-s{seed}"
-    # The file digest names the exact weights; a download has no file digest yet, but
-    # torchvision's file name carries its hash prefix.
-    tag = "random" if weights is None else f"imagenet-{(weights.file_sha256 or '397923af')[:12]}"
+    tag = "random" if weights_sha256 is None else f"imagenet-{weights_sha256[:12]}"
     return root / "models" / f"demo-v{DEMO_VERSION}-{tag}{suffix}.safetensors"
 
 
@@ -328,9 +331,11 @@ def demo_checkpoint(
 
     if backbone not in ("auto", "imagenet", "none"):
         raise ValueError(f"backbone must be auto, imagenet or none, not {backbone!r}")
-    weights: BackboneWeights | None = None
+    weights: str | None = None  # the weights file's sha256; None: random backbone
     if backbone == "imagenet":
-        weights = resolve_backbone("imagenet")
+        weights, reason = demo_backbone()
+        if weights is None:
+            raise MissingWeightsError(reason)
     elif backbone == "auto":
         weights, reason = demo_backbone()
         if weights is None:
@@ -346,7 +351,11 @@ def demo_checkpoint(
         raise ValueError(f"n_per_class must be at least 5, got {n_per_class}")
     default_n = DEFAULT_N_PER_CLASS if weights is not None else RANDOM_N_PER_CLASS
     path = demo_model_path(
-        cache_dir, weights=weights, n_per_class=n_per_class, seed=seed, default_n=default_n
+        cache_dir,
+        weights_sha256=weights,
+        n_per_class=n_per_class,
+        seed=seed,
+        default_n=default_n,
     )
     if path.is_file() and not force:
         try:
