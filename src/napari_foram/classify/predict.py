@@ -181,12 +181,13 @@ _MASK32 = 0xFFFFFFFF
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer finaliser (xor-shift-multiply) on int64 tensors holding 32-bit
-    values: every input bit flips about half the output bits. int64 products wrap, and
-    only their low 32 bits are kept, so CPU and CUDA give the same numbers."""
-    x = x & _MASK32
-    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _MASK32
-    x = ((x ^ (x >> 15)) * 0x846CA68B) & _MASK32
-    return x ^ (x >> 16)
+    values, in place on `x` (returned): every input bit flips about half the output
+    bits. int64 products wrap, and only their low 32 bits are kept, so CPU and CUDA give
+    the same numbers. In place because it runs on (passes x crops x units) tensors."""
+    x.bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 16).mul_(0x7FEB352D).bitwise_and_(_MASK32)
+    x.bitwise_xor_(x >> 15).mul_(0x846CA68B).bitwise_and_(_MASK32)
+    return x.bitwise_xor_(x >> 16)
 
 
 def crop_keys(crops: np.ndarray, seed: int | None = None) -> np.ndarray:
@@ -220,9 +221,10 @@ def dropout_uniforms(keys: torch.Tensor, n: int, units: int, layer: int) -> torc
     i = torch.arange(n, device=device, dtype=torch.int64).view(n, 1, 1)
     k = (keys.to(torch.int64) & _MASK32).view(1, -1, 1)
     u = torch.arange(units, device=device, dtype=torch.int64).view(1, 1, units)
-    x = _mix32(k * 0x9E3779B1 + _mix32(i * 0x85EBCA77 + layer * 0x27D4EB2F) + u * 0xC2B2AE3D)
-    x = _mix32(x + k)
-    return x.to(torch.float32) * (1.0 / 4294967296.0)
+    # Crop and pass mixed first on the small (n, B, 1) grid; one mixing round per unit.
+    base = _mix32(k * 0x9E3779B1 + _mix32(i * 0x85EBCA77 + layer * 0x27D4EB2F))
+    x = _mix32(base + u * 0xC2B2AE3D)
+    return x.to(torch.float32).mul_(1.0 / 4294967296.0)
 
 
 def stochastic_passes(
