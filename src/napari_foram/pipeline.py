@@ -542,24 +542,29 @@ def model_provenance(info: Any) -> dict[str, Any]:
     return out
 
 
+def prediction_columns(pred: Predictions) -> dict[str, np.ndarray]:
+    """The store columns a classification fills (see `specimen_columns`), e.g. to apply
+    an unsure rule (`stats.UnsureRule.above`) to predictions not stored yet."""
+    return {
+        "class_index": pred.class_index,
+        "mean_probs": pred.mean_probs,
+        "variance": pred.variance,
+        "entropy": pred.entropy,
+        "mutual_information": pred.mutual_information,
+        "vote_fraction": pred.vote_fraction,
+        "feature_distance": pred.feature_distance,
+    }
+
+
 def predictions_unsure(pred: Predictions, info: Any) -> np.ndarray:
     """(n,) bool: fresh predictions that the model's unsure rule flags (no review yet).
 
     The same test `stats.unsure_mask` applies to stored rows, for places that show
-    predictions before (or without) storing them: the live canvas, ``classify``.
+    predictions before (or without) storing them, e.g. ``classify``.
     """
     from napari_foram.tally.stats import UnsureRule
 
-    rule = UnsureRule.from_dict(model_unsure_rule(info))
-    return rule.above(
-        {
-            "class_index": pred.class_index,
-            "entropy": pred.entropy,
-            "mutual_information": pred.mutual_information,
-            "vote_fraction": pred.vote_fraction,
-            "feature_distance": pred.feature_distance,
-        }
-    )
+    return UnsureRule.from_dict(model_unsure_rule(info)).above(prediction_columns(pred))
 
 
 def specimen_columns(
@@ -574,13 +579,7 @@ def specimen_columns(
         "centroid_x": det.centroid[rows, 1],
         "bbox": det.bbox[rows],
         "area_px": np.round(det.area_px[rows]).astype(np.int64),
-        "class_index": pred.class_index,
-        "mean_probs": pred.mean_probs,
-        "variance": pred.variance,
-        "entropy": pred.entropy,
-        "mutual_information": pred.mutual_information,
-        "vote_fraction": pred.vote_fraction,
-        "feature_distance": pred.feature_distance,
+        **prediction_columns(pred),
         "crops": det.crops[rows],
     }
 

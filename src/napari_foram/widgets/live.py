@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
 from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
 from napari_foram.frames import Frame, to_uint8
 from napari_foram.mosaic import Mosaic
+from napari_foram.pipeline import prediction_columns
 from napari_foram.widgets._qt import join_thread, spin, thread_running, with_browse
 
 if TYPE_CHECKING:
@@ -594,15 +595,7 @@ class LiveWidget(QWidget):
             # (`stats.unsure_mask` on the stored rows gives the same).
             p = r.predictions
             unsure = (
-                rule.above(
-                    {
-                        "class_index": p.class_index,
-                        "entropy": p.entropy,
-                        "mutual_information": p.mutual_information,
-                        "vote_fraction": p.vote_fraction,
-                        "feature_distance": p.feature_distance,
-                    }
-                )
+                rule.above(prediction_columns(p))
                 if rule is not None
                 else np.zeros(len(p.class_index), dtype=bool)
             )
