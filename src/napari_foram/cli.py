@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -1041,8 +1042,20 @@ def evaluate_cmd(
 
 
 # ----------------------------------------------------------------------------- entry point
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """Warnings on the terminal as one line each, like errors (no source line)."""
+    return f"napari-foram: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors and bad input become one line on stderr."""
+    warnings.formatwarning = _one_line_warning
     try:
         # Without standalone mode click returns the exit code of typer.Exit instead of
         # calling sys.exit; keep it.

@@ -340,8 +340,8 @@ def demo_checkpoint(
         weights, reason = demo_backbone()
         if weights is None:
             warnings.warn(
-                f"the demo model falls back to a random VGG16 backbone (far less accurate) "
-                f"because {reason[0].lower()}{reason[1:]}",
+                "the demo model falls back to a random VGG16 backbone (far less accurate): "
+                + reason,
                 DemoBackboneWarning,
                 stacklevel=2,
             )
