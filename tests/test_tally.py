@@ -576,3 +576,17 @@ def test_summary_when_sediment_outnumbers_forams() -> None:
     summary = sample_summary(specimens, SampleRecord("S"), CLASSES)
     assert summary["total_forams"] == 1
     assert summary["pct"][0] == 100.0 and np.isnan(summary["pct"][3])
+
+
+def test_wilson_interval_holds_the_proportion_even_at_the_ends():
+    """At k = n rounding once left the upper bound at 1 - 1e-16: a negative error bar
+    that made the tally plot of a one-class sample fail."""
+    from napari_foram.tally.stats import wilson_interval
+
+    k = np.arange(0, 400)
+    for n in (1, 7, 35, 399):
+        kk = k[k <= n]
+        low, high = wilson_interval(kk, np.full(kk.shape, n))
+        p = kk / n
+        assert np.all(low <= p) and np.all(high >= p)
+        assert np.all(100 * high - 100 * p >= 0) and np.all(100 * p - 100 * low >= 0)

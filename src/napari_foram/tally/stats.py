@@ -318,8 +318,10 @@ def wilson_interval(
         denom = 1.0 + z2 / n_arr
         centre = (p + z2 / (2.0 * n_arr)) / denom
         half = (z / denom) * np.sqrt(p * (1.0 - p) / n_arr + z2 / (4.0 * n_arr * n_arr))
-        low = np.where(n_arr > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-        high = np.where(n_arr > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
+        # The interval always holds p; rounding can leave a bound a hair past it (at
+        # k = n the upper bound came out as 1 - 1e-16), which plots as a negative error bar.
+        low = np.where(n_arr > 0, np.clip(np.minimum(centre - half, p), 0.0, 1.0), np.nan)
+        high = np.where(n_arr > 0, np.clip(np.maximum(centre + half, p), 0.0, 1.0), np.nan)
     if low.ndim == 0:
         return float(low), float(high)
     return low, high
