@@ -47,12 +47,12 @@ def is_tally_store(path: str | os.PathLike[str]) -> bool:
 
     Reads one small JSON file; never raises.
     """
-    from napari_foram.tally.store import _check_root_attrs, _read_zarr_json
+    from napari_foram.tally.store import check_root_attrs, read_zarr_json
 
     root = Path(path)
     try:
-        meta = _read_zarr_json(root)
-        _check_root_attrs(meta.get("attributes", {}), root)
+        meta = read_zarr_json(root)
+        check_root_attrs(meta.get("attributes", {}), root)
     except (ValueError, OSError, TypeError, AttributeError):
         return False
     return True

@@ -525,6 +525,8 @@ def batch_cmd(
             err=True,
         )
         raise typer.Exit(130)
+    if outcome.damaged_samples:  # counted what could be counted; the rest needs a look
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- classify
@@ -742,7 +744,7 @@ def check_cmd(
     commit counters. Prints what is wrong; exit status 1 if anything is."""
     from dataclasses import asdict
 
-    from napari_foram.tally.integrity import format_count, repair_store, store_problems
+    from napari_foram.tally.store.integrity import format_count, repair_store, store_problems
 
     problems, found = store_problems(store, decode=True)
     actions: list[str] = []

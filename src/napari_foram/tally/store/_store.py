@@ -1,59 +1,15 @@
-"""The tally store: one Zarr v3 group holding every counted specimen of a run.
-
-Layout (a directory store)::
-
-    run.zarr/
-      zarr.json                 root attrs: schema, versions, created/updated, class names
-      .napari-foram.lock        present while a writer has the store open (PID, host)
-      samples/
-        <sample_id>/            attrs: the sample record, n_committed, n_tally, provenance,
-                                processed_files (source files committed, for batch resume),
-                                reviewers (names; reviewer_index points into it)
-          frame_index (n,)  stage_x_um (n,)  stage_y_um (n,)  centroid_y (n,)  centroid_x (n,)
-          bbox (n, 4)  area_px (n,)  class_index (n,)  mean_probs (n, K)  variance (n, K)
-          entropy (n,)  mutual_information (n,)  vote_fraction (n,)  review_status (n,)
-          reviewed_class (n,)  review_time (n,)  duplicate_of (n,)  crops (n, 224, 224, 3)
-          reviewer_index (n,)   added later: stores without it read -1 (no reviewer)
-          feature_distance (n,) added later: stores without it read NaN (not measured)
-          tally_time (m,)  tally_counts (m, K)     one row per commit (the running tally)
-
-Crash safety (see docs and environment notes: zarr's ``append`` grows the shape before it
-writes, so a killed writer leaves "ghost" rows of fill values):
-
-1. a batch's rows are written to every column first,
-2. then the sample group's ``n_committed`` counter is bumped in one attrs write (zarr's
-   local store writes each file atomically, by rename);
-3. readers trust only rows below the counter; a writer that opens the store trims the
-   rows above it (and `close` trims the preallocated slack: arrays grow in steps of 4096
-   rows so that a batch rewrites no array metadata).
-
-One writer at a time: the writer holds a lock file with its PID and host; a lock left by a
-dead process (or a zombie: killed, not yet reaped) on this host is taken over with a warning.
-
-Damage (see `napari_foram.tally.integrity`): a sample whose files cannot be read as they
-were written (metadata unreadable, a chunk file missing or undecodable) is never deleted
-or rewritten. Reading it raises `DamagedSampleError` naming the sample, array and chunk,
-writing into it is refused, and the other samples stay usable; ``napari-foram check``
-lists every problem and ``--repair`` moves what cannot be derived into ``quarantine/``.
-"""
+"""TallyStore: one Zarr v3 group holding every counted specimen of a run."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import re
 import shutil
-import socket
-import sys
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,764 +19,44 @@ from napari_foram._versions import software_versions
 from napari_foram.defaults import CROP_SIZE
 from napari_foram.tally import stats
 from napari_foram.tally.stats import (
-    REVIEW_CONFIRMED,
-    REVIEW_DUBIOUS,
     REVIEW_NONE,
-    REVIEW_REJECTED,
     REVIEW_RELABELLED,
 )
 
-#: The value of the root attribute "schema" that marks a napari-foram tally store.
-SCHEMA_NAME = "napari-foram-tally"
-#: The layout version this code writes and understands.
-SCHEMA_VERSION = 1
-#: Name of the writer's lock file inside the store directory.
-LOCK_NAME = ".napari-foram.lock"
-
-REVIEW_STATUS_NAMES = {
-    REVIEW_NONE: "none",
-    REVIEW_CONFIRMED: "confirmed",
-    REVIEW_RELABELLED: "relabelled",
-    REVIEW_REJECTED: "rejected",
-    REVIEW_DUBIOUS: "dubious",
-}
-
-#: Sample types a count sheet knows (science.md, "What a count sheet / core log holds").
-SAMPLE_TYPES = ("core", "cuttings", "sidewall_core", "outcrop", "surface", "other")
-
-_SAMPLE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-# ">63", ">=125", "<1000", "63-150", "100-1000", "" (unknown)
-_SIZE_FRACTION_RE = re.compile(r"^(?:(?:>=|>|<=|<)?\d+(?:\.\d+)?|\d+(?:\.\d+)?-\d+(?:\.\d+)?)$")
-
-# Scalar/per-class specimen columns: name -> (dtype, fill value, trailing shape kind).
-# "K" means one value per class.
-_COLUMNS: dict[str, tuple[str, Any, tuple[int | str, ...]]] = {
-    "frame_index": ("int64", -1, ()),
-    "stage_x_um": ("float64", float("nan"), ()),
-    "stage_y_um": ("float64", float("nan"), ()),
-    "centroid_y": ("float64", float("nan"), ()),
-    "centroid_x": ("float64", float("nan"), ()),
-    "bbox": ("int32", -1, (4,)),
-    "area_px": ("int64", 0, ()),
-    "class_index": ("int16", -1, ()),
-    "mean_probs": ("float32", float("nan"), ("K",)),
-    "variance": ("float32", float("nan"), ("K",)),
-    "entropy": ("float32", float("nan"), ()),
-    "mutual_information": ("float32", float("nan"), ()),
-    "vote_fraction": ("float32", float("nan"), ()),
-    "review_status": ("int8", REVIEW_NONE, ()),
-    "reviewed_class": ("int16", -1, ()),
-    "review_time": ("float64", float("nan"), ()),
-    "duplicate_of": ("int64", -1, ()),
-    # Index into the sample's "reviewers" attribute (who set review_status), -1 = none.
-    "reviewer_index": ("int16", -1, ()),
-    # How unlike the model's training crops (classify.density); NaN = not measured.
-    "feature_distance": ("float32", float("nan"), ()),
-}
-# Columns added after stores were first written: an old store lacks their arrays, so
-# readers fill them in and a writer creates them on open (still schema version 1).
-_OPTIONAL_COLUMNS = ("reviewer_index", "feature_distance")
-#: Names of the per-specimen columns returned by `TallyStore.read_specimens` (crops aside).
-SPECIMEN_COLUMNS = tuple(_COLUMNS)
-# Columns needed to count specimens (see stats.final_labels).
-_COUNT_COLUMNS = ("class_index", "reviewed_class", "review_status", "duplicate_of")
-# Rows per chunk of the small columns: a batch rewrites at most one or two chunk files.
-_ROWS_PER_CHUNK = 4096
-# Crops per chunk of the crops array.
-_CROPS_PER_CHUNK = 4
-
-
-class DamagedSampleError(ValueError):
-    """A sample whose files cannot be read as they were written (one-line message)."""
-
-
-# ----------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class SampleRecord:
-    """What a count sheet holds about one sample (one row of a core log).
-
-    Attributes
-    ----------
-    sample_id
-        Unique name in the store: letters, digits, ``.``, ``_``, ``-``; starts with a letter
-        or digit; at most 128 characters (it names a directory).
-    site_hole, core, section
-        Free text, e.g. "U1308A", "12H", "3".
-    interval_top_cm, interval_bottom_cm
-        Sampled interval within the section in cm (top <= bottom), or None.
-    depth
-        Depth of the sample in `depth_unit`, or None.
-    depth_unit
-        Unit of `depth`: e.g. "m", "mbsf", "mcd", "ft", "cm".
-    depth_scale
-        Name of the depth scale, e.g. "CSF-A", "CCSF", "MD", "TVD" ("" when unknown).
-    sample_type
-        One of `SAMPLE_TYPES`.
-    size_fraction_um
-        Sieve fraction in micrometres as text: ">63", ">=125", "100-1000", or "".
-    split_factor
-        The counted part is 1/split_factor of the sample (>= 1; 1 = everything counted).
-    dry_weight_g
-        Dry weight of the whole sample in grams (> 0), or None when not weighed.
-    operator
-        Who counted.
-    notes
-        Anything else.
-    """
-
-    sample_id: str
-    site_hole: str = ""
-    core: str = ""
-    section: str = ""
-    interval_top_cm: float | None = None
-    interval_bottom_cm: float | None = None
-    depth: float | None = None
-    depth_unit: str = "m"
-    depth_scale: str = ""
-    sample_type: str = "core"
-    size_fraction_um: str = ""
-    split_factor: float = 1.0
-    dry_weight_g: float | None = None
-    operator: str = ""
-    notes: str = ""
-
-    def __post_init__(self) -> None:
-        _validate_record(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of the fields."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SampleRecord:
-        """Build a record from a mapping, e.g. a row of a sample sheet CSV.
-
-        Text that holds a number is converted for the numeric fields; empty text means
-        None (or the default). Unknown keys raise ValueError.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown sample record field(s): {', '.join(unknown)}")
-        kwargs: dict[str, Any] = {}
-        for name, value in data.items():
-            if isinstance(value, str):
-                value = value.strip()
-            if name in _FLOAT_FIELDS:
-                if value is None or value == "":
-                    if name == "split_factor":
-                        continue  # default 1.0
-                    value = None
-                elif isinstance(value, str):
-                    try:
-                        value = float(value)
-                    except ValueError:
-                        raise ValueError(f"{name}: {value!r} is not a number") from None
-            elif value is None:
-                continue
-            elif not isinstance(value, str):
-                value = str(value)
-            kwargs[name] = value
-        if "sample_id" not in kwargs:
-            raise ValueError("sample record needs a sample_id")
-        return cls(**kwargs)
-
-
-_FLOAT_FIELDS = (
-    "interval_top_cm",
-    "interval_bottom_cm",
-    "depth",
-    "split_factor",
-    "dry_weight_g",
+from ._files import (
+    _TALLY_ARRAYS,
+    _compressor,
+    _counter,
+    _create_column,
+    _filled_column,
+    _half_made,
+    _jsonable,
+    _now_iso,
+    _processed_records,
+    _trim_arrays,
+    _validate_classes,
+    _write_rows,
+    _WriterLock,
+    check_root_attrs,
+    read_zarr_json,
 )
-_TEXT_FIELDS = (
-    "sample_id",
-    "site_hole",
-    "core",
-    "section",
-    "depth_unit",
-    "depth_scale",
-    "sample_type",
-    "size_fraction_um",
-    "operator",
-    "notes",
+from ._schema import (
+    _COLUMNS,
+    _COUNT_COLUMNS,
+    _CROPS_PER_CHUNK,
+    _OPTIONAL_COLUMNS,
+    _ROWS_PER_CHUNK,
+    _SAMPLE_ID_RE,
+    LOCK_NAME,
+    REVIEW_STATUS_NAMES,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    SPECIMEN_COLUMNS,
+    DamagedSampleError,
+    SampleRecord,
+    SpecimenBatch,
 )
-
-
-def _validate_record(rec: SampleRecord) -> None:
-    for name in _TEXT_FIELDS:
-        value = getattr(rec, name)
-        if not isinstance(value, str):
-            raise ValueError(f"{name} must be text, got {type(value).__name__}")
-    if not _SAMPLE_ID_RE.match(rec.sample_id):
-        raise ValueError(
-            f"sample_id {rec.sample_id!r} is not safe: use 1-128 letters, digits, '.', '_' "
-            "or '-', starting with a letter or digit"
-        )
-    for name in _FLOAT_FIELDS:
-        value = getattr(rec, name)
-        if value is None and name != "split_factor":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError(f"{name} must be a number, got {type(value).__name__}")
-        if not math.isfinite(float(value)):
-            raise ValueError(f"{name} must be finite, got {value}")
-        # Frozen dataclass: store plain floats so the record is JSON-ready.
-        object.__setattr__(rec, name, float(value))
-    if rec.interval_top_cm is not None and rec.interval_top_cm < 0:
-        raise ValueError(f"interval_top_cm must be >= 0, got {rec.interval_top_cm}")
-    if (
-        rec.interval_top_cm is not None
-        and rec.interval_bottom_cm is not None
-        and rec.interval_bottom_cm < rec.interval_top_cm
-    ):
-        raise ValueError(
-            f"interval_bottom_cm ({rec.interval_bottom_cm}) is above interval_top_cm "
-            f"({rec.interval_top_cm})"
-        )
-    if rec.split_factor < 1.0:
-        raise ValueError(
-            f"split_factor must be >= 1 (1/split of the sample is counted), got {rec.split_factor}"
-        )
-    if rec.dry_weight_g is not None and rec.dry_weight_g <= 0:
-        raise ValueError(f"dry_weight_g must be > 0 or None, got {rec.dry_weight_g}")
-    if rec.sample_type not in SAMPLE_TYPES:
-        raise ValueError(
-            f"sample_type {rec.sample_type!r} is not one of {', '.join(SAMPLE_TYPES)}"
-        )
-    if rec.size_fraction_um and not _SIZE_FRACTION_RE.match(rec.size_fraction_um):
-        raise ValueError(
-            f"size_fraction_um {rec.size_fraction_um!r} is not like '>63', '>=125' or '100-1000'"
-        )
-    if rec.depth is not None and not rec.depth_unit:
-        raise ValueError("depth_unit is empty although a depth is given")
-
-
-@dataclass
-class SpecimenBatch:
-    """Rows to append to a sample: one entry per specimen, all arrays of length n.
-
-    Required: `frame_index`, `centroid_y`, `centroid_x`, `bbox`, `area_px`, `mean_probs`.
-    The rest have defaults: `class_index` = argmax of `mean_probs`; `entropy` = predictive
-    entropy of `mean_probs` (nats); `variance`, `mutual_information` = 0 (a single,
-    deterministic prediction); `vote_fraction` = max of `mean_probs`; stage coordinates
-    NaN (unknown); review columns "not reviewed"; `duplicate_of` = -1; `crops` None (not
-    kept: the stored crop reads as zeros).
-
-    Attributes
-    ----------
-    frame_index : (n,) int
-    centroid_y, centroid_x : (n,) float, pixels in the frame
-    bbox : (n, 4) int, (min_row, min_col, max_row, max_col) in the frame, pixels
-    area_px : (n,) int, pixels
-    mean_probs : (n, K) float, MC-dropout mean probabilities (rows sum to 1)
-    variance : (n, K) float, MC-dropout variance per class
-    class_index : (n,) int in [0, K)
-    entropy, mutual_information : (n,) float, nats
-    vote_fraction : (n,) float in [0, 1], share of MC samples voting for the majority class
-    feature_distance : (n,) float, distance from the model's training crops (NaN: unknown)
-    stage_x_um, stage_y_um : (n,) float, sample coordinates of the specimen, micrometres
-    review_status : (n,) int8 codes (REVIEW_*)
-    reviewed_class : (n,) int, -1 = none
-    duplicate_of : (n,) int, row of the earlier record of the same specimen, -1 = none
-    crops : (n, 224, 224, 3) uint8 or None
-    """
-
-    frame_index: np.ndarray
-    centroid_y: np.ndarray
-    centroid_x: np.ndarray
-    bbox: np.ndarray
-    area_px: np.ndarray
-    mean_probs: np.ndarray
-    variance: np.ndarray | None = None
-    class_index: np.ndarray | None = None
-    entropy: np.ndarray | None = None
-    mutual_information: np.ndarray | None = None
-    vote_fraction: np.ndarray | None = None
-    feature_distance: np.ndarray | None = None
-    stage_x_um: np.ndarray | None = None
-    stage_y_um: np.ndarray | None = None
-    review_status: np.ndarray | None = None
-    reviewed_class: np.ndarray | None = None
-    duplicate_of: np.ndarray | None = None
-    crops: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(np.asarray(self.frame_index).shape[0])
-
-    def validated(self, n_classes: int) -> dict[str, np.ndarray]:
-        """Columns as arrays of the stored dtypes, defaults filled; ValueError if bad.
-
-        Returns a dict with every name in `SPECIMEN_COLUMNS` plus "crops" (None when absent).
-        """
-        fi = np.asarray(self.frame_index)
-        if fi.ndim != 1:
-            raise ValueError(f"frame_index must be 1-D, got shape {fi.shape}")
-        n = fi.shape[0]
-        probs = _as_float(self.mean_probs, "mean_probs", (n, n_classes))
-        if np.any(probs < -1e-6) or np.any(probs > 1 + 1e-6):
-            raise ValueError("mean_probs must lie in [0, 1]")
-        out: dict[str, Any] = {
-            "frame_index": _as_int(fi, "frame_index", (n,)),
-            "centroid_y": _as_float(self.centroid_y, "centroid_y", (n,)),
-            "centroid_x": _as_float(self.centroid_x, "centroid_x", (n,)),
-            "bbox": _as_int(self.bbox, "bbox", (n, 4)),
-            "area_px": _as_int(self.area_px, "area_px", (n,)),
-            "mean_probs": probs,
-        }
-        if self.class_index is None:
-            out["class_index"] = np.argmax(probs, axis=1) if n else np.zeros(0, dtype=np.int64)
-        else:
-            ci = _as_int(self.class_index, "class_index", (n,))
-            if np.any((ci < 0) | (ci >= n_classes)):
-                raise ValueError(
-                    f"class_index must lie in [0, {n_classes}) for {n_classes} classes"
-                )
-            out["class_index"] = ci
-        out["variance"] = (
-            np.zeros((n, n_classes))
-            if self.variance is None
-            else _as_float(self.variance, "variance", (n, n_classes))
-        )
-        out["entropy"] = (
-            stats.predictive_entropy(probs)
-            if self.entropy is None
-            else _as_float(self.entropy, "entropy", (n,))
-        )
-        out["mutual_information"] = (
-            np.zeros(n)
-            if self.mutual_information is None
-            else _as_float(self.mutual_information, "mutual_information", (n,))
-        )
-        out["vote_fraction"] = (
-            (probs.max(axis=1) if n else np.zeros(0))
-            if self.vote_fraction is None
-            else _as_float(self.vote_fraction, "vote_fraction", (n,))
-        )
-        out["feature_distance"] = (
-            np.full(n, np.nan)
-            if self.feature_distance is None
-            else _as_float(self.feature_distance, "feature_distance", (n,), True)
-        )
-        for name in ("stage_x_um", "stage_y_um"):
-            value = getattr(self, name)
-            out[name] = np.full(n, np.nan) if value is None else _as_float(value, name, (n,), True)
-        rs = (
-            np.full(n, REVIEW_NONE)
-            if self.review_status is None
-            else _as_int(self.review_status, "review_status", (n,))
-        )
-        if np.any(~np.isin(rs, list(REVIEW_STATUS_NAMES))):
-            raise ValueError(f"review_status codes must be one of {sorted(REVIEW_STATUS_NAMES)}")
-        out["review_status"] = rs
-        rc = (
-            np.full(n, -1)
-            if self.reviewed_class is None
-            else _as_int(self.reviewed_class, "reviewed_class", (n,))
-        )
-        if np.any((rc < -1) | (rc >= n_classes)):
-            raise ValueError(f"reviewed_class must be -1 or lie in [0, {n_classes})")
-        out["reviewed_class"] = rc
-        out["review_time"] = np.full(n, np.nan)
-        out["reviewer_index"] = np.full(n, -1)
-        out["duplicate_of"] = (
-            np.full(n, -1)
-            if self.duplicate_of is None
-            else _as_int(self.duplicate_of, "duplicate_of", (n,))
-        )
-        if self.crops is None:
-            out["crops"] = None
-        else:
-            crops = np.asarray(self.crops)
-            if crops.shape != (n, CROP_SIZE, CROP_SIZE, 3) or crops.dtype != np.uint8:
-                raise ValueError(
-                    f"crops must be uint8 of shape ({n}, {CROP_SIZE}, {CROP_SIZE}, 3), "
-                    f"got {crops.dtype} {crops.shape}"
-                )
-            out["crops"] = crops
-        for name, (dtype, _, _) in _COLUMNS.items():
-            out[name] = np.ascontiguousarray(out[name], dtype=dtype)
-        return out
-
-
-def _as_float(
-    value: Any, name: str, shape: tuple[int, ...], allow_nan: bool = False
-) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    if arr.dtype == bool or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
-    bad = ~np.isfinite(arr) & ~np.isnan(arr) if allow_nan else ~np.isfinite(arr)
-    if np.any(bad):
-        raise ValueError(f"{name} holds non-finite values")
-    return arr
-
-
-def _as_int(value: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
-
-
-# ----------------------------------------------------------------------------- helpers
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _jsonable(value: Any, where: str) -> Any:
-    """A JSON-ready copy of `value` (numpy scalars/arrays become Python); ValueError if not."""
-
-    def convert(v: Any) -> Any:
-        if isinstance(v, np.ndarray):
-            return [convert(x) for x in v.tolist()]
-        if isinstance(v, np.generic):
-            return convert(v.item())
-        if isinstance(v, float) and not math.isfinite(v):
-            return None  # JSON has no NaN; zarr metadata must stay strict JSON
-        if isinstance(v, Mapping):
-            return {str(k): convert(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [convert(x) for x in v]
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    out = convert(value)
-    try:
-        json.dumps(out)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where} is not JSON-serialisable: {exc}") from None
-    return out
-
-
-def _is_zombie(pid: int) -> bool:
-    """True if `pid` is a zombie (exited, not reaped: containers without an init process
-    keep a killed writer in this state), read from Linux's /proc; False elsewhere."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return False
-    # "pid (command) state ...": the command may hold spaces and parentheses.
-    fields_after = stat.rsplit(")", 1)[-1].split()
-    return bool(fields_after) and fields_after[0] in ("Z", "X")
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if a process with this PID runs on this machine (a zombie is dead: it holds
-    no files and will never write again)."""
-    if pid <= 0:
-        return False
-    if sys.platform == "win32":  # pragma: no cover - os.kill(pid, 0) would kill it there
-        import ctypes
-
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return not _is_zombie(pid)  # exists, owned by someone else
-    return not _is_zombie(pid)
-
-
-class _WriterLock:
-    """A lock file with the writer's PID and host, created atomically (link of a temp file)."""
-
-    def __init__(self, root: Path) -> None:
-        self.path = root / LOCK_NAME
-        self.held = False
-        self.took_over_stale = False
-
-    def _info(self) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "since": _now_iso(),
-            "token": uuid.uuid4().hex,
-        }
-
-    def _read(self, path: Path) -> dict[str, Any] | None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def acquire(self) -> None:
-        info = self._info()
-        tmp = self.path.with_name(f"{LOCK_NAME}.{info['token']}.tmp")
-        tmp.write_text(json.dumps(info), encoding="utf-8")
-        try:
-            for _ in range(3):
-                try:
-                    # os.link fails if the lock exists: creation with content is atomic.
-                    os.link(tmp, self.path)
-                    self.held = True
-                    self._token = info["token"]
-                    return
-                except FileExistsError:
-                    pass
-                holder = self._read(self.path)
-                if holder is None:
-                    if not self.path.exists():
-                        continue  # released meanwhile
-                    raise ValueError(
-                        f"store is locked by an unreadable lock file {self.path}; "
-                        "delete it if no other program writes to this store"
-                    )
-                if not self._stale(holder):
-                    raise ValueError(
-                        f"store is already open for writing by PID {holder.get('pid')} on "
-                        f"{holder.get('host')} since {holder.get('since')}; one writer at a time"
-                    )
-                # Move the stale lock aside under a unique name: only one taker wins the
-                # rename, and a taker that grabbed a fresh lock by mistake puts it back.
-                aside = self.path.with_name(f"{LOCK_NAME}.{info['token']}.stale")
-                try:
-                    self.path.rename(aside)
-                except FileNotFoundError:
-                    continue
-                moved = self._read(aside)
-                if moved is not None and not self._stale(moved):
-                    with contextlib.suppress(OSError):
-                        os.link(aside, self.path)
-                    aside.unlink(missing_ok=True)
-                    raise ValueError(
-                        f"store is already open for writing by PID {moved.get('pid')} on "
-                        f"{moved.get('host')}; one writer at a time"
-                    )
-                aside.unlink(missing_ok=True)
-                self.took_over_stale = True
-                warnings.warn(
-                    f"took over a stale lock of PID {holder.get('pid')} on {holder.get('host')} "
-                    f"(that writer died); uncommitted rows will be trimmed",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-            raise ValueError(f"could not take the writer lock {self.path}")
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def _stale(holder: Mapping[str, Any]) -> bool:
-        if holder.get("host") != socket.gethostname():
-            return False  # cannot tell whether a process on another machine lives
-        pid = holder.get("pid")
-        return isinstance(pid, int) and not _pid_alive(pid)
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        holder = self._read(self.path)
-        if holder is not None and holder.get("token") == self._token:
-            self.path.unlink(missing_ok=True)
-        self.held = False
-
-
-def _check_root_attrs(attrs: Mapping[str, Any], path: Path) -> None:
-    if attrs.get("schema") != SCHEMA_NAME:
-        raise ValueError(f"{path} is a Zarr group but not a napari-foram tally store")
-    version = attrs.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-        raise ValueError(
-            f"{path} has tally schema version {version!r}; this napari-foram reads up to "
-            f"{SCHEMA_VERSION}"
-        )
-    classes = attrs.get("class_names")
-    if (
-        not isinstance(classes, list)
-        or not classes
-        or not all(isinstance(c, str) for c in classes)
-    ):
-        raise ValueError(f"{path} has no valid class_names in its attributes")
-
-
-def _read_zarr_json(path: Path) -> dict[str, Any]:
-    meta_file = path / "zarr.json"
-    if not path.is_dir():
-        raise ValueError(f"no tally store at {path} (not a directory)")
-    if not meta_file.is_file():
-        raise ValueError(f"{path} is not a Zarr v3 store (no zarr.json)")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} has an unreadable zarr.json ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("node_type") != "group":
-        raise ValueError(f"{path} is a Zarr array or unknown node, not a tally store group")
-    return meta
-
-
-def _validate_classes(classes: Sequence[str]) -> list[str]:
-    if isinstance(classes, str):
-        raise ValueError("classes must be a sequence of names, not one string")
-    names = list(classes)
-    if len(names) < 1:
-        raise ValueError("classes must name at least one class")
-    for c in names:
-        if not isinstance(c, str) or not c.strip():
-            raise ValueError(f"class names must be non-empty text, got {c!r}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"class names must be unique, got {names}")
-    return names
-
-
-# Arrays grow in steps of this many rows: a shape change rewrites the array's metadata
-# file, and doing that for every column on every batch halved the append rate. The
-# slack above the commit counter is trimmed on close (and after a crash, on reopen).
-_GROW_ROWS = 4096
-
-
-def _write_rows(
-    arrays: Mapping[str, Any], needed: Mapping[str, int], writes: Sequence[tuple[Any, slice, Any]]
-) -> None:
-    """Grow arrays to at least `needed` rows, then write every (array, rows, values).
-
-    All writes of a batch go to zarr's event loop at once, so the chunk files of the
-    different columns are encoded and written concurrently instead of one after another.
-    """
-    resizes = []
-    for name, rows in needed.items():
-        arr = arrays[name]
-        if arr.shape[0] < rows:
-            capacity = -(-rows // _GROW_ROWS) * _GROW_ROWS
-            resizes.append((arr, (capacity, *arr.shape[1:])))
-    try:
-        from zarr.core.sync import sync
-    except ImportError:  # pragma: no cover - zarr moved its internals: plain, serial calls
-        for arr, shape in resizes:
-            arr.resize(shape)
-        for arr, selection, values in writes:
-            arr[selection] = values
-        return
-
-    async def run() -> None:
-        import asyncio
-
-        await asyncio.gather(*(arr.async_array.resize(shape) for arr, shape in resizes))
-        await asyncio.gather(
-            *(arr.async_array.setitem(sel, values) for arr, sel, values in writes)
-        )
-
-    sync(run())
-
-
-def _processed_records(
-    processed: Mapping[str, Mapping[str, Any]] | None,
-) -> dict[str, dict[str, Any]]:
-    """`append_specimens`' processed-file records, checked and made JSON-ready."""
-    if processed is None:
-        return {}
-    if not isinstance(processed, Mapping):
-        raise ValueError(f"processed must be a mapping, got {type(processed).__name__}")
-    out: dict[str, dict[str, Any]] = {}
-    for key, record in processed.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"processed-file keys must be non-empty text, got {key!r}")
-        if not isinstance(record, Mapping):
-            raise ValueError(f"processed-file record of {key!r} must be a mapping")
-        out[key] = _jsonable(dict(record), f"processed-file record of {key!r}")
-    return out
-
-
-def _filled_column(name: str, n: int, k: int) -> np.ndarray:
-    """`n` rows of column `name` holding its fill value (a column an old store lacks)."""
-    dtype, fill, tail = _COLUMNS[name]
-    trailing = tuple(k if t == "K" else int(t) for t in tail)
-    return np.full((n, *trailing), fill, dtype=dtype)
-
-
-def _compressor(level: int = 0) -> Any:
-    """Zstd with its frame checksum: a chunk whose bytes changed (a flipped bit on disk, a
-    file copied halfway) fails to decode instead of reading as other numbers. Stores
-    written before carry no checksum and read as before."""
-    from zarr.codecs import ZstdCodec
-
-    return ZstdCodec(level=level, checksum=True)
-
-
-def _create_column(group: Any, name: str, rows: int, k: int = 0) -> None:
-    """Add column `name` to an old sample group: `rows` rows of its fill value (no chunk
-    is written until a value differs)."""
-    dtype, fill, tail = _COLUMNS[name]
-    trailing = tuple(k if t == "K" else int(t) for t in tail)
-    arr = group.create_array(
-        name,
-        shape=(rows, *trailing),
-        chunks=(_ROWS_PER_CHUNK, *trailing),
-        dtype=dtype,
-        fill_value=fill,
-        compressors=_compressor(),
-    )
-    if rows:
-        # Written out, so that every committed row has its chunk file (a missing one is
-        # then always damage; see tally.integrity).
-        arr.with_config({"write_empty_chunks": True})[:rows] = fill
-
-
-def _counter(attrs: Mapping[str, Any], key: str) -> int:
-    """A commit counter from a sample's attrs; ValueError if it is missing or not an int."""
-    value = attrs.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"sample attribute {key!r} is {value!r}, not a row count; store damaged")
-    return value
-
-
-_TALLY_ARRAYS = ("tally_time", "tally_counts")
-
-
-def _trim_arrays(arrays: Mapping[str, Any], n: int, m: int, sample_id: str) -> int:
-    """Shrink specimen arrays to `n` rows and tally arrays to `m`; return rows removed."""
-    trimmed = 0
-    for name, arr in arrays.items():
-        rows = m if name in _TALLY_ARRAYS else n
-        if arr.shape[0] > rows:
-            if name not in _TALLY_ARRAYS:
-                trimmed = max(trimmed, arr.shape[0] - rows)
-            arr.resize((rows, *arr.shape[1:]))
-            chunk = arr.chunks[0]
-            if name == "crops" and rows % chunk:
-                # Shrinking keeps the chunk that straddles the new end, uncommitted crops
-                # included; a later batch stored without crops would show them. Zero them.
-                boundary = rows + chunk - rows % chunk
-                arr.resize((boundary, *arr.shape[1:]))
-                arr[rows:boundary] = 0
-                arr.resize((rows, *arr.shape[1:]))
-        elif arr.shape[0] < rows:
-            raise ValueError(
-                f"sample {sample_id!r}: {name} has {arr.shape[0]} rows but {rows} are "
-                "committed; the store is damaged"
-            )
-    return trimmed
-
-
-def _half_made(sample_dir: Path) -> bool:
-    """True for a sample folder that `add_sample` left half made: its ``zarr.json`` reads
-    well, says "not initialised" and nothing committed (anything else may hold data)."""
-    try:
-        meta = json.loads((sample_dir / "zarr.json").read_text(encoding="utf-8"))
-        attrs = meta["attributes"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return (
-        isinstance(attrs, dict)
-        and attrs.get("initialised") is False
-        and attrs.get("n_committed") == 0
-        and attrs.get("n_tally") == 0
-    )
+from .integrity import QUARANTINE_DIR, read_json, sample_problems
 
 
 # ----------------------------------------------------------------------------- the store
@@ -882,7 +118,7 @@ class TallyStore:
                     "open it to append, or choose a new path"
                 )
             else:
-                _check_root_attrs(_read_zarr_json(root).get("attributes", {}), root)
+                check_root_attrs(read_zarr_json(root).get("attributes", {}), root)
                 lock = _WriterLock(root)
                 lock.acquire()  # refuse to delete a store another writer is using
                 lock.release()
@@ -944,14 +180,12 @@ class TallyStore:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         root = Path(path)
-        meta = _read_zarr_json(root)
-        _check_root_attrs(meta.get("attributes", {}), root)
+        meta = read_zarr_json(root)
+        check_root_attrs(meta.get("attributes", {}), root)
         stored = list(meta["attributes"]["class_names"])
         if classes is not None and _validate_classes(classes) != stored:
             raise ValueError(f"store classes {stored} differ from expected {list(classes)}")
         if (root / "samples").exists():
-            from napari_foram.tally.integrity import read_json
-
             try:
                 read_json(root / "samples" / "zarr.json")
             except ValueError as exc:
@@ -1041,7 +275,6 @@ class TallyStore:
             return self._groups[sample_id]
         if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.match(sample_id):
             raise ValueError(f"no sample {sample_id!r} in {self.path}")
-        from napari_foram.tally.integrity import read_json
 
         sample_dir = self._samples_dir() / sample_id
         if not sample_dir.is_dir():
@@ -1092,7 +325,6 @@ class TallyStore:
         Incomplete samples a killed writer left (never initialised) are not listed:
         readers skip them and a writer removes them.
         """
-        from napari_foram.tally.integrity import sample_problems
 
         with self._mutex:
             out: dict[str, str] = {}
@@ -1122,7 +354,6 @@ class TallyStore:
 
     def check_sample(self, sample_id: str, *, decode: bool = False) -> None:
         """Raise `DamagedSampleError` naming the first damaged part of a sample, if any."""
-        from napari_foram.tally.integrity import sample_problems
 
         found = sample_problems(
             self._samples_dir() / sample_id, len(self._class_names), decode=decode
@@ -1291,7 +522,6 @@ class TallyStore:
             # Before the first write: every chunk a write may rewrite must decode, or the
             # write would replace data it could not read. Crops: only the last chunk (the
             # one an append fills up); the small columns are a chunk per 4096 rows.
-            from napari_foram.tally.integrity import sample_problems
 
             found = sample_problems(
                 self._samples_dir() / sample_id,
@@ -1560,8 +790,6 @@ class TallyStore:
         """
         import zarr
 
-        from napari_foram.tally.integrity import sample_problems
-
         sdir = self._samples_dir()
         k = len(self._class_names)
         for entry in sorted(os.scandir(sdir), key=lambda e: e.name) if sdir.is_dir() else []:
@@ -1612,7 +840,6 @@ class TallyStore:
         if deep_clean:
             # zarr writes each file as <name>.<hex>.partial then renames it; a kill mid-write
             # leaves the .partial behind. Harmless, but they would pile up.
-            from napari_foram.tally.integrity import QUARANTINE_DIR
 
             untouched = {self._samples_dir() / s for s in self._damaged}
             untouched.add(self.path / QUARANTINE_DIR)
@@ -1715,7 +942,6 @@ class TallyStore:
     ) -> None:
         """DamagedSampleError unless the metadata and every chunk file of the committed
         rows of arrays `names` are there (stat calls only; decoding is `_decoded`'s)."""
-        from napari_foram.tally.integrity import sample_problems
 
         found = sample_problems(
             self._samples_dir() / sample_id,

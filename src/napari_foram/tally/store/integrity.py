@@ -23,6 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_foram.defaults import CROP_SIZE
+from napari_foram.tally import stats
+
+from ._files import _WriterLock, check_root_attrs, read_zarr_json
+from ._schema import _COLUMNS, _OPTIONAL_COLUMNS, SampleRecord
+
 #: Folder inside the store that `repair_store` moves unreadable parts into.
 QUARANTINE_DIR = "quarantine"
 
@@ -103,7 +109,6 @@ def chunk_keys(meta: dict[str, Any], rows: int) -> list[str]:
 
 def _expected_arrays(n_classes: int) -> dict[str, tuple[str, tuple[int, ...], str]]:
     """Array name -> (dtype, trailing shape, which counter gives its rows)."""
-    from napari_foram.tally.store import _COLUMNS, CROP_SIZE
 
     out: dict[str, tuple[str, tuple[int, ...], str]] = {}
     for name, (dtype, _, tail) in _COLUMNS.items():
@@ -144,7 +149,6 @@ def sample_problems(
         ``crops`` for callers that do not need them, since stores written before every
         append stored a crop have no crop chunks for rows stored without one.
     """
-    from napari_foram.tally.store import _OPTIONAL_COLUMNS, SampleRecord
 
     sid = sample_dir.name
     try:
@@ -242,11 +246,10 @@ def store_problems(root: Path, *, decode: bool = True) -> tuple[list[Problem], l
 
     ValueError if `root` is no tally store at all (its root metadata is unreadable).
     """
-    from napari_foram.tally.store import _check_root_attrs, _read_zarr_json
 
-    meta = _read_zarr_json(root)
+    meta = read_zarr_json(root)
     attrs = meta.get("attributes", {})
-    _check_root_attrs(attrs, root)
+    check_root_attrs(attrs, root)
     n_classes = len(attrs["class_names"])
     problems: list[Problem] = []
     sdir = root / "samples"
@@ -299,9 +302,6 @@ def repair_store(root: Path) -> list[str]:
     Needs the writer lock (ValueError when another writer has the store open).
     """
     import zarr
-
-    from napari_foram.tally import stats
-    from napari_foram.tally.store import _COLUMNS, _OPTIONAL_COLUMNS, _WriterLock
 
     problems, _ = store_problems(root, decode=True)
     if not problems:

@@ -1,0 +1,602 @@
+"""Running a batch: the single writer, local or Dask tasks, resuming."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_foram.defaults import MC_SAMPLES
+from napari_foram.detect import DetectionParams
+
+from ._plan import (
+    DEFAULT_FILES_PER_TASK,
+    DEFAULT_MAX_MEGAPIXELS,
+    DEFAULT_MIN_SIDE_PX,
+    BatchPlan,
+    FileReport,
+    SourceFile,
+    file_sha256,
+    plan_batch,
+)
+from ._report import BatchReport, _now_iso, default_report_paths
+from ._tasks import ChunkTask, FileResult, ModelRef, _one_line, run_chunk
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from napari_foram._progress import ProgressCallback
+    from napari_foram.tally.store import SpecimenBatch, TallyStore
+
+
+# ----------------------------------------------------------------------------- running
+@dataclass(frozen=True)
+class BatchConfig:
+    """Settings of a batch run.
+
+    Attributes
+    ----------
+    folder
+        The folder of images (see `plan_batch`).
+    store
+        The tally store to create or append to (``*.zarr``).
+    model
+        A checkpoint path, or "demo" (trained on synthetic data at first use and cached).
+    samples_csv
+        Optional sample sheet (see `plan_batch`).
+    mc_samples
+        MC-dropout passes per specimen (1: one deterministic pass).
+    device
+        "auto", "cpu" or "cuda" (on the workers, for Dask runs).
+    workers
+        Worker processes of a local Dask cluster; 0 runs everything in this process.
+    scheduler
+        Address of a running Dask scheduler (``tcp://host:8786``) instead. Its workers
+        must import napari_foram and see the folder and checkpoint at the same paths.
+    files_per_task
+        Consecutive files of a sample classified together (one task, one commit).
+    detection
+        Detector settings.
+    min_side_px, max_megapixels
+        Smaller or larger images are reported as bad.
+    pixel_size_um
+        Micrometres per pixel of every image (None: each file's metadata, else the
+        detector derives its minimum size from the image).
+    report
+        The report's JSON path (its CSV beside it); None: `default_report_paths`.
+    export
+        Also write the store's wide count sheet (CSV) here at the end.
+    """
+
+    folder: Path
+    store: Path
+    model: str | Path = "demo"
+    samples_csv: Path | None = None
+    mc_samples: int = MC_SAMPLES
+    device: str = "auto"
+    workers: int = 0
+    scheduler: str | None = None
+    files_per_task: int = DEFAULT_FILES_PER_TASK
+    detection: DetectionParams = field(default_factory=DetectionParams)
+    min_side_px: int = DEFAULT_MIN_SIDE_PX
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    report: Path | None = None
+    export: Path | None = None
+    pixel_size_um: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.workers and self.scheduler:
+            raise ValueError("give either workers (a local cluster) or a scheduler, not both")
+        if self.files_per_task < 1:
+            raise ValueError(f"files_per_task must be >= 1, got {self.files_per_task}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+
+    def report_paths(self) -> tuple[Path, Path]:
+        """(JSON, CSV) paths of the report."""
+        if self.report is None:
+            return default_report_paths(self.store)
+        return Path(self.report), Path(self.report).with_suffix(".csv")
+
+
+#: Called after each file is done: its report line, and what the worker made of it
+#: (None for files skipped without reading).
+FileCallback = Callable[[FileReport, FileResult | None], None]
+
+
+def resolve_checkpoint(
+    model: str | os.PathLike[str], progress: ProgressCallback | None = None
+) -> Path:
+    """The checkpoint file of `model`: a path, or the cached demo model for "demo"
+    (trained at first use, reporting through `progress`)."""
+    if str(model) == "demo":
+        from napari_foram.classify.demo_model import demo_checkpoint
+
+        return Path(demo_checkpoint(progress=progress)).resolve()
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise ValueError(f"checkpoint not found: {path}")
+    return path.resolve()
+
+
+@contextlib.contextmanager
+def _writes_shielded(stop: threading.Event) -> Iterator[None]:
+    """Hold Ctrl-C off while the store is written; it then stops the run after the write.
+
+    The store survives a kill at any moment, but a KeyboardInterrupt raised while zarr's
+    I/O thread still writes would let this process trim the arrays under that write.
+    Signal handlers belong to the main thread; elsewhere (the widget) nothing is needed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def later(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, later)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Writer:
+    """The single writer: commits task results to the store in order, reports each file."""
+
+    def __init__(
+        self,
+        store: TallyStore,
+        plan: BatchPlan,
+        provenance: dict[str, Any],
+        report: BatchReport,
+        stop: threading.Event,
+    ) -> None:
+        self.store = store
+        self.plan = plan
+        self.provenance = provenance
+        self.report = report
+        self.stop = stop
+        # Frame index of the next file of each sample: the files it already holds come
+        # first, so indices stay unique across resumed runs.
+        self._next_frame: dict[str, int] = {}
+
+    def _open_sample(self, sid: str) -> None:
+        """Create the sample on first use; record how its rows are made when that changed."""
+        if sid in self._next_frame:
+            return
+        record = self.plan.records[sid]
+        with _writes_shielded(self.stop):
+            if sid not in self.store.samples():
+                self.store.add_sample(record)
+            elif self.store.sample_record(sid) != record:
+                self.report.notes.append(
+                    f"sample {sid} already exists in the store with another record; "
+                    "the stored record is kept"
+                )
+            latest = self.store.provenance(sid)
+            # An earlier model's rule must not stand for this model (which has none).
+            stale_rule = "unsure_rule" in latest and "unsure_rule" not in self.provenance
+            if stale_rule or any(latest.get(k) != v for k, v in self.provenance.items()):
+                self.store.set_provenance(sid, self.provenance)
+        self._next_frame[sid] = len(self.store.processed_files(sid))
+
+    def commit(self, task: ChunkTask, results: list[FileResult]) -> list[FileReport]:
+        """Commit a task's files (one atomic commit); their report lines."""
+        sid = task.sample_id
+        good = [r for r in results if r.error is None]
+        lines: dict[int, FileReport] = {}
+        if good:
+            self._open_sample(sid)
+            first_frame = self._next_frame[sid]
+            row = self.store.n_specimens(sid)
+            processed: dict[str, dict[str, Any]] = {}
+            batches: list[SpecimenBatch] = []
+            for i, r in enumerate(good):
+                n = r.n_specimens
+                processed[r.file.sha256] = {
+                    "file": r.file.name,
+                    "path": str(r.file.path),
+                    "frame_index": first_frame + i,
+                    "first_row": row,
+                    "n_specimens": n,
+                }
+                if r.specimens is not None:
+                    batches.append(
+                        dataclasses.replace(
+                            r.specimens, frame_index=np.full(n, first_frame + i, np.int64)
+                        )
+                    )
+                row += n
+                lines[id(r)] = FileReport(
+                    r.file.name, sid, "processed", r.note, r.file.sha256, n, first_frame + i,
+                    round(r.seconds, 3),
+                )  # fmt: skip
+            with _writes_shielded(self.stop):
+                self.store.append_specimens(
+                    sid, _concat(batches, len(self.store.class_names)), processed=processed
+                )
+            self._next_frame[sid] = first_frame + len(good)
+        out = []
+        for r in results:
+            line = lines.get(id(r)) or FileReport(
+                r.file.name, sid, "bad", r.error or "", r.file.sha256, seconds=round(r.seconds, 3)
+            )
+            out.append(line)
+        return out
+
+
+def _concat(batches: list[SpecimenBatch], n_classes: int) -> SpecimenBatch:
+    """One SpecimenBatch of several (an empty one, of the right shapes, for none)."""
+    from napari_foram.tally.store import SpecimenBatch
+
+    if not batches:
+        return SpecimenBatch(
+            frame_index=np.zeros(0, np.int64),
+            centroid_y=np.zeros(0),
+            centroid_x=np.zeros(0),
+            bbox=np.zeros((0, 4), np.int64),
+            area_px=np.zeros(0, np.int64),
+            mean_probs=np.zeros((0, n_classes)),
+        )
+    columns: dict[str, Any] = {}
+    for f in dataclasses.fields(SpecimenBatch):
+        values = [getattr(b, f.name) for b in batches]
+        columns[f.name] = None if any(v is None for v in values) else np.concatenate(values)
+    return SpecimenBatch(**columns)
+
+
+def _triage(
+    plan: BatchPlan, store: TallyStore
+) -> tuple[dict[str, list[SourceFile]], dict[str, FileReport]]:
+    """Hash every file; what is left to do per sample, and the report lines of the files
+    settled already (empty, unreadable, same bytes as another, already in the store)."""
+    todo: dict[str, list[SourceFile]] = {sid: [] for sid in plan.records}
+    settled: dict[str, FileReport] = {}
+    samples = set(store.samples())
+    damaged = store.damaged_samples()
+    for sid in plan.records:
+        if sid in damaged:
+            # A damaged sample is never written to (writing could lose what is left of
+            # it): its files wait, the other samples are counted.
+            why = f"sample {sid} is damaged ({damaged[sid]}); nothing written to it"
+            for f in plan.files_of(sid):
+                settled[f.name] = FileReport(f.name, sid, "skipped", why)
+            continue
+        done = store.processed_files(sid) if sid in samples else {}
+        seen: dict[str, str] = {}
+        for f in plan.files_of(sid):
+            try:
+                size = f.path.stat().st_size
+                digest = file_sha256(f.path) if size else ""
+            except FileNotFoundError:
+                settled[f.name] = FileReport(f.name, sid, "bad", "no such file")
+                continue
+            except OSError as exc:
+                settled[f.name] = FileReport(f.name, sid, "bad", f"cannot read file ({exc})")
+                continue
+            if not size:
+                settled[f.name] = FileReport(f.name, sid, "bad", "empty file (0 bytes)")
+            elif digest in done:
+                earlier = done[digest]
+                why = f"already in the store (as {earlier.get('file')})"
+                frame = int(earlier.get("frame_index", -1))
+                settled[f.name] = FileReport(f.name, sid, "skipped", why, digest, 0, frame)
+            elif digest in seen:
+                settled[f.name] = FileReport(
+                    f.name, sid, "skipped", f"same content as {seen[digest]}", digest
+                )
+            else:
+                seen[digest] = f.name
+                todo[sid].append(dataclasses.replace(f, sha256=digest))
+    return todo, settled
+
+
+def _tasks(
+    plan: BatchPlan,
+    todo: dict[str, list[SourceFile]],
+    config: BatchConfig,
+    ref: ModelRef,
+    threads: int | None,
+) -> list[ChunkTask]:
+    """Tasks of up to `files_per_task` consecutive files of one sample.
+
+    Tasks are cut from a sample's *whole* file list and then thinned to the files left to
+    do: a task committed before an interruption is skipped whole, and the others hold the
+    same files as in an uninterrupted run.
+    """
+    tasks = []
+    size = config.files_per_task
+    for sid in plan.records:
+        left = {f.name: f for f in todo[sid]}
+        everything = plan.files_of(sid)
+        for start in range(0, len(everything), size):
+            files = tuple(left[f.name] for f in everything[start : start + size] if f.name in left)
+            if files:
+                tasks.append(
+                    ChunkTask(
+                        files=files,
+                        model=ref,
+                        mc_samples=config.mc_samples,
+                        device=config.device,
+                        detection=config.detection,
+                        min_side_px=config.min_side_px,
+                        max_megapixels=config.max_megapixels,
+                        torch_threads=threads,
+                        pixel_size_um=config.pixel_size_um,
+                    )
+                )
+    return tasks
+
+
+def _run_local(
+    tasks: Iterable[ChunkTask], stop: threading.Event
+) -> Generator[tuple[ChunkTask, list[FileResult]], None, None]:
+    """Tasks one after another in this process, until `stop` is set."""
+    for task in tasks:
+        if stop.is_set():
+            return
+        yield task, run_chunk(task)
+
+
+def _run_dask(
+    client: Client, tasks: list[ChunkTask], stop: threading.Event
+) -> Generator[tuple[ChunkTask, list[FileResult]], None, None]:
+    """Tasks on a Dask cluster, results yielded in task order.
+
+    A window of tasks runs ahead (two per worker thread), so workers never wait for the
+    writer while results, which hold crops (150 kB each), do not pile up in memory.
+    """
+    window = max(2, 2 * sum(client.nthreads().values()))
+    pending = iter(tasks)
+    running: deque[tuple[ChunkTask, Any]] = deque()
+
+    def submit() -> None:
+        task = next(pending, None)
+        if task is not None:
+            running.append((task, client.submit(run_chunk, task, pure=False)))
+
+    try:
+        for _ in range(window):
+            submit()
+        while running:
+            task, future = running[0]
+            while not future.done() and not stop.wait(0.2):
+                pass
+            if stop.is_set():
+                return
+            running.popleft()
+            results = future.result()
+            submit()
+            yield task, results
+    finally:
+        for _, future in running:
+            future.cancel()
+
+
+@contextlib.contextmanager
+def _dask_client(
+    config: BatchConfig, client: Client | None
+) -> Iterator[tuple[Client | None, int | None]]:
+    """(client, torch threads per worker): the given client, a new LocalCluster's, a
+    scheduler's, or (None, None) for a local run. Clusters made here are closed here."""
+    if client is not None:
+        yield client, None
+        return
+    if not config.workers and not config.scheduler:
+        yield None, None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError(
+            "Dask workers need dask.distributed: pip install 'dask[distributed]'"
+        ) from None
+    if config.scheduler:
+        try:
+            remote = Client(config.scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ValueError(
+                f"cannot reach the Dask scheduler at {config.scheduler} ({_one_line(exc)})"
+            ) from None
+        try:
+            yield remote, None
+        finally:
+            with contextlib.suppress(Exception):
+                remote.close()
+        return
+    # Processes, one thread each: the GIL-bound parts (reading, detection) run in parallel
+    # and each process's torch gets its share of the cores.
+    cluster = LocalCluster(
+        n_workers=config.workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    local = Client(cluster)
+    try:
+        # A Ctrl-C in the terminal reaches the worker processes too: they leave stopping
+        # to this process, which cancels their tasks and closes the cluster.
+        local.run(_ignore_interrupts)
+        yield local, max(1, (os.cpu_count() or 1) // config.workers)
+    finally:
+        with contextlib.suppress(Exception):
+            local.close()
+        with contextlib.suppress(Exception):
+            cluster.close()
+
+
+def _ignore_interrupts() -> None:
+    """Ignore SIGINT in this (worker) process; run on a worker's main thread."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _open_store(path: Path, classes: list[str]) -> TallyStore:
+    """The store to append to (created if missing); its classes must be the model's."""
+    from napari_foram.tally.store import TallyStore
+
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a tally store folder")
+    if path.is_dir() and any(path.iterdir()):
+        return TallyStore.open(path, mode="a", classes=classes)
+    return TallyStore.create(path, classes=classes)
+
+
+def run_batch(
+    config: BatchConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    on_file: FileCallback | None = None,
+    stop: threading.Event | None = None,
+    client: Client | None = None,
+) -> BatchReport:
+    """Count a folder of images into a tally store; resumable, optionally on Dask.
+
+    Parameters
+    ----------
+    config
+        What to run (see `BatchConfig`).
+    progress
+        ``progress(done, total, message)`` after each file (files left to do at the
+        start); also reports the demo model's first-run training.
+    on_file
+        Called after each file with its report line and the worker's result (on the
+        thread that runs the batch).
+    stop
+        Set it to stop after the task being committed; what is committed stays.
+    client
+        A Dask client to use instead of what `config` asks for (kept open).
+
+    Returns
+    -------
+    BatchReport
+        Also written as JSON and CSV (`BatchConfig.report_paths`). Ctrl-C (a
+        KeyboardInterrupt) ends the run like `stop` does: the report says interrupted.
+
+    Raises
+    ------
+    ValueError
+        Bad folder, sample sheet, model or store (one-line reasons); a failure of the
+        classifier itself. Odd image files never raise: they are reported.
+    """
+    from napari_foram.classify.checkpoint import read_model_info
+    from napari_foram.pipeline import model_provenance
+
+    t_start = time.perf_counter()
+    stop = stop or threading.Event()
+
+    def notify(done: int, total: int, message: str = "") -> None:
+        if progress is not None:
+            progress(done, total, message)
+
+    def training(done: int, total: int, message: str = "") -> None:
+        notify(done, total, f"demo model: {message}")
+
+    plan = plan_batch(config.folder, config.samples_csv)
+    checkpoint = resolve_checkpoint(config.model, progress=training)
+    info = read_model_info(checkpoint)
+    ref = ModelRef(str(checkpoint), file_sha256(checkpoint))
+    report = BatchReport(
+        str(plan.folder), str(config.store), str(config.model), ref.sha256, started=_now_iso()
+    )
+    report.files.extend(plan.ignored)
+    provenance = {
+        "source": "batch folder",
+        "folder": str(plan.folder),
+        "model_sha256": ref.sha256,
+        "class_names": list(info.class_names),
+        "mc_samples": config.mc_samples,
+        "detector": config.detection.to_dict(),
+        "include_clipped": False,
+        "counted_per_frame": True,
+        "why": "image files carry no stage position: each file's whole specimens are counted",
+        # Backbone, input convention and unsure rule, as the counting pipeline records them.
+        **model_provenance(info),
+    }
+    store = _open_store(Path(config.store), list(info.class_names))
+    new: dict[str, int] = {}
+    finished = False  # the loop ended without an error (interrupted or not)
+    try:
+        todo, settled = _triage(plan, store)
+        damaged = store.damaged_samples()
+        for sid in plan.records:
+            if sid in damaged:
+                report.damaged_samples[sid] = damaged[sid]
+                report.notes.append(
+                    f"sample {sid} is damaged ({damaged[sid]}): its files were not counted "
+                    f"and it is left as it is; 'napari-foram check {config.store}' lists the "
+                    "damage, --repair sets it aside"
+                )
+        total = sum(len(v) for v in todo.values())
+        done = 0
+        notify(0, total, f"{total} files to count, {len(settled)} settled already")
+        writer = _Writer(store, plan, provenance, report, stop)
+        # Lines of files settled without reading go in the report in plan order.
+        report.files.extend(settled[f.name] for f in plan.files if f.name in settled)
+        if on_file is not None:
+            for f in plan.files:
+                if f.name in settled:
+                    on_file(settled[f.name], None)
+        with _dask_client(config, client) as (dask, threads):
+            tasks = _tasks(plan, todo, config, ref, threads)
+            results = _run_local(tasks, stop) if dask is None else _run_dask(dask, tasks, stop)
+            try:
+                for task, file_results in results:
+                    lines = writer.commit(task, file_results)
+                    for line, result in zip(lines, file_results, strict=True):
+                        report.files.append(line)
+                        new[line.sample_id] = new.get(line.sample_id, 0) + line.n_specimens
+                        done += 1
+                        if on_file is not None:
+                            on_file(line, result)
+                        notify(done, total, line.file)
+                    if stop.is_set():
+                        break
+            finally:
+                results.close()  # a Dask window cancels the futures it still holds
+        report.interrupted = done < total
+        finished = True
+    except KeyboardInterrupt:
+        report.interrupted = finished = True
+    finally:
+        try:
+            stored = set(store.samples())
+            for sid in plan.records:
+                if sid in stored and sid not in report.damaged_samples:
+                    total_counted = int(store.counts(sid).sum())
+                    report.samples[sid] = {"new": new.get(sid, 0), "total": total_counted}
+                    if store.unsure_rule(sid).active:
+                        # Of the total, those the model's unsure rule puts in no class.
+                        unsure = store.sample_summary(sid)["n_unsure"]
+                        report.samples[sid]["unsure"] = int(unsure)
+            if config.export is not None and finished:
+                from napari_foram.tally.export import export_csv
+
+                # Damaged samples are left out (their counts cannot be trusted); the
+                # report's note and summary name them.
+                healthy = [sid for sid in store.samples() if sid not in report.damaged_samples]
+                report.export_csv = str(export_csv(store, config.export, samples=healthy))
+        finally:
+            store.close()
+            # Report lines in plan order: ignored files first, then file by file.
+            order = {f.name: i for i, f in enumerate(plan.files)}
+            report.files.sort(key=lambda line: order.get(line.file, -1))
+            report.seconds = round(time.perf_counter() - t_start, 3)
+            report.write(*config.report_paths())
+    return report

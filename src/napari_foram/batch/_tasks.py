@@ -1,0 +1,316 @@
+"""Batch tasks: a few files of one sample read, detected and classified together."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from napari_foram.detect import DetectionParams
+from napari_foram.pixelsize import read_pixel_size
+
+from ._plan import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MIN_SIDE_PX, SourceFile, file_sha256
+
+if TYPE_CHECKING:
+    import torch
+
+    from napari_foram.classify.predict import Predictor
+    from napari_foram.pipeline import FrameResult
+    from napari_foram.tally.store import SpecimenBatch
+
+# One logger for the package: users configure "napari_foram.batch", not its parts.
+log = logging.getLogger("napari_foram.batch")
+
+
+# ----------------------------------------------------------------------------- workers
+@dataclass(frozen=True)
+class ModelRef:
+    """A checkpoint as workers find it: path, and the SHA-256 it must have."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """A few consecutive files of one sample, read, detected and classified together.
+
+    Attributes
+    ----------
+    files
+        The files, in order (all of one sample, already hashed).
+    model
+        The checkpoint to classify with.
+    mc_samples
+        MC-dropout passes per specimen.
+    device
+        "auto", "cpu" or "cuda".
+    detection
+        Detector settings.
+    min_side_px, max_megapixels
+        Size limits: smaller or larger images are reported as bad.
+    torch_threads
+        Threads for torch in the worker process (None: leave torch's default). Worker
+        processes sharing a machine split its cores instead of each taking all of them.
+    """
+
+    files: tuple[SourceFile, ...]
+    model: ModelRef
+    mc_samples: int
+    device: str
+    detection: DetectionParams
+    min_side_px: int = DEFAULT_MIN_SIDE_PX
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    torch_threads: int | None = None
+    pixel_size_um: float | None = None
+
+    @property
+    def sample_id(self) -> str:
+        return self.files[0].sample_id
+
+    @property
+    def seed(self) -> int:
+        """MC-dropout seed of the task: from its files' hashes, so every run of the same
+        task draws the same dropout masks wherever it runs."""
+        digest = hashlib.sha256("".join(f.sha256 for f in self.files).encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are < 2**63
+
+
+@dataclass
+class FileResult:
+    """What a worker made of one file.
+
+    Attributes
+    ----------
+    file
+        The file.
+    error
+        One-line reason when the file could not be used (then nothing else is set).
+    note
+        What was converted to use it (16-bit scaled to 8 bits, alpha dropped), or "".
+    shape
+        Shape of the image as read.
+    n_objects
+        Objects detected (clipped ones and artifacts included).
+    specimens
+        The counted specimens (whole detections), ``frame_index`` still 0, or None.
+    seconds
+        Wall time of its reading, detection and share of the classification.
+    """
+
+    file: SourceFile
+    error: str | None = None
+    note: str = ""
+    shape: tuple[int, ...] = ()
+    n_objects: int = 0
+    specimens: SpecimenBatch | None = None
+    seconds: float = 0.0
+
+    @property
+    def n_specimens(self) -> int:
+        return 0 if self.specimens is None else len(self.specimens)
+
+
+# Per process: one Predictor per (checkpoint, sha, device), built on first use. A worker
+# process runs many tasks; loading VGG16 (110 MB, ~1 s) once per task would dominate.
+_PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
+# A Predictor must not be called concurrently, and the MC seed is set on torch's global
+# RNG: tasks of one process (threaded Dask workers, the widget) classify one at a time.
+_PREDICT_LOCK = threading.Lock()
+
+
+def cached_predictor(model: ModelRef, device: str, torch_threads: int | None = None) -> Predictor:
+    """This process's predictor for `model` on `device`, loaded on first use.
+
+    Raises ValueError when the checkpoint found at `model.path` is not the one the client
+    meant (another SHA-256: a worker on another machine with another file there).
+    """
+    from napari_foram.classify.predict import Predictor
+
+    key = (model.path, model.sha256, device)
+    with _PREDICT_LOCK:
+        if key not in _PREDICTORS:
+            if torch_threads:
+                import torch
+
+                torch.set_num_threads(int(torch_threads))
+            predictor = Predictor.from_checkpoint(model.path, device=device)
+            if predictor.info.sha256 != model.sha256:
+                raise ValueError(
+                    f"checkpoint {model.path} has SHA-256 {predictor.info.sha256[:12]}..., "
+                    f"expected {model.sha256[:12]}... (a different file on this worker)"
+                )
+            _PREDICTORS[key] = predictor
+        return _PREDICTORS[key]
+
+
+def warm_up(model: ModelRef, device: str, torch_threads: int | None = None) -> str:
+    """Load the predictor into this process (e.g. on every Dask worker before timing).
+
+    Returns the device it runs on.
+    """
+    return str(cached_predictor(model, device, torch_threads).device)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _header_shape(path: Path) -> tuple[int, int] | None:
+    """(rows, columns) from an image's header without decoding it, or None if unknown."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.pages[0].shape
+                return int(shape[0]), int(shape[1])
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return int(img.height), int(img.width)
+    except Exception:  # any reader error: read_image will give the reason
+        return None
+
+
+def _size_problem(shape: tuple[int, ...], min_side: int, max_mp: float) -> str | None:
+    h, w = int(shape[0]), int(shape[1])
+    if min(h, w) < min_side:
+        return f"too small: {w} x {h} px (a specimen needs >= {min_side} px per side)"
+    if h * w > max_mp * 1e6:
+        return f"too large: {w} x {h} px = {h * w / 1e6:.0f} MP (limit {max_mp:g} MP)"
+    return None
+
+
+def _load(file: SourceFile, task: ChunkTask) -> tuple[FileResult, np.ndarray | None]:
+    """Read and check one file; the image, or a FileResult that says what is wrong."""
+    from napari_foram.frames import read_image
+
+    result = FileResult(file)
+    header = _header_shape(file.path)
+    # Refuse a huge image before decoding it: decoding is where memory runs out.
+    if header is not None:
+        result.error = _size_problem(header, 1, task.max_megapixels)
+        if result.error:
+            return result, None
+    try:
+        image = read_image(file.path, max_megapixels=task.max_megapixels)
+    except ValueError as exc:
+        # read_image starts its reasons with the path; the report has the file already.
+        result.error = _one_line(exc).removeprefix(f"{file.path}: ")
+        return result, None
+    except MemoryError:
+        result.error = "too large to load into memory"
+        return result, None
+    result.shape = tuple(int(s) for s in image.shape)
+    problem = _size_problem(image.shape, task.min_side_px, task.max_megapixels)
+    if problem is None and file_sha256(file.path) != file.sha256:
+        problem = "changed while the batch ran; run again to count it"
+    if problem:
+        result.error = problem
+        return result, None
+    notes = []
+    if image.dtype != np.uint8:
+        notes.append(f"{image.dtype} pixels scaled to 8 bits")
+    if image.ndim == 3 and image.shape[2] == 4:
+        notes.append("alpha channel dropped")
+    result.note = "; ".join(notes)
+    return result, image
+
+
+@contextlib.contextmanager
+def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG for the block, restoring the caller's state afterwards."""
+    import torch
+
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _specimens_of(out: FrameResult) -> SpecimenBatch | None:
+    """The counted specimens of a pipeline result as store rows (frame_index still 0)."""
+    from napari_foram.pipeline import specimen_columns
+    from napari_foram.tally.store import SpecimenBatch
+
+    rows, pred = out.new_rows, out.predictions
+    if pred is None or not len(rows):
+        return None
+    columns = specimen_columns(out.frame, out.detections, rows, pred)
+    columns["frame_index"] = np.zeros(len(rows), dtype=np.int64)  # set by the writer
+    return SpecimenBatch(
+        stage_x_um=np.full(len(rows), np.nan),  # files carry no stage position
+        stage_y_um=np.full(len(rows), np.nan),
+        **columns,
+    )
+
+
+def run_chunk(task: ChunkTask) -> list[FileResult]:
+    """Read, detect and classify a task's files (what a worker runs); one result per file.
+
+    The readable files go through `CountingPipeline.process_many` together, so their
+    crops are classified in one call. A file that cannot be read or is too small or large
+    gets an error and is left out. Should the pipeline fail on the batch, each file is
+    tried alone so that one odd image cannot sink the others; when every file fails
+    alone too, the failure is systematic (model, device) and is raised.
+    """
+    from napari_foram.frames import Frame
+    from napari_foram.pipeline import CountingPipeline
+
+    t0 = time.perf_counter()
+    results: list[FileResult] = []
+    frames: list[Frame] = []
+    owners: list[FileResult] = []
+    for i, file in enumerate(task.files):
+        result, image = _load(file, task)
+        results.append(result)
+        if image is not None:
+            # The detector's minimum size follows the magnification: the size given for
+            # the run, else the file's own metadata, else (None) the image decides.
+            px = task.pixel_size_um or read_pixel_size(file.path)
+            frames.append(Frame(image=image, index=i, source=str(file.path), pixel_size_um=px))
+            owners.append(result)
+    if not frames:
+        return results
+    predictor = cached_predictor(task.model, task.device, task.torch_threads)
+    with _PREDICT_LOCK, _seeded_torch(task.seed, predictor.device):
+        # A fresh pipeline per task: without stage positions it keeps no state that
+        # matters between frames, and a task must not depend on what ran before it.
+        pipeline = CountingPipeline(
+            predictor, detection=task.detection, mc_samples=task.mc_samples
+        )
+        outs: list[FrameResult | None]
+        try:
+            outs = list(pipeline.process_many(frames))
+        except Exception as exc:  # isolate the culprit; re-raised if systematic
+            log.warning("task of %d files failed (%s); trying them one by one", len(frames), exc)
+            outs = []
+            for frame, owner in zip(frames, owners, strict=True):
+                try:
+                    outs.append(pipeline.process(frame))
+                except Exception as one:  # reported as this file's reason
+                    owner.error = f"processing failed ({type(one).__name__}: {_one_line(one)})"
+                    outs.append(None)
+            if all(o is None for o in outs):
+                raise
+    for owner, out in zip(owners, outs, strict=True):
+        if out is not None:
+            owner.n_objects = len(out.detections)
+            owner.specimens = _specimens_of(out)
+    # Per-file time: the task's wall time shared in proportion to specimens (the
+    # classifier dominates), at least an even share for reading and detection.
+    elapsed = time.perf_counter() - t0
+    weights = np.array([r.n_specimens + 1.0 for r in results])
+    for r, w in zip(results, weights / weights.sum(), strict=True):
+        r.seconds = float(elapsed * w)
+    return results

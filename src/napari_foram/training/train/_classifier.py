@@ -1,0 +1,317 @@
+"""Train a classifier end to end: grid search, final fit, unsure rule, saved model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_foram._progress import ProgressCallback
+from napari_foram.classify.checkpoint import save_checkpoint
+from napari_foram.classify.density import (
+    DEFAULT_FALSE_FLAG_RATE,
+    FeatureDensity,
+    fit_threshold,
+)
+from napari_foram.classify.model import (
+    FEATURE_DIM,
+)
+from napari_foram.classify.predict import resolve_device
+from napari_foram.training.data import (
+    DEFAULT_FRACTIONS,
+    LabelledCrops,
+    load_image_folder,
+    load_split,
+    save_split,
+    split_indices,
+)
+from napari_foram.training.metrics import mean_sd
+
+from ._config import RunResult, TrainConfig, TrainingOutcome
+from ._model import build_base_model, compute_features
+from ._runs import _run_row, _write_csv, grid_configs, train_run
+
+
+def train_classifier(
+    data: LabelledCrops,
+    output: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    split: dict[str, np.ndarray] | None = None,
+    repeats: int = 1,
+    grid: bool | dict[str, list[Any]] = False,
+    feature_cache: str | Path | None = None,
+    features: torch.Tensor | None = None,
+    progress: ProgressCallback | None = None,
+) -> TrainingOutcome:
+    """Train with the study's recipe and save the checkpoint best on validation.
+
+    Parameters
+    ----------
+    data
+        Labelled crops (`load_image_folder`).
+    output
+        Checkpoint path (``.safetensors``). Beside it: ``<stem>.grid.csv`` (with `grid`)
+        and ``<stem>.repeats.csv`` (with `repeats` > 1).
+    config
+        Settings; default `TrainConfig()`.
+    split
+        ``{"train", "val", "test"}`` indices; default `split_indices(labels, config.seed)`.
+    repeats
+        Independent runs with seeds ``seed, seed + 1, ...`` on the same split; their
+        mean +- sd go into the checkpoint's metrics.
+    grid
+        True (`DEFAULT_GRID`) or a dict of TrainConfig field -> values: phase 1 over every
+        combination first; the one best on validation is then trained (with `repeats`
+        and fine-tuning).
+    feature_cache
+        Folder for the ``.npy`` feature cache (None: in memory only).
+    features
+        Precomputed conv features (N, 25088) of ``data.crops`` through this backbone
+        (`compute_features`), to skip the VGG16 pass.
+    progress
+        ``progress(done, total, message)``.
+
+    Returns
+    -------
+    TrainingOutcome
+    """
+    config = config or TrainConfig()
+    if int(repeats) < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    split = split if split is not None else split_indices(data.labels, config.seed)
+    if len(split["train"]) == 0:
+        raise ValueError("the training split is empty")
+    output = Path(output)
+    device = resolve_device(config.device)
+    config = replace(config, device=str(device))
+    t0 = time.perf_counter()
+    base = build_base_model(config, data.class_names)
+    data_hash = data.data_hash()
+    if features is None:
+        features = compute_features(
+            base[0],
+            base[1],
+            data.crops,
+            device=device,
+            cache_dir=feature_cache,
+            data_hash=data_hash,
+            progress=progress,
+        )
+    elif tuple(features.shape) != (len(data), FEATURE_DIM):
+        raise ValueError(
+            f"features must be ({len(data)}, {FEATURE_DIM}), got {tuple(features.shape)}"
+        )
+    t_features = time.perf_counter() - t0
+    outcome_grid: list[dict[str, Any]] = []
+    runs: list[RunResult] = []
+    interrupted = False
+    files: dict[str, str] = {}
+    chosen = config
+    grid_runs: list[RunResult] = []
+    try:
+        if grid:
+            configs = grid_configs(config, grid if isinstance(grid, dict) else None)
+            for i, cfg in enumerate(configs, start=1):
+                run = train_run(
+                    data, split, replace(cfg, fine_tune=False), base, features,
+                    progress=progress, label=f"grid {i}/{len(configs)}: ",
+                )  # fmt: skip
+                grid_runs.append(run)
+                outcome_grid.append(_run_row(run, config=i))
+                if run.interrupted:
+                    raise KeyboardInterrupt
+            chosen = replace(max(grid_runs, key=RunResult.score).config, seed=config.seed)
+            chosen = replace(chosen, fine_tune=config.fine_tune)
+        if grid_runs and repeats == 1 and not config.fine_tune:
+            # The grid already trained this exact configuration and seed.
+            runs.append(max(grid_runs, key=RunResult.score))
+        else:
+            for r in range(int(repeats)):
+                run = train_run(
+                    data, split, replace(chosen, seed=config.seed + r), base, features,
+                    progress=progress,
+                    label=f"run {r + 1}/{repeats}: " if repeats > 1 else "",
+                )  # fmt: skip
+                runs.append(run)
+                if run.interrupted:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        # Ctrl-C: keep the best model trained so far (train_head re-raises only when a
+        # run had not finished a single epoch).
+        interrupted = True
+        if not runs and grid_runs:
+            runs.append(max(grid_runs, key=RunResult.score))
+        if not runs:
+            raise
+    if outcome_grid:
+        files["grid"] = str(output.with_name(f"{output.stem}.grid.csv"))
+        _write_csv(Path(files["grid"]), outcome_grid)
+    best = max(runs, key=RunResult.score)
+    val_ms = mean_sd([r.val_accuracy for r in runs])
+    tests = [r.test_accuracy for r in runs if r.test_accuracy is not None]
+    test_ms = mean_sd(tests) if tests else (float("nan"), float("nan"))
+    if len(runs) > 1:
+        files["repeats"] = str(output.with_name(f"{output.stem}.repeats.csv"))
+        _write_csv(Path(files["repeats"]), [_run_row(r, repeat=i) for i, r in enumerate(runs, 1)])
+    metrics: dict[str, Any] = {
+        "val_accuracy": best.val_accuracy,
+        "val_loss": best.val_loss,
+        "train_accuracy": best.train_accuracy,
+        "test_accuracy": best.test_accuracy,
+    }
+    if len(runs) > 1:
+        metrics["repeats"] = {
+            "n": len(runs),
+            "val_accuracy_mean": val_ms[0],
+            "val_accuracy_sd": val_ms[1],
+            "test_accuracy_mean": None if np.isnan(test_ms[0]) else test_ms[0],
+            "test_accuracy_sd": None if np.isnan(test_ms[1]) else test_ms[1],
+            "seeds": [r.config.seed for r in runs],
+        }
+    counts = {
+        name: {
+            c: int(np.sum(data.labels[split[name]] == i)) for i, c in enumerate(data.class_names)
+        }
+        for name in ("train", "val", "test")
+    }
+    best.info.training = {
+        "kind": "study-recipe",
+        "config": best.config.to_dict(),
+        "phase1": {k: v for k, v in best.phase1.items() if k != "history"},
+        "phase1_history": best.phase1["history"],
+        "phase1_augmentation": "none (cached conv features)",
+        "phase2": None
+        if best.phase2 is None
+        else {k: v for k, v in best.phase2.items() if k != "history"},
+        "data": {
+            "root": str(data.root) if data.root is not None else None,
+            "n": len(data),
+            "sha256": data_hash,
+            "class_counts": data.counts(),
+            "split_counts": counts,
+            "skipped_files": len(data.skipped),
+        },
+        "grid": bool(grid),
+        "repeats": len(runs),
+        "interrupted": interrupted,
+        "seconds": {
+            "features": round(t_features, 2),
+            "total": round(time.perf_counter() - t0, 2),
+        },
+        "device": str(device),
+        "precision": "bf16" if device.type == "cuda" else "fp32",
+    }
+    best.info.unsure_rule = fit_unsure_rule(best, data, split, features)
+    metrics["unsure_rule"] = best.info.unsure_rule
+    best.info.metrics = _json_clean(metrics)
+    best.info.training = _json_clean(best.info.training)
+    save_checkpoint(output, best.model, best.info)
+    files["checkpoint"] = str(output)
+    return TrainingOutcome(
+        best=best,
+        runs=runs,
+        grid=outcome_grid,
+        checkpoint=output,
+        files=files,
+        interrupted=interrupted,
+        metrics=best.info.metrics,
+    )
+
+
+def fit_unsure_rule(
+    run: RunResult,
+    data: LabelledCrops,
+    split: dict[str, np.ndarray],
+    features: torch.Tensor,
+    false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE,
+) -> dict[str, Any]:
+    """Fit the model's feature density on its training crops and set its unsure rule.
+
+    The density (`napari_foram.classify.density`) is attached to ``run.model``; the rule
+    flags crops whose feature distance exceeds what `false_flag_rate` of the validation
+    crops (in-distribution, unseen by the head) reach. Features are recomputed when
+    fine-tuning changed the conv blocks. Without a validation split the training crops
+    set the threshold (it is then lower than it should be: more false flags).
+    """
+    tr, va = np.asarray(split["train"]), np.asarray(split["val"])
+    if run.phase2 is not None and run.phase2.get("best_epoch", 0) > 0:
+        idx = np.concatenate([tr, va])
+        fresh = compute_features(run.model, run.info, data.crops[idx], device=run.config.device)
+        feats = torch.zeros((len(data), fresh.shape[1]))
+        feats[torch.from_numpy(idx)] = fresh
+    else:
+        feats = features
+    run.model.density = FeatureDensity.fit(feats[tr], data.labels[tr], len(data.class_names))
+    calibration = va if len(va) else tr
+    distances = run.model.density.score(feats[calibration])
+    return {
+        "measure": "feature_distance",
+        "threshold": round(fit_threshold(distances, false_flag_rate), 4),
+        "false_flag_rate": false_flag_rate,
+        "set_on": f"{len(calibration)} {'validation' if len(va) else 'training'} crops",
+    }
+
+
+def _json_clean(obj: Any) -> Any:
+    """NaN -> None, numpy scalars -> Python, tuples -> lists (checkpoint records are JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def train_from_folder(
+    data_dir: str | Path,
+    output: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    split_file: str | Path | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    repeats: int = 1,
+    grid: bool | dict[str, list[Any]] = False,
+    feature_cache: str | Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> TrainingOutcome:
+    """Load DATA/<class>/ images, split (or reuse a split file), train, save.
+
+    The split is read from `split_file` when that file exists, else made with
+    `config.seed` and written there (default ``<output stem>.split.json``), so
+    ``evaluate --split`` can score exactly the held-out test images later.
+    """
+    config = config or TrainConfig()
+    data = load_image_folder(data_dir, progress=progress)
+    output = Path(output)
+    split_path = (
+        Path(split_file)
+        if split_file is not None
+        else output.with_name(f"{output.stem}.split.json")
+    )
+    if split_file is not None and split_path.is_file():
+        split = load_split(split_path, data)
+    else:
+        split = split_indices(data.labels, config.seed, fractions)
+        save_split(split_path, split, data, seed=config.seed, fractions=fractions)
+    outcome = train_classifier(
+        data,
+        output,
+        config,
+        split=split,
+        repeats=repeats,
+        grid=grid,
+        feature_cache=feature_cache,
+        progress=progress,
+    )
+    outcome.files["split"] = str(split_path)
+    outcome.metrics = {**outcome.metrics, "skipped": data.skipped}
+    return outcome
