@@ -2,7 +2,8 @@
 
 Run under a display (e.g. ``xvfb-run -a .venv/bin/python scripts/live_screenshot.py``):
 opens napari, docks the widget, connects the simulated microscope, starts a sample,
-scans 3 x 3 fields with the demo model and saves docs/images/live_widget.png.
+scans 3 x 3 fields with the demo model and saves docs/images/live_widget.png (the
+window at 1366 x 768, a laptop's screen).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def wait_for(predicate, timeout: float) -> None:
 
 def main() -> None:
     viewer = napari.Viewer(title="napari-foram live")
-    viewer.window._qt_window.resize(1500, 1000)
+    viewer.window.resize(1366, 768)  # a laptop screen: the dock must fit it
     with tempfile.TemporaryDirectory() as tmp:
         widget = LiveWidget(viewer, mc_samples=30, store_path=Path(tmp) / "live.zarr")
         viewer.window.add_dock_widget(widget, name="Foram live", area="right")

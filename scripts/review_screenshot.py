@@ -70,7 +70,7 @@ def count_tray(store_path: Path) -> Frame:
 
 def main() -> None:
     viewer = napari.Viewer(title="napari-foram review")
-    viewer.window._qt_window.resize(1560, 1060)
+    viewer.window.resize(1560, 1060)
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "tray.zarr"
         frame = count_tray(store_path)

@@ -12,6 +12,11 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("PYMM_LOG_LEVEL", "CRITICAL")
+# Predictors default to precision "auto", which on a CPU measures the fast paths on first
+# use with each model (~30 s) and caches the decision in the user's cache. The suite pins
+# fp32 (exact reference numbers, no calibration per random model); the precision tests
+# unset it to exercise "auto" in a temporary cache.
+os.environ.setdefault("NAPARI_FORAM_PRECISION", "fp32")
 
 import pytest
 import torch

@@ -312,10 +312,12 @@ def test_local_cluster_equals_the_local_run(local_run, trays, checkpoint, tmp_pa
     """
     folder, truth = trays
     store = tmp_path / "dask.zarr"
-    report = run_batch(_config(folder, store, checkpoint, workers=2))
+    export = tmp_path / "dask.csv"
+    report = run_batch(_config(folder, store, checkpoint, workers=2, export=export))
     assert report.count("processed") == 6
     assert {sid: s["total"] for sid, s in report.samples.items()} == truth
     _same_store(store, local_run[0])
+    assert _export_rows(export) == _export_rows(local_run[1].export_csv)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -395,10 +397,22 @@ def test_counts_do_not_depend_on_files_per_task(local_run, trays, checkpoint, tm
     """MC-dropout masks belong to each specimen, so cutting the folder into tasks of 1 or
     of 4 files gives the uninterrupted run's store exactly (MC statistics included)."""
     folder, _ = trays
-    for per_task in (1, 4):
+    reference = _export_rows(local_run[1].export_csv)
+    for per_task in (1, 4, 16):
         store = tmp_path / f"per{per_task}.zarr"
-        run_batch(_config(folder, store, checkpoint, files_per_task=per_task))
+        export = tmp_path / f"per{per_task}.csv"
+        run_batch(_config(folder, store, checkpoint, files_per_task=per_task, export=export))
         _same_store(local_run[0], store)
+        assert _export_rows(export) == reference, per_task
+
+
+def _export_rows(path: str | Path) -> list[dict[str, str]]:
+    """The count sheet's rows, less the export time (the one column that must differ)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        del row["export_date"]
+    return rows
 
 
 def test_plan_leaves_out_label_and_mask_images(tmp_path):

@@ -98,10 +98,34 @@ def test_live_widget_scans_counts_and_never_stalls(
     assert np.isfinite(viewer.layers[SPECIMENS_LAYER].data).all()
     overview = viewer.layers["tray overview"].data  # every field pasted, at display size
     assert overview.shape[0] < 3 * 486 and (overview.reshape(-1, 3).max(axis=1) > 0).mean() > 0.9
-    total_row = widget.table.rowCount() - 1
-    assert widget.table.item(total_row, 1).text() == str(stored)
-    assert widget.target_bar.value() == stored and widget.target_bar.maximum() == 300
+    table = {
+        widget.table.item(r, 0).text(): widget.table.item(r, 1).text()
+        for r in range(widget.table.rowCount())
+    }
+    assert table["total objects"] == str(stored)
+    summary = counter.summary()
+    # The bar counts forams (sediment and unsure left out), as the tally widget does.
+    assert widget.target_bar.value() == summary["total_forams"]
+    assert widget.target_bar.maximum() == 300
+    assert table["uncertain (to review)"] == str(summary["n_uncertain"])
     assert "frames/s" in widget.rate_label.text()
+    assert widget.scan_bar.format() == "scan: 9 / 9 fields"
+    assert "um/px" in widget.camera_label.text() and "8-bit" in widget.camera_label.text()
+    # Labels only where they help at tray zoom: the uncertain and unsure specimens.
+    features = viewer.layers[SPECIMENS_LAYER].features
+    labelled = features["label"] != ""
+    assert (labelled == (features["uncertain"] | features["unsure"])).all()
+    layer = viewer.layers[SPECIMENS_LAYER]
+    plain = np.flatnonzero(~labelled)
+    if plain.size:  # a specimen the user selects is labelled at any zoom
+        layer.selected_data = {int(plain[0])}
+        assert layer.features["label"][plain[0]].startswith(layer.features["class"][plain[0]][:4])
+    # Zoomed in until a typical specimen is ~120 px across, every one is labelled.
+    from napari_foram.widgets.layers import LABEL_ALL_FROM_PX
+
+    camera = viewer.scene.camera
+    camera.zoom = 2 * LABEL_ALL_FROM_PX / float(np.median(layer.size / 1.3))
+    assert (layer.features["label"] != "").all()
     assert worst < 0.100, f"GUI thread stalled for {worst * 1000:.0f} ms"
 
     # Switching sample is one action; the new sample starts empty, then counts a snap.

@@ -236,3 +236,38 @@ def test_classify_carries_on_past_bad_files(random_checkpoint, tmp_path, capsys)
     assert "bad.png: cannot read image" in rows[1]["error"]
     assert "dot.png: too small to hold a specimen (1 x 1 px" in rows[2]["error"]
     assert "2 of 3 file(s) failed" in captured.err
+
+
+def test_batch_reports_into_a_folder_and_names_non_utf8_files(random_checkpoint, tmp_path, capsys):
+    """`--report DIR` writes the report in DIR; a file name that is not UTF-8 is counted
+    and reported (escaped), with no half-written report left behind; a report path under
+    a file is refused before anything is counted."""
+    from napari_foram.synthetic import render_tray
+
+    folder = tmp_path / "trays" / "S1"
+    folder.mkdir(parents=True)
+    tray = render_tray(3, shape=(300, 400), n_specimens=3, clipped=False, border=False)
+    odd_name = os.fsdecode(b"tray\xff.png")  # what os.listdir gives for such bytes
+    iio.imwrite(folder / odd_name, tray.image)
+    store = tmp_path / "run.zarr"
+    base = ["batch", str(folder.parent), "--store", str(store)]
+    base += ["--model", str(random_checkpoint), "--mc", "2", "--device", "cpu"]
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main([*base, "--report", str(a_file / "r.json")]) == 1
+    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert not store.exists()  # refused before the store or the model were touched
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    assert main([*base, "--report", str(reports)]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in reports.iterdir()) == [
+        "run_batch_report.csv",
+        "run_batch_report.json",
+    ]
+    report = json.loads((reports / "run_batch_report.json").read_text())
+    (line,) = report["files"]
+    assert line["status"] == "processed" and line["file"] == f"S1/{odd_name}"
+    assert "tray\\udcff.png" in (reports / "run_batch_report.csv").read_text()

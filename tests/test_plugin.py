@@ -41,21 +41,31 @@ def _disc_image():
     return img
 
 
-def test_detection_preview_widget_shows_detections(make_napari_viewer):
+def test_detection_preview_widget_shows_detections(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     layer = viewer.add_image(_disc_image(), name="frame")
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-foram", "Detection preview")
+    # It runs as soon as it opens on an image (issue 15: it waited for a control change).
+    assert widget._image.value is layer
+    qtbot.waitUntil(lambda: "specimens" in widget.result.value, timeout=20_000)
+    assert not widget._threshold.enabled  # Otsu mode: the slider does nothing
+    widget._auto.value = False
+    assert widget._threshold.enabled
+    widget._auto.value = True
     widget._border.value = False
-    widget._image.value = layer
-    widget.update_preview()
-    assert "3 specimens" in widget.result.value
+    qtbot.waitUntil(lambda: "3 specimens" in widget.result.value, timeout=20_000)
     assert len(viewer.layers["specimen centres"].data) == 3
     labels = viewer.layers["detections"]
     assert labels.data.max() == 3
-    # Tuning a parameter re-runs the detector: a huge minimum area finds nothing.
-    widget._min_area.value = 100_000
-    assert "0 specimens" in widget.result.value
-    assert "specimen centres" not in viewer.layers
+    # Tuning a parameter re-runs the detector: a huge minimum area finds nothing. Quick
+    # changes are debounced into one run, off the GUI thread, on the last value.
+    for area in (50_000, 80_000, 100_000):
+        widget._min_area.value = area
+    assert widget.result.value == "detecting..."  # the GUI thread did not wait
+    qtbot.waitUntil(lambda: "0 specimens" in widget.result.value, timeout=20_000)
+    assert "min area 100000 px" in widget.result.value
+    assert len(viewer.layers["specimen centres"].data) == 0  # updated in place
+    widget.wait(10)
 
 
 @pytest.mark.parametrize(("key", "n_layers"), [("tray", 3), ("crops", 1)])
@@ -144,7 +154,7 @@ def test_torch_after_napari_canvas_does_not_crash():
     assert "survived FORAMNet" in proc.stdout
 
 
-def test_detection_preview_lies_on_a_scaled_image(make_napari_viewer):
+def test_detection_preview_lies_on_a_scaled_image(make_napari_viewer, qtbot):
     # The plugin's own sample tray is in micrometres (2.5 um/px): the preview must take
     # the image's scale and translate, not draw in pixels at the origin.
     viewer = make_napari_viewer()
@@ -154,8 +164,7 @@ def test_detection_preview_lies_on_a_scaled_image(make_napari_viewer):
     _dock, widget = viewer.window.add_plugin_dock_widget("napari-foram", "Detection preview")
     widget._border.value = False
     widget._image.value = layer
-    widget.update_preview()
-    assert "3 specimens" in widget.result.value
+    qtbot.waitUntil(lambda: "3 specimens" in widget.result.value, timeout=20_000)
     points = viewer.layers["specimen centres"]
     assert tuple(points.scale) == (2.5, 2.5)
     assert tuple(points.translate) == (100.0, -40.0)

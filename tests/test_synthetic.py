@@ -13,6 +13,7 @@ from skimage.measure import regionprops
 from napari_foram.synthetic import (
     CLASSES,
     DEFAULT_PIXEL_SIZE_UM,
+    GROUP_KINDS,
     render_crop,
     render_specimen,
     render_tray,
@@ -99,6 +100,55 @@ def test_touching_pairs_touch_and_the_rest_keep_apart(tray):
     for k in alone:
         ring = ndi.binary_dilation(tray.labels == k, iterations=10)
         assert set(np.unique(tray.labels[ring])) <= {0, k}
+
+
+@pytest.fixture(scope="module")
+def grouped():
+    """Two of every touching-group kind, no loose pairs."""
+    return render_tray(
+        5, shape=(1296, 1728), n_specimens=30, touching_pairs=0, touching_groups=12, lint=0
+    )
+
+
+def test_touching_groups_have_their_truth(grouped):
+    groups = grouped.meta["groups"]
+    assert grouped.meta["unplaced"] == 0
+    assert sorted(g["kind"] for g in groups) == sorted(GROUP_KINDS * 2)
+    by_id = {s.id: s for s in grouped.specimens}
+    for g in groups:
+        ids = g["ids"]
+        size = {"triplet": [3], "chain": [3, 4], "deep_planktic": [1]}.get(g["kind"], [2])
+        assert len(ids) in size, g
+        members = np.isin(grouped.labels, ids)
+        # A group is one connected footprint (its members touch), apart from the rest.
+        _, n_parts = ndi.label(members, structure=np.ones((3, 3), bool))
+        assert n_parts == 1, g
+        ring = ndi.binary_dilation(members, iterations=10) & ~members
+        assert set(np.unique(grouped.labels[ring])) <= {0}, g
+        assert all(by_id[i].touching == (len(ids) > 1) for i in ids), g
+        if g["kind"] == "pale_pair":
+            assert len({by_id[i].class_name for i in ids}) == 1
+            assert by_id[ids[0]].class_name in ("planktic", "calcareous_benthic")
+        if g["kind"] == "deep_planktic":
+            assert by_id[ids[0]].morph == "trochospiral-deep"
+        if g["kind"] == "small_large":
+            big, small = (by_id[i].area_px for i in ids)
+            assert big > 2.5 * small
+        if g["kind"] == "chain":
+            # Each touches the next one; the ends do not touch each other.
+            first, last = (grouped.labels == ids[0]), (grouped.labels == ids[-1])
+            assert not (ndi.binary_dilation(first, iterations=2) & last).any()
+
+
+def test_groups_leave_other_renders_unchanged():
+    """Groups draw from their own generator: a tray without them is the same as before
+    they existed, and a grouped tray is reproducible."""
+    a = render_tray(3, shape=SMALL, n_specimens=6)
+    b = render_tray(3, shape=SMALL, n_specimens=6, touching_groups=0)
+    assert np.array_equal(a.image, b.image)
+    c = render_tray(3, shape=(640, 800), n_specimens=8, touching_groups=2)
+    d = render_tray(3, shape=(640, 800), n_specimens=8, touching_groups=2)
+    assert np.array_equal(c.image, d.image) and c.meta["groups"] == d.meta["groups"]
 
 
 def test_clipped_specimens_touch_the_frame_edge(tray):
@@ -253,6 +303,8 @@ def test_write_synth_layout(tmp_path):
         ({"border": "diagonal"}, "border edge"),
         ({"class_weights": [1, 2]}, "class_weights"),
         ({"overexposed_fraction": 1.5}, "overexposed_fraction"),
+        ({"touching_groups": -1}, "touching_groups"),
+        ({"touching_groups": 1, "group_kinds": ("quadruplet",)}, "group_kinds"),
     ],
 )
 def test_bad_arguments_say_why(kwargs, message):

@@ -148,6 +148,10 @@ def test_reader_opens_a_store_into_layers(store_path):
     # Marker size from the recorded pixel size: 1.3 x the 50 px disc's diameter in um.
     assert np.allclose(points_kw["size"], 1.3 * 2 * math.sqrt(1963 / math.pi) * PIXEL_UM)
 
+    # With a map in um, the 224 px crops stack starts hidden (it is no place on the
+    # sample); without one (S2) the crops are the sample's view.
+    assert crops_kw["visible"] is False
+    assert layers[2][1].get("visible", True)
     s2_crops = layers[2][0]
     assert s2_crops.shape == (3, 224, 224, 3)
     assert not np.asarray(s2_crops).any()  # stored without crops: zeros
@@ -284,3 +288,95 @@ def test_tally_widget_sample_with_more_sediment_than_forams(make_napari_viewer, 
     counts = _table_column(widget, "count")
     assert [counts[c] for c in CLASSES] == [1, 0, 0, 3]
     assert float(_table_column(widget, "%")["planktic"]) == 100.0
+
+
+# ----------------------------------------------------------------------------- one truth
+def test_live_tally_csv_and_plot_show_the_same_numbers(
+    make_napari_viewer, qtbot, tmp_path, random_checkpoint
+):
+    """Issue 15: Foram live said 32.6 % planktic of 43 specimens (sediment included),
+    the tally and the CSV 46.7 % of 30 forams. All four now read `stats.assemblage`."""
+    import csv
+
+    from napari_foram.tally.export import class_slug, export_csv, tally_figure
+    from napari_foram.widgets.live import UNCERTAIN_ROW, LiveWidget
+    from napari_foram.widgets.tally import TallyWidget
+
+    viewer = make_napari_viewer()
+    store_path = tmp_path / "live.zarr"
+    live = LiveWidget(
+        viewer,
+        model=random_checkpoint,
+        store_path=store_path,
+        camera_shape=(486, 648),
+        device="cpu",
+        mc_samples=2,
+        specimens=12,
+    )
+    qtbot.addWidget(live)
+    live.rows.setValue(1)
+    live.cols.setValue(2)
+    live.start_demo("ONE-1")
+    qtbot.waitUntil(lambda: "scan" in live.last_outcome, timeout=120_000)
+    assert not isinstance(live.last_outcome["scan"], Exception), live.last_outcome
+    # A random model's classes are arbitrary: a person's verdicts make a sample with
+    # sediment (counted, not a foram) and two foram classes, whatever it predicted.
+    store = live.counter.store
+    n = store.n_specimens("ONE-1")
+    assert n >= 8
+    store.set_review("ONE-1", [0, 1, 2], status=REVIEW_RELABELLED, reviewed_class=3)
+    store.set_review("ONE-1", [3, 4], status=REVIEW_RELABELLED, reviewed_class=0)
+    store.set_review("ONE-1", [5], status=REVIEW_RELABELLED, reviewed_class=2)
+    live.start_sample()  # resume the sample: the live table reads the store again
+    live_rows = {
+        live.table.item(r, 0).text(): (live.table.item(r, 1).text(), live.table.item(r, 2).text())
+        for r in range(live.table.rowCount())
+    }
+
+    tally = TallyWidget(viewer)
+    tally.set_store(store_path)
+    assert tally.sample_id == "ONE-1"
+    counts, pct = _table_column(tally, "count"), _table_column(tally, "%")
+
+    out = export_csv(live.counter.store, tmp_path / "counts.csv")
+    with out.open(encoding="utf-8") as fh:
+        (row,) = list(csv.DictReader(fh))
+    figure = tally_figure(live.counter.store)
+    bars = figure.axes[1].patches  # the stacked bar: one segment per foram class, in order
+    classes = live.counter.store.class_names
+    forams = [c for c in classes if c != "sediment"]
+    assert len(bars) >= len(forams)
+
+    assert int(counts["sediment"]) >= 3 and int(counts["planktic"]) >= 2
+    assert int(counts["total forams"]) == int(counts["total objects"]) - int(counts["sediment"])
+    for name in classes:
+        shown = name.replace("_", " ")
+        assert live_rows[shown][0] == str(counts[name]) == row[f"count_{class_slug(name)}"]
+        assert live_rows[shown][1] == pct[name]
+        if name == "sediment":  # counted, but not a foram: no % anywhere
+            assert pct[name] == "-" and f"pct_{class_slug(name)}" not in row
+            continue
+        csv_pct = float(row[f"pct_{class_slug(name)}"])
+        plot_pct = bars[forams.index(name)].get_width()
+        assert f"{csv_pct:.1f}" == pct[name] == f"{plot_pct:.1f}", name
+    assert live_rows["total forams"][0] == str(counts["total forams"]) == row["total_forams"]
+    assert live_rows["total objects"][0] == str(counts["total objects"]) == row["total_objects"]
+    assert live_rows["unsure"][0] == str(counts["unsure"]) == row["unsure"]
+    assert live.target_bar.value() == int(row["total_forams"])
+    n_uncertain = tally.summary["n_uncertain"]
+    assert live_rows[UNCERTAIN_ROW][0] == str(n_uncertain) == row["n_uncertain"]
+    assert f"{n_uncertain} uncertain" in tally.summary_label.value
+    # One colour per class: the chart's bars, the plot's and the live canvas's circles.
+    from napari_foram.widgets.layers import SPECIMENS_LAYER
+
+    layer = viewer.layers[SPECIMENS_LAYER]
+    names = layer.features["class"]
+    for k, (name, colour) in enumerate(zip(names, layer.border_color, strict=True)):
+        if not layer.features["unsure"][k]:
+            assert tuple(colour) == pytest.approx(class_colour(name, classes.index(name)))
+    for j, name in enumerate(forams):
+        assert tuple(bars[j].get_facecolor()) == pytest.approx(
+            class_colour(name, classes.index(name))
+        )
+    assert all(name.replace("_", " ") in live.legend.text() for name in classes)
+    live.close()

@@ -110,6 +110,7 @@ def store_layer_data(path: str | os.PathLike[str]) -> list[LayerData]:
         array), and ``"<sample> specimens"`` points (m, 2) in um (y, x) when positions
         are known. Samples with no rows give no layers.
     """
+    from napari_foram.reasons import one_line
     from napari_foram.tally.store import TallyStore
 
     with TallyStore.open(path, mode="r") as store:
@@ -124,7 +125,7 @@ def store_layer_data(path: str | os.PathLike[str]) -> list[LayerData]:
             try:
                 layers.extend(_sample_layers(store, sid, classes))
             except (ValueError, OSError, LookupError, TypeError) as exc:
-                _warn_damaged(path, sid, str(exc).strip().splitlines()[0] if str(exc) else "")
+                _warn_damaged(path, sid, one_line(exc))
         return layers
 
 
@@ -200,6 +201,10 @@ def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
     # is not a specimen at all.
     keep = counted & np.isfinite(yx).all(axis=1)
     if keep.any():
+        # The crops are a stack of 224 px pictures, not a place on the sample: drawn
+        # with the specimen map (in um) they would sit over its corner at the wrong
+        # size, so they start hidden, listed for browsing (issue 15).
+        layers[0][1]["visible"] = False
         idx = np.flatnonzero(keep)
         names = [final[i] for i in idx]
         colours = np.array(

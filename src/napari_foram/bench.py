@@ -8,13 +8,21 @@ records what we saw, with the machine):
   tray with ~100 specimens.
 - ``synth_render_s_5mp``: rendering that tray.
 - ``count_error_pct``, ``count_false_pct``, ``count_merged_pct``, ``planktic_cut_pct``:
-  counting at default settings on a fixed set of synthetic trays with touching pairs
-  (`bench_counting`): (counted - true) / true whole specimens; detections that are no
+  counting at default settings on a fixed set of synthetic trays with touching pairs and
+  groups (`bench_counting`): (counted - true) / true whole specimens; detections that are no
   specimen or a second piece of one; specimens merged into a neighbour; planktics cut
   into two or more detections.
-- ``vgg16_bare_crops_per_s``: a bare torchvision VGG16 forward (same precision and layout
-  as the predictor), the floor for classification (15.5 GFLOP per crop).
-- ``classify_crops_per_s``: the predictor with MC dropout N=100.
+- ``vgg16_bare_crops_per_s``: a bare torchvision VGG16 forward in fp32, channels-last
+  (15.5 GFLOP per crop); ``vgg16_bare_channels_last_over_nchw_ratio`` its layout gain.
+- ``classify_crops_per_s_{fp32,bf16,int8}``: the predictor with MC dropout N=100 per
+  compute path (`napari_foram.classify.precision`), interleaved batch by batch on the
+  same held-out synthetic crops (the demo model; ``--quick``: a random model), medians;
+  ``{path}_top1_agreement``, ``{path}_mean_abs_prob_diff``, ``{path}_max_abs_prob_diff``
+  against fp32 on the MC mean probabilities.
+- ``classify_precision_auto``: the path "auto" chose on this machine (the cached
+  per-machine decision); ``classify_crops_per_s_auto`` (= ``classify_crops_per_s``),
+  ``auto_over_fp32_ratio`` and ``auto_top1_agreement`` / ``auto_mean_abs_prob_diff``.
+  The pipeline, batch and soak parts classify with that path.
 - ``mc_overhead_ratio``: time of N=100 over a deterministic pass on the same crops.
 - ``store_specimens_per_s``: appending specimens with crops to a Zarr tally store.
 - ``pipeline_frames_per_s``, ``pipeline_s_per_new_specimen``: a simulated 5 MP camera
@@ -96,7 +104,7 @@ def bench_detection(repeats: int = 5) -> dict[str, float]:
     det_s = _median_time(lambda: detect(tray.image), repeats)
     no_crops_s = _median_time(lambda: detect(tray.image, crops=False), repeats)
     scale4_s = _median_time(lambda: detect(tray.image, work_scale=4), repeats)
-    split_s = _median_time(lambda: detect(tray.image, split_touching=True), repeats)
+    nosplit_s = _median_time(lambda: detect(tray.image, split_touching=False), repeats)
     det = detect(tray.image)
     return {
         "detect_s_per_frame_5mp_rgb": round(det_s, 4),
@@ -104,8 +112,9 @@ def bench_detection(repeats: int = 5) -> dict[str, float]:
         "detect_objects_found_5mp": len(det),
         "detect_s_5mp_rgb_without_crops": round(no_crops_s, 4),
         "detect_scale4_over_auto_ratio": round(scale4_s / det_s, 3),
-        # The neck splitter's cost (off by default): detection with it over the default.
-        "detect_split_over_nosplit_ratio": round(split_s / det_s, 3),
+        # The touching-specimen splitter's cost (on by default): the default over
+        # detection without it.
+        "detect_split_over_nosplit_ratio": round(det_s / nosplit_s, 3),
         "synth_render_s_5mp": round(render_s, 3),
     }
 
@@ -148,18 +157,23 @@ def score_counting(tray: Any, det: Any) -> dict[str, int]:
     }
 
 
-def bench_counting(seeds: range = range(4242, 4254), touching_pairs: int = 6) -> dict[str, Any]:
-    """Counting accuracy at default settings on fixed synthetic trays with touching pairs.
+def bench_counting(
+    seeds: range = range(4242, 4254), touching_pairs: int = 3, touching_groups: int = 6
+) -> dict[str, Any]:
+    """Counting accuracy at default settings on fixed synthetic trays with touching groups.
 
-    Twelve 5 MP trays of 60 specimens, six touching pairs each (seeds 4242-4253): the
-    figures of issue 16.
+    Twelve 5 MP trays of 60 specimens (seeds 4242-4253), each with three touching pairs
+    and one group of every `synthetic.GROUP_KINDS` (triplet, chain of 3-4, small on large,
+    pale on pale, overlapping pair, deep-sutured planktic): the figures of issue 16.
     """
     from napari_foram.detect import detect
     from napari_foram.synthetic import render_tray
 
     total: dict[str, int] = {}
     for seed in seeds:
-        tray = render_tray(seed, n_specimens=60, touching_pairs=touching_pairs)
+        tray = render_tray(
+            seed, n_specimens=60, touching_pairs=touching_pairs, touching_groups=touching_groups
+        )
         det = detect(tray.image, crops=False, pixel_size_um=tray.pixel_size_um)
         for k, v in score_counting(tray, det).items():
             total[k] = total.get(k, 0) + v
@@ -174,71 +188,150 @@ def bench_counting(seeds: range = range(4242, 4254), touching_pairs: int = 6) ->
     }
 
 
-def bench_classification(device: str, quick: bool) -> dict[str, Any]:
-    """Bare VGG16 vs the predictor with MC dropout N=100, on the same crops."""
+#: Renderer seeds of the held-out crops the precision paths are compared on: disjoint
+#: from the demo model's training trays and from the precision calibration's crops.
+HELD_OUT_CROP_SEED = 9_100_000
+
+
+def bench_classification(device: str, quick: bool, precision: str = "auto") -> dict[str, Any]:
+    """The classifier's speed per compute path, and each path's agreement with fp32.
+
+    The model is the demo model (ImageNet backbone when its weights are on this machine;
+    trained at first use), or with ``quick`` a random-weights model (same speed, no
+    training). Every path runs the full predictor (MC dropout N = 100) on the same
+    held-out synthetic crops, batch by batch, the paths interleaved with the order
+    rotating, so load from other jobs hits them alike; speeds are medians over batches.
+    Agreement is against fp32 on the MC mean probabilities: top-1 share and mean/max
+    absolute difference. "auto" is what `precision` resolves to here (the cached
+    per-machine decision of `napari_foram.classify.precision`, measured at first use).
+    """
     import torch
     import torchvision
 
-    from napari_foram.classify.checkpoint import ModelInfo
+    from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
     from napari_foram.classify.model import build_model
-    from napari_foram.classify.predict import Predictor
+    from napari_foram.classify.precision import PATHS, decide_precision, int8_available
+    from napari_foram.classify.predict import Predictor, resolve_device
 
-    model = build_model(4, backbone_weights="none")
-    info = ModelInfo.for_model(model, ["a", "b", "c", "d"])
-    predictor = Predictor(model, info, device=device)
-    dev = predictor.device
+    dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    # A GPU needs thousands of crops (batches of 256+) to show its throughput; a CPU a few.
-    n_crops = (512 if quick else 4096) if cuda else (8 if quick else 32)
-    rng = np.random.default_rng(0)
-    crops = synthetic_crops(n_crops, rng)
+    if quick:
+        model = build_model(4, backbone_weights="none")
+        info = ModelInfo.for_model(model, ["a", "b", "c", "d"])
+    else:
+        from napari_foram.classify.demo_model import demo_checkpoint
+
+        model, info = load_checkpoint(demo_checkpoint(), device="cpu")
+    choice = decide_precision(model, info, dev, precision)
+    paths = [p for p in PATHS if not (p == "int8" and (cuda or not int8_available()))]
+    if quick:  # a smoke run: the reference and the chosen path only
+        paths = [p for p in paths if p in ("fp32", choice.path)]
+    predictors = {p: Predictor(model, info, device=dev, precision=p) for p in paths}
+    auto = predictors[choice.path]
+    # A GPU needs thousands of crops (batches of 256+) to show its throughput; a CPU a
+    # few. 208 crops on a CPU: one top-1 disagreement moves the agreement by 0.5 %.
+    batch = auto.batch_size if cuda else 16
+    n_crops = (512 if quick else 4096) if cuda else (8 if quick else 208)
+    crops = synthetic_crops(n_crops, np.random.default_rng(HELD_OUT_CROP_SEED), distinct=n_crops)
 
     bare = torchvision.models.vgg16(weights=None).features.eval().to(dev)
-    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255).to(dev)
-    if predictor.channels_last:
-        bare = bare.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+    bare_nchw = torchvision.models.vgg16(weights=None).features.eval().to(dev)
+    bare = bare.to(memory_format=torch.channels_last)
 
-    def bare_pass() -> None:
-        with torch.inference_mode(), predictor.autocast():
-            bare(x)
-        if dev.type == "cuda":
+    def sync() -> None:
+        if cuda:
             torch.cuda.synchronize()
 
-    repeats = 1 if quick else 3
-    bare_s = _median_time(bare_pass, repeats)
-    det_s = _median_time(lambda: predictor.predict(crops, mc_samples=1), repeats)
-    mc_s = _median_time(lambda: predictor.predict(crops, mc_samples=100), repeats)
-    extra: dict[str, Any] = {}
-    if cuda:
-        from napari_foram.classify.predict import measure_bf16_agreement
+    def bare_pass(chunk: np.ndarray, layout: str) -> None:
+        x = torch.from_numpy(chunk).to(dev).permute(0, 3, 1, 2).float().div(255)
+        net = bare_nchw if layout == "nchw" else bare
+        if layout != "nchw":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            net(x)
+        sync()
 
-        agreement = measure_bf16_agreement(model, info, crops[:256], device=device)
-        extra["bf16_fp32_argmax_agreement"] = round(agreement.agreement, 4)
-        extra["bf16_fp32_max_abs_prob_diff"] = round(agreement.max_abs_prob_diff, 4)
-    return {
-        **extra,
-        "classify_precision": predictor.precision,
-        "classify_channels_last": predictor.channels_last,
+    # Warm-up: the first call of each path builds its kernels.
+    for predictor in predictors.values():
+        predictor.predict(crops[:1], mc_samples=100)
+    bare_pass(crops[:1], "cl")
+    bare_pass(crops[:1], "nchw")
+    variants = [*paths, "auto_deterministic", "bare", "bare_nchw"]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    means: dict[str, list[np.ndarray]] = {p: [] for p in paths}
+    # The side figures (deterministic pass, bare VGG16) need only a few batches, spread
+    # over the run so that they see the same load as the paths.
+    n_batches = -(-n_crops // batch)
+    side_every = max(1, n_batches // (2 if quick else 4))
+    for b, start in enumerate(range(0, n_crops, batch)):
+        chunk = crops[start : start + batch]
+        live = [v for v in variants if v in paths or b % side_every == 0]
+        k = b % len(live)
+        for v in live[k:] + live[:k]:
+            t0 = time.perf_counter()
+            if v in predictors:
+                result = predictors[v].predict(chunk, mc_samples=100)
+                sync()
+                means[v].append(result.mean_probs)
+            elif v == "auto_deterministic":
+                auto.predict(chunk, mc_samples=1)
+                sync()
+            else:
+                bare_pass(chunk, "nchw" if v == "bare_nchw" else "cl")
+            times[v].append((time.perf_counter() - t0) / len(chunk))
+
+    def per_s(v: str) -> float:
+        return 1.0 / statistics.median(times[v])
+
+    ref = np.concatenate(means["fp32"])
+    out: dict[str, Any] = {
+        "classify_precision": auto.precision,
+        "classify_precision_auto": choice.path,
+        "classify_precision_source": choice.source,
+        "classify_channels_last": auto.channels_last,
         "classify_batch_crops": n_crops,
-        "vgg16_bare_crops_per_s": round(n_crops / bare_s, 2),
-        "classify_crops_per_s_deterministic": round(n_crops / det_s, 2),
-        "classify_crops_per_s": round(n_crops / mc_s, 2),
-        "mc_overhead_ratio": round(mc_s / det_s, 3),
-        "classify_vs_bare_ratio": round((n_crops / mc_s) / (n_crops / bare_s), 3),
+        "classify_agreement_crops": int(ref.shape[0]),
+        "classify_timing_batch": batch,
+        "vgg16_bare_crops_per_s": round(per_s("bare"), 2),
+        "vgg16_bare_channels_last_over_nchw_ratio": round(per_s("bare") / per_s("bare_nchw"), 3),
+        "classify_crops_per_s_deterministic": round(per_s("auto_deterministic"), 2),
+        "classify_crops_per_s": round(per_s(choice.path), 2),
+        "classify_crops_per_s_auto": round(per_s(choice.path), 2),
+        "mc_overhead_ratio": round(per_s("auto_deterministic") / per_s(choice.path), 3),
+        "classify_vs_bare_ratio": round(per_s(choice.path) / per_s("bare"), 3),
+        "auto_over_fp32_ratio": round(per_s(choice.path) / per_s("fp32"), 3),
     }
+    for p in paths:
+        mine = np.concatenate(means[p])
+        diff = np.abs(mine - ref)
+        out[f"classify_crops_per_s_{p}"] = round(per_s(p), 2)
+        if p != "fp32":
+            out[f"{p}_over_fp32_ratio"] = round(per_s(p) / per_s("fp32"), 3)
+            out[f"{p}_top1_agreement"] = round(float(np.mean(mine.argmax(1) == ref.argmax(1))), 4)
+            out[f"{p}_mean_abs_prob_diff"] = round(float(diff.mean()), 5)
+            out[f"{p}_max_abs_prob_diff"] = round(float(diff.max()), 4)
+    for key in ("top1_agreement", "mean_abs_prob_diff", "max_abs_prob_diff"):
+        name = f"{choice.path}_{key}"
+        out[f"auto_{key}"] = out.get(name, 0.0 if "diff" in key else 1.0)
+    if choice.figures:
+        out["classify_precision_calibration"] = choice.describe()
+    return out
 
 
-def synthetic_crops(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n crops of the four synthetic classes (cycled), for timing and precision checks.
+def synthetic_crops(n: int, rng: np.random.Generator, distinct: int = 64) -> np.ndarray:
+    """n crops of the four synthetic classes (cycled), for timing and precision checks;
+    up to `distinct` different ones (then repeated).
 
     Real-looking crops rather than noise, so precision agreement is measured on inputs
     like those the classifier sees.
     """
     from napari_foram.synthetic import CLASSES, render_crop
 
-    distinct = [render_crop(CLASSES[i % 4], int(rng.integers(1 << 30))) for i in range(min(n, 64))]
-    return np.stack([distinct[i % len(distinct)] for i in range(n)])
+    count = min(n, distinct)
+    distinct_crops = [
+        render_crop(CLASSES[i % 4], int(rng.integers(1 << 30))) for i in range(count)
+    ]
+    return np.stack([distinct_crops[i % count] for i in range(n)])
 
 
 def resident_mb() -> float:
@@ -309,7 +402,9 @@ def bench_store(n: int = 10_000) -> dict[str, float]:
     }
 
 
-def bench_batch(device: str = "auto", quick: bool = False) -> dict[str, Any]:
+def bench_batch(
+    device: str = "auto", quick: bool = False, precision: str = "auto"
+) -> dict[str, Any]:
     """Batch folders: images per second through `run_batch` with 1 and 2 Dask workers.
 
     A folder of synthetic trays (8 of 486 x 648 px with 6 specimens; ``quick``: 2 of
@@ -368,7 +463,7 @@ def bench_batch(device: str = "auto", quick: bool = False) -> dict[str, Any]:
                 ) as cluster,
                 Client(cluster) as client,
             ):
-                client.run(warm_up, ref, device, threads)
+                client.run(warm_up, ref, device, threads, precision)
                 config = BatchConfig(
                     folder=folder,
                     store=root / f"workers{workers}.zarr",
@@ -376,6 +471,7 @@ def bench_batch(device: str = "auto", quick: bool = False) -> dict[str, Any]:
                     mc_samples=mc,
                     device=device,
                     files_per_task=1,  # eight tasks: both workers busy to the end
+                    precision=precision,
                 )
                 t0 = time.perf_counter()
                 report = run_batch(config, client=client)
@@ -387,7 +483,7 @@ def bench_batch(device: str = "auto", quick: bool = False) -> dict[str, Any]:
     return result
 
 
-def _random_predictor(device: str) -> Any:
+def _random_predictor(device: str, precision: str = "auto") -> Any:
     """A VGG16 with the study's head and random weights: the timing of the real thing."""
     from napari_foram.classify.checkpoint import ModelInfo
     from napari_foram.classify.model import build_model
@@ -395,10 +491,14 @@ def _random_predictor(device: str) -> Any:
     from napari_foram.synthetic import CLASSES
 
     model = build_model(len(CLASSES), backbone_weights="none", seed=0)
-    return Predictor(model, ModelInfo.for_model(model, CLASSES), device=device)
+    # The path is passed in (the one chosen for the real model): "auto" would measure
+    # this random head, whose near-uniform outputs no fast path can match top-1.
+    return Predictor(
+        model, ModelInfo.for_model(model, CLASSES), device=device, precision=precision
+    )
 
 
-def bench_pipeline(device: str, quick: bool) -> dict[str, Any]:
+def bench_pipeline(device: str, quick: bool, precision: str = "auto") -> dict[str, Any]:
     """A simulated 5 MP camera through the whole pipeline, MC dropout N = 100.
 
     The tray is a row of `fields` camera fields without overlap, each with
@@ -411,7 +511,7 @@ def bench_pipeline(device: str, quick: bool) -> dict[str, Any]:
     from napari_foram.synthetic import CLASSES, render_tray
     from napari_foram.tally.store import SampleRecord, TallyStore
 
-    predictor = _random_predictor(device)
+    predictor = _random_predictor(device, precision)
     cuda = predictor.device.type == "cuda"
     fields = 2 if quick else (8 if cuda else 3)
     per_field = 100 if cuda else (3 if quick else 20)
@@ -443,7 +543,7 @@ def bench_pipeline(device: str, quick: bool) -> dict[str, Any]:
     }
 
 
-def bench_soak(n_frames: int = 10_000) -> dict[str, Any]:
+def bench_soak(n_frames: int = 10_000, precision: str = "auto") -> dict[str, Any]:
     """Scan mode for `n_frames` simulated frames: memory and frames dropped.
 
     Repeated 10 x 10 scans of one small simulated tray (320 x 240 camera): the first
@@ -468,7 +568,7 @@ def bench_soak(n_frames: int = 10_000) -> dict[str, Any]:
     world = make_demo_world(3, plan)
     tray = SimulatedTray(world, camera_shape=plan.camera_shape, seed=2)
     tray.core.setExposure(1.0)  # the soak tests the pipeline, not the camera's exposure
-    predictor = _random_predictor("cpu")
+    predictor = _random_predictor("cpu", precision)
     per_scan = plan.rows * plan.cols
     passes = max(1, n_frames // per_scan)
     acquired = processed = dropped = 0
@@ -510,10 +610,13 @@ def run_benchmarks(
     quick: bool = False,
     progress: bool | ProgressCallback = False,
     soak_frames: int = 0,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Every figure, in one dict. A part that fails reports its error under its name.
 
     `soak_frames` > 0 adds the soak run (`bench_soak`; 10,000 frames take ~4 min here).
+    `precision` is the classifier's compute path; "auto" resolves it once, for the
+    classification part's model, and the later parts use that path.
     """
     from napari_foram._progress import progress_callback
 
@@ -521,13 +624,18 @@ def run_benchmarks(
         ("detection", lambda: bench_detection(repeats=3 if quick else 7)),
         ("counting", lambda: bench_counting(range(4242, 4246) if quick else range(4242, 4254))),
         ("store", lambda: bench_store(1000 if quick else 10_000)),
-        ("classification", lambda: bench_classification(device, quick)),
-        ("batch", lambda: bench_batch(device, quick)),
-        ("pipeline", lambda: bench_pipeline(device, quick)),
+        ("classification", lambda: bench_classification(device, quick, precision)),
+        ("batch", lambda: bench_batch(device, quick, chosen())),
+        ("pipeline", lambda: bench_pipeline(device, quick, chosen())),
     ]
     if soak_frames > 0:
-        parts.append(("soak", lambda: bench_soak(soak_frames)))
+        parts.append(("soak", lambda: bench_soak(soak_frames, chosen())))
     result: dict[str, Any] = machine_info(device)
+
+    def chosen() -> str:
+        """The path the classification part resolved (as asked if it failed)."""
+        return str(result.get("classify_precision_auto", precision))
+
     result["quick"] = quick
     with progress_callback("benchmarking", progress is True) as bar:
         cb = progress if callable(progress) else bar

@@ -7,6 +7,7 @@ happen inside the commands, so `napari-foram --help` is instant.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -48,6 +49,28 @@ app = typer.Typer(
 
 class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 1."""
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="How VGG16's conv blocks compute: auto (on a CPU the fastest path that agrees "
+        "with fp32 on this machine, measured at first use and cached; bf16 on a GPU), "
+        "fp32, bf16 or int8 (CPU). The store records the path used.",
+    ),
+]
+
+
+def _use_precision(precision: str) -> str:
+    """Check --precision; a path named also becomes this process's meaning of "auto"
+    (``$NAPARI_FORAM_PRECISION``), so predictors built further in (the napari widgets,
+    the demo) honour it too."""
+    if precision not in PRECISIONS:
+        raise CommandError(f"--precision must be {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision != "auto":
+        os.environ["NAPARI_FORAM_PRECISION"] = precision
+    return precision
 
 
 #: Most Monte Carlo dropout passes an option accepts: 10000 passes already take minutes
@@ -100,6 +123,7 @@ def demo(
             "no weights are found; without them the demo model uses a random backbone.",
         ),
     ] = False,
+    precision: PrecisionOption = "auto",
 ) -> None:
     """Scan a synthetic tray on the built-in simulated microscope, count and classify it.
 
@@ -108,6 +132,7 @@ def demo(
     """
     from napari_foram.demo import display_available, run_demo_gui, run_headless_demo
 
+    _use_precision(precision)
     if download_weights and model == "demo":
         from napari_foram.classify.backbone import resolve_backbone
 
@@ -138,6 +163,14 @@ def live(
     config: Annotated[
         Path | None,
         typer.Option(help="Micro-Manager configuration file (real devices)."),
+    ] = None,
+    adapter_path: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of Micro-Manager's device adapters (its installation folder). "
+            "Default: $MICROMANAGER_PATH, else the folder chosen with `mmcore use`, else "
+            "`mmcore install`'s."
+        ),
     ] = None,
     simulate: Annotated[
         bool,
@@ -173,6 +206,7 @@ def live(
         int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")
     ] = MC_SAMPLES,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: PrecisionOption = "auto",
     seed: Annotated[int, typer.Option(help="Simulated tray seed.")] = 7,
     bit_depth: Annotated[
         int,
@@ -188,6 +222,13 @@ def live(
     headless: Annotated[
         bool, typer.Option("--headless", help="No window: run, then print the tally as JSON.")
     ] = False,
+    save_raw: Annotated[
+        Path | None,
+        typer.Option(
+            help="Tray scan: keep the raw frames in a new .ome.zarr folder, with their stage "
+            "positions, linked from the sample's provenance, to audit and recount the count."
+        ),
+    ] = None,
 ) -> None:
     """Count at the microscope: a tray scan, live preview or snaps, into a tally store.
 
@@ -196,6 +237,7 @@ def live(
     """
     from napari_foram.demo import display_available
 
+    _use_precision(precision)
     if config is not None and simulate:
         raise typer.BadParameter("give --config or --simulate, not both")
     if mode not in ("scan", "live", "snap"):
@@ -203,8 +245,23 @@ def live(
     if config is not None and not config.is_file():
         raise FileNotFoundError(f"configuration file not found: {config}")
     if not headless and display_available():
-        _live_gui(model=model, mc=mc, store=store, device=device, bit_depth=bit_depth, mono=mono)
+        _live_gui(
+            model=model,
+            mc=mc,
+            store=store,
+            device=device,
+            bit_depth=bit_depth,
+            mono=mono,
+            config=config,
+            adapter_path=adapter_path,
+        )
         return
+    core = None
+    if config is not None:
+        from napari_foram.acquire import load_config_core
+
+        # Before the model: a missing adapter is reported at once, in one line.
+        core = load_config_core(config, adapter_path=adapter_path)
     from napari_foram.live import (
         LiveCounter,
         SimulatedScope,
@@ -214,13 +271,13 @@ def live(
     from napari_foram.pipeline import load_predictor
     from napari_foram.tally.store import SampleRecord
 
-    predictor = load_predictor(model, device=device, progress=True)
+    predictor = load_predictor(model, device=device, progress=True, precision=precision)
     path = store or default_store_path()
     tally_store = open_or_create_store(path, list(predictor.info.class_names))
     counter = LiveCounter(predictor, tally_store, mc_samples=mc)
     try:
         if config is not None:
-            counter.connect_config(config)
+            counter.connect_config(config, core=core)
         else:
             counter.connect_simulated(
                 SimulatedScope(
@@ -235,7 +292,9 @@ def live(
             )
         held = counter.start_sample(SampleRecord(sample_id))
         if mode == "scan":
-            report = counter.scan(rows, cols, overlap, z_planes=z_planes, z_step_um=z_step)
+            report = counter.scan(
+                rows, cols, overlap, z_planes=z_planes, z_step_um=z_step, save_raw=save_raw
+            )
         elif mode == "live":
             report = counter.live(max_frames=frames)
         else:
@@ -266,7 +325,15 @@ def live(
 
 
 def _live_gui(
-    *, model: str, mc: int, store: Path | None, device: str, bit_depth: int, mono: bool
+    *,
+    model: str,
+    mc: int,
+    store: Path | None,
+    device: str,
+    bit_depth: int,
+    mono: bool,
+    config: Path | None = None,
+    adapter_path: Path | None = None,
 ) -> None:
     import napari
 
@@ -281,6 +348,8 @@ def _live_gui(
         device=device,
         bit_depth=bit_depth,
         mono=mono,
+        config=config,
+        adapter_path=adapter_path,
     )
     viewer.window.add_dock_widget(widget, name="Foram live", area="right")
     napari.run()
@@ -351,10 +420,10 @@ def detect_cmd(
         bool,
         typer.Option(
             "--split/--no-split",
-            help="Separate touching specimens at narrow necks (off by default: see "
+            help="Separate touching specimens at narrow necks (on by default: see "
             "docs/usage.md, Detection choices).",
         ),
-    ] = False,
+    ] = True,
 ) -> None:
     """Find specimens in images with the study's connected-component detector."""
     from napari_foram.detect import DetectionParams, detect
@@ -436,6 +505,7 @@ def batch_cmd(
         int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")
     ] = MC_SAMPLES,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: PrecisionOption = "auto",
     export: Annotated[
         Path | None, typer.Option(help="Also write the wide count sheet (CSV) here.")
     ] = None,
@@ -463,10 +533,10 @@ def batch_cmd(
         bool,
         typer.Option(
             "--split/--no-split",
-            help="Separate touching specimens at narrow necks (off by default: see "
+            help="Separate touching specimens at narrow necks (on by default: see "
             "docs/usage.md, Detection choices).",
         ),
-    ] = False,
+    ] = True,
 ) -> None:
     """Count every image of a folder into a tally store: detect, classify, tally.
 
@@ -482,7 +552,11 @@ def batch_cmd(
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
     if workers and scheduler:
         raise CommandError("give --workers (a local cluster) or --scheduler, not both")
+    _use_precision(precision)
     plan_batch(folder, samples)  # a bad folder or sheet fails now, not after the model
+    # So do outputs that cannot be written (the report, the count sheet).
+    outputs = BatchConfig(folder=folder, store=store, model=model, report=report, export=export)
+    outputs.check_outputs()
     try:
         # The demo model trains at first use (minutes): its own bar, before the count's.
         with progress_callback("training the demo model (first run only)") as training:
@@ -494,6 +568,7 @@ def batch_cmd(
             samples_csv=samples,
             mc_samples=mc,
             device=device,
+            precision=precision,
             workers=workers,
             scheduler=scheduler,
             files_per_task=files_per_task,
@@ -540,6 +615,7 @@ def classify(
         int, typer.Option("--mc", min=1, max=MAX_MC, help="Monte Carlo dropout passes.")
     ] = 100,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: PrecisionOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Classify crops (224x224 images) or whole frames with a checkpoint.
@@ -556,7 +632,8 @@ def classify(
 
     from napari_foram.pipeline import load_predictor, predictions_unsure
 
-    predictor = load_predictor(model, device=device)
+    _use_precision(precision)
+    predictor = load_predictor(model, device=device, precision=precision)
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     for path in paths:
@@ -646,14 +723,10 @@ def _classify_inputs(path: Path) -> tuple[Any, list[Any]]:
 
 
 def _exc_line(exc: BaseException) -> str:
-    """An exception as one line (its first line; the type when it says nothing)."""
-    text = str(exc).strip()
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f"{exc.filename}: " if exc.filename is not None else ""
-        return f"{where}{exc.strerror}"
-    if isinstance(exc, MemoryError):
-        return "not enough memory"
-    return text.splitlines()[0] if text else type(exc).__name__
+    """An exception as one line (`napari_foram.reasons.one_line`)."""
+    from napari_foram.reasons import one_line
+
+    return one_line(exc)
 
 
 # ----------------------------------------------------------------------------- export-reviewed
@@ -788,6 +861,7 @@ def bench(
         Path | None, typer.Option("--json", help="Also write the JSON object to this file.")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: PrecisionOption = "auto",
     quick: Annotated[
         bool, typer.Option("--quick", help="Fewer repeats and no VGG16 passes (a smoke run).")
     ] = False,
@@ -803,7 +877,10 @@ def bench(
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
-    result = run_benchmarks(device=device, quick=quick, progress=True, soak_frames=soak)
+    _use_precision(precision)
+    result = run_benchmarks(
+        device=device, quick=quick, progress=True, soak_frames=soak, precision=precision
+    )
     text = json.dumps(result, indent=2, default=_json_default)
     typer.echo(text)
     if json_file is not None:
@@ -1058,6 +1135,13 @@ def _one_line_warning(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage errors and bad input become one line on stderr."""
     warnings.formatwarning = _one_line_warning
+    # File names that are not valid in the terminal's encoding (bytes a file system
+    # allows, kept as surrogates) are printed escaped rather than ending the command.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
     try:
         # Without standalone mode click returns the exit code of typer.Exit instead of
         # calling sys.exit; keep it.

@@ -25,6 +25,7 @@ from napari_foram.defaults import MC_SAMPLES
 
 # The scene lives in core (the live counter builds it too); re-exported for the app's users.
 from napari_foram.demo_scene import DemoScan, make_demo_world
+from napari_foram.evaluation import match_points
 
 if TYPE_CHECKING:
     from napari_foram.classify.predict import Predictor
@@ -51,7 +52,8 @@ def compare_with_truth(
     """Counts found vs. the synthetic ground truth, with classification accuracy.
 
     A counted specimen matches a true one when its centre lies inside half the true
-    specimen's diameter; each true specimen matches at most once.
+    specimen's diameter; each true specimen matches at most once, closest pairs first
+    (`napari_foram.evaluation.match_points`).
     """
     truth = [s for s in world.specimens if not s.clipped]
     truth_xy = np.array([world_px_to_um(*s.centroid_yx) for s in truth]).reshape(-1, 2)
@@ -64,18 +66,10 @@ def compare_with_truth(
         found_xy.extend(r.sample_xy_um[r.new_rows].tolist())
         found_class.extend(int(c) for c in r.predictions.class_index)
     found = np.array(found_xy, dtype=float).reshape(-1, 2)
-    matched_truth = np.full(len(found), -1)
-    used = np.zeros(len(truth), dtype=bool)
-    errors = []
-    for i, xy in enumerate(found):
-        if not len(truth):
-            break
-        d = np.hypot(*(truth_xy - xy).T)
-        d[used] = np.inf
-        j = int(np.argmin(d))
-        if d[j] <= truth_radius[j]:
-            matched_truth[i], used[j] = j, True
-            errors.append(float(d[j]))
+    # The same scoring as the tests and the detection benchmark: closest pairs first.
+    match = match_points(found, truth_xy, truth_radius)
+    matched_truth = match.truth_of_found
+    errors = match.distance[matched_truth >= 0].tolist()
     truth_counts = dict.fromkeys(class_names, 0)
     for s in truth:
         truth_counts[s.class_name] = truth_counts.get(s.class_name, 0) + 1

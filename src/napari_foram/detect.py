@@ -4,7 +4,10 @@ Pass 1 finds the tray's bright metallic border (heavy smoothing, a fixed grey le
 large bright components that touch the frame edge) and masks it out. Pass 2 smooths,
 thresholds (automatically from the tray floor's grey levels unless a level is given),
 labels connected components and keeps those of at least `min_area_px` (1024 px in the
-study).
+study). Touching specimens, one component, are then separated (`split_touching`): the few
+components that can hold two round parts are looked at again on a finer grid cut from the
+full-resolution frame, and split at narrow necks, at middling necks between parts of
+different colour, and never across a planktic's compact whorl (`_split_fine`).
 
 Speed: both passes run on a strided, downscaled copy of the frame (`work_scale`, 4 for a
 5 MP frame) because detecting a 60-200 px specimen needs far fewer pixels than the camera
@@ -36,6 +39,24 @@ STUDY_MIN_AREA_UM2 = 6400.0
 AUTO_MIN_AREA_FRACTION = 0.2
 #: ... never below this (px, a 10 x 10 speck) and never above the study's 1024 px.
 AUTO_MIN_AREA_FLOOR_PX = 100.0
+# The touching-specimen splitter (`_split_fine`); figures measured on seeded synthetic
+# trays with touching groups (seeds 100-107 and 200-207, not the benchmark's) and on the
+# real pictures in ../shared/realdata, docs/benchmarks.md.
+#: Objects whose area exceeds this many discs of their largest inscribed radius may hold
+#: two specimens (a disc is 1, two touching equal discs 2) ...
+CANDIDATE_FILL = 1.3
+#: ... and are looked at on the finer grid only when their working-grid distance map
+#: dips below this fraction of a maximum between two maxima (a round or evenly elongated
+#: specimen does not). 0.75 found the same splits at 1.6 x the cost; 0.5 lost 3 in 670.
+COARSE_GATE = 0.6
+#: A group this compact (area over the disc of its largest extent) is split only where
+#: its parts differ in colour: a planktic's last whorl (3-4 round chambers, 0.59-0.72 on
+#: synthetic tests) looks like touching balls; two touching specimens are ~0.45.
+COMPACT_WHOLE = 0.6
+#: A part smaller than this many minimum areas (its body, inside its rim) is no specimen
+#: of its own: it stays with its neighbour. 1.5 kept the small end chambers of bead-like
+#: uniserial tests on (false detections 22 -> 19 of 672, merged 24 -> 25).
+MIN_PART = 1.5
 
 
 @dataclass(frozen=True)
@@ -69,18 +90,26 @@ class DetectionParams:
     border_min_fraction
         A bright region must cover this fraction of the frame to count as tray border.
     split_touching
-        Separate touching specimens (`split_method`). Off by default: the neck splitter
-        does not yet meet its accuracy targets and doubles the detection time
-        (docs/benchmarks.md, issue 16).
+        Separate touching specimens (`split_method`); on by default (docs/usage.md,
+        Detection choices; measured in docs/benchmarks.md).
     split_method
-        "neck" (`split_at_necks`): split only at narrow necks, so chambered tests stay
-        whole; "watershed": every distance-transform valley (cuts chambers).
-    neck_ratio
-        "neck": a neck narrower than this fraction of the smaller part's radius separates.
+        "neck": split only at narrow necks, judged again on a finer grid for the few
+        objects that can hold two round parts, so chambered tests stay whole;
+        "watershed": every distance-transform valley (cuts chambers), for comparison.
+    neck_ratio, split_strict, split_colour
+        "neck": a pass (largest inscribed radius along the border of two parts) narrower
+        than `neck_ratio` x the smaller part's radius separates when the two parts differ
+        in colour (sum of absolute differences of their mean chromaticities r, g, b >=
+        `split_colour`); narrower than `split_strict` x that radius it separates
+        whatever the colour. Chambers of one test share their colour and join broadly.
     split_level
-        "neck": the parts are judged on the outline at this fraction of the way from the
-        floor grey to the object's top grey (lower than the half-height outline, so dark
-        sutures and an umbilicus do not open notches).
+        "neck": parts are judged on the body above this fraction of the way from the
+        floor grey to the object's top grey (low, so dark sutures and an umbilicus do not
+        open notches).
+    split_fine
+        "neck": downscale factor of the finer grid (0: automatic, `auto_split_scale`).
+    split_sigma
+        "neck": Gaussian smoothing on the finer grid, in its pixels.
     max_elongation
         Objects more elongated than this are flagged as artifacts (scale bars, fibres).
     work_scale
@@ -102,10 +131,14 @@ class DetectionParams:
     mask_border: bool = True
     border_threshold: float = 70.0
     border_min_fraction: float = 0.01
-    split_touching: bool = False
+    split_touching: bool = True
     split_method: str = "neck"
-    neck_ratio: float = 0.5
+    neck_ratio: float = 0.6
+    split_strict: float = 0.35
+    split_colour: float = 0.01
     split_level: float = 0.25
+    split_fine: int = 0
+    split_sigma: float = 0.0
     max_elongation: float = 8.0
     work_scale: int = 0
     crop_size: int = CROP_SIZE
@@ -127,6 +160,10 @@ class DetectionParams:
             raise ValueError(
                 f"split_method must be 'neck' or 'watershed', got {self.split_method!r}"
             )
+        if not 0 <= self.split_strict <= self.neck_ratio:
+            raise ValueError(f"split_strict must be within 0-neck_ratio, got {self.split_strict}")
+        if self.split_fine < 0:
+            raise ValueError(f"split_fine must be >= 0 (0 = automatic), got {self.split_fine}")
         if self.smooth_sigma_px < 0:
             raise ValueError(f"smooth_sigma_px must be >= 0, got {self.smooth_sigma_px}")
 
@@ -284,6 +321,16 @@ def auto_work_scale(shape: tuple[int, ...], min_area_px: float) -> int:
     by_size = max(1, round(min(shape[0], shape[1]) / 320))
     by_object = max(1, int(math.sqrt(max(min_area_px, 1.0)) / 5))
     return int(min(by_size, by_object))
+
+
+def auto_split_scale(min_area_px: float, scale: int) -> int:
+    """Downscale factor of the splitter's finer grid: the smallest kept object (a disc of
+    `min_area_px`) 16 px across or more, and never coarser than the working grid.
+
+    Tied to the object size, not the frame size, so a specimen is judged on the same
+    grid in a 5 MP frame and in a crop of it. At the study's 1024 px: 2.
+    """
+    return int(max(1, min(scale, round(math.sqrt(max(min_area_px, 1.0)) / 16))))
 
 
 def _grey_small(image: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -576,7 +623,7 @@ def _candidate_boxes(
     area = np.bincount(lab, minlength=n + 1).astype(np.float64)
     rmax = np.zeros(n + 1, dtype=np.float64)
     np.maximum.at(rmax, lab, distance.ravel()[fg])
-    candidate = (area > 1.3 * np.pi * rmax**2) & (rmax >= 2 * min_radius)
+    candidate = (area > CANDIDATE_FILL * np.pi * rmax**2) & (rmax >= 2 * min_radius)
     candidate[0] = False
     if not candidate.any():
         return []
@@ -599,6 +646,10 @@ def _neck_parts(
     distance: np.ndarray,
     neck_ratio: float,
     min_radius: float,
+    chroma: np.ndarray | None = None,
+    strict_ratio: float = 0.0,
+    min_colour_step: float = 0.0,
+    min_part_area: float = 0.0,
 ) -> np.ndarray | None:
     """Parts (1..k) of one object's mask split at narrow necks; None when it stays whole.
 
@@ -641,6 +692,19 @@ def _neck_parts(
     ratio = value / np.maximum(np.minimum(peak[pa], peak[pb]), 1e-6)
     parent = list(range(n_markers + 1))
     top = peak.tolist()
+    part_area = np.bincount(basins[mask], minlength=n_markers + 1).astype(np.float64)
+    colour: np.ndarray | None = None
+    if chroma is not None:
+        flat = basins[mask]
+        weight = np.bincount(flat, minlength=n_markers + 1).astype(np.float64)
+        sums = np.stack(
+            [
+                np.bincount(flat, weights=chroma[..., c][mask], minlength=n_markers + 1)
+                for c in range(chroma.shape[-1])
+            ],
+            axis=1,
+        )
+        colour = np.concatenate([sums, weight[:, None]], axis=1)
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -654,13 +718,33 @@ def _neck_parts(
         if ra == rb:
             continue
         small = min(top[ra], top[rb])
-        if value[k] >= neck_ratio * small or small < min_radius:
+        merge = (
+            value[k] >= neck_ratio * small
+            or small < min_radius
+            or min(part_area[ra], part_area[rb]) < min_part_area
+        )
+        if not merge and colour is not None and value[k] >= strict_ratio * small:
+            # A neck of middling width: one specimen's chambers unless the two sides
+            # differ in colour (two specimens). Wide passes merge whatever the colour:
+            # real specimens are stained or mottled (a rose-Bengal foram was cut in two
+            # when colour alone could split).
+            ca = colour[ra, :-1] / max(colour[ra, -1], 1.0)
+            cb = colour[rb, :-1] / max(colour[rb, -1], 1.0)
+            merge = float(np.abs(ca - cb).sum()) < min_colour_step
+        if merge:
             parent[rb] = ra
             top[ra] = max(top[ra], top[rb])
+            part_area[ra] += part_area[rb]
+            if colour is not None:
+                colour[ra] += colour[rb]
     roots = np.array([root(i) for i in range(n_markers + 1)])
     roots[0] = 0
     parts = _renumber(roots[basins])
     return parts if int(parts.max()) > 1 else None
+
+
+#: 24 points along a straight line from one peak to another (`_may_have_neck`).
+_LINE_STEPS = np.linspace(0.0, 1.0, 24, dtype=np.float32)[:, None]
 
 
 def _may_have_neck(distance: np.ndarray, peaks: np.ndarray, neck_ratio: float) -> bool:
@@ -677,54 +761,197 @@ def _may_have_neck(distance: np.ndarray, peaks: np.ndarray, neck_ratio: float) -
         return False
     p = int(np.argmax(distance))
     py, px = divmod(p, distance.shape[1])
-    t = np.linspace(0.0, 1.0, 24, dtype=np.float32)[:, None]
-    ys = np.rint(py + t * (qy - py)).astype(np.intp)
-    xs = np.rint(px + t * (qx - px)).astype(np.intp)
+    ys = np.rint(py + _LINE_STEPS * (qy - py)).astype(np.intp)
+    xs = np.rint(px + _LINE_STEPS * (qx - px)).astype(np.intp)
     dip = distance[ys, xs].min(axis=0)
     return bool(np.any(dip < 1.2 * neck_ratio * distance[qy, qx] + 0.5))
 
 
-def _split_components(
+def _split_fine(
+    img: np.ndarray,
     labels: np.ndarray,
-    body: np.ndarray,
-    outline: np.ndarray,
-    neck_ratio: float,
+    scale: int,
+    floor_level: float,
+    params: DetectionParams,
     min_radius: float,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Split the components of `labels` whose body (`body`, same numbering) has necks.
+    min_area: float,
+) -> tuple[np.ndarray, int]:
+    """Split components at necks judged on a finer grid than the detection's.
 
-    Each pixel of a split component goes to the body part nearest to it, so the blurred
-    skirt follows its own specimen. Returns (labels, outline, n), numbered alike.
+    At the working scale (6 on a 5 MP frame) the blur fills the notch where two
+    specimens touch, so necks read wide. Only the components that can hold two round
+    parts (`_candidate_boxes`) and whose distance map dips between its maxima are
+    looked at again, each in its own box cut from the full-resolution frame
+    (`_object_parts`). Every pixel of a split component goes to the nearest part, so
+    the blurred skirt follows its own specimen. Returns (labels, n).
     """
     n = int(labels.max())
+    fine = params.split_fine or auto_split_scale(min_area, scale)
+    distance = ndi.distance_transform_edt(labels > 0).astype(np.float32)
+    boxes = _candidate_boxes(labels, distance, n, min_radius)
+    if boxes and COARSE_GATE > 0:
+        # Cheap first look on the working grid: an object whose distance map has no
+        # dip between its maxima (a round or evenly elongated specimen, most of a
+        # tray) has no neck on the finer grid either. Maxima for the whole frame at
+        # once (objects are apart, so a 3 x 3 window never sees two).
+        peaks = (distance >= ndi.maximum_filter(distance, size=3)) & (distance >= min_radius)
+        boxes = [
+            (i, sl)
+            for i, sl in boxes
+            if _may_have_neck(
+                np.where(labels[sl] == i, distance[sl], 0.0),
+                peaks[sl] & (labels[sl] == i),
+                COARSE_GATE,
+            )
+        ]
     new_labels: np.ndarray | None = None
-    new_outline = outline
     next_label = n + 1
-    # One distance transform of every body (bodies of different objects do not touch:
-    # each is inside its own component).
-    distance = ndi.distance_transform_edt(body > 0).astype(np.float32)
-    for i, sl in _candidate_boxes(body, distance, n, min_radius):
-        parts = _neck_parts(body[sl] == i, distance[sl], neck_ratio, min_radius)
-        if parts is None:
+    for i, sl in boxes:
+        own = labels[sl] == i
+        near = _object_parts(img, own, sl, scale, fine, floor_level, params, min_radius, min_area)
+        if near is None:
             continue
         if new_labels is None:
             new_labels = labels.astype(np.int64, copy=True)
-            new_outline = outline.astype(np.int64, copy=True)
-        _, (iy, ix) = ndi.distance_transform_edt(parts == 0, return_indices=True)
-        near = parts[iy, ix]
-        relabel = np.concatenate(([0, i], np.arange(next_label, next_label + near.max() - 1)))
-        next_label += int(near.max()) - 1
-        own = labels[sl] == i
+        k = int(near.max())
+        relabel = np.concatenate(([0, i], np.arange(next_label, next_label + k - 1)))
+        next_label += k - 1
         new_labels[sl][own] = relabel[near[own]]
-        own = outline[sl] == i
-        new_outline[sl][own] = relabel[near[own]]
     if new_labels is None:
-        return labels, outline, n
-    present = np.bincount(new_labels.ravel()) > 0
-    present[0] = False
-    lut = np.cumsum(present).astype(np.int32)
-    lut[0] = 0
-    return lut[new_labels], lut[new_outline], int(lut[-1])
+        return labels, n
+    final = _renumber(new_labels)
+    return final, int(final.max())
+
+
+def _object_parts(
+    img: np.ndarray,
+    own: np.ndarray,
+    sl: tuple[slice, slice],
+    scale: int,
+    fine: int,
+    floor_level: float,
+    params: DetectionParams,
+    min_radius: float,
+    min_area: float,
+) -> np.ndarray | None:
+    """One object's parts on the working grid's box (0 outside, 1..k), or None when it
+    stays whole.
+
+    The object's box is cut from the full-resolution frame at every `fine`-th pixel:
+    there the body (the pixels above `split_level` of the way from the floor grey to the
+    object's top grey) shows the notch that the working grid's blur fills, and
+    `_neck_parts` separates its parts (with the colour cue of `split_strict`). A compact
+    object is split only by colour (`COMPACT_WHOLE`).
+    """
+    sign = -1.0 if params.invert else 1.0
+    ratio = scale / fine
+    y0, x0 = sl[0].start * scale, sl[1].start * scale
+    patch = img[y0 : sl[0].stop * scale : fine, x0 : sl[1].stop * scale : fine]
+    grey, _ = _grey_small(patch, 1)
+    grey = sign * grey
+    if params.split_sigma > 0:
+        grey = ndi.gaussian_filter(grey, params.split_sigma, mode="nearest")
+    hh, ww = grey.shape
+    ry = np.minimum((np.arange(hh) * fine) // scale, own.shape[0] - 1)
+    rx = np.minimum((np.arange(ww) * fine) // scale, own.shape[1] - 1)
+    up = own[np.ix_(ry, rx)]
+    vals = grey[up]
+    if vals.size == 0:
+        return None
+    k = int(0.9 * (vals.size - 1))
+    top = float(np.partition(vals, k)[k])  # the 90th percentile, without a sort
+    fl = sign * floor_level
+    # A dark chamber or umbilicus must not open a hole that reads as a neck.
+    body = _fill_holes(up & (grey > fl + params.split_level * (top - fl)))
+    dist = ndi.distance_transform_edt(body).astype(np.float32)
+    chroma = None
+    if params.split_strict > 0 and patch.ndim == 3 and patch.shape[2] >= 3:
+        rgb = patch[:, :, :3].astype(np.float32)
+        chroma = rgb / np.maximum(rgb.sum(axis=2, keepdims=True), 1.0)
+    parts = _neck_parts(
+        body,
+        dist,
+        params.neck_ratio,
+        min_radius * ratio,
+        chroma,
+        params.split_strict,
+        params.split_colour,
+        MIN_PART * min_area / (fine * fine),
+    )
+    if parts is not None and _compactness(up) >= COMPACT_WHOLE:
+        # A round group of round parts is how a planktic's last whorl looks: only a
+        # colour difference tells two specimens there.
+        parts = _colour_parts(parts, chroma, params.split_colour)
+    if parts is None:
+        return None
+    _, (iy, ix) = ndi.distance_transform_edt(parts == 0, return_indices=True)
+    near = parts[iy, ix]
+    cy = np.minimum((np.arange(own.shape[0]) * scale) // fine, hh - 1)
+    cx = np.minimum((np.arange(own.shape[1]) * scale) // fine, ww - 1)
+    return np.where(own, near[np.ix_(cy, cx)], 0)
+
+
+def _cut_components(
+    components: np.ndarray, labels: np.ndarray, outline: np.ndarray, border: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per component before the split (indexed by its label): whether one of its parts
+    reaches the frame edge, and whether one touches the masked wall (on the half-height
+    outline, as `clipped` is judged)."""
+    n_comp = int(components.max())
+    parent = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    fg = np.flatnonzero(labels)
+    parent[labels.ravel()[fg]] = components.ravel()[fg]
+    edge = np.zeros(n_comp + 1, dtype=bool)
+    wall = np.zeros(n_comp + 1, dtype=bool)
+    ids = np.unique(np.concatenate([outline[0], outline[-1], outline[:, 0], outline[:, -1]]))
+    edge[parent[ids[ids > 0]]] = True
+    if border.any():
+        ids = np.unique(outline[_dilate(border, 1) & ~border])
+        wall[parent[ids[ids > 0]]] = True
+    edge[0] = wall[0] = False
+    return edge, wall
+
+
+def _colour_parts(
+    parts: np.ndarray, chroma: np.ndarray | None, min_step: float
+) -> np.ndarray | None:
+    """Parts merged again where their mean colours differ by less than `min_step`
+    (None: one part left, or no colour to judge by)."""
+    if chroma is None:
+        return None
+    k = int(parts.max())
+    inside = parts > 0
+    flat = parts[inside]
+    count = np.bincount(flat, minlength=k + 1).astype(np.float64)
+    mean = (
+        np.stack(
+            [np.bincount(flat, weights=chroma[..., c][inside], minlength=k + 1) for c in range(3)],
+            axis=1,
+        )
+        / np.maximum(count, 1.0)[:, None]
+    )
+    group = np.arange(k + 1)
+    for a in range(1, k + 1):
+        for b in range(a + 1, k + 1):
+            if np.abs(mean[a] - mean[b]).sum() < min_step:
+                group[group == group[b]] = group[a]
+    merged = _renumber(group[parts])
+    return merged if int(merged.max()) > 1 else None
+
+
+def _compactness(mask: np.ndarray) -> float:
+    """Area over the disc spanning the largest extent (Feret diameter): 1 for a disc,
+    ~0.5 for two touching discs, ~0.6-0.8 for a planktic's whorl of chambers."""
+    edge = mask & ~_erode(mask, 1)
+    ys, xs = np.nonzero(edge)
+    if ys.size < 3:
+        return 1.0
+    pts = np.stack([ys, xs], axis=1).astype(np.float64)
+    # Extreme points along 32 directions hold the diameter (to within 0.5 %).
+    angles = np.linspace(0.0, np.pi, 32, endpoint=False)
+    proj = pts @ np.stack([np.sin(angles), np.cos(angles)])
+    feret = float((proj.max(axis=0) - proj.min(axis=0)).max()) + 1.0
+    return float(mask.sum()) / (np.pi * feret * feret / 4.0)
 
 
 def _renumber(labels: np.ndarray) -> np.ndarray:
@@ -836,22 +1063,16 @@ def detect(
         n = int(labels.max())
     # Centroids, boxes and masks come from the full component (its blurred skirt is
     # symmetric, so the centre is right); areas from the half-height outline.
+    components: np.ndarray | None = None  # before a split: which objects were one
+    if n and params.split_touching and params.split_method == "neck":
+        components = labels
+        labels, n = _split_fine(img, labels, scale, floor_level, params, 1.5, min_area)
+    # After the split: each specimen's outline is cut at its own top grey, so a dark
+    # grain that touched a bright test keeps its area.
     outline = labels
     if n and params.threshold is None:
         outline = _refine_outlines(labels, smooth, floor_level, level, params.invert)
-    if n and params.split_touching and params.split_method == "neck":
-        # Necks are judged on the half-height outline: the blurred skirt at the automatic
-        # level fills the notch between two touching specimens.
-        body = (
-            _refine_outlines(labels, smooth, floor_level, level, params.invert, params.split_level)
-            if params.threshold is None
-            else labels
-        )
-        # A dark chamber or umbilicus must not open a hole that reads as a neck.
-        body = np.where(_fill_holes(body > 0), labels, 0)
-        labels, outline, n = _split_components(
-            labels, body, outline, params.neck_ratio, min_radius=1.5
-        )
+    cut = _cut_components(components, labels, outline, border) if components is not None else None
     if n:
         sizes = np.bincount(outline.ravel(), minlength=n + 1).astype(np.float64)
         keep = sizes >= min_area_small
@@ -924,6 +1145,15 @@ def detect(
         touching = np.unique(outline[halo])
         clipped[touching[touching > 0] - 1] = True
         at_border[touching[touching > 0] - 1] = True
+    if cut is not None and components is not None:
+        # A part split off a specimen cut by the frame edge or the wall is no whole
+        # specimen: every part of such a component is clipped, as it was unsplit (the
+        # part that touched the edge may be gone, smaller than the minimum).
+        parent = np.zeros(n + 1, dtype=np.int64)
+        parent[flat] = components.ravel()[fg]
+        at_edge |= cut[0][parent[1:]]
+        at_border |= cut[1][parent[1:]]
+        clipped = at_edge | at_border
     # Scale bars, rulers and fibres that survived the opening are long and straight; no
     # foraminifer or grain is 8 times longer than wide.
     artifact = elongation > params.max_elongation

@@ -7,6 +7,7 @@ Every source (Micro-Manager camera, the simulated microscope, a folder of files)
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +41,11 @@ class Frame:
         Where it came from: "micro-manager", "simulated", or a file path.
     metadata
         Anything else worth keeping (exposure, MDA event index, ...).
+    pixel_affine
+        How the camera is mounted on the stage: (a, b, c, d), micrometres of stage x and
+        y per pixel step, ``dx = a * dcol + b * drow``, ``dy = c * dcol + d * drow``: the
+        linear part of Micro-Manager's pixel-size affine transform. None: rows grow with
+        stage y and columns with stage x at `pixel_size_um` (no rotation, no mirror).
     """
 
     image: np.ndarray
@@ -49,21 +55,77 @@ class Frame:
     timestamp: float = field(default_factory=time.time)
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    pixel_affine: tuple[float, float, float, float] | None = None
 
     def pixel_to_stage_um(self, y: float, x: float) -> tuple[float, float] | None:
         """Sample coordinates (x_um, y_um) of pixel (y, x), or None without stage/pixel size.
 
-        The stage position is the centre of the field; image rows grow with stage y and
-        columns with stage x (the convention of pymmcore-plus's grid plans).
+        The stage position is the centre of the field. Without `pixel_affine` image rows
+        grow with stage y and columns with stage x (the convention of pymmcore-plus's grid
+        plans); with it, a camera mounted rotated or mirrored maps through it.
         """
         if self.stage_xy_um is None or self.pixel_size_um is None:
             return None
         h, w = self.image.shape[:2]
         sx, sy = self.stage_xy_um
-        return (
-            sx + (x - (w - 1) / 2.0) * self.pixel_size_um,
-            sy + (y - (h - 1) / 2.0) * self.pixel_size_um,
-        )
+        dcol, drow = x - (w - 1) / 2.0, y - (h - 1) / 2.0
+        if self.pixel_affine is None:
+            return (sx + dcol * self.pixel_size_um, sy + drow * self.pixel_size_um)
+        a, b, c, d = self.pixel_affine
+        return (sx + a * dcol + b * drow, sy + c * dcol + d * drow)
+
+    def upright_image(self) -> np.ndarray:
+        """The image turned as the stage sees it (rows along stage y, columns along x): a
+        camera mounted at a multiple of 90 degrees and/or mirrored (`pixel_affine`) undone
+        by flips and a transpose (views, no copy). Other angles: the image as it is."""
+        if self.pixel_affine is None:
+            return self.image
+        a, b, c, d = self.pixel_affine
+        tol = 1e-6 * max(abs(a), abs(b), abs(c), abs(d))
+        out = self.image
+        if abs(b) <= tol and abs(c) <= tol:  # columns along stage x, rows along y
+            x_sign, y_sign = a, d
+        elif abs(a) <= tol and abs(d) <= tol:  # turned: columns along stage y
+            out = out.swapaxes(0, 1)  # now rows follow camera columns, columns camera rows
+            x_sign, y_sign = b, c
+        else:
+            return self.image
+        if x_sign < 0:
+            out = out[:, ::-1]
+        if y_sign < 0:
+            out = out[::-1]
+        return out
+
+
+#: Micro-Manager's pixel-size affine transform when none was calibrated (a, b, c, d).
+_UNSET_AFFINE = (1.0, 0.0, 0.0, 1.0)
+
+
+def pixel_affine_from_micromanager(
+    affine: Any, pixel_size_um: float
+) -> tuple[float, float, float, float] | None:
+    """`Frame.pixel_affine` from Micro-Manager's pixel-size affine transform.
+
+    `affine` is (a, b, tx, c, d, ty) as ``getPixelSizeAffine`` returns it. None when the
+    camera is upright: Micro-Manager's uncalibrated default (the identity, whatever the
+    pixel size), a transform that says upright, or a degenerate one. The transform's own
+    scale is replaced by `pixel_size_um` (which follows binning and magnification), so a
+    bare rotation or mirror (entries +-1) works as well as a calibrated transform.
+    """
+    try:
+        a, b, _tx, c, d, _ty = (float(v) for v in affine)
+    except (TypeError, ValueError):
+        return None
+    det = a * d - b * c
+    if not all(math.isfinite(v) for v in (a, b, c, d)) or abs(det) < 1e-12:
+        return None
+    if (a, b, c, d) == _UNSET_AFFINE or not (pixel_size_um and pixel_size_um > 0):
+        return None
+    s = float(pixel_size_um) / math.sqrt(abs(det))
+    linear = (a * s, b * s, c * s, d * s)
+    if np.allclose(linear, (pixel_size_um, 0.0, 0.0, pixel_size_um), rtol=1e-9, atol=0.0):
+        return None
+    return linear
 
 
 def check_image(image: np.ndarray) -> None:

@@ -4,13 +4,14 @@
 tray), a classifier, a tally store and the sample being counted. It switches samples in
 one call, and runs snaps, live preview and tray scans through a `CountingSession`
 (blocking calls: the widget runs them on a worker thread, the command line in its own).
-No Qt here; no pymmcore-plus either (that lives in `napari_foram.acquire._mm`).
+No Qt here; no pymmcore-plus either (that lives in the adapter, `acquire._mm*`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
 from napari_foram.detect import DetectionParams
 
 if TYPE_CHECKING:
+    from napari_foram.acquire import MicroscopeCapabilities
     from napari_foram.classify.predict import Predictor
     from napari_foram.pipeline import CountingPipeline, FrameResult
     from napari_foram.session import CountingSession, ScanReport, SimulatedTray
@@ -89,6 +91,9 @@ class LiveCounter:
         self.detection = detection or DetectionParams()
         self.target_count = int(target_count)
         self.core: Any = None
+        # A core napari-micromanager (or pymmcore-gui) opened: used, never unloaded.
+        self.core_is_shared = False
+        self.capabilities: MicroscopeCapabilities | None = None
         self.tray: SimulatedTray | None = None
         self.microscope_info: dict[str, Any] = {}
         self.sample_id: str | None = None
@@ -124,16 +129,62 @@ class LiveCounter:
             thick_specimens=scope.thick_specimens,
             bit_depth=scope.bit_depth,
         )
+        self._disconnect()
         self.core = self.tray.core
         self.microscope_info = self.tray.describe()
+        self._check_microscope()
 
-    def connect_config(self, path: str | Path) -> None:
-        """Use a Micro-Manager hardware configuration file (real device adapters)."""
+    def connect_config(
+        self, path: str | Path, *, adapter_path: str | Path | None = None, core: Any = None
+    ) -> None:
+        """Use a Micro-Manager hardware configuration file (real device adapters), found
+        in `adapter_path` or where ``MICROMANAGER_PATH`` / ``mmcore use`` point; `core`:
+        one `acquire.load_config_core` already loaded with it (this counter owns it)."""
         from napari_foram.acquire import load_config_core
 
-        self.core = load_config_core(path)
-        self.tray = None
+        if core is None:
+            core = load_config_core(path, adapter_path=adapter_path or None)
+        self._disconnect()
+        self.core, self.tray = core, None
         self.microscope_info = {"microscope": "Micro-Manager", "config": str(path)}
+        self._check_microscope()
+
+    def connect_shared(self) -> None:
+        """Use the microscope napari-micromanager or pymmcore-gui already opened in this
+        process (``CMMCorePlus.instance()``). Its configuration is theirs: closing this
+        counter leaves it loaded and unchanged."""
+        from napari_foram.acquire import shared_core
+
+        core = shared_core()
+        self._disconnect()
+        self.core, self.tray, self.core_is_shared = core, None, True
+        config = ""
+        with suppress(Exception):
+            config = str(core.systemConfigurationFile() or "")
+        self.microscope_info = {"microscope": "Micro-Manager (shared core)", "config": config}
+        self._check_microscope()
+
+    def _check_microscope(self) -> None:
+        """The configuration check: what the microscope can do, kept with the provenance."""
+        from napari_foram.acquire import microscope_capabilities
+
+        self.capabilities = microscope_capabilities(self.core)
+        if not self.capabilities.can_snap:
+            why = self.capabilities.notes[0]
+            self._disconnect()
+            raise ValueError(why)
+        # What the source says of itself (the simulated tray's description) wins.
+        self.microscope_info = {**self.capabilities.as_dict(), **self.microscope_info}
+
+    def _disconnect(self) -> None:
+        """Let go of the current microscope: a core this counter loaded is unloaded (the
+        hardware is free for other programs), a shared one is left as it is."""
+        from napari_foram.acquire import release_core
+
+        self.stop()
+        if self.core is not None and self.tray is None and not self.core_is_shared:
+            release_core(self.core)
+        self.core, self.core_is_shared, self.capabilities = None, False, None
 
     def _need_core(self) -> Any:
         if self.core is None:
@@ -221,6 +272,11 @@ class LiveCounter:
         from napari_foram.acquire import tray_scan_sequence
 
         core = self._need_core()
+        caps = self.capabilities
+        if caps is not None and not caps.can_scan:
+            raise ValueError(next(n for n in caps.notes if not n.startswith("No Z")))
+        if caps is not None and z_planes > 1 and not caps.can_z_stack:
+            raise ValueError(next(n for n in caps.notes if n.startswith("No Z")))
         if self.tray is not None:
             return self.tray.grid_sequence(
                 rows, cols, overlap, z_planes=z_planes, z_step_um=z_step_um
@@ -258,17 +314,38 @@ class LiveCounter:
         z_planes: int = 1,
         z_step_um: float = 30.0,
         sequence: Any = None,
+        save_raw: str | Path | None = None,
     ) -> ScanReport:
-        """Run a tray scan (blocking): `sequence` from `plan_scan`, or planned here."""
+        """Run a tray scan (blocking): `sequence` from `plan_scan`, or planned here.
+
+        `save_raw` keeps the raw frames (a new ``*.ome.zarr`` folder, see
+        `acquire.run_scan`) and links them from the sample's provenance, so a count can
+        be audited and recounted (`session.count_saved_scan`, ``napari-foram batch``).
+        """
         core, session = self._need_core(), self._need_session()
         if sequence is None:
             sequence = self.plan_scan(rows, cols, overlap, z_planes=z_planes, z_step_um=z_step_um)
+        if save_raw is not None:
+            assert self.sample_id is not None  # _need_session: a sample is started
+            # Linked before the scan: frames written by a scan that stops early are
+            # still the sample's.
+            # still the sample's. A whole entry (the latest plus the link): readers take
+            # the model and the pixel size from the latest entry.
+            self.store.set_provenance(
+                self.sample_id,
+                {
+                    **self.store.provenance(self.sample_id),
+                    "raw_frames": str(Path(save_raw).resolve()),
+                    "raw_frames_writer": "pymmcore-plus (ome-writers)",
+                },
+            )
         return session.scan(
             core,
             sequence,
             on_result=on_result,
             progress=progress,
             hardware_sequencing=hardware_sequencing,
+            save_to=save_raw,
         )
 
     def stop(self) -> None:
@@ -323,8 +400,9 @@ class LiveCounter:
         return self.session.stats()
 
     def close(self) -> None:
-        """Stop anything running and close the store."""
-        self.stop()
+        """Stop anything running, let go of the microscope (a shared core keeps its
+        configuration) and close the store."""
+        self._disconnect()
         self.store.close()
 
 

@@ -61,7 +61,7 @@ class Mosaic:
         """Copy a frame into the canvas at its stage position; False if it has none."""
         if frame.stage_xy_um is None:
             return False
-        img = to_rgb_uint8(frame.image)
+        img = to_rgb_uint8(frame.upright_image())  # a turned camera's frame, as on the stage
         h, w = img.shape[:2]
         left_um = frame.stage_xy_um[0] - (w - 1) / 2 * self.pixel_size_um
         top_um = frame.stage_xy_um[1] - (h - 1) / 2 * self.pixel_size_um

@@ -189,14 +189,15 @@ class CountingPipeline:
         bbox = rows["bbox"][known].astype(float)
         cy, cx = rows["centroid_y"][known], rows["centroid_x"][known]
         x, y = xy[known, 0], xy[known, 1]
-        boxes = np.column_stack(
-            [
-                x + (bbox[:, 1] - 0.5 - cx) * pixel_um,
-                y + (bbox[:, 0] - 0.5 - cy) * pixel_um,
-                x + (bbox[:, 3] - 0.5 - cx) * pixel_um,
-                y + (bbox[:, 2] - 0.5 - cy) * pixel_um,
-            ]
-        )
+        # A camera mounted turned or mirrored (its pixel-size affine transform, kept with
+        # the microscope's provenance) maps pixel extents onto other stage axes.
+        affines = [e["pixel_affine"] for e in history if e.get("pixel_affine")]
+        a, b, c, d = (float(v) for v in affines[-1]) if affines else (pixel_um, 0, 0, pixel_um)
+        dcols = (bbox[:, 1] - 0.5 - cx, bbox[:, 3] - 0.5 - cx)
+        drows = (bbox[:, 0] - 0.5 - cy, bbox[:, 2] - 0.5 - cy)
+        xs = np.array([x + a * dc + b * dr for dc in dcols for dr in drows])
+        ys = np.array([y + c * dc + d * dr for dc in dcols for dr in drows])
+        boxes = np.column_stack([xs.min(axis=0), ys.min(axis=0), xs.max(axis=0), ys.max(axis=0)])
         self.registry.register(xy[known], diam, boxes)
         self.specimens_resumed = int(known.sum())
         self._book_registered(store_rows=np.flatnonzero(known))
@@ -233,6 +234,8 @@ class CountingPipeline:
             "include_clipped": self.include_clipped,
             "dedup_tolerance_fraction": self.registry.tolerance_fraction,
             **model_provenance(info),
+            # Which compute path counted these specimens (fp32, bf16 or int8 conv blocks).
+            "classify_precision": self.predictor.precision,
         }
         return out
 
@@ -644,7 +647,8 @@ def _box_um(frame: Frame, bbox: np.ndarray) -> tuple[float, float, float, float]
     a = frame.pixel_to_stage_um(y0 - 0.5, x0 - 0.5)
     b = frame.pixel_to_stage_um(y1 - 0.5, x1 - 0.5)
     assert a is not None and b is not None
-    return (a[0], a[1], b[0], b[1])
+    # A camera mounted rotated or mirrored (Frame.pixel_affine) swaps or flips the corners.
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1]))
 
 
 def _stand_in(frame: Frame, det: Detections, row: int) -> tuple[Frame, Detections]:
@@ -669,6 +673,7 @@ def _stand_in(frame: Frame, det: Detections, row: int) -> tuple[Frame, Detection
         timestamp=frame.timestamp,
         source=frame.source,
         metadata={**frame.metadata, "clipped_view": True},
+        pixel_affine=frame.pixel_affine,
     )
     return crop_frame, one
 
@@ -679,12 +684,15 @@ def load_predictor(
     device: str = "auto",
     progress: bool | Callable[[int, int, str], None] = True,
     cpu_threads: int | None = None,
+    precision: str = "auto",
 ) -> Predictor:
     """A predictor from a checkpoint path, or from the demo model when `model` is "demo".
 
     The demo model is trained on synthetic crops at first use and cached (see
     `napari_foram.classify.demo_model`); `progress` (a terminal bar when True, or a
-    ``(done, total, message)`` callback) shows that first run.
+    ``(done, total, message)`` callback) shows that first run, and the first-use
+    measurement of the CPU precision paths (`napari_foram.classify.precision`; with a
+    terminal bar, the choice is then printed to stderr).
     """
     from napari_foram._progress import progress_callback
     from napari_foram.classify.demo_model import demo_checkpoint
@@ -699,4 +707,24 @@ def load_predictor(
                 path = demo_checkpoint(progress=cb)
     else:
         path = model
-    return Predictor.from_checkpoint(path, device=device, cpu_threads=cpu_threads)
+    if callable(progress):
+        return Predictor.from_checkpoint(
+            path,
+            device=device,
+            cpu_threads=cpu_threads,
+            precision=precision,
+            precision_progress=progress,
+        )
+    with progress_callback("choosing the CPU precision (first run only)", progress) as cb:
+        predictor = Predictor.from_checkpoint(
+            path,
+            device=device,
+            cpu_threads=cpu_threads,
+            precision=precision,
+            precision_progress=cb,
+        )
+    if progress is True:
+        import sys
+
+        print(f"napari-foram: {predictor.precision_choice.describe()}", file=sys.stderr)
+    return predictor

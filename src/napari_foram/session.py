@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari_foram.defaults import CAMERA_SHAPE
@@ -233,8 +234,12 @@ class CountingSession:
         on_result: Callable[[FrameResult], None] | None = None,
         progress: Callable[..., None] | None = None,
         hardware_sequencing: bool = False,
+        save_to: str | Path | None = None,
     ) -> ScanReport:
         """Acquire `sequence` on `core`, process every frame, return when all are done.
+
+        `save_to` keeps the raw frames (a new ``*.ome.zarr`` folder, see
+        `acquire.run_scan`); `count_saved_scan` recounts them later.
 
         A camera failing mid-scan ends the acquisition with a one-line error in the
         report; the frames taken before it are processed and stored all the same, and a
@@ -288,7 +293,11 @@ class CountingSession:
             # run_scan calls on_frame on this thread, synchronously: with the "scan"
             # policy a full queue holds the stage until the worker catches up.
             acquired = run_scan(
-                core, sequence, on_frame=queue.put, hardware_sequencing=hardware_sequencing
+                core,
+                sequence,
+                on_frame=queue.put,
+                hardware_sequencing=hardware_sequencing,
+                save_to=save_to,
             )
         finally:
             worker.stop(drain=True)
@@ -319,6 +328,55 @@ class CountingSession:
         )
 
 
+def count_saved_scan(
+    pipeline: CountingPipeline,
+    path: str | Path,
+    *,
+    on_result: Callable[[FrameResult], None] | None = None,
+) -> ScanReport:
+    """Recount a tray scan saved with ``scan(..., save_to=...)`` (OME-Zarr) through
+    `pipeline`, exactly as the live scan counted it: the frames in the order they were
+    taken, at their stage positions (so overlapping fields count each specimen once),
+    z-stacks fused, and the specimens only ever seen cut by a field edge counted at the
+    end. Runs in the calling thread."""
+    from napari_foram.acquire import read_saved_scan
+    from napari_foram.focus import ZStackAssembler
+
+    t0 = time.perf_counter()
+    scan = read_saved_scan(path)
+    store, sample_id = pipeline.store, pipeline.sample_id
+    if store is not None and sample_id is not None:
+        # The recount's provenance names the frames it came from, as the live count's does.
+        store.set_provenance(
+            sample_id,
+            {**pipeline.provenance(), "source": "saved scan", "raw_frames": str(scan.path)},
+        )
+    fused: list[Frame] = []
+    assembler = ZStackAssembler(scan.z_planes, fused.append)
+    read = processed = 0
+    for frame in scan.frames():
+        read += 1
+        assembler.add(frame)
+        if not fused:
+            continue  # a z-stack still filling
+        for result in pipeline.process_many(fused):
+            processed += 1
+            if on_result is not None:
+                on_result(result)
+        fused.clear()
+    assembler.flush()
+    for result in pipeline.finish():
+        if on_result is not None:
+            on_result(result)
+    return ScanReport(
+        frames_acquired=read,
+        frames_processed=processed,
+        frames_dropped=0,
+        error=None,
+        seconds=time.perf_counter() - t0,
+    )
+
+
 class SimulatedTray:
     """The built-in simulated microscope with a synthetic tray on its stage.
 
@@ -339,6 +397,9 @@ class SimulatedTray:
         Give each specimen its own height, so that one focal plane leaves some blurred.
     bit_depth
         Camera bit depth: 8 (uint8 frames) or 10, 12, 14, 16 (uint16 frames).
+    mount_rotation_deg, mount_mirror
+        A camera mounted turned and/or mirrored; its configuration carries the matching
+        pixel-size affine transform (see `acquire.create_simulated_core`).
     """
 
     def __init__(
@@ -352,6 +413,8 @@ class SimulatedTray:
         fail_after_moves: int | None = None,
         thick_specimens: bool = False,
         bit_depth: int = 8,
+        mount_rotation_deg: int = 0,
+        mount_mirror: bool = False,
     ) -> None:
         from napari_foram.acquire import create_simulated_core
         from napari_foram.acquire.simulated import height_map_from_labels
@@ -369,6 +432,8 @@ class SimulatedTray:
             fail_after_frames=fail_after_frames,
             fail_after_moves=fail_after_moves,
             bit_depth=bit_depth,
+            mount_rotation_deg=mount_rotation_deg,
+            mount_mirror=mount_mirror,
             # Thick specimens: each a dome of its own height, so that one focal plane
             # leaves some blurred (what focus stacking is for).
             height_map=(

@@ -34,6 +34,7 @@ touching, clipped), so it always agrees with `TrayRender.labels`.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ __all__ = [
     "CLASSES",
     "DEFAULT_PIXEL_SIZE_UM",
     "DEFAULT_SHAPE",
+    "GROUP_KINDS",
     "Lighting",
     "SpecimenTruth",
     "TrayRender",
@@ -75,6 +77,19 @@ MAX_SPECIMEN_UM = 500.0
 SPECIMEN_GAP_UM = 60.0
 
 _EDGES = ("top", "bottom", "left", "right")
+#: Touching groups `render_tray(touching_groups=k)` draws, in turn: three in a cluster,
+#: three or four in a row (each touching the previous one only), a small specimen on a
+#: large one, two pale specimens of one class, a pair overlapping by 3-8 % of the smaller
+#: one, and a single planktic with deep sutures (one specimen that must stay whole).
+GROUP_KINDS: tuple[str, ...] = (
+    "triplet",
+    "chain",
+    "small_large",
+    "pale_pair",
+    "overlap",
+    "deep_planktic",
+)
+_PALE = ("planktic", "calcareous_benthic")
 _F32 = np.float32
 
 
@@ -390,15 +405,31 @@ def _fit(chambers: np.ndarray, diameter: float) -> np.ndarray:
 
 # --------------------------------------------------------------------------- shapes
 def _shape_planktic(
-    rng: np.random.Generator, u: np.ndarray, v: np.ndarray, angle: float, d: float, px_um: float
+    rng: np.random.Generator,
+    u: np.ndarray,
+    v: np.ndarray,
+    angle: float,
+    d: float,
+    px_um: float,
+    *,
+    deep: bool = False,
 ) -> _Shape:
-    """Globular chambers on a trochospiral: 3-5 in the last whorl, growing in size."""
+    """Globular chambers on a trochospiral: 3-5 in the last whorl, growing in size.
+
+    `deep`: few, globular, widely spread chambers (Globigerina-like) with deep dark
+    sutures, the planktic a splitter most easily cuts apart; random draws are the same as
+    without it up to the spread, so it changes the form, not the specimen's identity.
+    """
     n_w = int(rng.choice([3, 4, 5], p=[0.2, 0.5, 0.3]))
     spiral_side = rng.random() < 0.5
     growth = rng.uniform(1.7, 2.7) ** (1.0 / n_w)
     dphi = 2 * math.pi / n_w * rng.uniform(0.9, 1.0)
     sense = 1 if rng.random() < 0.5 else -1
     spread = rng.uniform(0.95, 1.2)
+    if deep:
+        # Chambers set further out: they overlap only at their rims, so the outline has
+        # deep notches between them (but they still join: one test).
+        spread = 1.18 + 0.1 * (spread - 0.95) / 0.25
     phi0 = rng.uniform(0, 2 * math.pi)
     first = -n_w - 2 if spiral_side else 0
     rows = []
@@ -431,15 +462,18 @@ def _shape_planktic(
     shade = factor[owner + 1] * (1.0 - 0.2 * np.clip(pits, 0.0, 1.0))
     shade *= 1.0 + 0.06 * _unit_noise(rng, (size, size), 3.0)
     albedo = base[:, None, None] * shade[None]
+    groove = _owner_grooves(owner, 1.1)
+    if deep:
+        groove = np.clip(groove * _F32(1.8), 0.0, 1.0)
     return _Shape(
         sd,
         height,
         albedo,
-        _owner_grooves(owner, 1.1),
+        groove,
         spec=rng.uniform(0.08, 0.2),
         shininess=12.0,
         translucency=rng.uniform(0.1, 0.35),
-        morph="trochospiral",
+        morph="trochospiral-deep" if deep else "trochospiral",
     )
 
 
@@ -1407,6 +1441,106 @@ def _touching_pair(
     return _Item(members, mask, _grow(mask, gap))
 
 
+def _overlap_area(a: np.ndarray, b: np.ndarray, dy: int, dx: int) -> int:
+    """Pixels where mask b, placed at (dy, dx) relative to mask a, covers a."""
+    ha, wa = a.shape
+    hb, wb = b.shape
+    r0, r1 = max(dy, 0), min(dy + hb, ha)
+    c0, c1 = max(dx, 0), min(dx + wb, wa)
+    if r0 >= r1 or c0 >= c1:
+        return 0
+    return int(np.count_nonzero(a[r0:r1, c0:c1] & b[r0 - dy : r1 - dy, c0 - dx : c1 - dx]))
+
+
+def _attach(
+    item: _Item,
+    j: int,
+    b: _Layer,
+    rng: np.random.Generator,
+    gap: int,
+    *,
+    to_last: bool,
+    overlap: float = 0.0,
+    heading: float | None = None,
+) -> tuple[_Item, float]:
+    """Slide b towards the group (or only its last member, for a chain) until they touch.
+
+    `overlap` > 0 presses b further in until that fraction of the smaller of the two
+    footprints is covered (one specimen lying over the other's rim). `heading` (rad) is
+    the direction to come from, jittered; default any. A direction where b would also
+    touch other members of a chain is refused. Returns the grown item and the heading.
+    """
+    if to_last:
+        _, last, ly, lx = item.members[-1]
+        target = np.zeros_like(item.mask)
+        target[ly : ly + last.size, lx : lx + last.size] = last.mask
+    else:
+        target = item.mask
+    others = item.mask & ~ndi.binary_dilation(target, iterations=2) if to_last else None
+    rows, cols = np.nonzero(target)
+    cy, cx = float(rows.mean()), float(cols.mean())
+    need = overlap * min(int(target.sum()), int(b.mask.sum()))
+    reach = float(max(item.mask.shape) + b.size)
+    off = (0, 0)
+    ang = 0.0
+    for _ in range(16):
+        ang = rng.uniform(0, 2 * math.pi) if heading is None else heading + rng.normal(0, 0.35)
+        uy, ux = math.sin(ang), math.cos(ang)
+
+        def at(t: float, uy: float = uy, ux: float = ux) -> tuple[int, int]:
+            return round(cy - b.size / 2 + t * uy), round(cx - b.size / 2 + t * ux)
+
+        lo, hi = 0.0, reach
+        if not _overlap(target, b.mask, *at(lo)) or _overlap(target, b.mask, *at(hi)):
+            continue
+        while hi - lo > 0.5:
+            mid = (lo + hi) / 2
+            if _overlap(target, b.mask, *at(mid)):
+                lo = mid
+            else:
+                hi = mid
+        t = hi - rng.uniform(0.0, 2.0)
+        while need > 0 and t > 0 and _overlap_area(target, b.mask, *at(t)) < need:
+            t -= 1.0
+        off = at(t)
+        if others is not None and _overlap(
+            ndi.binary_dilation(others, iterations=3), b.mask, *off
+        ):
+            continue
+        # Only b's own neighbour may be under it: not the group's other members.
+        if (
+            not to_last
+            and _overlap_area(item.mask, b.mask, *off) > max(need, 0) + 0.15 * b.mask.sum()
+        ):
+            continue
+        break
+    dy, dx = off
+    oy, ox = min(0, dy), min(0, dx)
+    hh = max(item.mask.shape[0], dy + b.size) - oy
+    ww = max(item.mask.shape[1], dx + b.size) - ox
+    mask = np.zeros((hh, ww), bool)
+    mask[-oy : -oy + item.mask.shape[0], -ox : -ox + item.mask.shape[1]] |= item.mask
+    mask[dy - oy : dy - oy + b.size, dx - ox : dx - ox + b.size] |= b.mask
+    members = [(i, layer, y - oy, x - ox) for i, layer, y, x in item.members]
+    members.append((j, b, dy - oy, dx - ox))
+    return _Item(members, mask, _grow(mask, gap)), ang
+
+
+def _group(
+    kind: str, members: list[int], layers: list[_Layer], rng: np.random.Generator, gap: int
+) -> _Item:
+    """A touching group of `GROUP_KINDS` (a single specimen for "deep_planktic")."""
+    item = _single(members[0], layers[0], gap)
+    heading: float | None = None
+    for j, layer in zip(members[1:], layers[1:], strict=True):
+        if kind == "chain":
+            item, heading = _attach(item, j, layer, rng, gap, to_last=True, heading=heading)
+        else:
+            press = float(rng.uniform(0.03, 0.08)) if kind == "overlap" else 0.0
+            item, _ = _attach(item, j, layer, rng, gap, to_last=False, overlap=press)
+    return item
+
+
 def _grow(mask: np.ndarray, gap: int) -> np.ndarray:
     """Footprint grown by `gap` px (square element), canvas padded so nothing is cut."""
     padded = np.pad(mask, gap)
@@ -1547,6 +1681,8 @@ def render_tray(
     pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
     border: bool | str = True,
     touching_pairs: int = 3,
+    touching_groups: int = 0,
+    group_kinds: Sequence[str] = GROUP_KINDS,
     clipped: bool = True,
     lint: int = 4,
     overexposed_fraction: float = 0.08,
@@ -1574,6 +1710,12 @@ def render_tray(
         or all four); False or "none": no wall; or edge names ``"top,left"``, ``"all"``.
     touching_pairs
         Pairs of specimens whose masks touch (one resting on the other's edge).
+    touching_groups
+        Further groups, of the kinds in `GROUP_KINDS` in turn (triplets, chains, small on
+        large, pale on pale, overlapping pairs, deep-sutured planktics); their specimens
+        count in `n_specimens`. ``meta["groups"]`` lists each group's kind and ids.
+    group_kinds
+        The kinds drawn in turn (default all of `GROUP_KINDS`).
     clipped
         Place a few specimens (~6 %, at least one) across frame edges that have no wall.
         Impossible when all four edges have one.
@@ -1601,6 +1743,11 @@ def render_tray(
         raise ValueError(f"n_specimens must be >= 0, got {n_specimens}")
     if touching_pairs < 0:
         raise ValueError(f"touching_pairs must be >= 0, got {touching_pairs}")
+    if touching_groups < 0:
+        raise ValueError(f"touching_groups must be >= 0, got {touching_groups}")
+    group_kinds = tuple(group_kinds)
+    if touching_groups and (not group_kinds or set(group_kinds) - set(GROUP_KINDS)):
+        raise ValueError(f"group_kinds must be some of {', '.join(GROUP_KINDS)}")
     if lint < 0:
         raise ValueError(f"lint must be >= 0, got {lint}")
     if not 0.0 <= overexposed_fraction <= 1.0:
@@ -1625,10 +1772,26 @@ def render_tray(
     class_of = rng_plan.choice(len(classes), size=n, p=weights) if n else np.zeros(0, int)
     over = rng_plan.random(n) < overexposed_fraction
     n_pairs = min(int(touching_pairs), n // 2)
+    # Groups: their own generator (a ninth child of the seed), so a render without them
+    # draws exactly what it drew before groups existed.
+    rng_group = np.random.default_rng(ss.spawn(9)[8]) if touching_groups else None
+    groups: list[tuple[str, list[int]]] = []
+    next_free = 2 * n_pairs
+    for g in range(int(touching_groups)):
+        assert rng_group is not None
+        kind = group_kinds[g % len(group_kinds)]
+        k = {"triplet": 3, "chain": 3 + int(rng_group.integers(2)), "deep_planktic": 1}.get(
+            kind, 2
+        )
+        if next_free + k > n:
+            break
+        groups.append((kind, list(range(next_free, next_free + k))))
+        next_free += k
+    n_grouped = next_free
     free = [e for e in _EDGES if e not in edges]
     n_clip = 0
-    if clipped and free and n - 2 * n_pairs > 0:
-        n_clip = min(max(1, round(0.06 * n)), n - 2 * n_pairs)
+    if clipped and free and n - n_grouped > 0:
+        n_clip = min(max(1, round(0.06 * n)), n - n_grouped)
     spec_rngs = [np.random.default_rng(s) for s in spec_ss.spawn(n)]
     # Largest specimen that still fits comfortably inside the tray floor.
     rows_in = np.flatnonzero(interior.any(1))
@@ -1639,23 +1802,48 @@ def render_tray(
     occupied = np.zeros((h, w), dtype=bool)
     labels = np.zeros((h, w), dtype=np.int32)
 
+    # Per-specimen overrides of the groups: diameter (px) and shape builder.
+    diameter_of: dict[int, float] = {}
+    builder_of: dict[int, Callable[..., _Shape]] = {}
+    kind_of: dict[int, str] = {}
+    for kind, members in groups:
+        kind_of[members[0]] = kind
+        assert rng_group is not None
+        if kind == "pale_pair":
+            pale = [c for c in _PALE if c in classes] or [classes[int(class_of[members[0]])]]
+            cls = classes.index(pale[int(rng_group.integers(len(pale)))])
+            class_of[members] = cls
+            over[members] = False
+        elif kind == "deep_planktic" and "planktic" in classes:
+            class_of[members[0]] = classes.index("planktic")
+            builder_of[members[0]] = functools.partial(_shape_planktic, deep=True)
+        elif kind == "small_large":
+            big, small = (_SIZE_UM[classes[int(class_of[i])]] for i in members)
+            diameter_of[members[0]] = min(
+                big[1] * rng_group.uniform(0.85, 1.0) / pixel_size_um, max_d
+            )
+            diameter_of[members[1]] = small[0] * rng_group.uniform(1.0, 1.15) / pixel_size_um
+
     def layer_for(i: int) -> _Layer:
         return _render_layer(
             classes[int(class_of[i])],
             spec_rngs[i],
-            diameter_px=None,
+            diameter_px=diameter_of.get(i),
             pixel_size_um=pixel_size_um,
             light=light,
             overexposed=bool(over[i]),
             max_diameter_px=max_d,
+            builder=builder_of.get(i),
         )
 
     jobs: list[tuple[list[int], str | None]] = []
     for p in range(n_pairs):
         jobs.append(([2 * p, 2 * p + 1], None))
+    for _, members in groups:
+        jobs.append((members, None))
     for c in range(n_clip):
-        jobs.append(([2 * n_pairs + c], free[int(rng_place.integers(len(free)))]))
-    for i in range(2 * n_pairs + n_clip, n):
+        jobs.append(([n_grouped + c], free[int(rng_place.integers(len(free)))]))
+    for i in range(n_grouped + n_clip, n):
         jobs.append(([i], None))
 
     placed: list[tuple[_Item, int, int]] = []
@@ -1663,6 +1851,9 @@ def render_tray(
 
     def make_item(members: list[int]) -> _Item:
         layers = [layer_for(i) for i in members]
+        if members[0] in kind_of:
+            assert rng_group is not None
+            return _group(kind_of[members[0]], members, layers, rng_group, gap)
         if len(members) == 2:
             return _touching_pair(members[0], layers[0], members[1], layers[1], rng_place, gap)
         return _single(members[0], layers[0], gap)
@@ -1687,7 +1878,13 @@ def render_tray(
     # Paint in placement order; ids 1..n in that order.
     plan: dict[int, dict[str, Any]] = {}
     next_id = 1
+    group_ids: list[dict[str, Any]] = []
     for item, y, x in placed:
+        first = item.members[0][0]
+        if first in kind_of:
+            group_ids.append(
+                {"kind": kind_of[first], "ids": list(range(next_id, next_id + len(item.members)))}
+            )
         for i, layer, dy, dx in item.members:
             _composite(frame, labels, layer, y + dy, x + dx, next_id)
             plan[next_id] = {
@@ -1711,6 +1908,8 @@ def render_tray(
             remap[t.id] = new
             plan[new] = plan[t.id] if new != t.id else plan[new]
         labels = remap[labels]
+        for grp in group_ids:
+            grp["ids"] = [int(remap[k]) for k in grp["ids"] if remap[k]]
         truth = _measure(labels, image, {k: plan[k] for k in range(1, len(truth) + 1)}, classes)
     meta = {
         "seed": int(seed),
@@ -1725,6 +1924,7 @@ def render_tray(
         "unplaced": len(unplaced),
         "touching_pairs": n_pairs,
         "clipped_planned": n_clip,
+        "groups": group_ids,
     }
     return TrayRender(
         image=image,

@@ -1,8 +1,9 @@
 """A simulated microscope over a "world" image of a tray (pure numpy, no pymmcore-plus).
 
 The physics lives here; the thin pymmcore-plus device classes that expose it to a core
-(`SimulatedCamera`, `SimulatedXYStage`, `SimulatedShutter`) live in `acquire/_mm.py`,
-the one module allowed to import pymmcore-plus. They all share one `SimulatedMicroscope`,
+(`SimulatedCamera`, `SimulatedXYStage`, `SimulatedShutter`) live in
+`acquire/_mm_devices.py`, part of the adapter, the only modules allowed to import
+pymmcore-plus. They all share one `SimulatedMicroscope`,
 the way a real camera sees whatever the real stage has put under the objective.
 
 Coordinates
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from napari_foram.acquire.mount import _check_mount, mount_affine, mount_image
 from napari_foram.defaults import CAMERA_SHAPE
 
 if TYPE_CHECKING:
@@ -60,6 +62,8 @@ __all__ = [
     "SimulatedStageError",
     "defocus_blur",
     "height_map_from_labels",
+    "mount_affine",
+    "mount_image",
     "stage_xy_for_window",
     "window_origin",
     "world_extent_um",
@@ -514,6 +518,12 @@ class SimulatedMicroscope:
     blur_per_um
         Defocus blur, Gaussian sigma in pixels per micrometre between the focal plane and
         the surface (`DEFAULT_BLUR_PER_UM`: a depth of field of ~30 um at 2.5 um/px).
+    mount_rotation_deg, mount_mirror
+        How the camera sits on the microscope (see `mount_image`): frames are the world
+        window mirrored and rotated, as from a camera mounted turned on a real stand.
+        `camera_shape` stays the sensor's (rows, cols); at 90 or 270 degrees the world
+        window it sees is (cols, rows). `mount_affine` gives the matching pixel-size
+        affine transform.
     """
 
     world: np.ndarray
@@ -534,6 +544,8 @@ class SimulatedMicroscope:
     height_um: np.ndarray | None = field(default=None, repr=False, compare=False)
     z_um: float = 0.0
     blur_per_um: float = DEFAULT_BLUR_PER_UM
+    mount_rotation_deg: int = 0
+    mount_mirror: bool = False
     shutter_open: bool = False
     frames_snapped: int = 0
     moves_made: int = 0
@@ -566,6 +578,8 @@ class SimulatedMicroscope:
         self._check_z(self.z_um)
         if not (math.isfinite(self.blur_per_um) and self.blur_per_um >= 0):
             raise ValueError(f"blur_per_um must be >= 0, got {self.blur_per_um!r}")
+        self.mount_rotation_deg = _check_mount(self.mount_rotation_deg)
+        self.mount_mirror = bool(self.mount_mirror)
         self._rng = np.random.default_rng(self.seed)
 
     def _checked_heights(self, heights: np.ndarray) -> np.ndarray:
@@ -605,6 +619,18 @@ class SimulatedMicroscope:
     def frame_shape(self) -> tuple[int, int] | tuple[int, int, int]:
         """Shape of a camera frame: (h, w, 3) for an RGB world, (h, w) for a grey one."""
         return (*self.camera_shape, *self.world.shape[2:])
+
+    @property
+    def mounted(self) -> bool:
+        """Whether the camera is mounted rotated or mirrored."""
+        return self.mount_rotation_deg != 0 or self.mount_mirror
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the world window the camera sees (the sensor's shape turned
+        back by the mounting)."""
+        h, w = self.camera_shape
+        return (w, h) if self.mount_rotation_deg in (90, 270) else (h, w)
 
     @property
     def world_extent_um(self) -> tuple[float, float, float, float]:
@@ -654,7 +680,7 @@ class SimulatedMicroscope:
         """The exact world window at `stage_xy_um` (default: the current stage position)."""
         pos = self.stage_xy_um if stage_xy_um is None else stage_xy_um
         return world_window(
-            self.world, pos, self.camera_shape, self.pixel_size_um, fill_value=self.fill_value
+            self.world, pos, self.window_shape, self.pixel_size_um, fill_value=self.fill_value
         )
 
     def defocus_sigma_px(self, stage_xy_um: tuple[float, float] | None = None) -> np.ndarray:
@@ -664,12 +690,12 @@ class SimulatedMicroscope:
         world's edges the floor (height 0) is seen.
         """
         if self.height_um is None:
-            return np.zeros(self.camera_shape, np.float32)
+            return np.zeros(self.window_shape, np.float32)
         pos = self.stage_xy_um if stage_xy_um is None else stage_xy_um
-        return self._sigma_window(window_origin(pos, self.camera_shape, self.pixel_size_um))
+        return self._sigma_window(window_origin(pos, self.window_shape, self.pixel_size_um))
 
     def _sigma_window(self, origin: tuple[int, int]) -> np.ndarray:
-        heights = np.zeros(self.camera_shape, np.float32)
+        heights = np.zeros(self.window_shape, np.float32)
         assert self.height_um is not None  # callers check: a flat world has no defocus
         _copy_window(self.height_um, origin, heights)
         heights -= np.float32(self.z_um)
@@ -710,6 +736,18 @@ class SimulatedMicroscope:
                 f"buffer must be {self.frame_shape} {self.dtype}, "
                 f"got {buffer.shape} {buffer.dtype}"
             )
+        if not self.mounted:
+            exposure = self._expose(buffer)
+        else:
+            # Expose the world-oriented window, then turn it as the camera sits.
+            upright = np.empty((*self.window_shape, *self.world.shape[2:]), self.dtype)
+            exposure = self._expose(upright)
+            buffer[...] = mount_image(upright, self.mount_rotation_deg, self.mount_mirror)
+        if self.simulate_exposure_time:
+            time.sleep(exposure / 1000.0)
+
+    def _expose(self, buffer: np.ndarray) -> float:
+        """`snap_into` in world orientation (buffer of `window_shape`); the exposure."""
         with self._lock:
             if (
                 self.fail_after_frames is not None
@@ -720,7 +758,7 @@ class SimulatedMicroscope:
                 )
             pos, exposure = self.stage_xy_um, self.exposure_ms
             gain = exposure / self.nominal_exposure_ms
-            origin = window_origin(pos, self.camera_shape, self.pixel_size_um)
+            origin = window_origin(pos, self.window_shape, self.pixel_size_um)
             buffer.fill(self.fill_value)
             _copy_window(self.world, origin, buffer)
             # Optics before the sensor: defocus blurs the light, then the camera adds
@@ -750,8 +788,7 @@ class SimulatedMicroscope:
                 np.clip(signal + np.float32(0.5), 0, top, out=signal)
                 buffer[...] = signal.astype(self.dtype)
             self.frames_snapped += 1
-        if self.simulate_exposure_time:
-            time.sleep(exposure / 1000.0)
+        return exposure
 
     def snap(self) -> np.ndarray:
         """One frame as a new (h, w[, 3]) array of `dtype` (see `snap_into`)."""

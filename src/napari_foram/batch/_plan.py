@@ -150,14 +150,22 @@ def safe_sample_id(name: str) -> str:
 
 
 def _walk(folder: Path) -> list[str]:
-    """Relative POSIX paths of the files below `folder`, hidden entries and ``*.zarr``
-    stores left out (the output store may well sit inside the folder)."""
+    """Relative POSIX paths of the files below `folder`, and of the tray scans saved as
+    OME-Zarr folders (`is_saved_scan`: each one is counted as one source); hidden entries
+    and other ``*.zarr`` folders are left out (the output store may well sit inside)."""
+    from napari_foram.acquire.saved import is_saved_scan
+
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
+        rel = Path(dirpath).relative_to(folder)
+        found.extend(
+            (rel / d).as_posix()
+            for d in dirnames
+            if d.lower().endswith(".zarr") and is_saved_scan(Path(dirpath) / d)
+        )
         dirnames[:] = [
             d for d in dirnames if not d.startswith(".") and not d.lower().endswith(".zarr")
         ]
-        rel = Path(dirpath).relative_to(folder)
         for fname in filenames:
             if not fname.startswith("."):
                 found.append((rel / fname).as_posix())
@@ -165,7 +173,13 @@ def _walk(folder: Path) -> list[str]:
 
 
 def _is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+    # ".zarr" names come from `_walk` only for saved scans (it drops every other store).
+    return Path(name).suffix.lower() in (*IMAGE_SUFFIXES, ".zarr")
+
+
+def is_saved_scan_source(file: SourceFile) -> bool:
+    """Whether `file` is a tray scan saved as OME-Zarr (a folder), not an image file."""
+    return file.path.is_dir()
 
 
 #: Why `plan_batch` leaves out label and mask images (status "ignored", this reason).
@@ -321,9 +335,17 @@ def _plan_from_sheet(root: Path, sheet: Path, names: list[str]) -> BatchPlan:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file's bytes (read in 1 MB blocks)."""
+    """SHA-256 hex digest of a file's bytes (read in 1 MB blocks); of a folder (a saved
+    scan), of its files' relative names and bytes in name order."""
     digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    root = Path(path)
+    files = [(root.name, root)]
+    if root.is_dir():
+        files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+    for name, file in files:
+        if root.is_dir():
+            digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()

@@ -19,6 +19,7 @@ import numpy as np
 
 from napari_foram.defaults import MC_SAMPLES
 from napari_foram.detect import DetectionParams
+from napari_foram.reasons import one_line
 
 from ._plan import (
     DEFAULT_FILES_PER_TASK,
@@ -28,10 +29,11 @@ from ._plan import (
     FileReport,
     SourceFile,
     file_sha256,
+    is_saved_scan_source,
     plan_batch,
 )
 from ._report import BatchReport, _now_iso, default_report_paths
-from ._tasks import ChunkTask, FileResult, ModelRef, _one_line, run_chunk
+from ._tasks import ChunkTask, FileResult, ModelRef, concat_specimens, run_chunk
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -77,6 +79,9 @@ class BatchConfig:
         The report's JSON path (its CSV beside it); None: `default_report_paths`.
     export
         Also write the store's wide count sheet (CSV) here at the end.
+    precision
+        The conv blocks' compute path: "auto" (decided once, in this process, for the
+        whole run: `napari_foram.classify.precision`), "fp32", "bf16" or "int8".
     """
 
     folder: Path
@@ -94,6 +99,7 @@ class BatchConfig:
     report: Path | None = None
     export: Path | None = None
     pixel_size_um: float | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mc_samples < 1:
@@ -106,12 +112,28 @@ class BatchConfig:
             raise ValueError(f"files_per_task must be >= 1, got {self.files_per_task}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "int8"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or int8, not {self.precision!r}")
 
     def report_paths(self) -> tuple[Path, Path]:
         """(JSON, CSV) paths of the report."""
         if self.report is None:
             return default_report_paths(self.store)
+        if Path(self.report).is_dir():  # a folder: the default names, in that folder
+            json_path, csv_path = default_report_paths(self.store)
+            return Path(self.report) / json_path.name, Path(self.report) / csv_path.name
         return Path(self.report), Path(self.report).with_suffix(".csv")
+
+    def check_outputs(self) -> None:
+        """ValueError (one line) unless the report and the count sheet can be written:
+        checked before any work, so a count is never lost to a bad output path."""
+        from napari_foram._outputs import check_output_file
+
+        json_path, csv_path = self.report_paths()
+        check_output_file(json_path, "batch report")
+        check_output_file(csv_path, "batch report (CSV)")
+        if self.export is not None:
+            check_output_file(self.export, "count sheet")
 
 
 #: Called after each file is done: its report line, and what the worker made of it
@@ -229,7 +251,9 @@ class _Writer:
                 )  # fmt: skip
             with _writes_shielded(self.stop):
                 self.store.append_specimens(
-                    sid, _concat(batches, len(self.store.class_names)), processed=processed
+                    sid,
+                    concat_specimens(batches, len(self.store.class_names)),
+                    processed=processed,
                 )
             self._next_frame[sid] = first_frame + len(good)
         out = []
@@ -239,26 +263,6 @@ class _Writer:
             )
             out.append(line)
         return out
-
-
-def _concat(batches: list[SpecimenBatch], n_classes: int) -> SpecimenBatch:
-    """One SpecimenBatch of several (an empty one, of the right shapes, for none)."""
-    from napari_foram.tally.store import SpecimenBatch
-
-    if not batches:
-        return SpecimenBatch(
-            frame_index=np.zeros(0, np.int64),
-            centroid_y=np.zeros(0),
-            centroid_x=np.zeros(0),
-            bbox=np.zeros((0, 4), np.int64),
-            area_px=np.zeros(0, np.int64),
-            mean_probs=np.zeros((0, n_classes)),
-        )
-    columns: dict[str, Any] = {}
-    for f in dataclasses.fields(SpecimenBatch):
-        values = [getattr(b, f.name) for b in batches]
-        columns[f.name] = None if any(v is None for v in values) else np.concatenate(values)
-    return SpecimenBatch(**columns)
 
 
 def _triage(
@@ -325,8 +329,18 @@ def _tasks(
     for sid in plan.records:
         left = {f.name: f for f in todo[sid]}
         everything = plan.files_of(sid)
-        for start in range(0, len(everything), size):
-            files = tuple(left[f.name] for f in everything[start : start + size] if f.name in left)
+        # Runs of image files, cut every `size` files; a saved scan is a task of its own
+        # (its frames are counted together, at their stage positions).
+        groups: list[list[SourceFile]] = []
+        for f in everything:
+            if is_saved_scan_source(f) or not groups or len(groups[-1]) == size:
+                groups.append([f])
+            else:
+                groups[-1].append(f)
+            if is_saved_scan_source(f):
+                groups.append([])
+        for group in groups:
+            files = tuple(left[f.name] for f in group if f.name in left)
             if files:
                 tasks.append(
                     ChunkTask(
@@ -339,6 +353,7 @@ def _tasks(
                         max_megapixels=config.max_megapixels,
                         torch_threads=threads,
                         pixel_size_um=config.pixel_size_um,
+                        precision=config.precision,
                     )
                 )
     return tasks
@@ -412,7 +427,7 @@ def _dask_client(
             remote = Client(config.scheduler, timeout="10s")
         except (OSError, TimeoutError, ValueError) as exc:
             raise ValueError(
-                f"cannot reach the Dask scheduler at {config.scheduler} ({_one_line(exc)})"
+                f"cannot reach the Dask scheduler at {config.scheduler} ({one_line(exc)})"
             ) from None
         try:
             yield remote, None
@@ -496,6 +511,7 @@ def run_batch(
         classifier itself. Odd image files never raise: they are reported.
     """
     from napari_foram.classify.checkpoint import read_model_info
+    from napari_foram.classify.precision import choice_for_checkpoint
     from napari_foram.pipeline import model_provenance
 
     t_start = time.perf_counter()
@@ -509,6 +525,7 @@ def run_batch(
         notify(done, total, f"demo model: {message}")
 
     plan = plan_batch(config.folder, config.samples_csv)
+    config.check_outputs()
     checkpoint = resolve_checkpoint(config.model, progress=training)
     info = read_model_info(checkpoint)
     ref = ModelRef(str(checkpoint), file_sha256(checkpoint))
@@ -516,6 +533,12 @@ def run_batch(
         str(plan.folder), str(config.store), str(config.model), ref.sha256, started=_now_iso()
     )
     report.files.extend(plan.ignored)
+    # The compute path, decided here once (a first-use CPU calibration runs once, not in
+    # every worker) and handed to the workers, so the provenance says what counted.
+    precision = choice_for_checkpoint(
+        checkpoint, device=config.device, precision=config.precision, progress=notify
+    ).path
+    config = dataclasses.replace(config, precision=precision)
     provenance = {
         "source": "batch folder",
         "folder": str(plan.folder),
@@ -528,6 +551,7 @@ def run_batch(
         "why": "image files carry no stage position: each file's whole specimens are counted",
         # Backbone, input convention and unsure rule, as the counting pipeline records them.
         **model_provenance(info),
+        "classify_precision": precision,
     }
     store = _open_store(Path(config.store), list(info.class_names))
     new: dict[str, int] = {}

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_foram.classify.rng import seeded
 from napari_foram.detect import DetectionParams
 from napari_foram.pixelsize import read_pixel_size
+from napari_foram.reasons import one_line
 
-from ._plan import DEFAULT_MAX_MEGAPIXELS, DEFAULT_MIN_SIDE_PX, SourceFile, file_sha256
+from ._plan import (
+    DEFAULT_MAX_MEGAPIXELS,
+    DEFAULT_MIN_SIDE_PX,
+    SourceFile,
+    file_sha256,
+    is_saved_scan_source,
+)
 
 if TYPE_CHECKING:
-    import torch
-
     from napari_foram.classify.predict import Predictor
     from napari_foram.pipeline import FrameResult
     from napari_foram.tally.store import SpecimenBatch
@@ -71,6 +76,7 @@ class ChunkTask:
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
     torch_threads: int | None = None
     pixel_size_um: float | None = None
+    precision: str = "auto"  # the conv path (`BatchConfig.precision`, decided by the client)
 
     @property
     def sample_id(self) -> str:
@@ -119,15 +125,18 @@ class FileResult:
         return 0 if self.specimens is None else len(self.specimens)
 
 
-# Per process: one Predictor per (checkpoint, sha, device), built on first use. A worker
-# process runs many tasks; loading VGG16 (110 MB, ~1 s) once per task would dominate.
-_PREDICTORS: dict[tuple[str, str, str], Predictor] = {}
+# Per process: one Predictor per (checkpoint, sha, device, precision), built on first
+# use. A worker process runs many tasks; loading VGG16 (110 MB, ~1 s) once per task would
+# dominate.
+_PREDICTORS: dict[tuple[str, str, str, str], Predictor] = {}
 # A Predictor must not be called concurrently, and the MC seed is set on torch's global
 # RNG: tasks of one process (threaded Dask workers, the widget) classify one at a time.
 _PREDICT_LOCK = threading.Lock()
 
 
-def cached_predictor(model: ModelRef, device: str, torch_threads: int | None = None) -> Predictor:
+def cached_predictor(
+    model: ModelRef, device: str, torch_threads: int | None = None, precision: str = "auto"
+) -> Predictor:
     """This process's predictor for `model` on `device`, loaded on first use.
 
     Raises ValueError when the checkpoint found at `model.path` is not the one the client
@@ -135,14 +144,14 @@ def cached_predictor(model: ModelRef, device: str, torch_threads: int | None = N
     """
     from napari_foram.classify.predict import Predictor
 
-    key = (model.path, model.sha256, device)
+    key = (model.path, model.sha256, device, precision)
     with _PREDICT_LOCK:
         if key not in _PREDICTORS:
             if torch_threads:
                 import torch
 
                 torch.set_num_threads(int(torch_threads))
-            predictor = Predictor.from_checkpoint(model.path, device=device)
+            predictor = Predictor.from_checkpoint(model.path, device=device, precision=precision)
             if predictor.info.sha256 != model.sha256:
                 raise ValueError(
                     f"checkpoint {model.path} has SHA-256 {predictor.info.sha256[:12]}..., "
@@ -152,17 +161,14 @@ def cached_predictor(model: ModelRef, device: str, torch_threads: int | None = N
         return _PREDICTORS[key]
 
 
-def warm_up(model: ModelRef, device: str, torch_threads: int | None = None) -> str:
+def warm_up(
+    model: ModelRef, device: str, torch_threads: int | None = None, precision: str = "auto"
+) -> str:
     """Load the predictor into this process (e.g. on every Dask worker before timing).
 
     Returns the device it runs on.
     """
-    return str(cached_predictor(model, device, torch_threads).device)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return str(cached_predictor(model, device, torch_threads, precision).device)
 
 
 def _header_shape(path: Path) -> tuple[int, int] | None:
@@ -206,7 +212,7 @@ def _load(file: SourceFile, task: ChunkTask) -> tuple[FileResult, np.ndarray | N
         image = read_image(file.path, max_megapixels=task.max_megapixels)
     except ValueError as exc:
         # read_image starts its reasons with the path; the report has the file already.
-        result.error = _one_line(exc).removeprefix(f"{file.path}: ")
+        result.error = one_line(exc).removeprefix(f"{file.path}: ")
         return result, None
     except MemoryError:
         result.error = "too large to load into memory"
@@ -227,15 +233,24 @@ def _load(file: SourceFile, task: ChunkTask) -> tuple[FileResult, np.ndarray | N
     return result, image
 
 
-@contextlib.contextmanager
-def _seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global RNG for the block, restoring the caller's state afterwards."""
-    import torch
+def concat_specimens(batches: list[SpecimenBatch], n_classes: int) -> SpecimenBatch:
+    """One SpecimenBatch of several (an empty one, of the right shapes, for none)."""
+    from napari_foram.tally.store import SpecimenBatch
 
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
+    if not batches:
+        return SpecimenBatch(
+            frame_index=np.zeros(0, np.int64),
+            centroid_y=np.zeros(0),
+            centroid_x=np.zeros(0),
+            bbox=np.zeros((0, 4), np.int64),
+            area_px=np.zeros(0, np.int64),
+            mean_probs=np.zeros((0, n_classes)),
+        )
+    columns: dict[str, Any] = {}
+    for f in dataclasses.fields(SpecimenBatch):
+        values = [getattr(b, f.name) for b in batches]
+        columns[f.name] = None if any(v is None for v in values) else np.concatenate(values)
+    return SpecimenBatch(**columns)
 
 
 def _specimens_of(out: FrameResult) -> SpecimenBatch | None:
@@ -267,6 +282,8 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
     from napari_foram.frames import Frame
     from napari_foram.pipeline import CountingPipeline
 
+    if len(task.files) == 1 and is_saved_scan_source(task.files[0]):
+        return [_recount_saved_scan(task)]
     t0 = time.perf_counter()
     results: list[FileResult] = []
     frames: list[Frame] = []
@@ -282,8 +299,8 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
             owners.append(result)
     if not frames:
         return results
-    predictor = cached_predictor(task.model, task.device, task.torch_threads)
-    with _PREDICT_LOCK, _seeded_torch(task.seed, predictor.device):
+    predictor = cached_predictor(task.model, task.device, task.torch_threads, task.precision)
+    with _PREDICT_LOCK, seeded(task.seed, predictor.device):
         # A fresh pipeline per task: without stage positions it keeps no state that
         # matters between frames, and a task must not depend on what ran before it.
         pipeline = CountingPipeline(
@@ -299,7 +316,7 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
                 try:
                     outs.append(pipeline.process(frame))
                 except Exception as one:  # reported as this file's reason
-                    owner.error = f"processing failed ({type(one).__name__}: {_one_line(one)})"
+                    owner.error = f"processing failed ({type(one).__name__}: {one_line(one)})"
                     outs.append(None)
             if all(o is None for o in outs):
                 raise
@@ -314,3 +331,35 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
     for r, w in zip(results, weights / weights.sum(), strict=True):
         r.seconds = float(elapsed * w)
     return results
+
+
+def _recount_saved_scan(task: ChunkTask) -> FileResult:
+    """Count a tray scan saved as OME-Zarr as the live scan counted it: its fields in the
+    order they were taken, at their stage positions, each specimen once
+    (`napari_foram.session.count_saved_scan`); one result, all its specimens."""
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import count_saved_scan
+
+    t0 = time.perf_counter()
+    file = task.files[0]
+    result = FileResult(file)
+    if file_sha256(file.path) != file.sha256:
+        result.error = "changed while the batch ran; run again to count it"
+        return result
+    predictor = cached_predictor(task.model, task.device, task.torch_threads, task.precision)
+    outs: list[FrameResult] = []
+    try:
+        with _PREDICT_LOCK, seeded(task.seed, predictor.device):
+            pipeline = CountingPipeline(
+                predictor, detection=task.detection, mc_samples=task.mc_samples
+            )
+            report = count_saved_scan(pipeline, file.path, on_result=outs.append)
+    except (ValueError, OSError, KeyError) as exc:  # an unreadable or odd saved scan
+        result.error = f"cannot read the saved scan ({one_line(exc)})"
+        return result
+    batches = [b for b in map(_specimens_of, outs) if b is not None]
+    result.specimens = concat_specimens(batches, len(predictor.info.class_names))
+    result.n_objects = sum(len(out.detections) for out in outs)
+    result.note = f"saved scan: {report.frames_processed} fields counted at their stage positions"
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -11,6 +11,8 @@ Main entry points
   each set expects.
 - `save_checkpoint`, `load_checkpoint`, `ModelInfo`: one safetensors file per model.
 - `demo_checkpoint`: a small model trained on synthetic specimens at first use.
+- `choose_precision`, `PrecisionChoice`: which compute path (fp32, bf16, int8) runs the
+  conv blocks on this CPU, measured at first use and cached (`precision` module).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ _EXPORTS = {
     "resolve_device": "predict",
     "demo_checkpoint": "demo_model",
     "train_head_on_features": "demo_model",
+    "PrecisionChoice": "precision",
+    "choose_precision": "precision",
 }
 
 __all__ = [
@@ -48,9 +52,11 @@ __all__ = [
     "FORAMNet",
     "MissingWeightsError",
     "ModelInfo",
+    "PrecisionChoice",
     "Predictions",
     "Predictor",
     "build_model",
+    "choose_precision",
     "demo_checkpoint",
     "file_sha256",
     "imagenet_weights_path",
@@ -83,6 +89,7 @@ if TYPE_CHECKING:
     )
     from napari_foram.classify.demo_model import demo_checkpoint, train_head_on_features
     from napari_foram.classify.model import FORAMNet, build_model
+    from napari_foram.classify.precision import PrecisionChoice, choose_precision
     from napari_foram.classify.predict import (
         Predictions,
         Predictor,

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import torch
 
+from napari_foram.reasons import one_line
+
 #: Environment variable naming an ImageNet VGG16 weights file (checked first).
 WEIGHTS_ENV = "NAPARI_FORAM_VGG16_WEIGHTS"
 #: File name of torchvision's ImageNet VGG16 weights (as in torch hub's cache).
@@ -261,14 +263,14 @@ def read_weights_file(
                 metadata = dict(fh.metadata() or {})
                 state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = one_line(exc)
             raise ValueError(f"cannot read backbone weights {path.name}: {reason}") from None
     else:
         try:
             # weights_only: plain tensors and containers; a pickled object is refused.
             loaded = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            reason = one_line(exc)
             if "weights_only" in str(exc) or "Unsupported global" in str(exc):
                 reason = "it holds pickled Python objects, not only tensors (refused)"
             raise ValueError(

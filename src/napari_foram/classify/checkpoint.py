@@ -26,7 +26,7 @@ import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -372,10 +372,19 @@ def _read_record(path: Path) -> tuple[ModelInfo, dict[str, Any]]:
             f"(this napari-foram reads version {FORMAT_VERSION})"
         )
     names = {f.name for f in fields(ModelInfo)}
+    required = [
+        f.name for f in fields(ModelInfo) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing := [name for name in required if name not in record]:
+        # Said in the record's own terms (a damaged or hand-edited header), not as the
+        # dataclass's TypeError.
+        raise ValueError(
+            f"{path.name}: damaged checkpoint record: no {', '.join(map(repr, missing))} field"
+        )
     try:
         info = ModelInfo(**{k: v for k, v in record.items() if k in names})
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{path.name}: inconsistent checkpoint record: {exc}") from None
+        raise ValueError(f"{path.name}: damaged checkpoint record: {exc}") from None
     return info, record
 
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_foram.classify.rng import seeded
+
 T = TypeVar("T")
 #: Channels of VGG16's last conv block, and cells of its 7 x 7 output grid.
 _CHANNELS = 512
@@ -62,8 +64,7 @@ def pooled_proxy_head(head: nn.Sequential, in_features: int, seed: int) -> nn.Se
 
     proxy = copy.deepcopy(head)
     index, first = next((i, m) for i, m in enumerate(proxy) if isinstance(m, nn.Linear))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with seeded(seed):
         proxy[index] = nn.Linear(in_features, first.out_features)
     return proxy
 

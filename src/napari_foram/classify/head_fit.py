@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from napari_foram._progress import ProgressCallback
+from napari_foram.classify.rng import seeded
 
 __all__ = [
     "OPTIMIZERS",
@@ -29,18 +30,6 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-
-
-def seeded(seed: int, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """Fork the RNGs (CPU and, if used, this CUDA device) and seed them."""
-
-    @contextlib.contextmanager
-    def forked() -> Iterator[None]:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(seed))
-            yield
-
-    return forked()
 
 
 def autocast_for(

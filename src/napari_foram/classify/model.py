@@ -38,6 +38,7 @@ from napari_foram.classify.backbone import (
     resolve_backbone,
     vgg16_conv_shapes,
 )
+from napari_foram.classify.rng import seeded
 from napari_foram.defaults import CROP_SIZE
 
 __all__ = [
@@ -227,8 +228,7 @@ def build_model_with_weights(
     weights = None
     if str(backbone_weights) != "none":
         weights = resolve_backbone(backbone_weights, download=download)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with seeded(seed):
         model = FORAMNet(num_classes, hidden_units=hidden_units, dropout=dropout)
     if weights is not None:
         try:

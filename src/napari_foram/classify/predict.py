@@ -36,6 +36,12 @@ from torch import nn
 from napari_foram.classify.backbone import convention_affine
 from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
 from napari_foram.classify.model import FEATURE_DIM, FORAMNet
+from napari_foram.classify.precision import (
+    PRECISION_CHOICES,
+    conv_runner,
+    decide_precision,
+    int8_conv_for,
+)
 
 #: Default crops per forward pass.
 DEFAULT_BATCH_CPU = 16
@@ -139,14 +145,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def _resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    if precision == "auto":
-        # bf16 on CPU is left opt-in: check it with measure_bf16_agreement first.
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(
+            f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}"
+        )
+    return precision
 
 
 def check_crops(crops: Crops, size: int) -> np.ndarray:
@@ -329,8 +333,16 @@ class Predictor:
     batch_size
         Crops per conv forward pass (default 16 on CPU, 256 on CUDA).
     precision
-        "auto" (bf16 autocast on CUDA, fp32 on CPU), "fp32" or "bf16". Statistics are
-        always computed in fp32.
+        How the conv blocks compute (`napari_foram.classify.precision`): "fp32", "bf16"
+        (autocast), "int8" (CPU only: quantised conv blocks) or "auto": on CUDA bf16
+        when supported, on a CPU the fastest path that agrees with fp32 on this machine
+        (measured at first use and cached; ``$NAPARI_FORAM_PRECISION`` overrides it).
+        The head, its MC dropout passes and the statistics always run in fp32.
+        `precision_choice` says what was chosen and why.
+    precision_cache
+        Cache root for the CPU decision (default: the demo models' cache root).
+    precision_progress
+        ``(done, total, message)`` callback for a first-use calibration.
     channels_last
         Use channels-last memory layout for the conv blocks (faster on CPU and GPU).
     compile
@@ -352,13 +364,15 @@ class Predictor:
         channels_last: bool = True,
         compile: bool = False,
         cpu_threads: int | None = None,
+        precision_cache: str | Path | None = None,
+        precision_progress: Callable[[int, int, str], None] | None = None,
     ) -> None:
         if model.num_classes != info.num_classes:
             raise ValueError(
                 f"model has {model.num_classes} outputs, info names {info.num_classes} classes"
             )
         self.device = resolve_device(device)
-        self.dtype = _resolve_precision(precision, self.device)
+        _check_precision(precision)
         cuda = self.device.type == "cuda"
         if cpu_threads is not None and not cuda:
             if int(cpu_threads) < 1:
@@ -372,14 +386,29 @@ class Predictor:
         self.model = model.to(self.device).eval()
         if channels_last:
             self.model.conv.to(memory_format=torch.channels_last)
-        self._conv: Callable[[torch.Tensor], torch.Tensor] = self.model.conv
-        if compile:
-            self._conv = torch.compile(self.model.conv)
         self._head_prefix, self._head_rest = split_head(self.model.head)
         # The checkpoint's input convention, as one multiply-add per channel.
         scale, offset = convention_affine(info.input_convention)
         self._scale = torch.tensor(scale, device=self.device).view(1, 3, 1, 1)
         self._offset = torch.tensor(offset, device=self.device).view(1, 3, 1, 1)
+        self.precision_choice = decide_precision(
+            self.model, info, self.device, precision, precision_cache, precision_progress
+        )
+        path = self.precision_choice.path
+        self.dtype = torch.bfloat16 if path == "bf16" else torch.float32
+        conv: Callable[[torch.Tensor], torch.Tensor] = self.model.conv
+        int8 = None
+        if path == "int8":
+            int8 = int8_conv_for(
+                self.model,
+                info,
+                self.model.conv,
+                lambda crops: (x for x, _ in self._batches(crops)),
+                precision_cache,
+            )
+        elif compile:
+            conv = torch.compile(self.model.conv)
+        self._conv = conv_runner(conv, path, int8)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Predictor:
@@ -393,11 +422,12 @@ class Predictor:
 
     @property
     def precision(self) -> str:
-        """The compute precision in use: "fp32" or "bf16"."""
-        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        """The conv blocks' compute path in use: "fp32", "bf16" or "int8" (what a store's
+        provenance records as ``classify_precision``)."""
+        return self.precision_choice.path
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
-        """The autocast context for this predictor's precision (a no-op for fp32)."""
+        """The autocast context of the bf16 path (a no-op for the others)."""
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
@@ -411,6 +441,10 @@ class Predictor:
         cuda = self.device.type == "cuda"
         for start in range(0, arr.shape[0], self.batch_size):
             chunk = np.ascontiguousarray(arr[start : start + self.batch_size])
+            if min(chunk.strides) < 0:
+                # numpy calls a one-crop slice of a reversed array contiguous and keeps its
+                # negative stride, which torch.from_numpy refuses.
+                chunk = chunk.copy()
             keys = torch.from_numpy(crop_keys(chunk, seed))
             x = torch.from_numpy(chunk)
             if cuda:
@@ -423,8 +457,8 @@ class Predictor:
             yield x, keys
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return torch.flatten(self._conv(x), 1)
+        """(B, 25088) fp32 features through this predictor's path."""
+        return self._conv(x)
 
     def extract_features(self, crops: Crops) -> torch.Tensor:
         """Flattened conv features (N, 25088) float32 on the CPU, e.g. to cache for training."""
@@ -500,13 +534,16 @@ class Predictor:
 
     def sample_probs(self, f: torch.Tensor, n: int, keys: torch.Tensor) -> torch.Tensor:
         """(n, B, K) softmax outputs of `n` dropout passes for features f (B, 25088) with
-        per-crop `keys` (n = 1: one deterministic pass, dropout off)."""
-        with self.autocast():
-            if n == 1:
-                return torch.softmax(self.model.head(f).float(), dim=-1)[None]
-            hidden = self._head_prefix(f)  # deterministic part, once per crop
-            logits = stochastic_passes(self._head_rest, hidden, n, keys.to(f.device))
-            return torch.softmax(logits.float(), dim=-1)
+        per-crop `keys` (n = 1: one deterministic pass, dropout off).
+
+        Always fp32, whatever the conv path: the head is ~1 % of the work, and its
+        outputs are the statistics people read."""
+        f = f.float()
+        if n == 1:
+            return torch.softmax(self.model.head(f), dim=-1)[None]
+        hidden = self._head_prefix(f)  # deterministic part, once per crop
+        logits = stochastic_passes(self._head_rest, hidden, n, keys.to(f.device))
+        return torch.softmax(logits, dim=-1)
 
     def _predict_features(
         self, f: torch.Tensor, n: int, keys: torch.Tensor

@@ -384,18 +384,80 @@ def foram_mask(
     return np.array([normalise_class_name(x) not in excluded for x in class_names], dtype=bool)
 
 
+def uncertain_mask(
+    entropy: np.ndarray,
+    review_status: np.ndarray | None = None,
+    threshold: float = DEFAULT_UNCERTAIN_ENTROPY,
+) -> np.ndarray:
+    """(n,) bool: specimens worth a person's look -- predictive entropy above `threshold`
+    (nats) and not reviewed yet (reviewed rows are settled).
+
+    The one rule behind every "uncertain" a user sees: the live view's red squares, the
+    tally's and the CSV's ``n_uncertain``.
+    """
+    mask = np.asarray(entropy, dtype=np.float64) > threshold
+    if review_status is not None:
+        mask &= np.asarray(review_status) == REVIEW_NONE
+    return mask
+
+
 def n_uncertain(
     specimens: Mapping[str, np.ndarray], threshold: float = DEFAULT_UNCERTAIN_ENTROPY
 ) -> int:
-    """Counted, not yet reviewed specimens whose predictive entropy exceeds `threshold` (nats).
-
-    These are the ones worth a person's look; reviewed rows are settled.
-    """
-    entropy = np.asarray(specimens["entropy"], dtype=np.float64)
-    mask = counted_mask(specimens) & (entropy > threshold)
-    if "review_status" in specimens:
-        mask &= np.asarray(specimens["review_status"]) == REVIEW_NONE
+    """Counted specimens that are `uncertain_mask` (unreviewed, entropy above `threshold`)."""
+    status = specimens.get("review_status")
+    mask = counted_mask(specimens) & uncertain_mask(specimens["entropy"], status, threshold)
     return int(mask.sum())
+
+
+def assemblage(
+    counts: np.ndarray,
+    classes: Sequence[str],
+    *,
+    n_unsure: int = 0,
+    target: int = DEFAULT_TARGET,
+    z: float = 1.96,
+    non_foram_classes: Sequence[str] = NON_FORAM_CLASSES,
+) -> dict[str, Any]:
+    """The numbers every view of a tally shows, from class counts: one definition for
+    the live widget (from counts it advances between store reads), the tally widget,
+    the CSV and the plot (through `sample_summary`).
+
+    Percentages are of the foraminifera: non-foram classes (sediment) are counted, but
+    are not in `total_forams`, the percentages (NaN) or progress; unsure specimens are in
+    no class (objects: ``total_objects = counts.sum() + n_unsure``).
+
+    Returns
+    -------
+    dict
+        counts, n_unsure, total_objects, total_forams, pct, pct_low, pct_high (% with
+        Wilson bounds at `z`), pb_ratio, pct_planktic, target, progress.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    k = len(classes)
+    if counts.shape != (k,):
+        raise ValueError(f"counts has shape {counts.shape}, expected ({k},)")
+    forams = foram_mask(classes, non_foram_classes)
+    total_forams = int(counts[forams].sum())
+    # Percentages are of the foraminifera; non-foram classes (sediment) can outnumber
+    # them, so their k is zeroed here (their bounds are NaN below anyway).
+    low, high = wilson_interval(np.where(forams, counts, 0), np.full(k, total_forams), z=z)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct = np.where(total_forams > 0, 100.0 * counts / max(total_forams, 1), np.nan)
+    pb_ratio, pct_planktic = planktic_benthic(counts, classes)
+    return {
+        "counts": counts,
+        "n_unsure": int(n_unsure),
+        "total_objects": int(counts.sum()) + int(n_unsure),
+        "total_forams": total_forams,
+        "pct": np.where(forams, pct, np.nan),
+        "pct_low": np.where(forams, 100.0 * np.asarray(low), np.nan),
+        "pct_high": np.where(forams, 100.0 * np.asarray(high), np.nan),
+        "pb_ratio": pb_ratio,
+        "pct_planktic": pct_planktic,
+        "target": target,
+        "progress": progress(total_forams, target),
+    }
 
 
 def _record_dict(record: Any) -> dict[str, Any]:
@@ -459,40 +521,28 @@ def sample_summary(
     k = len(classes)
     rule = UnsureRule.from_dict(unsure_rule)
     unsure = unsure_mask(specimens, rule)
-    n_unsure = int(unsure.sum())
     counts = class_counts(specimens, k, exclude=unsure)
-    forams = foram_mask(classes, non_foram_classes)
-    total_forams = int(counts[forams].sum())
-    # Percentages are of the foraminifera; non-foram classes (sediment) can outnumber
-    # them, so their k is zeroed here (their bounds are NaN below anyway).
-    low, high = wilson_interval(np.where(forams, counts, 0), np.full(k, total_forams), z=z)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pct = np.where(total_forams > 0, 100.0 * counts / max(total_forams, 1), np.nan)
-    pct = np.where(forams, pct, np.nan)
-    low = np.where(forams, 100.0 * np.asarray(low), np.nan)
-    high = np.where(forams, 100.0 * np.asarray(high), np.nan)
+    numbers = assemblage(
+        counts,
+        classes,
+        n_unsure=int(unsure.sum()),
+        target=target,
+        z=z,
+        non_foram_classes=non_foram_classes,
+    )
     expected, variance = expected_counts(specimens, k)
     rec = _record_dict(record)
     split = float(rec.get("split_factor", 1.0) or 1.0)
-    per_gram = specimens_per_gram(total_forams, split, rec.get("dry_weight_g"))
-    pb_ratio, pct_planktic = planktic_benthic(counts, classes)
+    per_gram = specimens_per_gram(numbers["total_forams"], split, rec.get("dry_weight_g"))
     status = np.asarray(specimens.get("review_status", np.zeros(0)))
     dup = np.asarray(specimens.get("duplicate_of", np.zeros(0)))
     counted = counted_mask(specimens)
     return {
-        "counts": counts,
-        "n_unsure": n_unsure,
+        **numbers,
         "unsure_rule": rule.to_dict(),
-        "total_objects": int(counts.sum()) + n_unsure,
-        "total_forams": total_forams,
-        "pct": pct,
-        "pct_low": low,
-        "pct_high": high,
         "expected": expected,
         "expected_sd": np.sqrt(variance),
         "per_gram": per_gram,
-        "pb_ratio": pb_ratio,
-        "pct_planktic": pct_planktic,
         "n_uncertain": n_uncertain(specimens, uncertain_entropy),
         "n_reviewed": int(((status != REVIEW_NONE) & counted[: status.size]).sum())
         if status.size
@@ -503,6 +553,4 @@ def sample_summary(
         "n_duplicates": int((dup >= 0).sum()),
         "n_rejected": int((status == REVIEW_REJECTED).sum()),
         "n_rows": len(np.asarray(specimens["class_index"])),
-        "target": target,
-        "progress": progress(total_forams, target),
     }

@@ -14,13 +14,12 @@ A run resumes by itself: files the store already holds are skipped.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -35,13 +34,18 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_foram.defaults import MC_SAMPLES
-from napari_foram.widgets._qt import join_thread, thread_running, with_browse
-from napari_foram.widgets.layers import class_colour
+from napari_foram.widgets._qt import (
+    ActivityProgress,
+    ClassLegend,
+    Runner,
+    scroll_layout,
+    with_browse,
+)
+from napari_foram.widgets.layers import class_colour, contrast_limits, display_uint8
 
 if TYPE_CHECKING:
     import napari
@@ -53,31 +57,50 @@ FRAME_LAYER = "batch frame"
 SPECIMENS_LAYER = "batch specimens"
 #: Columns of the per-sample table.
 TABLE_COLUMNS = ("sample", "files", "specimens", "bad")
+#: Longest wait (ms) before a counted file is drawn; files finishing faster are skipped.
+FRAME_DRAW_MS = 100
 
 
 def show_frame(viewer: napari.Viewer, view: FrameView) -> None:
-    """Show a processed file and its counted specimens (circles in class colours)."""
+    """Show a processed file and its counted specimens (circles in class colours).
+
+    Both layers are made once and then updated in place: removing a Points layer with
+    text and adding an image, once per file, crashed napari/vispy (issue 15). Every file
+    is shown as RGB uint8, so grey, colour and 16-bit files fit the same layer.
+    """
     if view.image is not None:
-        rgb = view.image.ndim == 3 and view.image.shape[2] in (3, 4)
+        image = display_uint8(view.image, limits=contrast_limits(view.image), rgb=True)
         if FRAME_LAYER in viewer.layers:
-            viewer.layers.remove(FRAME_LAYER)  # a new file may differ in shape or channels
-        viewer.add_image(view.image, name=FRAME_LAYER, rgb=rgb, metadata={"file": view.file})
-    if SPECIMENS_LAYER in viewer.layers:
-        viewer.layers.remove(SPECIMENS_LAYER)
-    if not len(view.centroids):
-        return
+            layer = viewer.layers[FRAME_LAYER]
+            layer.data = image
+            layer.metadata = {**layer.metadata, "file": view.file}
+        else:
+            viewer.add_image(image, name=FRAME_LAYER, rgb=True, metadata={"file": view.file})
     names = [view.class_names[c] for c in view.class_index]
     colours = np.array(
         [class_colour(n, int(c)) for n, c in zip(names, view.class_index, strict=True)]
-    )
+    ).reshape(-1, 4)
+    yx = np.asarray(view.centroids, dtype=float).reshape(-1, 2)
+    features = {"class": names, "probability": np.round(view.probability, 2)}
+    # Circles a little larger than each specimen, as in the scan view.
+    sizes = np.maximum(1.3 * np.asarray(view.diameter_px, dtype=float), 10.0)
+    metadata = {"file": view.file, "sample_id": view.sample_id}
+    if SPECIMENS_LAYER in viewer.layers:
+        layer = viewer.layers[SPECIMENS_LAYER]
+        layer.data = yx  # napari resizes the per-point properties to match
+        if len(yx):
+            layer.features = features
+            layer.size = sizes
+            layer.border_color = colours
+        layer.metadata = metadata
+        return
     viewer.add_points(
-        view.centroids,
+        yx,
         name=SPECIMENS_LAYER,
-        features={"class": names, "probability": np.round(view.probability, 2)},
-        # Circles a little larger than each specimen, as in the scan view.
-        size=np.maximum(1.3 * view.diameter_px, 10.0),
+        features=features,
+        size=sizes if len(yx) else 10,
         face_color="transparent",
-        border_color=colours,
+        border_color=colours if len(yx) else "white",
         border_width=0.06,
         text={
             "string": "{class} {probability:.2f}",
@@ -85,12 +108,12 @@ def show_frame(viewer: napari.Viewer, view: FrameView) -> None:
             "color": "white",
             "anchor": "upper_left",
         },
-        metadata={"file": view.file, "sample_id": view.sample_id},
+        metadata=metadata,
     )
 
 
 def show_crops(viewer: napari.Viewer, store: str | Path, *, visible: bool = True) -> list[str]:
-    """Add (or replace) each sample's crops stack from the store; the layer names.
+    """Add each sample's crops stack from the store (or update it in place); the names.
 
     The stacks are 224 x 224 px planes at the origin: shown over a frame they hide its
     corner, hence `visible` (the widget adds them hidden when a run ends).
@@ -103,8 +126,12 @@ def show_crops(viewer: napari.Viewer, store: str | Path, *, visible: bool = True
             continue  # batch files have no stage positions: the crops are the map
         name = kwargs["name"]
         if name in viewer.layers:
-            viewer.layers.remove(name)
-        viewer.add_image(data, visible=visible, **kwargs)
+            layer = viewer.layers[name]
+            layer.data = data
+            layer.metadata = kwargs.get("metadata", {})
+            layer.visible = visible
+        else:
+            viewer.add_image(data, visible=visible, **kwargs)
         names.append(name)
     return names
 
@@ -115,15 +142,6 @@ def format_eta(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-class _Bridge(QObject):
-    """Carries events from the batch thread to the GUI thread (queued connections)."""
-
-    progress = Signal(int, int, str)
-    file_done = Signal(object)
-    frame = Signal(object)
-    finished = Signal(object)
 
 
 class BatchWidget(QWidget):
@@ -151,16 +169,22 @@ class BatchWidget(QWidget):
         #: The last run's report (or the exception that ended it); None while running.
         self.report: BatchReport | Exception | None = None
         self.class_names: list[str] = []
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         self._started = 0.0
         self._store_path: Path | None = None
         self._tally: dict[str, dict[str, int]] = {}
-        self._bridge = _Bridge()
-        self._bridge.progress.connect(self._on_progress)
-        self._bridge.file_done.connect(self._on_file)
-        self._bridge.frame.connect(self._on_frame)
-        self._bridge.finished.connect(self._on_finished)
+        self.runner = Runner(self)
+        self.runner.on("progress", self._on_progress)
+        self.runner.on("file", self._on_file)
+        self.runner.on("frame", self._on_frame)
+        self.runner.on("finished", self._on_finished)
+        self._activity = ActivityProgress()
+        # Files can finish faster than a redraw: only the newest waiting one is drawn,
+        # by this timer (each draw costs tens of ms with software OpenGL).
+        self._pending_view: FrameView | None = None
+        self._draw_timer = QTimer(self)
+        self._draw_timer.setSingleShot(True)
+        self._draw_timer.setInterval(FRAME_DRAW_MS)
+        self._draw_timer.timeout.connect(self._draw_pending)
 
         self.folder_edit = QLineEdit()
         self.store_edit = QLineEdit()
@@ -202,8 +226,9 @@ class BatchWidget(QWidget):
         if header is not None:
             header.setVisible(False)
         columns = self.table.horizontalHeader()
-        if columns is not None:  # four short columns: share the width, no scrolling
-            columns.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        if columns is not None:  # the sample id takes what the three numbers leave
+            columns.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+            columns.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(120)
 
         # Browsing: any processed file of the store, and the crops gallery.
@@ -214,13 +239,16 @@ class BatchWidget(QWidget):
         browse = QFormLayout()
         browse.addRow("show file", self.frames)
 
-        layout = QVBoxLayout(self)
+        self.legend = ClassLegend()
+
+        layout = scroll_layout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.eta_label)
         layout.addWidget(self.status_label)
         layout.addWidget(self.table)
+        layout.addWidget(self.legend)
         layout.addLayout(browse)
         layout.addWidget(self.crops_button)
         layout.addStretch(1)
@@ -276,30 +304,35 @@ class BatchWidget(QWidget):
         self._tally = {}
         self._refresh_table()
         self.frames.clear()
-        self._stop.clear()
+        self.runner.stop.clear()
         self._started = time.monotonic()
         self.start_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, 0)  # busy until the first file is done
         self.status_label.setText("preparing...")
-        self._thread = threading.Thread(
-            target=self._work, args=(config, self.follow.isChecked()), daemon=True,
-            name="napari-foram-batch",
-        )  # fmt: skip
-        self._thread.start()
+        follow = self.follow.isChecked()
+        self.runner.start("batch", lambda: self._work(config, follow))
 
     def cancel(self) -> None:
         """Stop after the files being committed; what is committed is kept."""
         if self.is_running():
-            self._stop.set()
+            self.runner.stop.set()
             self.status_label.setText("stopping after the current files...")
 
     def is_running(self) -> bool:
-        return thread_running(self._thread)
+        return self.runner.busy("batch")
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the batch thread ends (tests and scripts); True if it ended."""
-        return join_thread(self._thread, timeout)
+        """Block until the background threads end (tests and scripts); True if they did."""
+        return self.runner.wait(timeout)
+
+    def closeEvent(self, event: Any) -> None:  # Qt names it
+        """Stop the run after the files being committed, and wait for it: no thread of
+        this widget outlives it."""
+        self._draw_timer.stop()
+        self.runner.close()
+        self._activity.close()
+        super().closeEvent(event)
 
     # ------------------------------------------------------------------ batch thread
     def _work(self, config: Any, follow: bool) -> None:
@@ -308,10 +341,10 @@ class BatchWidget(QWidget):
         from napari_foram.batch import FrameView, resolve_checkpoint, run_batch
         from napari_foram.classify.checkpoint import read_model_info
 
-        bridge = self._bridge
+        emit = self.runner.emit
 
         def training(done: int, total: int, message: str = "") -> None:
-            bridge.progress.emit(-1, total, f"training the demo model (first run only): {message}")
+            emit("progress", -1, total, f"training the demo model (first run only): {message}")
 
         try:
             checkpoint = resolve_checkpoint(config.model, progress=training)
@@ -319,19 +352,19 @@ class BatchWidget(QWidget):
             config = dataclasses.replace(config, model=checkpoint)
 
             def on_file(line: FileReport, result: FileResult | None) -> None:
-                bridge.file_done.emit(line)
+                emit("file", line)
                 # Read the image here, not on the GUI thread.
                 if follow and result is not None and result.error is None:
-                    bridge.frame.emit(FrameView.from_result(result, classes))
+                    emit("frame", FrameView.from_result(result, classes))
 
             def progress(done: int, total: int, message: str = "") -> None:
-                bridge.progress.emit(done, total, message)
+                emit("progress", done, total, message)
 
             self.class_names = classes
-            report = run_batch(config, progress=progress, on_file=on_file, stop=self._stop)
-            bridge.finished.emit(report)
+            report = run_batch(config, progress=progress, on_file=on_file, stop=self.runner.stop)
+            emit("finished", report)
         except Exception as exc:  # shown to the user, not swallowed
-            bridge.finished.emit(exc)
+            emit("finished", exc)
 
     # ------------------------------------------------------------------ GUI thread
     def _on_progress(self, done: int, total: int, message: str) -> None:
@@ -343,12 +376,11 @@ class BatchWidget(QWidget):
         elapsed = time.monotonic() - self._started
         if 0 < done < total:
             # Time per file so far (the first includes loading the model: a pessimistic start).
-            self.eta_label.setText(
-                f"{done}/{total} files, {format_eta(elapsed)} elapsed, "
-                f"ETA {format_eta(elapsed / done * (total - done))}"
-            )
+            eta = f"{done}/{total} files, ETA {format_eta(elapsed / done * (total - done))}"
         else:
-            self.eta_label.setText(f"{done}/{total} files, {format_eta(elapsed)} elapsed")
+            eta = f"{done}/{total} files, {format_eta(elapsed)} elapsed"
+        self.eta_label.setText(eta)
+        self._activity.update(done, total, f"Batch folders: {eta}")
         if message:
             self.status_label.setText(message)
 
@@ -365,12 +397,23 @@ class BatchWidget(QWidget):
         self._refresh_table()
 
     def _on_frame(self, view: FrameView) -> None:
-        show_frame(self.viewer, view)
+        self._pending_view = view
+        if not self._draw_timer.isActive():
+            self._draw_timer.start()
+
+    def _draw_pending(self) -> None:
+        view, self._pending_view = self._pending_view, None
+        if view is not None:
+            show_frame(self.viewer, view)
+            if self.class_names:
+                self.legend.set_classes(self.class_names)
 
     def _on_finished(self, outcome: object) -> None:
         from napari_foram.batch import BatchReport
 
-        self.wait(10)  # the thread emitted its last signal and is returning
+        self.runner.wait(10)  # the thread emitted its last signal and is returning
+        self._draw_pending()  # the last file, now
+        self._activity.close()
         self.start_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if isinstance(outcome, Exception):
@@ -423,11 +466,11 @@ class BatchWidget(QWidget):
 
         def load() -> None:
             try:
-                self._bridge.frame.emit(frame_view(store, sid, key))
+                self.runner.emit("frame", frame_view(store, sid, key))
             except (ValueError, OSError) as exc:
-                self._bridge.progress.emit(-1, 0, f"cannot show that file: {exc}")
+                self.runner.emit("progress", -1, 0, f"cannot show that file: {exc}")
 
-        threading.Thread(target=load, daemon=True, name="napari-foram-frame").start()
+        self.runner.start("frame", load)
 
     def show_crops(self, visible: bool = True) -> list[str]:
         """Show each sample's stored crops as an image stack; the layer names.

@@ -16,6 +16,7 @@ from magicgui.widgets import (
 )
 
 from napari_foram.detect import DetectionParams, detect, split_lines
+from napari_foram.widgets._qt import Runner, close_with
 
 if TYPE_CHECKING:
     import napari
@@ -25,6 +26,25 @@ if TYPE_CHECKING:
 DETECTIONS_LAYER = "detections"
 CENTROIDS_LAYER = "specimen centres"
 SPLITS_LAYER = "split lines"
+#: Quiet time (ms) after the last change before the detector runs again.
+DEBOUNCE_MS = 250
+
+
+def frame_data(viewer: napari.Viewer, image_layer: napari.layers.Image) -> np.ndarray:
+    """The plane of `image_layer` to preview (the current one of a stack), as an array."""
+    data = np.asarray(image_layer.data)
+    if image_layer.rgb is False and data.ndim == 3 and data.shape[-1] not in (3, 4):
+        data = data[viewer.dims.current_step[0]]  # a stack: preview the current plane
+    return data
+
+
+def run_detection(
+    data: np.ndarray, params: DetectionParams, pixel_size_um: float | None = None
+) -> tuple[Any, np.ndarray]:
+    """Detect on one frame: (the detections, the split-line mask). Qt-free, so the
+    widget runs it off the GUI thread."""
+    det = detect(data, params, crops=False, pixel_size_um=pixel_size_um)
+    return det, split_lines(det.labels)
 
 
 def show_detections(
@@ -35,10 +55,33 @@ def show_detections(
 ) -> str:
     """Detect on `image_layer` and show labels, centres and split lines; returns a
     one-line summary that names the minimum size and the rule that set it."""
-    data = np.asarray(image_layer.data)
-    if image_layer.rgb is False and data.ndim == 3 and data.shape[-1] not in (3, 4):
-        data = data[viewer.dims.current_step[0]]  # a stack: preview the current plane
-    det = detect(data, params, crops=False, pixel_size_um=pixel_size_um)
+    det, cuts = run_detection(frame_data(viewer, image_layer), params, pixel_size_um)
+    return draw_detections(viewer, image_layer, det, cuts)
+
+
+def _update_or_add(viewer: napari.Viewer, name: str, kind: str, data: Any, **kwargs: Any) -> None:
+    """Set a preview layer's data and transform in place, or add it the first time."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        layer.data = data
+        for key in ("scale", "translate", "features", "face_color"):
+            if key in kwargs:
+                setattr(layer, key, kwargs[key])
+    else:
+        getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+
+
+def _units(image_layer: Any) -> dict[str, Any]:
+    """The image's units for the preview layers (napari warns when layers disagree)."""
+    units = getattr(image_layer, "units", None)
+    return {"units": tuple(units)[-2:]} if units is not None else {}
+
+
+def draw_detections(
+    viewer: napari.Viewer, image_layer: napari.layers.Image, det: Any, cuts: np.ndarray
+) -> str:
+    """Show detections (from `run_detection`) on `image_layer`; the summary line. The
+    layers are made once and updated in place."""
     scale = det.work_scale
     # Detections are in the frame's pixels; the image may be drawn in micrometres (a
     # reader's scale) and shifted: the preview layers take the image's own transform so
@@ -47,47 +90,38 @@ def show_detections(
     # The label image lives at the working scale (a strided copy: label pixel i is frame
     # pixel i * scale), so only its scale grows.
     layer_scale = tuple(float(v) * scale for v in image_scale)
-    if DETECTIONS_LAYER in viewer.layers:
-        labels_layer = viewer.layers[DETECTIONS_LAYER]
-        labels_layer.data = det.labels
-        labels_layer.scale = layer_scale
-        labels_layer.translate = image_translate
-    else:
-        viewer.add_labels(
-            det.labels,
-            name=DETECTIONS_LAYER,
-            scale=layer_scale,
-            translate=image_translate,
-            opacity=0.4,
-        )
+    _update_or_add(
+        viewer,
+        DETECTIONS_LAYER,
+        "labels",
+        det.labels,
+        scale=layer_scale,
+        translate=image_translate,
+        opacity=0.4,
+        **_units(image_layer),
+    )
     # Green: whole specimens (counted); orange: clipped by the frame edge or tray border.
     colours = np.where(det.clipped[:, None], [[1.0, 0.6, 0.0, 1.0]], [[0.0, 1.0, 0.4, 1.0]])
-    features = {"clipped": det.clipped, "area_px": det.area_px.round(0)}
-    if CENTROIDS_LAYER in viewer.layers:
-        viewer.layers.remove(CENTROIDS_LAYER)
-    if len(det):
-        viewer.add_points(
-            det.centroid,
-            name=CENTROIDS_LAYER,
-            size=24,
-            face_color=colours,
-            border_color="black",
-            features=features,
-            scale=image_scale,
-            translate=image_translate,
-        )
+    centres = np.asarray(det.centroid, dtype=float).reshape(-1, 2)
+    points: dict[str, Any] = {"scale": image_scale, "translate": image_translate}
+    if len(centres):
+        features = {"clipped": det.clipped, "area_px": det.area_px.round(0)}
+        points.update(features=features, face_color=colours)
+    points.update(_units(image_layer))
+    _update_or_add(
+        viewer, CENTROIDS_LAYER, "points", centres, size=24, border_color="black", **points
+    )
     # Split lines in red, so a user sees which touching specimens were separated.
-    cuts = split_lines(det.labels)
-    if SPLITS_LAYER in viewer.layers:
-        viewer.layers.remove(SPLITS_LAYER)
-    if cuts.any():
-        viewer.add_labels(
-            cuts.astype(np.uint8),
-            name=SPLITS_LAYER,
-            scale=layer_scale,
-            translate=image_translate,
-            opacity=1.0,
-        )
+    _update_or_add(
+        viewer,
+        SPLITS_LAYER,
+        "labels",
+        cuts.astype(np.uint8),
+        scale=layer_scale,
+        translate=image_translate,
+        opacity=1.0,
+        **_units(image_layer),
+    )
     return (
         f"{int(det.whole.sum())} specimens, {int(det.clipped.sum())} clipped; "
         f"threshold {det.threshold:.1f} (at 1/{scale} scale); {min_area_text(det)}"
@@ -119,9 +153,17 @@ def min_area_text(det: Any) -> str:
 
 
 class DetectionWidget(Container):
-    """Preview the study's detector on an image layer; every change re-runs it."""
+    """Preview the study's detector on an image layer; every change re-runs it.
+
+    It runs as soon as the widget opens on a viewer with an image, then after each
+    change once the controls have been still for `DEBOUNCE_MS`, on a background thread
+    (a 5 MP frame takes ~0.4 s): the interface never waits for the detector.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        from qtpy.QtCore import QTimer
+        from qtpy.QtWidgets import QSizePolicy
+
         super().__init__(scrollable=False)
         viewer = napari_viewer
         self._viewer = viewer
@@ -132,18 +174,22 @@ class DetectionWidget(Container):
         self._threshold = FloatSlider(value=120.0, min=0, max=255, label="threshold")
         # 0 = automatic: from the pixel size when given, else from the image.
         self._min_area = SpinBox(
-            value=0, min=0, max=500_000, step=64, label="min area (px, 0 = auto)"
+            value=0, min=0, max=500_000, step=64, label="min area px (0: auto)"
         )
         self._pixel_size = FloatSpinBox(
-            value=0.0, min=0.0, max=50.0, step=0.1, label="pixel size (um, 0 = unknown)"
+            value=0.0, min=0.0, max=50.0, step=0.1, label="um per px (0: unknown)"
         )
-        self._sigma = FloatSpinBox(
-            value=4.0, min=0.0, max=30.0, step=0.5, label="smoothing sigma (px)"
-        )
+        self._sigma = FloatSpinBox(value=4.0, min=0.0, max=30.0, step=0.5, label="smoothing (px)")
         self._invert = CheckBox(value=False, label="dark objects on bright")
         self._border = CheckBox(value=True, label="mask tray border")
-        self._split = CheckBox(value=False, label="split touching specimens")
-        self.result = Label(value="choose an image layer")
+        self._split = CheckBox(
+            value=DetectionParams().split_touching, label="split touching specimens"
+        )
+        self.result = Label(value="")
+        self.result.native.setWordWrap(True)
+        # A long result wraps within the dock's width instead of setting it.
+        self.result.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.result.native.setMinimumWidth(60)
         controls: tuple[Any, ...] = (
             self._image,
             self._auto,
@@ -156,11 +202,32 @@ class DetectionWidget(Container):
             self._split,
         )
         self.extend([*controls, self.result])
+        # Short labels and a narrow minimum: the dock leaves the canvas half a laptop screen.
+        for w in controls:
+            w.native.setMinimumWidth(60)
+        image_choice.native.setSizeAdjustPolicy(
+            image_choice.native.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.runner = Runner(self.native)
+        self.runner.on("done", self._on_done)
+        self._again = False  # a change arrived while the detector ran: run once more
+        self._timer = QTimer(self.native)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(DEBOUNCE_MS)
+        self._timer.timeout.connect(self._start)
         for w in controls:
             w.changed.connect(self.update_preview)
+        self._auto.changed.connect(self._sync_threshold)
+        self._sync_threshold()
         # The layer list changes after construction: keep the choices current.
         viewer.layers.events.inserted.connect(image_choice.reset_choices)
         viewer.layers.events.removed.connect(image_choice.reset_choices)
+        close_with(self.native, self.runner)  # no detector thread outlives the widget
+        self.update_preview()  # at once when opened on an image
+
+    def _sync_threshold(self, *_: object) -> None:
+        """The threshold slider only counts without Otsu: greyed out in Otsu mode."""
+        self._threshold.enabled = not self._auto.value
 
     def params(self) -> DetectionParams:
         """The detector settings the controls describe."""
@@ -174,16 +241,52 @@ class DetectionWidget(Container):
         )
 
     def update_preview(self, *_: object) -> None:
-        """Run the detector on the chosen layer and refresh the preview layers."""
+        """Re-run the detector on the chosen layer soon (debounced, in the background)."""
+        if self._image.value is None:
+            self.result.value = "add an image layer to preview the detector on it"
+            return
+        self.result.value = "detecting..."
+        self._timer.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the detector's thread ends (tests, scripts); True if it did."""
+        return self.runner.wait(timeout)
+
+    def _start(self) -> None:
         layer = self._image.value
         if layer is None:
-            self.result.value = "choose an image layer"
             return
+        if self.runner.busy():
+            self._again = True
+            return
+        self._again = False
         try:
+            data = frame_data(self._viewer, layer)
+            params = self.params()
             px = float(self._pixel_size.value) or _layer_pixel_size(layer)
-            self.result.value = show_detections(self._viewer, layer, self.params(), px)
         except ValueError as exc:
             self.result.value = f"cannot detect: {exc}"
+            return
+
+        def work() -> None:
+            try:
+                det, cuts = run_detection(data, params, px)
+            except ValueError as exc:
+                self.runner.emit("done", layer, exc, None)
+                return
+            self.runner.emit("done", layer, det, cuts)
+
+        self.runner.start("detection", work)
+
+    def _on_done(self, layer: Any, det: Any, cuts: np.ndarray | None) -> None:
+        self.runner.wait(5)  # the worker emitted its last signal and is returning
+        if self._again:
+            self._start()  # settings changed meanwhile: this result is already old
+            return
+        if isinstance(det, Exception):
+            self.result.value = f"cannot detect: {det}"
+        elif cuts is not None and layer is self._image.value:
+            self.result.value = draw_detections(self._viewer, layer, det, cuts)
 
 
 def _layer_pixel_size(layer: Any) -> float | None:

@@ -6,8 +6,9 @@ and the tests show the same thing.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,224 @@ if TYPE_CHECKING:
 
 MOSAIC_LAYER = "tray mosaic"
 SPECIMENS_LAYER = "counted specimens"
+UNCERTAIN_LAYER = "uncertain specimens"
+#: Every specimen is labelled once a typical one is this many screen pixels across; at
+#: tray zoom only the uncertain and unsure ones are (labels overlapped their neighbours).
+#: Hovering any specimen shows its class in napari's status bar at every zoom.
+LABEL_ALL_FROM_PX = 60.0
+
+
+class Shown(NamedTuple):
+    """One counted specimen as the live view draws it."""
+
+    y: float
+    x: float
+    name: str
+    probability: float
+    uncertain: bool  # `stats.uncertain_mask`: worth a person's look (red square)
+    diameter_um: float
+    unsure: bool  # the model's unsure rule: in no class (grey)
+
+
+def display_step(shape: tuple[int, ...], max_side: int = 660) -> int:
+    """Pixel step that brings a frame's longer side to at most `max_side` for display."""
+    return max(1, -(-max(shape[:2]) // max_side))
+
+
+def freeze_heap() -> None:
+    """Move every object alive now out of the garbage collector's sight (`gc.freeze`).
+
+    napari, Qt, torch and the model leave many long-lived objects, and a full collection
+    walks them all while holding the GIL: without this, tests/test_live_gui.py saw one
+    ~300 ms GUI stall per scan (no thread in our code at the time); with it, none.
+    Objects made later are still collected as usual.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def viewer_zoom(viewer: Any) -> float:
+    """Screen pixels per world unit (um) of the viewer's camera."""
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None else viewer.camera
+    return float(camera.zoom)
+
+
+def zoomed_in(shown: list[Shown], zoom: float) -> bool:
+    """Whether a typical specimen is `LABEL_ALL_FROM_PX` screen pixels across or more."""
+    sizes = [s.diameter_um for s in shown]
+    return bool(sizes) and float(np.median(sizes)) * zoom >= LABEL_ALL_FROM_PX
+
+
+def labels_for(shown: list[Shown], zoom: float, selected: Collection[int] = ()) -> list[str]:
+    """The text beside each specimen: all when zoomed in far enough to read them
+    (`zoomed_in`), else only the uncertain, unsure and selected ones."""
+    everyone = zoomed_in(shown, zoom)
+    return [
+        f"{s.name.replace('_', ' ')} {s.probability:.2f}"
+        if everyone or s.uncertain or s.unsure or i in selected
+        else ""
+        for i, s in enumerate(shown)
+    ]
+
+
+def update_specimen_layers(
+    viewer: napari.Viewer,
+    shown: list[Shown],
+    class_names: list[str],
+    zoom: float,
+    which: tuple[str, ...] = (SPECIMENS_LAYER, UNCERTAIN_LAYER),
+) -> None:
+    """Draw the counted specimens (circles in class colours, unsure ones grey) and the
+    uncertain ones (red squares); the layers are made once, then updated in place.
+
+    `which` layers only: the live view updates them on separate redraw ticks, so that
+    one tick never holds the GUI thread for both (tens of ms each with software GL).
+    """
+    from napari_foram.tally.export import UNSURE_COLOUR
+
+    selected: Collection[int] = ()
+    if SPECIMENS_LAYER in viewer.layers:
+        selected = set(viewer.layers[SPECIMENS_LAYER].selected_data)
+    yx = np.array([(s.y, s.x) for s in shown], dtype=float).reshape(-1, 2)
+    colours = np.array(
+        [
+            UNSURE_COLOUR if s.unsure else class_colour(s.name, class_names.index(s.name))
+            for s in shown
+        ]
+    ).reshape(-1, 4)
+    features = {
+        "class": [s.name for s in shown],
+        "probability": np.round([s.probability for s in shown], 2),
+        "uncertain": [s.uncertain for s in shown],
+        "unsure": [s.unsure for s in shown],
+        "label": labels_for(shown, zoom, selected),
+    }
+    # Circles a little larger than each specimen, so the specimen stays visible inside.
+    sizes = 1.3 * np.array([s.diameter_um for s in shown], dtype=float)
+    if SPECIMENS_LAYER not in which:
+        pass
+    elif SPECIMENS_LAYER in viewer.layers:
+        # Each setter refreshes the layer (~5 ms here); napari has no public way to
+        # batch them, and hiding the layer meanwhile costs a whole canvas redraw.
+        layer = viewer.layers[SPECIMENS_LAYER]
+        layer.data = yx  # napari resizes the per-point properties to match
+        if len(yx):
+            layer.features = features
+            layer.size = sizes
+            layer.border_color = colours
+    else:
+        viewer.add_points(
+            yx,
+            name=SPECIMENS_LAYER,
+            features=features,
+            size=sizes,
+            face_color="transparent",
+            border_color=colours,
+            border_width=0.06,
+            text={"string": "{label}", "size": 8, "color": "white", "anchor": "upper_left"},
+            units="um",
+        )
+    uncertain = np.array([s.uncertain for s in shown], dtype=bool)
+    data = yx[uncertain]
+    if UNCERTAIN_LAYER not in which:
+        return
+    if UNCERTAIN_LAYER in viewer.layers:
+        layer = viewer.layers[UNCERTAIN_LAYER]
+        layer.data = data
+        if len(data):
+            layer.size = 1.6 * sizes[uncertain]
+    else:
+        viewer.add_points(
+            data,
+            name=UNCERTAIN_LAYER,
+            size=1.6 * sizes[uncertain] if uncertain.any() else 10,
+            symbol="square",
+            face_color="transparent",
+            border_color="red",
+            border_width=0.04,
+            units="um",
+        )
+
+
+def camera_line(info: dict[str, Any], frame: Any = None) -> str:
+    """One line naming the camera, its pixel size and bit depth (from the microscope's
+    description, or the newest frame's metadata)."""
+    meta = dict(getattr(frame, "metadata", {}) or {})
+    camera = info.get("camera") or meta.get("camera")
+    scope = info.get("microscope")
+    name = f"{scope}: {camera}" if scope and camera else camera or scope or "camera"
+    px = info.get("pixel_size_um") or getattr(frame, "pixel_size_um", None)
+    bits = info.get("bit_depth") or meta.get("bit_depth")
+    shape = info.get("camera_shape") or (frame.image.shape[:2] if frame is not None else None)
+    parts = [str(name)]
+    parts.append(f"{float(px):.3g} um/px" if px else "pixel size unknown")
+    parts.append(f"{int(bits)}-bit" if bits else "bit depth unknown")
+    if shape:
+        parts.append(f"{shape[1]} x {shape[0]} px")
+    colour = info.get("colour")
+    if colour:
+        parts.append(str(colour))
+    return " | ".join(parts)
+
+
+#: A frame whose values span less than this share of what its type (or the camera's bit
+#: depth) can hold is stretched for display: a 16-bit camera delivering 706-5846 of 65535
+#: would otherwise look black.
+STRETCH_BELOW = 0.25
+
+
+def contrast_limits(image: np.ndarray, bit_depth: int | None = None) -> tuple[float, float] | None:
+    """(low, high) to stretch `image` between for display, or None when it already uses
+    enough of its range (a well-exposed frame keeps its real brightness).
+
+    Percentiles 0.5 / 99.5 of a subsample (a few hot pixels do not set the scale).
+    """
+    if image.size == 0 or not np.issubdtype(image.dtype, np.integer):
+        return None  # floats are stretched by `to_uint8` already
+    step = max(1, max(image.shape[:2]) // 256)
+    sample = np.asarray(image[::step, ::step], dtype=np.float64)
+    if sample.ndim == 3 and sample.shape[2] == 4:
+        sample = sample[..., :3]  # alpha is no brightness
+    low, high = (float(v) for v in np.percentile(sample, (0.5, 99.5)))
+    if bit_depth:
+        full = float(2 ** int(bit_depth) - 1)
+    else:
+        full = float(np.iinfo(image.dtype).max) if image.dtype.itemsize > 1 else 255.0
+    if high <= low or high - low >= STRETCH_BELOW * full:
+        return None
+    return low, high
+
+
+def display_uint8(
+    image: np.ndarray,
+    bit_depth: int | None = None,
+    limits: tuple[float, float] | None = None,
+    *,
+    rgb: bool = False,
+) -> np.ndarray:
+    """`image` as uint8 for display: stretched between `limits` when given, else by
+    `to_uint8`'s rule (the camera's depth). `rgb` makes every frame (H, W, 3), so that one
+    layer can show grey and colour files alike without being made again."""
+    from napari_foram.frames import to_uint8
+
+    if limits is not None:
+        low, high = limits
+        out = np.asarray(image, dtype=np.float32)
+        if out.ndim == 3 and out.shape[2] == 4:
+            out = out[..., :3]
+        out = np.clip((out - low) * (255.0 / (high - low)) + 0.5, 0, 255).astype(np.uint8)
+    else:
+        out = to_uint8(image, bit_depth)
+        if out.ndim == 3 and out.shape[2] == 4:
+            out = out[..., :3]
+    if rgb and out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    elif rgb and out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    return np.ascontiguousarray(out)
 
 
 def specimen_points(
@@ -98,18 +317,25 @@ def show_results(
                 units="um",
             )
     data, features, colours = specimen_points(results, class_names)
-    text = {
-        "string": "{class} {probability:.2f}",
-        "size": 8,
-        "color": "white",
-        "anchor": "upper_left",
-        "translation": (-8, 8),
-    }
+    from napari_foram.tally.stats import uncertain_mask
+
+    # The same rule as the live view: at tray zoom only the specimens worth a look are
+    # labelled (every label overlapped its neighbours); hovering shows any in the status bar.
+    uncertain = uncertain_mask(np.asarray(features["entropy"], dtype=float))
+    features["label"] = [
+        f"{c.replace('_', ' ')} {p:.2f}" if u else ""
+        for c, p, u in zip(features["class"], features["probability"], uncertain, strict=True)
+    ]
     # Circles a little larger than each specimen, so the specimen stays visible inside.
     sizes = 1.3 * np.asarray(features["diameter_um"], dtype=float)
-    if SPECIMENS_LAYER in viewer.layers:
-        viewer.layers.remove(SPECIMENS_LAYER)
-    if len(data):
+    if SPECIMENS_LAYER in viewer.layers:  # in place: never removed and made again
+        layer = viewer.layers[SPECIMENS_LAYER]
+        layer.data = data
+        if len(data):
+            layer.features = features
+            layer.size = sizes
+            layer.border_color = colours
+    elif len(data):
         viewer.add_points(
             data,
             name=SPECIMENS_LAYER,
@@ -118,7 +344,7 @@ def show_results(
             face_color="transparent",
             border_color=colours,
             border_width=0.06,
-            text=text,
+            text={"string": "{label}", "size": 8, "color": "white", "anchor": "upper_left"},
             units="um",
         )
 
@@ -129,7 +355,7 @@ def viewer_screenshot(results: list[FrameResult], class_names: list[str], path: 
 
     viewer = napari.Viewer(show=True, title="napari-foram demo")
     try:
-        viewer.window._qt_window.resize(1200, 860)
+        viewer.window.resize(1200, 860)
         show_results(viewer, results, class_names)
         viewer.reset_view()
         viewer.screenshot(str(path), canvas_only=False, flash=False)

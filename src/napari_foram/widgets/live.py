@@ -8,15 +8,14 @@ second, so neither a fast camera nor a slow classifier can stall the interface.
 
 from __future__ import annotations
 
-import threading
+import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -26,6 +25,7 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -38,10 +38,29 @@ from qtpy.QtWidgets import (
 )
 
 from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
-from napari_foram.frames import Frame, to_uint8
 from napari_foram.mosaic import Mosaic
 from napari_foram.pipeline import prediction_columns
-from napari_foram.widgets._qt import join_thread, spin, thread_running, with_browse
+from napari_foram.tally import stats
+from napari_foram.widgets._live_display import FRAME_LAYER, OVERVIEW_LAYER, LiveDisplay
+from napari_foram.widgets._qt import (
+    ActivityProgress,
+    ClassLegend,
+    Runner,
+    Section,
+    scroll_layout,
+    spin,
+    with_browse,
+)
+from napari_foram.widgets.layers import (
+    SPECIMENS_LAYER,
+    UNCERTAIN_LAYER,
+    Shown,
+    camera_line,
+    freeze_heap,
+)
+
+# The layer names are importable from here too (tests, scripts).
+__all__ = ["FRAME_LAYER", "OVERVIEW_LAYER", "SPECIMENS_LAYER", "UNCERTAIN_LAYER", "LiveWidget"]
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -49,60 +68,14 @@ if TYPE_CHECKING:
     from napari_foram.live import LiveCounter
     from napari_foram.pipeline import FrameResult
 
-FRAME_LAYER = "live frame"
-OVERVIEW_LAYER = "tray overview"
-#: Longer side of the tray overview in screen pixels (the fields are binned to fit).
-OVERVIEW_MAX_SIDE = 800
-SPECIMENS_LAYER = "counted specimens"
-UNCERTAIN_LAYER = "uncertain specimens"
-#: A specimen is flagged uncertain when fewer than this share of its MC passes agree.
-UNCERTAIN_VOTE_FRACTION = 0.8
+#: The table row of the specimens worth a person's look (`stats.uncertain_mask`; the
+#: tally's and the CSV's ``n_uncertain``), marked by red squares on the canvas.
+UNCERTAIN_ROW = "uncertain (to review)"
 #: Redraw period (ms): results arriving faster are drawn together.
 REDRAW_MS = 250
 
 
-def _freeze_heap() -> None:
-    """Move every object alive now out of the garbage collector's sight (`gc.freeze`).
-
-    napari, Qt, torch and the model leave many long-lived objects, and a full collection
-    walks them all while holding the GIL: without this, tests/test_live_gui.py saw one
-    ~300 ms GUI stall per scan (no thread in our code at the time); with it, none.
-    Objects made later are still collected as usual.
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-
-
-def display_step(shape: tuple[int, ...], max_side: int = 660) -> int:
-    """Pixel step that brings a frame's longer side to at most `max_side` for display."""
-    return max(1, -(-max(shape[:2]) // max_side))
-
-
-@contextmanager
-def _one_refresh(layer: Any) -> Iterator[None]:
-    """Hold back a napari layer's redraws while several properties change, then redraw
-    once. napari has no public batch-update API; `_block_refresh` is what its own
-    setters use, so fall back to plain (slower) updates if it ever goes away."""
-    block = getattr(layer, "_block_refresh", None)
-    if block is None:
-        yield
-        return
-    with block():
-        yield
-    layer.refresh()
-
-
-class _Bridge(QObject):
-    """Carries events from the worker thread to the GUI thread (queued connections)."""
-
-    result = Signal(object)
-    status = Signal(str)
-    finished = Signal(str, object)  # what ended ("connect", "scan", ...), its outcome
-
-
-class LiveWidget(QWidget):
+class LiveWidget(LiveDisplay, QWidget):
     """Count specimens at the microscope, live, into a tally store."""
 
     def __init__(
@@ -118,6 +91,8 @@ class LiveWidget(QWidget):
         seed: int = 7,
         bit_depth: int = 8,
         mono: bool = False,
+        config: str | Path | None = None,
+        adapter_path: str | Path | None = None,
     ) -> None:
         from napari_foram.live import DEFAULT_TARGET_COUNT, default_store_path
 
@@ -132,31 +107,58 @@ class LiveWidget(QWidget):
         self.counter: LiveCounter | None = None
         self.last_outcome: dict[str, object] = {}
         self._pending: list[FrameResult] = []
-        # (y, x, class, probability, uncertain, diameter um, unsure) per counted specimen.
-        self._shown: list[tuple[float, float, str, float, bool, float, bool]] = []
+        self._shown: list[Shown] = []  # every counted specimen of the sample, as drawn
         # Counts drawn in the table: read from the store when a sample starts or an
         # acquisition ends, advanced from the results in between (reading the store on
         # every redraw would wait for the worker's appends on the GUI thread). Specimens
-        # the model's unsure rule puts in no class are counted apart, as the tally does.
+        # the model's unsure rule puts in no class are counted apart, as the tally does;
+        # the numbers shown come from `stats.assemblage`, as the tally's and the CSV's.
         self._tally: dict[str, int] = {}
         self._n_unsure = 0
-        self._specimens_stale = False
+        self._n_uncertain = 0
+        # Display stretch of the current sample's frames (`contrast_limits` of its first
+        # frame, kept so that the fields of a scan match): None = the camera's depth.
+        self._contrast: tuple[float, float] | None = None
+        self._contrast_set = False
+        self._scan_total = 0  # fields planned in the running scan (0: no scan)
+        self._scan_done = 0
+        self._scan_started = 0.0
+        self._activity = ActivityProgress()
+        self._specimens_stale: list[str] = []  # specimen layers to draw, one per tick
         self._mosaic: Mosaic | None = None  # the scan's overview, at display resolution
         self._overview_step = 1
         self._overview_key: tuple[Any, ...] | None = None
         self._torch_threads: int | None = None
         self._after_connect: Callable[[], None] | None = None
-        self._thread: threading.Thread | None = None
-        self._bridge = _Bridge()
-        self._bridge.result.connect(self._pending.append)
-        self._bridge.status.connect(self._set_status)
-        self._bridge.finished.connect(self._on_finished)
+        self.runner = Runner(self)
+        self.runner.on("result", self._pending.append)
+        self.runner.on("status", self._set_status)
+        self.runner.on("finished", self._on_finished)
 
         # Microscope
         self.source = QComboBox()
-        self.source.addItems(["Simulated tray", "Micro-Manager configuration"])
-        self.config_path = QLineEdit()
+        self.source.addItems(
+            [
+                "Simulated tray",
+                "Micro-Manager configuration",
+                # The core napari-micromanager / pymmcore-gui opened (CMMCorePlus.instance()).
+                "Micro-Manager already open in this napari",
+            ]
+        )
+        # Long entries may not widen the dock: the box shows what fits, the list all.
+        self.source.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        self.source.setMinimumContentsLength(14)
+        self.config_path = QLineEdit(str(config or ""))
         self.config_path.setPlaceholderText("MMConfig.cfg")
+        if config:
+            self.source.setCurrentIndex(1)
+        self.adapter_path = QLineEdit(str(adapter_path or ""))
+        self.adapter_path.setPlaceholderText("default: $MICROMANAGER_PATH or `mmcore use`")
+        self.adapter_path.setToolTip(
+            "Micro-Manager's installation folder (its device adapters, mmgr_dal_*)"
+        )
         self.seed = spin(QSpinBox(), 0, 1_000_000, seed)
         self.store_path = QLineEdit(str(store_path or default_store_path()))
         self.mc = spin(QSpinBox(), 1, 1000, mc_samples)
@@ -164,15 +166,22 @@ class LiveWidget(QWidget):
         self.connect_button = QPushButton("Connect")
         self.connect_button.clicked.connect(self.connect_microscope)
         scope_form = QFormLayout()
+        # In a narrow dock a label goes above its field instead of pushing it off.
+        scope_form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         scope_form.addRow("microscope", self.source)
         scope_form.addRow("configuration", with_browse(self.config_path, self._browse_config))
-        scope_form.addRow("simulated tray seed", self.seed)
+        scope_form.addRow("adapter folder", with_browse(self.adapter_path, self._browse_adapters))
+        # Raw frames of the next tray scan, for audits and recounts (blank: not kept).
+        self.raw_path = QLineEdit()
+        self.raw_path.setPlaceholderText("keep raw frames: scan.ome.zarr (optional)")
+        scope_form.addRow("raw frames", self.raw_path)
+        scope_form.addRow("tray seed", self.seed)
         scope_form.addRow("tally store", self.store_path)
         scope_form.addRow("MC dropout passes", self.mc)
         scope_form.addRow("target count", self.target)
         # Online machines may fetch torchvision's ImageNet VGG16 for the demo model; never
         # without the user's say (528 MB).
-        self.download_weights = QCheckBox("download ImageNet weights if missing")
+        self.download_weights = QCheckBox("may download weights")
         self.download_weights.setToolTip(
             "The demo model stands on ImageNet VGG16 features. Without weights on this "
             "machine ($NAPARI_FORAM_VGG16_WEIGHTS or torch hub's cache) it falls back to a "
@@ -182,7 +191,7 @@ class LiveWidget(QWidget):
         connect_row.addWidget(self.connect_button)
         connect_row.addWidget(self.download_weights)
         scope_form.addRow(connect_row)
-        scope_box = QGroupBox("Microscope")
+        scope_box = QWidget()
         scope_box.setLayout(scope_form)
 
         # Sample record: what a count sheet asks for, before counting starts. Two fields
@@ -208,6 +217,7 @@ class LiveWidget(QWidget):
         ):
             edit = QLineEdit()
             self.sample_fields[name] = edit
+            edit.setMinimumWidth(50)  # the dock may be narrow: fields shrink, never cut
             row, col = divmod(i, 2)
             sample_grid.addWidget(QLabel(label), row, 2 * col)
             sample_grid.addWidget(edit, row, 2 * col + 1)
@@ -218,7 +228,7 @@ class LiveWidget(QWidget):
         sample_layout = QVBoxLayout()
         sample_layout.addLayout(sample_grid)
         sample_layout.addWidget(self.sample_button)
-        sample_box = QGroupBox("Sample")
+        sample_box = QWidget()
         sample_box.setLayout(sample_layout)
 
         # Acquisition
@@ -229,15 +239,17 @@ class LiveWidget(QWidget):
         self.z_planes.setToolTip(
             "focal planes per field, fused into one sharp image before counting"
         )
-        grid = QHBoxLayout()
-        for label, box in (
-            ("rows", self.rows),
-            ("cols", self.cols),
-            ("overlap", self.overlap),
-            ("z planes", self.z_planes),
+        grid = QGridLayout()  # two rows of two: narrow enough for a laptop's dock
+        for i, (label, box) in enumerate(
+            (
+                ("rows", self.rows),
+                ("cols", self.cols),
+                ("overlap", self.overlap),
+                ("z planes", self.z_planes),
+            )
         ):
-            grid.addWidget(QLabel(label))
-            grid.addWidget(box)
+            grid.addWidget(QLabel(label), i // 2, 2 * (i % 2))
+            grid.addWidget(box, i // 2, 2 * (i % 2) + 1)
         self.snap_button = QPushButton("Snap")
         self.snap_button.clicked.connect(self.snap)
         self.live_button = QPushButton("Live")
@@ -249,15 +261,12 @@ class LiveWidget(QWidget):
         self.pause_button.toggled.connect(self._toggle_pause)
         self.stop_button = QPushButton("Stop")
         self.stop_button.clicked.connect(self.stop)
-        buttons = QHBoxLayout()
-        for b in (
-            self.snap_button,
-            self.live_button,
-            self.scan_button,
-            self.pause_button,
-            self.stop_button,
+        buttons = QGridLayout()  # two rows: narrow enough for a laptop's dock
+        for i, b in enumerate(
+            (self.snap_button, self.live_button, self.scan_button, self.pause_button)
         ):
-            buttons.addWidget(b)
+            buttons.addWidget(b, i // 2, i % 2)
+        buttons.addWidget(self.stop_button, 2, 0, 1, 2)
         acq_layout = QVBoxLayout()
         acq_layout.addLayout(grid)
         acq_layout.addLayout(buttons)
@@ -265,26 +274,45 @@ class LiveWidget(QWidget):
         acq_box.setLayout(acq_layout)
 
         # Read-outs
+        self.camera_label = QLabel("no camera yet")  # camera, pixel size, bit depth
+        self.camera_label.setWordWrap(True)
         self.rate_label = QLabel("0.0 frames/s | backlog 0 | dropped 0")
+        self.scan_bar = QProgressBar()  # fields done of the running scan, time left
+        self.scan_bar.setFormat("scan: no scan running")
+        self.scan_bar.setValue(0)
         self.target_bar = QProgressBar()
-        self.target_bar.setFormat("%v of %m specimens")
+        self.target_bar.setFormat("%v of %m forams")
         self.status_label = QLabel("connect a microscope to start")
         self.status_label.setWordWrap(True)
         self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["class", "count", "%"])
+        self.table.setHorizontalHeaderLabels(["class", "count", "% of forams"])
         header = self.table.verticalHeader()
         if header is not None:
             header.setVisible(False)
+        self.table.setMinimumHeight(120)
+        columns = self.table.horizontalHeader()
+        if columns is not None:  # three short columns share the dock's width
+            columns.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.legend = ClassLegend()
 
-        layout = QVBoxLayout(self)
-        for w in (scope_box, sample_box, acq_box):
+        # Sections fold away and the whole dock scrolls: it fits a 1366 x 768 screen
+        # beside other docks (issue 15), where it used to force napari's window taller.
+        layout = scroll_layout(self, height_hint=300)
+        self.sections = {
+            "microscope": Section("Microscope", scope_box),
+            "sample": Section("Sample", sample_box),
+        }
+        for w in (*self.sections.values(), acq_box):
             layout.addWidget(w)
-        layout.addWidget(self.rate_label)
-        layout.addWidget(self.target_bar)
+        for w in (self.camera_label, self.rate_label, self.scan_bar, self.target_bar):
+            layout.addWidget(w)
         layout.addWidget(self.status_label)
         layout.addWidget(self.table)
+        layout.addWidget(self.legend)
         layout.addStretch(1)
 
+        self._labels_zoomed = False
+        self._camera_events().zoom.connect(self._on_zoom)
         self._timer = QTimer(self)
         self._timer.setInterval(REDRAW_MS)
         self._timer.timeout.connect(self._redraw)
@@ -297,8 +325,10 @@ class LiveWidget(QWidget):
         from napari_foram.live import SimulatedScope
 
         simulated = self.source.currentIndex() == 0
+        shared = self.source.currentIndex() == 2
         config = self.config_path.text().strip()
-        if not simulated and not config:
+        adapters = self.adapter_path.text().strip() or None
+        if self.source.currentIndex() == 1 and not config:
             self._set_status("choose a Micro-Manager configuration file first")
             return
         # The simulated tray is made to fit the scan set below (rows x cols at overlap).
@@ -325,7 +355,7 @@ class LiveWidget(QWidget):
             if self.counter is not None:
                 self.counter.close()
                 self.counter = None
-            self._bridge.status.emit("loading the classifier (first run: trains the demo model)")
+            self.runner.emit("status", "loading the classifier (first run: trains the demo model)")
             from napari_foram.classify.predict import cpu_threads, interactive_cpu_threads
 
             if self._torch_threads is None:
@@ -335,7 +365,7 @@ class LiveWidget(QWidget):
             if download and self.model == "demo":
                 from napari_foram.classify.backbone import resolve_backbone
 
-                self._bridge.status.emit("looking for ImageNet VGG16 weights (may download)")
+                self.runner.emit("status", "looking for ImageNet VGG16 weights (may download)")
                 resolve_backbone("imagenet", download=True)  # lands in torch hub's cache
 
             # An offline machine without ImageNet weights gets a weaker demo model: say so
@@ -356,14 +386,19 @@ class LiveWidget(QWidget):
                 counter = LiveCounter(predictor, store, mc_samples=mc, target_count=target)
                 if simulated:
                     counter.connect_simulated(scope)
+                elif shared:
+                    counter.connect_shared()  # left loaded and unchanged on close
                 else:
-                    counter.connect_config(config)
+                    counter.connect_config(config, adapter_path=adapters)
             except Exception:
                 store.close()
                 raise
             self.counter = counter
             note = f" | WARNING: {fallback[0]}" if fallback else ""
-            return f"connected; store {store_path}; classifier backbone {backbone}{note}"
+            caps = counter.capabilities
+            # The configuration check: what the microscope can do, what is off and why.
+            check = f" | {caps.summary()}" + "".join(f" {n}" for n in caps.notes) if caps else ""
+            return f"connected; store {store_path}; classifier backbone {backbone}{note}{check}"
 
         self._run("connect", work)
 
@@ -393,9 +428,7 @@ class LiveWidget(QWidget):
             return
         self._shown = []
         self._pending.clear()
-        for name in (SPECIMENS_LAYER, UNCERTAIN_LAYER):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
+        self._contrast, self._contrast_set = None, False  # a new sample may be lit anew
         self._reload_tally()
         self._prepare_layers()
         try:  # the scan as set now: its overview is made (and first drawn) before it runs
@@ -408,6 +441,7 @@ class LiveWidget(QWidget):
             self._prepare_overview(self.counter, plan)
         except ValueError:
             pass  # no scan possible with these settings: start_scan will say why
+        self.sections["sample"].toggle.setChecked(False)  # the read-outs come into view
         self._set_status(
             f"counting sample {record.sample_id}"
             + (f" (resumed: {held} specimens already stored)" if held else "")
@@ -426,14 +460,14 @@ class LiveWidget(QWidget):
         self._show_live_frame()
         counter = self._counter_with_sample()
         if counter is not None:
-            self._run("snap", lambda: self._bridge.result.emit(counter.snap()))
+            self._run("snap", lambda: self._emit_result(counter.snap()))
 
     def start_live(self) -> None:
         """Live preview until Stop."""
         self._show_live_frame()
         counter = self._counter_with_sample()
         if counter is not None:
-            self._run("live", lambda: counter.live(on_result=self._bridge.result.emit))
+            self._run("live", lambda: counter.live(on_result=self._emit_result))
 
     def start_scan(self) -> None:
         """A tray scan of rows x cols fields; Pause, Stop while it runs."""
@@ -448,11 +482,20 @@ class LiveWidget(QWidget):
             self._set_status(f"scan not started: {exc}")
             return
         self._prepare_overview(counter, sequence)
-        _freeze_heap()
+        raw = self.raw_path.text().strip() or None  # read here: the scan runs off the GUI thread
+        freeze_heap()
+        self._scan_total = max(1, len(counter.field_positions(sequence)))
+        self._scan_done, self._scan_started = 0, time.monotonic()
+        self._show_scan_progress()
         self._run(
             "scan",
             lambda: counter.scan(
-                rows, cols, overlap, sequence=sequence, on_result=self._bridge.result.emit
+                rows,
+                cols,
+                overlap,
+                sequence=sequence,
+                on_result=self._emit_result,
+                save_raw=raw,
             ),
         )
 
@@ -464,14 +507,17 @@ class LiveWidget(QWidget):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the background work ends (tests, scripts); True if it ended."""
-        return join_thread(self._thread, timeout)
+        return self.runner.wait(timeout)
 
     # ------------------------------------------------------------------ worker thread
     def _report(self, done: int, total: int, message: str = "") -> None:
-        self._bridge.status.emit(f"{message} ({done}/{total})")
+        self.runner.emit("status", f"{message} ({done}/{total})")
+
+    def _emit_result(self, result: FrameResult) -> None:
+        self.runner.emit("result", result)
 
     def _run(self, what: str, work: Callable[[], object]) -> None:
-        if thread_running(self._thread):
+        if self.runner.busy():
             self._set_status("busy: stop the running acquisition first")
             return
 
@@ -480,10 +526,9 @@ class LiveWidget(QWidget):
                 outcome = work()
             except Exception as exc:  # shown to the user, never swallowed
                 outcome = exc
-            self._bridge.finished.emit(what, outcome)
+            self.runner.emit("finished", what, outcome)
 
-        self._thread = threading.Thread(target=target, daemon=True, name=f"napari-foram-{what}")
-        self._thread.start()
+        self.runner.start(what, target)
         self._set_status(f"{what}...")
         self._update_buttons()
 
@@ -513,6 +558,11 @@ class LiveWidget(QWidget):
             self.config_path.setText(path)
             self.source.setCurrentIndex(1)
 
+    def _browse_adapters(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Micro-Manager installation folder")
+        if path:
+            self.adapter_path.setText(path)
+
     def _toggle_pause(self, paused: bool) -> None:
         if self.counter is None or self.counter.session is None:
             return
@@ -527,6 +577,14 @@ class LiveWidget(QWidget):
 
     def _on_finished(self, what: str, outcome: object) -> None:
         self._redraw(everything=True)
+        if what == "scan":
+            self._scan_total = 0
+            self._activity.close()
+        if what == "connect" and self.counter is not None:
+            # Done with: folded, so the sample form and the read-outs fit a laptop dock.
+            self.sections["microscope"].toggle.setChecked(False)
+            self.camera_label.setText(camera_line(self.counter.microscope_info))
+            self.legend.set_classes(list(self.counter.store.class_names), uncertain=True)
         if self.counter is not None and self.counter.sample_id is not None:
             self._reload_tally()  # the worker is done: the store is quiet
             self._refresh_tally()
@@ -554,12 +612,21 @@ class LiveWidget(QWidget):
             follow()
 
     def _update_buttons(self) -> None:
-        running = thread_running(self._thread)
+        running = self.runner.busy()
         ready = self.counter is not None and self.counter.sample_id is not None and not running
         self.connect_button.setEnabled(not running)
         self.sample_button.setEnabled(self.counter is not None and not running)
         for b in (self.snap_button, self.live_button, self.scan_button):
             b.setEnabled(ready)
+        caps = self.counter.capabilities if self.counter is not None else None
+        if caps is not None:
+            # What needs a missing part is off, its tooltip says why in one sentence.
+            no_scan = [n for n in caps.notes if not n.startswith("No Z")]
+            self.scan_button.setEnabled(ready and caps.can_scan)
+            self.scan_button.setToolTip(no_scan[0] if not caps.can_scan and no_scan else "")
+            self.z_planes.setEnabled(caps.can_z_stack)
+            no_z = [n for n in caps.notes if n.startswith("No Z")]
+            self.z_planes.setToolTip(no_z[0] if no_z else "")
         self.stop_button.setEnabled(running)
         self.pause_button.setEnabled(running)
 
@@ -578,13 +645,15 @@ class LiveWidget(QWidget):
                 f"dropped {int(s['dropped'])}"
             )
         if self._specimens_stale and not everything:
-            self._specimens_stale = False
-            self._show_specimens()
+            self._show_specimens((self._specimens_stale.pop(0),))
             return  # the frame waits for the next tick
         if not self._pending:
             return
         batch, self._pending[:] = list(self._pending), []
         self._show_frames(batch)
+        if self._scan_total:
+            self._scan_done += len(batch)
+            self._show_scan_progress()
         names = list(counter.store.class_names) if counter is not None else []
         rule = counter.unsure_rule if counter is not None else None
         for r in batch:
@@ -599,205 +668,27 @@ class LiveWidget(QWidget):
                 if rule is not None
                 else np.zeros(len(p.class_index), dtype=bool)
             )
+            # New rows are unreviewed: the tally's rule for "uncertain" is entropy alone.
+            uncertain_rows = stats.uncertain_mask(p.entropy)
             for j, row in enumerate(r.new_rows):
                 x, y = r.sample_xy_um[row]
                 if not np.isfinite(x):  # no stage position: place it in frame pixels
                     y, x = r.detections.centroid[row]
-                k = int(r.predictions.class_index[j])
-                prob = float(r.predictions.mean_probs[j].max())
-                vote = float(r.predictions.vote_fraction[j])
+                k = int(p.class_index[j])
                 diam = float(r.detections.equivalent_diameter_px[row]) * px
-                uncertain = vote < UNCERTAIN_VOTE_FRACTION
-                self._shown.append((y, x, names[k], prob, uncertain, diam, bool(unsure[j])))
+                uncertain = bool(uncertain_rows[j])
+                prob = float(p.mean_probs[j].max())
+                self._shown.append(Shown(y, x, names[k], prob, uncertain, diam, bool(unsure[j])))
+                self._n_uncertain += uncertain
                 if unsure[j]:
                     self._n_unsure += 1
                 else:
                     self._tally[names[k]] = self._tally.get(names[k], 0) + 1
-        self._specimens_stale = True
+        self._specimens_stale = [SPECIMENS_LAYER, UNCERTAIN_LAYER]
         self._refresh_tally()
         if everything:
-            self._specimens_stale = False
+            self._specimens_stale = []
             self._show_specimens()
-
-    def _show_frames(self, results: list[FrameResult]) -> None:
-        """Draw the frames that arrived since the last redraw: during a scan every one
-        is pasted into the tray overview (a field skipped would stay black); otherwise
-        the newest is shown, where it lies on the tray."""
-        if self._mosaic is not None and OVERVIEW_LAYER in self.viewer.layers:
-            pasted = False
-            for result in results:
-                image, px = self._display_image(result.frame, self._overview_step)
-                small = Frame(image, stage_xy_um=result.frame.stage_xy_um, pixel_size_um=px)
-                pasted = self._mosaic.paste(small) or pasted
-            if pasted:
-                self.viewer.layers[OVERVIEW_LAYER].refresh()  # one redraw for them all
-                return
-        self._show_frame(results[-1])
-
-    @staticmethod
-    def _display_image(frame: Frame, step: int | None = None) -> tuple[np.ndarray, float]:
-        """The frame at display resolution, 8-bit, and its pixel size there.
-
-        Every `display_step`-th pixel only: a preview needs no more than the screen shows,
-        and uploading a full 5 MP frame four times a second would starve the GUI thread.
-        10-16 bit cameras are scaled by the depth they report, so a dim frame looks dim
-        (guessing from the data would stretch it).
-        """
-        step = step or display_step(frame.image.shape[:2])
-        image = to_uint8(frame.image[::step, ::step], frame.metadata.get("bit_depth"))
-        return image, (frame.pixel_size_um or 1.0) * step
-
-    def _show_frame(self, result: FrameResult) -> None:
-        """Show one frame in the live-frame layer, where it lies on the tray."""
-        frame = result.frame
-        image, step_px = self._display_image(frame)
-        corner = frame.pixel_to_stage_um(0, 0)
-        translate = (corner[1], corner[0]) if corner is not None else (0.0, 0.0)
-        scale = (step_px, step_px)
-        if FRAME_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[FRAME_LAYER]
-            if layer.data.shape == image.shape and layer.data.dtype == image.dtype:
-                # Into the layer's own buffer (ours, made by `_prepare_layers`): assigning
-                # a new array would also re-check dims and extents, ~3x the cost.
-                with _one_refresh(layer):
-                    layer.data[...] = image
-                    if tuple(layer.translate) != translate:
-                        layer.translate = translate
-                    if tuple(layer.scale) != scale:
-                        layer.scale = scale
-                return
-            self.viewer.layers.remove(FRAME_LAYER)
-        self.viewer.add_image(
-            image,
-            name=FRAME_LAYER,
-            rgb=image.ndim == 3,
-            scale=scale,
-            translate=translate,
-            units="um",
-        )
-        self.viewer.layers.move(self.viewer.layers.index(FRAME_LAYER), 0)  # under the marks
-        self.viewer.reset_view()
-
-    def _prepare_overview(self, counter: LiveCounter, sequence: Any) -> None:
-        """An empty tray overview covering the planned fields; frames fill it as they
-        arrive (at display resolution: a 3 x 3 scan of 5 MP fields would be 45 MP)."""
-        px = counter.pixel_size_um()
-        positions = counter.field_positions(sequence)
-        key = (px, tuple(positions), counter.frame_shape())
-        if (
-            key == self._overview_key
-            and self._mosaic is not None
-            and OVERVIEW_LAYER in self.viewer.layers
-        ):
-            # Same fields as prepared (usually at sample start, where the layer's first,
-            # slow draw happened): clear it instead of making a new layer mid-scan.
-            self._mosaic.image[...] = 0
-            self.viewer.layers[OVERVIEW_LAYER].refresh()
-            if FRAME_LAYER in self.viewer.layers:
-                self.viewer.layers[FRAME_LAYER].visible = False
-            return
-        if OVERVIEW_LAYER in self.viewer.layers:
-            self.viewer.layers.remove(OVERVIEW_LAYER)
-        self._mosaic, self._overview_key = None, key
-        if px is None or not positions:
-            return
-        # The whole overview, not each field, at most ~OVERVIEW_MAX_SIDE px on its longer
-        # side: every refresh re-uploads the texture, and with software OpenGL a 4 MB
-        # one stalls the GUI thread for ~300 ms (measured by tests/test_live_gui.py).
-        shape = counter.frame_shape()
-        full = Mosaic.covering(positions, (shape[0], shape[1]), px)  # only its shape is used
-        self._overview_step = display_step(full.image.shape, OVERVIEW_MAX_SIDE)
-        step = self._overview_step
-        field = (-(-shape[0] // step), -(-shape[1] // step))
-        self._mosaic = Mosaic.covering(positions, field, px * step)
-        step_px = self._mosaic.pixel_size_um
-        self.viewer.add_image(
-            self._mosaic.image,  # the layer shares the canvas: pasted in place
-            name=OVERVIEW_LAYER,
-            rgb=True,
-            scale=(step_px, step_px),
-            translate=self._mosaic.translate_yx_um,
-            units="um",
-        )
-        self.viewer.layers.move(self.viewer.layers.index(OVERVIEW_LAYER), 0)
-        if FRAME_LAYER in self.viewer.layers:
-            self.viewer.layers[FRAME_LAYER].visible = False  # the overview shows it
-        self.viewer.reset_view()
-
-    def _prepare_layers(self) -> None:
-        """Create the frame and specimen layers before acquiring (creating a layer costs
-        far more than updating one: done now, it never stalls a running scan)."""
-        if self.counter is None:
-            return
-        shape = self.counter.frame_shape()
-        step = display_step(shape)
-        blank = np.zeros((-(-shape[0] // step), -(-shape[1] // step), *shape[2:]), np.uint8)
-        if FRAME_LAYER not in self.viewer.layers:
-            self.viewer.add_image(blank, name=FRAME_LAYER, rgb=blank.ndim == 3, units="um")
-        self._shown = [(0.0, 0.0, self.counter.store.class_names[0], 0.0, True, 1.0, False)]
-        self._show_specimens()  # one placeholder point, so that text and symbols compile
-        self._shown = []
-        self._show_specimens()
-
-    def _show_specimens(self) -> None:
-        from napari_foram.tally.export import UNSURE_COLOUR
-        from napari_foram.widgets.layers import class_colour
-
-        counter = self.counter
-        names = list(counter.store.class_names) if counter is not None else []
-        yx = np.array([(s[0], s[1]) for s in self._shown]).reshape(-1, 2)
-        cls = [s[2] for s in self._shown]
-        # Unsure specimens (the model's unsure rule) in grey, in no class's colour.
-        colours = np.array(
-            [UNSURE_COLOUR if s[6] else class_colour(s[2], names.index(s[2])) for s in self._shown]
-        ).reshape(-1, 4)
-        features = {
-            "class": cls,
-            "probability": np.round([s[3] for s in self._shown], 2),
-            "uncertain": [s[4] for s in self._shown],
-            "unsure": [s[6] for s in self._shown],
-        }
-        sizes = 1.3 * np.array([s[5] for s in self._shown])
-        if SPECIMENS_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[SPECIMENS_LAYER]
-            # Four property changes, one redraw (each would refresh the layer otherwise).
-            with _one_refresh(layer):
-                layer.data = yx  # napari resizes the per-point properties to match
-                if len(yx):
-                    layer.features = features
-                    layer.size = sizes
-                    layer.border_color = colours
-        else:
-            self.viewer.add_points(
-                yx,
-                name=SPECIMENS_LAYER,
-                features=features,
-                size=sizes,
-                face_color="transparent",
-                border_color=colours,
-                border_width=0.06,
-                text={"string": "{class} {probability:.2f}", "size": 8, "color": "white"},
-                units="um",
-            )
-        unsure = np.array([s[4] for s in self._shown], dtype=bool)
-        data = yx[unsure] if unsure.any() else np.zeros((0, 2))
-        if UNCERTAIN_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[UNCERTAIN_LAYER]
-            with _one_refresh(layer):
-                layer.data = data
-                if len(data):
-                    layer.size = 1.6 * sizes[unsure]
-        else:
-            self.viewer.add_points(
-                data,
-                name=UNCERTAIN_LAYER,
-                size=1.6 * sizes[unsure] if unsure.any() else 10,
-                symbol="square",
-                face_color="transparent",
-                border_color="red",
-                border_width=0.04,
-                units="um",
-            )
 
     def _reload_tally(self) -> None:
         """The table's counts from the store's `sample_summary` (unsure rule applied)."""
@@ -806,36 +697,49 @@ class LiveWidget(QWidget):
         summary = self.counter.summary()
         names = list(self.counter.store.class_names)
         if summary is None:
-            self._tally, self._n_unsure = dict.fromkeys(names, 0), 0
+            self._tally, self._n_unsure, self._n_uncertain = dict.fromkeys(names, 0), 0, 0
             return
         self._tally = {n: int(c) for n, c in zip(names, summary["counts"], strict=True)}
         self._n_unsure = int(summary["n_unsure"])
+        self._n_uncertain = int(summary["n_uncertain"])
 
     def _refresh_tally(self) -> None:
+        """The table: the tally widget's rows (`tally_table` of `stats.assemblage`, the
+        numbers of the CSV and the plot too), count and % of forams, and the uncertain."""
+        from napari_foram.widgets.tally import tally_table
+
         if self.counter is None:
             return
-        counts = self._tally
-        # As in the tally: unsure specimens are objects but in no class, so they fill
-        # no part of the target.
-        classified = sum(counts.values())
-        total = classified + self._n_unsure
+        names = list(self.counter.store.class_names)
         target = self.counter.target_count
+        numbers = stats.assemblage(
+            np.array([self._tally.get(n, 0) for n in names]),
+            names,
+            n_unsure=self._n_unsure,
+            target=target,
+        )
         self.target_bar.setRange(0, target)
-        self.target_bar.setValue(min(classified, target))
-        rows = [*counts.items(), ("unsure", self._n_unsure), ("total", total)]
+        self.target_bar.setValue(min(numbers["total_forams"], target))
+        table = tally_table(numbers, names)
+        rows = [(name, r[0], r[1]) for name, r in zip(table["index"], table["data"], strict=True)]
+        # After "unsure", before the totals (the last row stays "total objects").
+        rows.insert(len(names) + 1, (UNCERTAIN_ROW, self._n_uncertain, ""))
         self.table.setRowCount(len(rows))
-        for row, (name, n) in enumerate(rows):
-            self.table.setItem(row, 0, QTableWidgetItem(name.replace("_", " ")))
-            self.table.setItem(row, 1, QTableWidgetItem(str(n)))
-            pct = "" if name == "total" or not total else f"{100.0 * n / total:.1f}"
-            self.table.setItem(row, 2, QTableWidgetItem(pct))
+        for row, cells in enumerate(rows):
+            for col, value in enumerate(cells):
+                text = str(value).replace("_", " ") if col == 0 else str(value)
+                self.table.setItem(row, col, QTableWidgetItem(text))
 
     def closeEvent(self, event: Any) -> None:  # Qt names it
-        """Stop the acquisition and release the store when the widget goes away."""
+        """Stop the acquisition, wait for the worker and release the store when the widget
+        goes away: no thread of it outlives it."""
         self._timer.stop()
+        self._disconnect_viewer()
         if self.counter is not None:
             self.counter.stop()
-            self.wait(30)
+        self.runner.close(30)
+        self._activity.close()
+        if self.counter is not None:
             self.counter.close()
             self.counter = None
         if self._torch_threads is not None:

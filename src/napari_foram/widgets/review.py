@@ -34,31 +34,26 @@ counted without stage positions (image folders) opens its crops stack at the spe
 
 from __future__ import annotations
 
-import getpass
 import math
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, QRectF, Qt, Signal
-from qtpy.QtGui import QColor, QFont, QImage, QKeyEvent, QPainter, QPen, QPixmap
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtGui import QKeyEvent
 from qtpy.QtOpenGLWidgets import QOpenGLWidget
 from qtpy.QtWidgets import (
     QAbstractSpinBox,
     QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -72,8 +67,16 @@ from napari_foram.review import (
     default_export_dir,
 )
 from napari_foram.tally.stats import REVIEW_NONE
-from napari_foram.widgets._qt import join_thread, thread_running, with_browse
-from napari_foram.widgets.layers import class_colour
+from napari_foram.widgets._qt import Runner, Section, scroll_layout, with_browse
+from napari_foram.widgets._review_parts import (
+    CROP_DISPLAY_PX,
+    ProbabilityBars,
+    camera_and_canvas,
+    crop_pixmap,
+    double_spin,
+    key_action,
+    login_name,
+)
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -82,8 +85,6 @@ if TYPE_CHECKING:
 
 #: Layer that marks the specimen under review.
 HIGHLIGHT_LAYER = "review specimen"
-#: Side of the crop shown in the widget (px): the 224 px crop, enlarged.
-CROP_DISPLAY_PX = 256
 #: Visible width around a specimen after "show in frame", in specimen diameters.
 FRAME_VIEW_DIAMETERS = 10.0
 #: Measure names as the widget shows them.
@@ -94,36 +95,6 @@ MEASURE_LABELS = {
     "feature_distance": "distance from training crops",
 }
 
-_KEY_ACTIONS = {
-    int(Qt.Key.Key_Return): "accept",
-    int(Qt.Key.Key_Enter): "accept",
-    int(Qt.Key.Key_A): "accept",
-    int(Qt.Key.Key_D): "dubious",
-    int(Qt.Key.Key_X): "reject",
-    int(Qt.Key.Key_Backspace): "undo",
-    int(Qt.Key.Key_U): "undo",
-    int(Qt.Key.Key_Right): "next",
-    int(Qt.Key.Key_Left): "previous",
-}
-_DIGITS = {int(getattr(Qt.Key, f"Key_{d}")): d for d in range(1, 10)}
-
-
-def key_action(event: QKeyEvent) -> str | None:
-    """The review action a key press asks for ("accept", "class 2", ...), or None.
-
-    Only plain keys (no Ctrl, Alt, Shift or Meta): napari's and Qt's shortcuts keep theirs.
-    """
-    no_modifier = event.modifiers() in (
-        Qt.KeyboardModifier.NoModifier,
-        Qt.KeyboardModifier.KeypadModifier,
-    )
-    if not no_modifier:
-        return None
-    key = int(event.key())
-    if key in _DIGITS:
-        return f"class {_DIGITS[key]}"
-    return _KEY_ACTIONS.get(key)
-
 
 def _inside_a_box(edit: QLineEdit) -> bool:
     return isinstance(edit.parent(), (QAbstractSpinBox, QComboBox))
@@ -131,114 +102,6 @@ def _inside_a_box(edit: QLineEdit) -> bool:
 
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
-
-
-def crop_pixmap(crop: np.ndarray, side: int = CROP_DISPLAY_PX) -> QPixmap:
-    """A (224, 224, 3) uint8 crop as a QPixmap of `side` px (smoothly scaled)."""
-    rgb = np.ascontiguousarray(crop[..., :3], dtype=np.uint8)
-    h, w = rgb.shape[:2]
-    image = QImage(rgb.tobytes(), w, h, 3 * w, QImage.Format.Format_RGB888)
-    # copy(): the QImage borrows the bytes' buffer, which dies with this function.
-    pixmap = QPixmap.fromImage(image.copy())
-    return pixmap.scaled(
-        side,
-        side,
-        Qt.AspectRatioMode.KeepAspectRatio,
-        Qt.TransformationMode.SmoothTransformation,
-    )
-
-
-class ProbabilityBars(QWidget):
-    """The MC-dropout mean probability of every class as a horizontal bar, with +-1 SD.
-
-    One row per class, numbered as the keys that choose it; the predicted class's name is
-    bold, a class a person gave is marked. Drawn with QPainter: no matplotlib canvas.
-    """
-
-    ROW_PX = 22
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.class_names: list[str] = []
-        self.probs = np.zeros(0)
-        self.sd = np.zeros(0)
-        self.predicted = -1
-        self.reviewed = -1
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-
-    def set_values(
-        self,
-        class_names: list[str],
-        probs: np.ndarray,
-        sd: np.ndarray,
-        predicted: int,
-        reviewed: int = -1,
-    ) -> None:
-        """Show one specimen (probs and sd: (K,)); an empty `probs` clears the chart."""
-        self.class_names = list(class_names)
-        self.probs = np.asarray(probs, dtype=np.float64)
-        self.sd = np.asarray(sd, dtype=np.float64)
-        self.predicted, self.reviewed = int(predicted), int(reviewed)
-        self.setFixedHeight(max(1, len(self.class_names)) * self.ROW_PX + 8)
-        self.update()
-
-    def paintEvent(self, event: Any) -> None:
-        painter = QPainter(self)
-        try:
-            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-            width = self.width()
-            label_w = min(170, int(width * 0.45))
-            value_w = 92
-            bar_x = label_w + 4
-            bar_w = max(10, width - bar_x - value_w)
-            text = self.palette().windowText().color()
-            normal, bold = QFont(self.font()), QFont(self.font())
-            bold.setBold(True)
-            for k, name in enumerate(self.class_names):
-                top = 4 + k * self.ROW_PX
-                p = float(self.probs[k]) if k < self.probs.size else math.nan
-                sd = float(self.sd[k]) if k < self.sd.size else 0.0
-                painter.setFont(bold if k == self.predicted else normal)
-                painter.setPen(text)
-                mark = " \u2714" if k == self.reviewed else ""
-                painter.drawText(
-                    QRectF(0, top, label_w, self.ROW_PX),
-                    int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft),
-                    f"{k + 1} {name}{mark}",
-                )
-                painter.setPen(QPen(QColor(128, 128, 128)))
-                painter.drawRect(QRectF(bar_x, top + 4, bar_w, self.ROW_PX - 8))
-                if not math.isfinite(p):
-                    continue
-                r, g, b, _ = class_colour(name, k)
-                painter.fillRect(
-                    QRectF(bar_x, top + 4, bar_w * min(max(p, 0.0), 1.0), self.ROW_PX - 8),
-                    QColor.fromRgbF(r, g, b),
-                )
-                if math.isfinite(sd) and sd > 0:  # the MC spread: +-1 SD whisker
-                    lo = bar_x + bar_w * min(max(p - sd, 0.0), 1.0)
-                    hi = bar_x + bar_w * min(max(p + sd, 0.0), 1.0)
-                    mid = top + self.ROW_PX / 2
-                    painter.setPen(QPen(text, 1.5))
-                    painter.drawLine(int(lo), int(mid), int(hi), int(mid))
-                    painter.drawLine(int(lo), int(mid - 4), int(lo), int(mid + 4))
-                    painter.drawLine(int(hi), int(mid - 4), int(hi), int(mid + 4))
-                painter.setPen(text)
-                painter.setFont(normal)
-                painter.drawText(
-                    QRectF(bar_x + bar_w + 4, top, value_w - 4, self.ROW_PX),
-                    int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft),
-                    f"{p:.2f} \u00b1 {sd:.2f}",
-                )
-        finally:
-            painter.end()
-
-
-class _Bridge(QObject):
-    """Carries events from the export / training thread to the GUI thread."""
-
-    progress = Signal(int, int, str)
-    finished = Signal(str, object)  # (what: "export" | "fine-tune", result or exception)
 
 
 class ReviewWidget(QWidget):
@@ -273,10 +136,9 @@ class ReviewWidget(QWidget):
         self.fine_tune_options: dict[str, Any] = {}
         #: The last export's / fine-tuning's result (or exception); None while running.
         self.last_result: Any = None
-        self._thread: threading.Thread | None = None
-        self._bridge = _Bridge()
-        self._bridge.progress.connect(self._on_progress)
-        self._bridge.finished.connect(self._on_finished)
+        self.runner = Runner(self)
+        self.runner.on("progress", self._on_progress)
+        self.runner.on("finished", self._on_finished)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
 
         # ---- store, sample, reviewer
@@ -285,7 +147,7 @@ class ReviewWidget(QWidget):
         self.store_edit.returnPressed.connect(lambda: self.open_store(self.store_edit.text()))
         self.sample_box = QComboBox()
         self.sample_box.currentTextChanged.connect(self._on_sample)
-        self.reviewer_edit = QLineEdit(reviewer if reviewer is not None else _login_name())
+        self.reviewer_edit = QLineEdit(reviewer if reviewer is not None else login_name())
         self.reviewer_edit.textChanged.connect(self._on_reviewer)
         form = QFormLayout()
         form.addRow("tally store", with_browse(self.store_edit, self._browse_store))
@@ -300,11 +162,11 @@ class ReviewWidget(QWidget):
         self.status_box = QComboBox()
         self.status_box.addItems(list(STATUS_FILTERS))
         self.range_check = QCheckBox("uncertainty from")
-        self.min_spin = _double_spin(0.0, 10.0, 0.0, 0.05)
-        self.max_spin = _double_spin(0.0, 10.0, 2.0, 0.05)
+        self.min_spin = double_spin(0.0, 10.0, 0.0, 0.05)
+        self.max_spin = double_spin(0.0, 10.0, 2.0, 0.05)
         self.unsure_check = QCheckBox("unsure only (the model's unsure rule)")
         self.target_check = QCheckBox("review until expected misclassified <")
-        self.target_spin = _double_spin(0.01, 100000.0, 5.0, 0.5)
+        self.target_spin = double_spin(0.01, 100000.0, 5.0, 0.5)
         # A compact grid: the dock must leave room for the crop on a laptop screen.
         grid = QGridLayout()
         grid.addWidget(QLabel("sort by"), 0, 0)
@@ -321,7 +183,8 @@ class ReviewWidget(QWidget):
         grid.addWidget(self.target_check, 3, 0, 1, 3)
         grid.addWidget(self.target_spin, 3, 3)
         grid.addWidget(self.unsure_check, 4, 0, 1, 4)
-        queue_box = QGroupBox("queue (most uncertain first)")
+        queue_box = QWidget()
+        grid.setContentsMargins(0, 0, 0, 0)
         queue_box.setLayout(grid)
         for box in (self.measure_box, self.class_box, self.status_box):
             box.currentIndexChanged.connect(self._apply_queue_settings)
@@ -354,12 +217,12 @@ class ReviewWidget(QWidget):
             self.undo_button: "undo",
             self.next_button: "next",
         }
-        buttons = QHBoxLayout()
-        for button, action in actions.items():
+        buttons = QGridLayout()  # two rows of three: the dock stays narrow
+        for i, (button, action) in enumerate(actions.items()):
             # Buttons never keep the focus, so the keys keep working after a click.
             button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
             button.clicked.connect(lambda _=False, a=action: self.do(a))
-            buttons.addWidget(button)
+            buttons.addWidget(button, i // 3, i % 3)
         self.frame_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.frame_button.clicked.connect(self.show_in_frame)
         self.progress_label = QLabel("")
@@ -385,16 +248,24 @@ class ReviewWidget(QWidget):
         out_buttons = QHBoxLayout()
         out_buttons.addWidget(self.export_button)
         out_buttons.addWidget(self.tune_button)
-        out_box = QGroupBox("retrain from the validated crops")
+        out_box = QWidget()
         out_layout = QVBoxLayout(out_box)
+        out_layout.setContentsMargins(0, 0, 0, 0)
         out_layout.addLayout(out_form)
         out_layout.addLayout(out_buttons)
         out_layout.addWidget(self.work_bar)
         out_layout.addWidget(self.result_label)
 
-        layout = QVBoxLayout(self)
+        # The dock scrolls and its settings fold away: it fits a 1366 x 768 screen beside
+        # Foram live, the crop first in view (issue 15).
+        # The crop and its buttons in view (on a 768 px screen beside Foram live too).
+        layout = scroll_layout(self, height_hint=460, min_height=330)
         layout.addLayout(form)
-        layout.addWidget(queue_box)
+        self.sections = {
+            "queue": Section("Queue (most uncertain first)", queue_box, expanded=False),
+            "retrain": Section("Retrain from the validated crops", out_box, expanded=False),
+        }
+        layout.addWidget(self.sections["queue"])
         layout.addWidget(self.crop_label, alignment=Qt.AlignmentFlag.AlignHCenter)
         layout.addWidget(self.info_label)
         layout.addWidget(self.bars)
@@ -402,7 +273,7 @@ class ReviewWidget(QWidget):
         layout.addWidget(self.frame_button)
         layout.addWidget(self.progress_label)
         layout.addWidget(self.message)
-        layout.addWidget(out_box)
+        layout.addWidget(self.sections["retrain"])
         layout.addStretch(1)
         # Text fields keep the keys typed into them: Qt passes a key a field does not
         # use (Enter, Up...) on to its parent, where Enter in the store field would
@@ -734,7 +605,7 @@ class ReviewWidget(QWidget):
             layer.selected_data = {int(hits[0])}
         size = float(np.ravel(layer.size)[hits[0]]) if hits.size else 100.0
         self._highlight(np.array([[y, x]]), size)
-        camera, canvas = _camera_and_canvas(self.viewer)
+        camera, canvas = camera_and_canvas(self.viewer)
         camera.center = (y, x)
         camera.zoom = min(canvas) / max(size * FRAME_VIEW_DIAMETERS, 1e-6)
         self.message.setText(f"row {row} at x = {x:.0f} um, y = {y:.0f} um on {sid}")
@@ -764,11 +635,11 @@ class ReviewWidget(QWidget):
         return None if self.store_path is None else default_export_dir(self.store_path)
 
     def is_running(self) -> bool:
-        return thread_running(self._thread)
+        return self.runner.busy()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the export / training thread ends (tests, scripts); True if it did."""
-        return join_thread(self._thread, timeout)
+        return self.runner.wait(timeout)
 
     def export_crops(self) -> bool:
         """Export every sample's validated crops (ImageFolder) on a background thread."""
@@ -791,10 +662,7 @@ class ReviewWidget(QWidget):
         self.work_bar.setRange(0, 0)
         self.result_label.setText(f"{what}: starting...")
         args = (what, store, out, self.model_edit.text().strip() or "demo")
-        self._thread = threading.Thread(
-            target=self._work, args=args, daemon=True, name=f"napari-foram-review-{what}"
-        )
-        self._thread.start()
+        self.runner.start(f"review-{what}", lambda: self._work(*args))
         self._show()
         return True
 
@@ -803,10 +671,10 @@ class ReviewWidget(QWidget):
         from napari_foram.review import export_validated_crops, fine_tune, resolve_model
         from napari_foram.tally.store import TallyStore
 
-        bridge = self._bridge
+        emit = self.runner.emit
 
         def progress(done: int, total: int, message: str = "") -> None:
-            bridge.progress.emit(done, total, message)
+            emit("progress", done, total, message)
 
         try:
             base = None
@@ -822,7 +690,7 @@ class ReviewWidget(QWidget):
                     )
                 exported = export_validated_crops(store, out, progress=progress)
             if base is None:
-                bridge.finished.emit(what, exported)
+                emit("finished", what, exported)
                 return
             result = fine_tune(
                 out,
@@ -831,9 +699,9 @@ class ReviewWidget(QWidget):
                 progress=progress,
                 **self.fine_tune_options,
             )
-            bridge.finished.emit(what, result)
+            emit("finished", what, result)
         except Exception as exc:  # shown to the user, not swallowed
-            bridge.finished.emit(what, exc)
+            emit("finished", what, exc)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.work_bar.setRange(0, max(total, 1))
@@ -853,34 +721,11 @@ class ReviewWidget(QWidget):
         self._show()
 
     def closeEvent(self, event: Any) -> None:
+        """Wait for an export or fine-tuning to end (no thread outlives the widget), then
+        release the store and napari's canvas."""
+        self.runner.close(None)
         self.close_store()
         for canvas in self._canvases:  # napari's canvas outlives the widget
             canvas.removeEventFilter(self)
         self._canvases.clear()
         super().closeEvent(event)
-
-
-def _double_spin(low: float, high: float, value: float, step: float) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setDecimals(3)
-    box.setRange(low, high)
-    box.setSingleStep(step)
-    box.setValue(value)
-    return box
-
-
-def _camera_and_canvas(viewer: Any) -> tuple[Any, tuple[int, ...]]:
-    """The viewer's camera and canvas size in pixels (napari >= 0.9 keeps them on
-    ``scene`` and ``canvas``; ``viewer.camera`` is deprecated there)."""
-    scene = getattr(viewer, "scene", None)
-    camera = scene.camera if scene is not None else viewer.camera
-    canvas = getattr(viewer, "canvas", None)
-    size = tuple(int(v) for v in getattr(canvas, "size", ())) or (600, 800)
-    return camera, size
-
-
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user database entry (containers)
-        return ""

@@ -116,6 +116,11 @@ class TallyWidget(Container):
         )
         self._export_csv_button = PushButton(text="Export CSV (wide)")
         self._export_plot_button = PushButton(text="Export plot")
+        # Path fields shrink (the path scrolls inside, whole in the tooltip), and "..."
+        # instead of "Choose directory": the dock leaves the canvas half a laptop screen.
+        for edit in (self._store_edit, self._export_dir):
+            edit.choose_btn.text = "..."
+            edit.line_edit.native.setMinimumWidth(60)
         self.message = Label(value="choose a tally store (a .zarr folder)")
         self.message.native.setWordWrap(True)
         self.extend(
@@ -151,7 +156,9 @@ class TallyWidget(Container):
         native.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         native.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         native.verticalHeader().setDefaultSectionSize(22)
-        native.setMinimumHeight(170)
+        # Small enough minimums that the whole dock fits a 768 px screen (issue 15); the
+        # table scrolls (three rows of totals) and the chart grows when there is room.
+        native.setMinimumHeight(110)
 
     # ------------------------------------------------------------------ chart
     def _make_chart(self) -> tuple[Any, Any]:
@@ -159,9 +166,10 @@ class TallyWidget(Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        figure = Figure(figsize=(4, 2.8), layout="constrained")
+        # 3.4 in at 100 dpi: the canvas asks for 340 px, a laptop dock's width.
+        figure = Figure(figsize=(3.4, 2.6), layout="constrained")
         canvas = FigureCanvasQTAgg(figure)
-        canvas.setMinimumHeight(220)
+        canvas.setMinimumHeight(150)
         # Added after every magicgui widget, so magicgui's own indices stay right.
         self.native.layout().addWidget(canvas)
         return figure, canvas
@@ -218,7 +226,30 @@ class TallyWidget(Container):
             ax.tick_params(axis="y", labelsize=7)
             title = f"{sample_id}: n = {s['total_forams']} (Wilson 95 %)"
             ax.set_title(title + (f", {unsure} unsure" if unsure else ""), fontsize=8)
+        self._theme_chart(ax)
         self.canvas.draw_idle()
+
+    def _theme_chart(self, ax: Any) -> None:
+        """The chart in the viewer's theme (white on napari's dark theme was a glaring
+        box): background and text from napari's public theme registry."""
+        from napari.utils.theme import get_theme
+
+        try:
+            theme = get_theme(str(getattr(self._viewer, "theme", "dark")))
+            bg, fg = theme.background.as_hex(), theme.text.as_hex()
+        except (KeyError, ValueError, AttributeError):  # a theme napari does not know
+            return
+        self._figure.set_facecolor(bg)
+        ax.set_facecolor(bg)
+        ax.tick_params(colors=fg, which="both")
+        for spine in ax.spines.values():
+            spine.set_color(fg)
+        for text in (ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts):
+            text.set_color(fg)
+        for line in ax.lines:  # the Wilson error bars
+            line.set_color(fg)
+        for collection in ax.collections:
+            collection.set_color(fg)
 
     # ------------------------------------------------------------------ data
     @property

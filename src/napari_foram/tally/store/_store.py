@@ -17,6 +17,7 @@ import numpy as np
 
 from napari_foram._versions import software_versions
 from napari_foram.defaults import CROP_SIZE
+from napari_foram.reasons import one_line
 from napari_foram.tally import stats
 from napari_foram.tally.stats import (
     REVIEW_NONE,
@@ -289,7 +290,7 @@ class TallyStore:
         except KeyError:
             raise ValueError(f"no sample {sample_id!r} in {self.path}") from None
         except Exception as exc:  # zarr's errors for metadata it cannot parse
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = one_line(exc)
             raise self._damage(sample_id, f"sample {sample_id!r}: {msg}") from None
         if not group.attrs.get("initialised", False):
             raise ValueError(f"sample {sample_id!r} in {self.path} is incomplete")
@@ -958,7 +959,7 @@ class TallyStore:
         try:
             return np.asarray(read())
         except Exception as exc:  # codec errors (e.g. Zstd), size mismatches, JSON errors
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            msg = one_line(exc)
             # Not remembered as damaged: a writer mid-rename may be the cause; checked again.
             raise DamagedSampleError(
                 f"{self.path}: sample {sample_id!r}, array {name}: cannot decode ({msg}); "

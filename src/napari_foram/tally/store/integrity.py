@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from napari_foram.defaults import CROP_SIZE
+from napari_foram.reasons import one_line
 from napari_foram.tally import stats
 
 from ._files import _WriterLock, check_root_attrs, read_zarr_json
@@ -63,11 +64,6 @@ class Problem:
         return f"{where}: {self.reason}"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def read_json(path: Path) -> dict[str, Any]:
     """A metadata file as a dict; ValueError naming the file when it cannot be read."""
     try:
@@ -75,7 +71,7 @@ def read_json(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ValueError(f"{path.name} is missing") from None
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ValueError(f"{path.name} is unreadable ({_one_line(exc)})") from None
+        raise ValueError(f"{path.name} is unreadable ({one_line(exc)})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} holds no JSON object")
     return data
@@ -93,7 +89,7 @@ def chunk_keys(meta: dict[str, Any], rows: int) -> list[str]:
         name = encoding.get("name", "default")
         sep = encoding.get("configuration", {}).get("separator", "/" if name == "default" else ".")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"array metadata lacks its chunk grid ({_one_line(exc)})") from None
+        raise ValueError(f"array metadata lacks its chunk grid ({one_line(exc)})") from None
     if len(shape) != len(chunk_shape) or not shape or min(chunk_shape) <= 0:
         raise ValueError(f"array metadata has shape {shape} but chunks {chunk_shape}")
     if name not in ("default", "v2"):
@@ -171,7 +167,7 @@ def sample_problems(
     try:
         SampleRecord(**attrs.get("record", {}))
     except (TypeError, ValueError) as exc:
-        problems.append(Problem(sid, "", "", f"sample record unreadable ({_one_line(exc)})"))
+        problems.append(Problem(sid, "", "", f"sample record unreadable ({one_line(exc)})"))
     for key, kind in (("provenance", list), ("processed_files", dict), ("reviewers", list)):
         if key in attrs and not isinstance(attrs[key], kind):
             problems.append(Problem(sid, "", "", f"attribute {key} is not a {kind.__name__}"))
@@ -212,7 +208,7 @@ def sample_problems(
                 raise ValueError(f"{shape[0]} rows but {rows} are committed")
             keys = chunk_keys(ameta, rows)
         except (KeyError, TypeError, ValueError) as exc:
-            problems.append(Problem(sid, name, "", f"metadata: {_one_line(exc)}"))
+            problems.append(Problem(sid, name, "", f"metadata: {one_line(exc)}"))
             continue
         missing = [k for k in keys if not (adir / k).is_file()]
         if name in optional_chunks:
@@ -226,7 +222,7 @@ def sample_problems(
         try:
             arr = zarr.open_array(adir, mode="r", zarr_format=3)
         except Exception as exc:  # zarr raises many kinds for a bad metadata file
-            problems.append(Problem(sid, name, "", f"cannot open ({_one_line(exc)})"))
+            problems.append(Problem(sid, name, "", f"cannot open ({one_line(exc)})"))
             continue
         step = int(arr.chunks[0])
         # Keys of our arrays vary only along rows (the trailing dims are one chunk).
@@ -237,7 +233,7 @@ def sample_problems(
             try:
                 arr[start : min(start + step, rows)]
             except Exception as exc:  # a corrupt chunk: decompression or size errors
-                problems.append(Problem(sid, name, key, f"not decodable ({_one_line(exc)})"))
+                problems.append(Problem(sid, name, key, f"not decodable ({one_line(exc)})"))
     return problems
 
 

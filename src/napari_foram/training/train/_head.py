@@ -23,11 +23,11 @@ from napari_foram.classify.head_fit import (
     fit_head,
     make_optimizer,
 )
-from napari_foram.classify.head_fit import seeded as _seeded
 from napari_foram.classify.model import (
     FORAMNet,
 )
 from napari_foram.classify.predict import resolve_device
+from napari_foram.classify.rng import seeded
 
 from ._config import TrainConfig
 from ._model import augment, fold_standardisation, preprocess, unfold_standardisation
@@ -190,7 +190,7 @@ def fine_tune(
     best_epoch, stale, interrupted = 0, 0, False
     history: list[dict[str, float]] = []
     steps_per_epoch = -(-len(train_idx) // config.batch_size)
-    with _seeded(config.seed + 1, device):
+    with seeded(config.seed + 1, device):
         try:
             for epoch in range(1, config.fine_tune_epochs + 1):
                 order = np.asarray(train_idx)[torch.randperm(len(train_idx)).numpy()]

@@ -18,6 +18,7 @@ from napari_foram.classify.model import (
     FORAMNet,
 )
 from napari_foram.classify.predict import Predictor
+from napari_foram.classify.rng import seeded
 
 from ._config import TrainConfig
 
@@ -66,8 +67,7 @@ def _fresh_model(
     base: FORAMNet, base_info: ModelInfo, config: TrainConfig, class_names: Sequence[str]
 ) -> tuple[FORAMNet, ModelInfo]:
     """A model with `base`'s backbone and a head initialised from `config.seed`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(config.seed))
+    with seeded(config.seed):
         model = FORAMNet(
             len(class_names), hidden_units=config.hidden_units, dropout=config.dropout
         )

@@ -1,0 +1,285 @@
+"""The CPU compute paths of VGG16 (fp32, bf16, int8) and the per-machine "auto" choice.
+
+Real networks throughout: the ImageNet backbone with a head trained on its features for
+the agreement test, a random-weights VGG16 where only the mechanics matter (cache,
+batching, provenance). Crop counts are tiny to keep the suite fast; the full-size
+figures come from `napari-foram bench` (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_foram.classify import precision as P
+from napari_foram.classify.checkpoint import ModelInfo, new_classifier
+from napari_foram.classify.model import build_model
+from napari_foram.classify.predict import Predictor
+from napari_foram.synthetic import CLASSES, render_crop
+
+# Small calibrations: enough to exercise every step, a few seconds each.
+SMALL = {"n_calibration": 4, "n_check": 8, "batch_size": 4}
+TINY = {"n_calibration": 1, "n_check": 2, "batch_size": 1}
+
+
+@pytest.fixture
+def auto_env(monkeypatch):
+    """Let "auto" measure (the suite pins fp32 through the environment)."""
+    monkeypatch.delenv(P.PRECISION_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    model = build_model(len(CLASSES), backbone_weights="none", seed=0)
+    return model, ModelInfo.for_model(model, CLASSES)
+
+
+@pytest.fixture(scope="module")
+def trained_model():
+    """ImageNet VGG16 (Keras weights, caffe input) + a head trained on 16 synthetic crops'
+    fp32 features: decisive outputs, like a real model's, unlike a random head's."""
+    from napari_foram.classify.backbone import locate_imagenet_weights
+    from napari_foram.classify.demo_model import train_head_on_features
+
+    found = locate_imagenet_weights()
+    if found is None:
+        pytest.skip("no ImageNet VGG16 weights on this machine ($NAPARI_FORAM_VGG16_WEIGHTS)")
+    model, info = new_classifier(CLASSES, backbone_weights="imagenet", seed=0)
+    assert info.input_convention == "caffe"  # the shared Keras weights file
+    crops = np.stack([render_crop(CLASSES[i % 4], 500 + i) for i in range(16)])
+    labels = np.arange(16) % 4
+    features = Predictor(model, info, device="cpu", precision="fp32").extract_features(crops)
+    train_head_on_features(features, labels, model.head, max_epochs=12, patience=12)
+    return model, info
+
+
+def _fresh_crops(n: int, seed: int = 600) -> np.ndarray:
+    return np.stack([render_crop(CLASSES[i % 4], seed + i) for i in range(n)])
+
+
+def test_auto_picks_a_path_that_agrees_with_fp32(trained_model, tmp_path, auto_env):
+    model, info = trained_model
+    choice = P.choose_precision(model, info, cache_dir=tmp_path, **SMALL)
+    assert choice.source == "calibrated"
+    assert choice.path in P.PATHS
+    assert set(choice.figures) >= {"fp32"}
+    assert all(f.crops_per_s > 0 and f.n_crops == 8 for f in choice.figures.values())
+    # The rule: the winner agrees and is the fastest agreeing path by MIN_SPEEDUP.
+    fp32 = choice.figures["fp32"].crops_per_s
+    winner = choice.figures[choice.path]
+    assert choice.path == "fp32" or (winner.agrees and winner.crops_per_s >= P.MIN_SPEEDUP * fp32)
+    for fig in choice.figures.values():
+        if fig.agrees and fig.crops_per_s >= P.MIN_SPEEDUP * fp32:
+            assert winner.crops_per_s >= fig.crops_per_s
+    print(choice.describe())
+
+    # A predictor with precision="auto" takes the cached decision, and its results agree
+    # with fp32 within the thresholds on crops the calibration never saw.
+    auto = Predictor(model, info, device="cpu", precision="auto", precision_cache=tmp_path)
+    assert auto.precision == choice.path
+    assert auto.precision_choice.source == "cache"
+    crops = _fresh_crops(8)
+    ref = Predictor(model, info, device="cpu", precision="fp32").predict(crops)
+    got = auto.predict(crops)
+    assert np.mean(got.class_index == ref.class_index) >= P.TOP1_MIN
+    assert np.abs(got.mean_probs - ref.mean_probs).mean() <= P.MEAN_ABS_DIFF_MAX
+
+
+@pytest.mark.slow
+def test_every_fast_path_agrees_on_held_out_crops(trained_model, tmp_path):
+    """bf16 and int8 against fp32 on 64 held-out crops (the full check of the bench,
+    smaller), with the default calibration of the int8 ranges."""
+    model, info = trained_model
+    crops = _fresh_crops(64, seed=700)
+    ref = Predictor(model, info, device="cpu", precision="fp32").predict(crops)
+    paths = ["bf16", "int8"] if P.int8_available() else ["bf16"]
+    for path in paths:
+        got = Predictor(
+            model, info, device="cpu", precision=path, precision_cache=tmp_path
+        ).predict(crops)
+        assert np.mean(got.class_index == ref.class_index) >= P.TOP1_MIN, path
+        assert np.abs(got.mean_probs - ref.mean_probs).mean() <= P.MEAN_ABS_DIFF_MAX, path
+
+
+def test_decision_cached_and_invalidated_by_torch_or_cpu(
+    random_model, tmp_path, auto_env, monkeypatch
+):
+    model, info = random_model
+    paths = ("fp32", "bf16")  # int8's own cache is tested below; this keeps it quick
+    first = P.choose_precision(model, info, cache_dir=tmp_path, paths=paths, **TINY)
+    assert first.source == "calibrated"
+    files = sorted((tmp_path / "precision").glob("choice-*.json"))
+    assert len(files) == 1
+    stored = json.loads(files[0].read_text())
+    assert stored["machine"] == P.machine_key()
+    assert stored["machine"]["cpu"] == P.cpu_model_name()
+    assert stored["machine"]["torch"] == torch.__version__
+
+    again = P.choose_precision(model, info, cache_dir=tmp_path, paths=paths, **TINY)
+    assert again.source == "cache"
+    assert again.path == first.path
+    assert again.figures == first.figures  # read back, not measured again
+
+    # Another torch version: the old decision does not apply.
+    monkeypatch.setattr(torch, "__version__", "0.0.0+other")
+    upgraded = P.choose_precision(model, info, cache_dir=tmp_path, paths=paths, **TINY)
+    assert upgraded.source == "calibrated"
+    assert upgraded.machine["torch"] == "0.0.0+other"
+    monkeypatch.undo()
+    monkeypatch.delenv(P.PRECISION_ENV, raising=False)
+
+    assert len(list((tmp_path / "precision").glob("choice-*.json"))) == 2
+
+    # Another CPU model, or another instruction set on the same name: likewise.
+    monkeypatch.setattr(P, "cpu_model_name", lambda: "Some Other CPU 9000")
+    assert P.cached_choice(model, info, tmp_path) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert P.cached_choice(model, info, tmp_path) is None
+    monkeypatch.undo()
+    monkeypatch.delenv(P.PRECISION_ENV, raising=False)
+
+    # The original machine's decision is still there; another model is measured anew.
+    assert P.choose_precision(model, info, cache_dir=tmp_path, **TINY).source == "cache"
+    other = build_model(len(CLASSES), backbone_weights="none", seed=1)
+    assert P.cached_choice(other, ModelInfo.for_model(other, CLASSES), tmp_path) is None
+
+
+@pytest.fixture(scope="module")
+def int8_cache(tmp_path_factory):
+    """One cache for the int8 tests: its ranges are calibrated once (16 crops, fp32)."""
+    return tmp_path_factory.mktemp("int8-cache")
+
+
+@pytest.mark.parametrize("path", ["fp32", "bf16", "int8"])
+def test_a_crop_gets_the_same_result_in_any_batch(random_model, int8_cache, path):
+    """Counts must not depend on batching (issue 14), on every path: int8 ranges are
+    fixed by the calibration, never taken from the batch."""
+    if path == "int8" and not P.int8_available():
+        pytest.skip("no x86 quantised kernels in this torch")
+    model, info = random_model
+    crops = _fresh_crops(4, seed=800)
+    predictor = Predictor(model, info, device="cpu", precision=path, precision_cache=int8_cache)
+    results = []
+    for batch_size, order in ((4, slice(None)), (1, slice(None)), (3, slice(None, None, -1))):
+        predictor.batch_size = batch_size
+        pred = predictor.predict(crops[order], mc_samples=20)
+        results.append(pred.take(np.argsort(np.arange(4)[order])))
+    together, alone, reversed_ = results
+    assert np.array_equal(together.class_index, alone.class_index)
+    assert np.array_equal(together.vote_class, reversed_.vote_class)
+    np.testing.assert_allclose(together.mean_probs, alone.mean_probs, atol=1e-6)
+    np.testing.assert_allclose(together.mean_probs, reversed_.mean_probs, atol=1e-6)
+
+
+def test_int8_ranges_are_cached_and_reused(random_model, int8_cache):
+    if not P.int8_available():
+        pytest.skip("no x86 quantised kernels in this torch")
+    model, info = random_model
+    crops = _fresh_crops(2, seed=900)
+    first = Predictor(model, info, device="cpu", precision="int8", precision_cache=int8_cache)
+    files = list((int8_cache / "precision").glob("int8-*.safetensors"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    second = Predictor(model, info, device="cpu", precision="int8", precision_cache=int8_cache)
+    assert files[0].stat().st_mtime_ns == stamp  # read, not recalibrated
+    same = second.predict(crops).mean_probs
+    np.testing.assert_array_equal(first.predict(crops).mean_probs, same)
+
+
+def test_explicit_precision_wins_over_the_environment(random_model, monkeypatch, tmp_path):
+    model, info = random_model
+    monkeypatch.setenv(P.PRECISION_ENV, "bf16")
+    assert Predictor(model, info, device="cpu").precision == "bf16"
+    assert Predictor(model, info, device="cpu").precision_choice.source == "environment"
+    pinned = Predictor(model, info, device="cpu", precision="fp32")
+    assert pinned.precision == "fp32"
+    assert pinned.precision_choice.source == "asked"
+    monkeypatch.setenv(P.PRECISION_ENV, "fp16")
+    with pytest.raises(ValueError, match="NAPARI_FORAM_PRECISION"):
+        Predictor(model, info, device="cpu")
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(model, info, device="cpu", precision="int4")
+
+
+def test_cli_precision_fp32_is_honoured(random_checkpoint, tmp_path, monkeypatch, capsys):
+    """--precision fp32 wins even where "auto" would mean a fast path."""
+    import imageio.v3 as iio
+
+    from napari_foram.cli import main
+
+    monkeypatch.setenv(P.PRECISION_ENV, "int8")  # what auto resolves to, as if measured
+    crop = tmp_path / "crop.png"
+    iio.imwrite(crop, render_crop("planktic", 1))
+    args = ["classify", str(crop), "--model", str(random_checkpoint), "--mc", "2", "--json"]
+    assert main([*args, "--precision", "fp32"]) == 0
+    err = capsys.readouterr().err
+    assert "classifier precision fp32 (as asked)" in err
+    assert main([*args, "--precision", "fp8"]) == 1
+    assert "--precision must be" in capsys.readouterr().err
+
+
+def test_store_records_the_path_that_counted(random_checkpoint, tmp_path):
+    from napari_foram.frames import Frame
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.synthetic import render_tray
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    predictor = Predictor.from_checkpoint(random_checkpoint, device="cpu", precision="bf16")
+    store = TallyStore.create(tmp_path / "s.zarr", classes=list(CLASSES))
+    store.add_sample(SampleRecord("S1"))
+    pipeline = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=2)
+    tray = render_tray(3, shape=(400, 500), n_specimens=2, border=False, touching_pairs=0)
+    pipeline.process(Frame(image=tray.image, index=0, pixel_size_um=tray.pixel_size_um))
+    assert store.provenance("S1")["classify_precision"] == "bf16"
+    store.close()
+
+
+def test_batch_store_records_the_path(random_checkpoint, tmp_path):
+    import imageio.v3 as iio
+
+    from napari_foram.batch import BatchConfig, run_batch
+    from napari_foram.synthetic import render_tray
+    from napari_foram.tally.store import TallyStore
+
+    folder = tmp_path / "trays" / "S1"
+    folder.mkdir(parents=True)
+    tray = render_tray(5, shape=(400, 500), n_specimens=2, border=False, touching_pairs=0)
+    iio.imwrite(folder / "t.png", tray.image)
+    store = tmp_path / "b.zarr"
+    config = BatchConfig(
+        folder=tmp_path / "trays",
+        store=store,
+        model=random_checkpoint,
+        mc_samples=2,
+        device="cpu",
+        precision="bf16",
+    )
+    report = run_batch(config)
+    assert report.count("processed") == 1
+    assert TallyStore.open(store, mode="r").provenance("S1")["classify_precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        BatchConfig(folder=folder, store=store, precision="fp16")
+
+
+def test_describe_says_what_was_chosen():
+    fig = {
+        "fp32": P.PathFigures("fp32", 4.0, 1.0, 0.0, 0.0, 32, True),
+        "int8": P.PathFigures("int8", 16.0, 1.0, 0.002, 0.01, 32, True),
+        "bf16": P.PathFigures("bf16", 3.0, 1.0, 0.001, 0.004, 32, True),
+    }
+    assert P.pick(fig) == "int8"
+    fig["int8"].agrees = False
+    assert P.pick(fig) == "fp32"  # bf16 agrees but is slower than fp32
+    fig["bf16"].crops_per_s = 4.2  # faster, but within noise (< MIN_SPEEDUP)
+    assert P.pick(fig) == "fp32"
+    fig["bf16"].crops_per_s = 8.0
+    choice = P.PrecisionChoice("bf16", "calibrated", {"cpu": "Test CPU"}, fig)
+    assert choice.speedup == pytest.approx(2.0)
+    text = choice.describe()
+    assert "bf16" in text and "2.00x fp32" in text and "Test CPU" in text
+    assert "(disagrees)" in text
+    assert P.PrecisionChoice.from_dict(choice.to_dict()).figures == choice.figures
