@@ -72,12 +72,17 @@ def sample_tray() -> list[LayerData]:
     classes = [row["class_name"] for row in truth]
     return [
         (image, {"name": "synthetic tray", "rgb": True, "scale": scale, "units": "um"}, "image"),
-        (labels, {"name": "ground truth", "scale": scale, "opacity": 0.35}, "labels"),
+        (
+            labels,
+            {"name": "ground truth", "scale": scale, "units": "um", "opacity": 0.35},
+            "labels",
+        ),
         (
             centres,
             {
                 "name": "true classes",
                 "scale": scale,
+                "units": "um",
                 "size": 20,
                 "features": {"class": classes},
                 "text": {

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_foram.reasons import one_line
+
 #: File suffixes that `read_image` accepts (lower case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -407,7 +409,7 @@ def read_image(path: str | Path, *, max_megapixels: float | None = MAX_MEGAPIXEL
             data = None
     if data is None:
         assert first_error is not None
-        msg = str(first_error).splitlines()[0] if str(first_error) else type(first_error).__name__
+        msg = one_line(first_error)
         raise _fail(p, f"cannot read image ({msg})")
     data = np.asarray(data)
     if not is_tiff and data.ndim == 3 and data.shape[-1] == 2:

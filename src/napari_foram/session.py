@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from napari_foram.defaults import CAMERA_SHAPE
 from napari_foram.mosaic import Mosaic
+from napari_foram.reasons import one_line
 
 if TYPE_CHECKING:
     from napari_foram.frames import Frame
@@ -213,7 +214,7 @@ class CountingSession:
             try:
                 stream.stop()
             except Exception as exc:  # the camera failed while streaming: say so
-                error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                error = one_line(exc)
             worker.stop(drain=False)  # live: what is left is stale, not worth counting
             self._core, self._mode = None, "idle"
         if error is None and self._stop_requested and not enough.is_set():

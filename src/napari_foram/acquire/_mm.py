@@ -65,6 +65,7 @@ from pymmcore_plus import CMMCorePlus
 
 from napari_foram.acquire.simulated import SimulatedMicroscope
 from napari_foram.frames import Frame, pixel_affine_from_micromanager
+from napari_foram.reasons import one_line
 
 __all__ = [
     "AcquisitionError",
@@ -90,14 +91,6 @@ DEFAULT_Z_STEP_UM = 30.0
 
 class AcquisitionError(RuntimeError):
     """The camera or the MDA failed; the message is one line."""
-
-
-def _one_line(exc: BaseException | str) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0].strip() if text else ""
-    if isinstance(exc, BaseException) and not first:
-        return type(exc).__name__
-    return first
 
 
 # ---------------------------------------------------------------------------- exit guard
@@ -477,7 +470,7 @@ def snap_frame(core: CMMCorePlus, *, index: int = 0) -> Frame:
         core.snapImage()
         image = core.getImage()
     except Exception as exc:
-        raise AcquisitionError(f"snap failed: {_one_line(exc)}") from exc
+        raise AcquisitionError(f"snap failed: {one_line(exc)}") from exc
     return Frame(
         image=np.asarray(image),
         index=index,

@@ -31,7 +31,6 @@ from pymmcore_plus.mda import MDAEngine, mda_listeners_connected
 
 from napari_foram.acquire._mm import (
     AcquisitionError,
-    _one_line,
     _pixel_size_or_none,
     _source,
     _stage_xy_or_none,
@@ -39,6 +38,7 @@ from napari_foram.acquire._mm import (
     camera_pixel_affine,
 )
 from napari_foram.frames import Frame
+from napari_foram.reasons import one_line
 
 __all__ = [
     "LiveStream",
@@ -99,9 +99,9 @@ class _WarningCatcher(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.messages.append(_one_line(record.getMessage()))
+            self.messages.append(one_line(record.getMessage()))
         except Exception:  # a broken log record must not break the scan
-            self.messages.append(_one_line(str(record.msg)))
+            self.messages.append(one_line(str(record.msg)))
 
 
 @contextmanager
@@ -145,7 +145,7 @@ class _ScanEngine(MDAEngine):
             try:
                 super().setup_event(event)
             except Exception as exc:
-                self.setup_failure = _one_line(exc)
+                self.setup_failure = one_line(exc)
                 raise AcquisitionError(self.setup_failure) from exc
         failed = [m for m in caught.messages if m.startswith("Failed to set")]
         if failed:
@@ -232,7 +232,7 @@ class _FrameHandler:
                 self.progress(self.delivered + len(self.engine.failures), self.total)
         except Exception as exc:
             # The MDA runner would only log this; stop the scan and say why instead.
-            self.handler_error = f"frame handler failed: {type(exc).__name__}: {_one_line(exc)}"
+            self.handler_error = f"frame handler failed: {type(exc).__name__}: {one_line(exc)}"
             self.core.mda.cancel()
 
 
@@ -308,7 +308,7 @@ def run_scan(
         with mda_listeners_connected(handler, mda_events=core.mda.events, asynchronous=False):
             core.mda.run(sequence, output=output)
     except Exception as exc:
-        error = _one_line(exc)
+        error = one_line(exc)
     finally:
         if previous_engine is not None:
             core.mda.set_engine(previous_engine)
@@ -452,7 +452,7 @@ class LiveStream:
                 else:
                     self._stop.wait(self.poll_interval_s)
         except Exception as exc:  # reported through .error and stop(); never silent
-            self.error = f"live stream failed: {type(exc).__name__}: {_one_line(exc)}"
+            self.error = f"live stream failed: {type(exc).__name__}: {one_line(exc)}"
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop streaming; raise AcquisitionError if the stream failed meanwhile."""

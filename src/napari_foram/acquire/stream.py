@@ -24,15 +24,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, Literal, TypeVar
 
+from napari_foram.reasons import one_line
+
 __all__ = ["FrameQueue", "ProcessingError", "ProcessingWorker", "QueueClosed", "QueuePolicy"]
 
 T = TypeVar("T")
 QueuePolicy = Literal["scan", "live"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 class QueueClosed(Exception):
@@ -245,7 +242,7 @@ class ProcessingWorker(Generic[T]):
                     self.handler(items[0])
             except Exception as exc:
                 self.error = exc
-                self.queue.close(f"processing failed: {type(exc).__name__}: {_first_line(exc)}")
+                self.queue.close(f"processing failed: {type(exc).__name__}: {one_line(exc)}")
                 return
             self.processed += len(items)
             self.largest_batch = max(self.largest_batch, len(items))
@@ -282,7 +279,7 @@ class ProcessingWorker(Generic[T]):
         if self.error is not None:
             raise ProcessingError(
                 f"processing failed after {self.processed} frames: "
-                f"{type(self.error).__name__}: {_first_line(self.error)}"
+                f"{type(self.error).__name__}: {one_line(self.error)}"
             ) from self.error
 
     def stats(self) -> dict[str, int]:

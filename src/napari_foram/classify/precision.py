@@ -358,10 +358,12 @@ class PrecisionChoice:
         for name, fig in self.figures.items():
             text = f"{name} {fig.crops_per_s:.1f}/s"
             if name != "fp32":
+                verdict = (
+                    "" if fig.agrees else " (slower: dropped)" if fig.note else " (disagrees)"
+                )
                 text += (
                     f" top-1 {100 * fig.top1_agreement:.1f}%"
-                    f" diff {fig.mean_abs_prob_diff:.4f}"
-                    f"{'' if fig.agrees else ' (disagrees)'}"
+                    f" diff {fig.mean_abs_prob_diff:.4f}{verdict}"
                 )
             parts.append(text)
         how = "measured now" if self.source == "calibrated" else "cached"

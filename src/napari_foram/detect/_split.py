@@ -1,0 +1,482 @@
+"""Separating touching specimens: necks judged on a finer grid, colour across middling
+necks, and a planktic's compact whorl kept whole (`DetectionParams.split_touching`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_foram.detect._image import _dilate, _erode, _fill_holes, _grey_small, _renumber
+from napari_foram.detect._params import DetectionParams
+
+# The touching-specimen splitter (`_split_fine`); figures measured on seeded synthetic
+# trays with touching groups (seeds 100-107 and 200-207, not the benchmark's) and on the
+# real pictures in ../shared/realdata, docs/benchmarks.md.
+#: Objects whose area exceeds this many discs of their largest inscribed radius may hold
+#: two specimens (a disc is 1, two touching equal discs 2) ...
+CANDIDATE_FILL = 1.3
+
+
+#: ... and are looked at on the finer grid only when their working-grid distance map
+#: dips below this fraction of a maximum between two maxima (a round or evenly elongated
+#: specimen does not). 0.75 found the same splits at 1.6 x the cost; 0.5 lost 3 in 670.
+COARSE_GATE = 0.6
+
+
+#: A group this compact (area over the disc of its largest extent) is split only where
+#: its parts differ in colour: a planktic's last whorl (3-4 round chambers, 0.59-0.72 on
+#: synthetic tests) looks like touching balls; two touching specimens are ~0.45.
+COMPACT_WHOLE = 0.6
+
+
+#: A part smaller than this many minimum areas (its body, inside its rim) is no specimen
+#: of its own: it stays with its neighbour. 1.5 kept the small end chambers of bead-like
+#: uniserial tests on (false detections 22 -> 19 of 672, merged 24 -> 25).
+MIN_PART = 1.5
+
+
+def auto_split_scale(min_area_px: float, scale: int) -> int:
+    """Downscale factor of the splitter's finer grid: the smallest kept object (a disc of
+    `min_area_px`) 16 px across or more, and never coarser than the working grid.
+
+    Tied to the object size, not the frame size, so a specimen is judged on the same
+    grid in a 5 MP frame and in a crop of it. At the study's 1024 px: 2.
+    """
+    return int(max(1, min(scale, round(math.sqrt(max(min_area_px, 1.0)) / 16))))
+
+
+def _split_touching(binary: np.ndarray, labels: np.ndarray, min_diameter: float) -> np.ndarray:
+    """Split merged blobs along the valleys of their distance transform (watershed).
+
+    Cuts at every valley, chambered tests included: kept for comparison as
+    ``split_method="watershed"``; the default is `split_at_necks`.
+    """
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    distance = ndi.distance_transform_edt(binary)
+    min_distance = max(2, int(min_diameter / 2))
+    peaks = peak_local_max(
+        distance, min_distance=min_distance, labels=labels, exclude_border=False
+    )
+    markers = np.zeros_like(labels)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=binary).astype(np.int32)
+
+
+def split_at_necks(
+    labels: np.ndarray,
+    neck_ratio: float,
+    min_radius: float = 1.0,
+) -> tuple[np.ndarray, int]:
+    """Split objects only where a narrow neck joins two round parts.
+
+    Each object's distance transform has one maximum per round part. Basins of a watershed
+    from every maximum are merged back, widest pass first, while the pass between two
+    basins (the largest inscribed radius along their shared boundary) is at least
+    `neck_ratio` times the smaller basin's own largest radius. Chambers of one test
+    overlap broadly (pass ~0.7-0.9 of the chamber radius) and are merged again; specimens
+    that merely touch or overlap a little meet at a narrow neck and stay apart. An
+    elongated specimen has a ridge of nearly equal maxima: its passes are ~1, so it stays
+    whole.
+
+    Only objects that can hold two parts are examined, each in its own bounding box, so
+    the cost follows the few candidates and not the frame.
+
+    Parameters
+    ----------
+    labels
+        Label image of the objects (0 = background).
+    neck_ratio
+        Pass radius over the smaller part's radius below which parts are separated.
+    min_radius
+        Parts narrower than this (px) are never separated (bumps of the outline).
+
+    Returns
+    -------
+    labels, n
+        New label image (objects numbered 1..n) and the number of objects.
+    """
+    n = int(labels.max())
+    if n == 0:
+        return labels, 0
+    out: np.ndarray | None = None
+    next_label = n + 1
+    distance = ndi.distance_transform_edt(labels > 0).astype(np.float32)
+    for i, sl in _candidate_boxes(labels, distance, n, min_radius):
+        mask = labels[sl] == i
+        parts = _neck_parts(mask, distance[sl], neck_ratio, min_radius)
+        if parts is None:
+            continue
+        if out is None:
+            out = labels.astype(np.int64, copy=True)
+        # Part 1 keeps the object's label; further parts get new ones.
+        new = np.where(parts > 1, parts - 2 + next_label, i)
+        out[sl][mask] = new[mask]
+        next_label += int(parts.max()) - 1
+    if out is None:
+        return labels, n
+    final = _renumber(out)
+    return final, int(final.max())
+
+
+def _candidate_boxes(
+    body: np.ndarray, distance: np.ndarray, n: int, min_radius: float
+) -> list[tuple[int, tuple[slice, slice]]]:
+    """(label, padded bounding box) of the objects whose body can hold two round parts.
+
+    A disc has area / (pi r^2) ~ 1 for its largest inscribed radius r, two touching equal
+    discs ~ 2: round objects (most of a tray) are passed over without further work.
+    """
+    fg = np.flatnonzero(body)
+    lab = body.ravel()[fg]
+    area = np.bincount(lab, minlength=n + 1).astype(np.float64)
+    rmax = np.zeros(n + 1, dtype=np.float64)
+    np.maximum.at(rmax, lab, distance.ravel()[fg])
+    candidate = (area > CANDIDATE_FILL * np.pi * rmax**2) & (rmax >= 2 * min_radius)
+    candidate[0] = False
+    if not candidate.any():
+        return []
+    h, w = body.shape
+    boxes = []
+    for i, sl in enumerate(ndi.find_objects(body, max_label=n), start=1):
+        if sl is None or not candidate[i]:
+            continue
+        y, x = sl
+        box = (
+            slice(max(y.start - 1, 0), min(y.stop + 1, h)),
+            slice(max(x.start - 1, 0), min(x.stop + 1, w)),
+        )
+        boxes.append((i, box))
+    return boxes
+
+
+def _neck_parts(
+    mask: np.ndarray,
+    distance: np.ndarray,
+    neck_ratio: float,
+    min_radius: float,
+    chroma: np.ndarray | None = None,
+    strict_ratio: float = 0.0,
+    min_colour_step: float = 0.0,
+    min_part_area: float = 0.0,
+) -> np.ndarray | None:
+    """Parts (1..k) of one object's mask split at narrow necks; None when it stays whole.
+
+    `distance` is the object's distance transform, cropped like `mask` (only values
+    inside `mask` are used).
+    """
+    distance = np.where(mask, distance, 0.0).astype(np.float32)
+    peaks = (distance >= ndi.maximum_filter(distance, size=3)) & (distance >= min_radius)
+    if not _may_have_neck(distance, peaks, neck_ratio):
+        return None
+    markers, n_markers = ndi.label(peaks, structure=np.ones((3, 3), bool))
+    if n_markers < 2:
+        return None
+    from skimage.segmentation import watershed
+
+    basins = watershed(-distance, markers, mask=mask).astype(np.int32)
+    peak = np.zeros(n_markers + 1, dtype=np.float64)
+    np.maximum.at(peak, basins[mask], distance[mask])
+    # The pass between two basins: over their 4-connected contacts, the largest of the
+    # smaller distance either side.
+    keys, passes = [], []
+    for a, b, da, db in (
+        (basins[1:, :], basins[:-1, :], distance[1:, :], distance[:-1, :]),
+        (basins[:, 1:], basins[:, :-1], distance[:, 1:], distance[:, :-1]),
+    ):
+        contact = (a != b) & (a > 0) & (b > 0)
+        lo = np.minimum(a[contact], b[contact]).astype(np.int64)
+        hi = np.maximum(a[contact], b[contact]).astype(np.int64)
+        keys.append(lo * (n_markers + 1) + hi)
+        passes.append(np.minimum(da[contact], db[contact]))
+    key = np.concatenate(keys)
+    value = np.concatenate(passes)
+    # Largest pass per pair of basins.
+    order = np.lexsort((-value, key))
+    key, value = key[order], value[order]
+    first = np.ones(key.size, dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    key, value = key[first], value[first]
+    pa, pb = key // (n_markers + 1), key % (n_markers + 1)
+    ratio = value / np.maximum(np.minimum(peak[pa], peak[pb]), 1e-6)
+    parent = list(range(n_markers + 1))
+    top = peak.tolist()
+    part_area = np.bincount(basins[mask], minlength=n_markers + 1).astype(np.float64)
+    colour: np.ndarray | None = None
+    if chroma is not None:
+        flat = basins[mask]
+        weight = np.bincount(flat, minlength=n_markers + 1).astype(np.float64)
+        sums = np.stack(
+            [
+                np.bincount(flat, weights=chroma[..., c][mask], minlength=n_markers + 1)
+                for c in range(chroma.shape[-1])
+            ],
+            axis=1,
+        )
+        colour = np.concatenate([sums, weight[:, None]], axis=1)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    # Widest passes first; a merged basin's radius is that of its widest part.
+    for k in np.argsort(-ratio, kind="stable").tolist():
+        ra, rb = root(int(pa[k])), root(int(pb[k]))
+        if ra == rb:
+            continue
+        small = min(top[ra], top[rb])
+        merge = (
+            value[k] >= neck_ratio * small
+            or small < min_radius
+            or min(part_area[ra], part_area[rb]) < min_part_area
+        )
+        if not merge and colour is not None and value[k] >= strict_ratio * small:
+            # A neck of middling width: one specimen's chambers unless the two sides
+            # differ in colour (two specimens). Wide passes merge whatever the colour:
+            # real specimens are stained or mottled (a rose-Bengal foram was cut in two
+            # when colour alone could split).
+            ca = colour[ra, :-1] / max(colour[ra, -1], 1.0)
+            cb = colour[rb, :-1] / max(colour[rb, -1], 1.0)
+            merge = float(np.abs(ca - cb).sum()) < min_colour_step
+        if merge:
+            parent[rb] = ra
+            top[ra] = max(top[ra], top[rb])
+            part_area[ra] += part_area[rb]
+            if colour is not None:
+                colour[ra] += colour[rb]
+    roots = np.array([root(i) for i in range(n_markers + 1)])
+    roots[0] = 0
+    parts = _renumber(roots[basins])
+    return parts if int(parts.max()) > 1 else None
+
+
+#: 24 points along a straight line from one peak to another (`_may_have_neck`).
+_LINE_STEPS = np.linspace(0.0, 1.0, 24, dtype=np.float32)[:, None]
+
+
+def _may_have_neck(distance: np.ndarray, peaks: np.ndarray, neck_ratio: float) -> bool:
+    """Cheap necessary test for a neck: some peak q is joined to the highest peak p by a
+    straight line that dips below `neck_ratio` x d(q) (with slack for the pixel grid).
+
+    Any split leaves the highest peak's part apart from another part across a pass lower
+    than `neck_ratio` x that part's peak; every path between them, the straight one
+    included, then dips that low. Elongated specimens (a ridge of maxima) fail this test
+    and skip the watershed, which is most of the splitter's cost.
+    """
+    qy, qx = np.nonzero(peaks)
+    if qy.size < 2:
+        return False
+    p = int(np.argmax(distance))
+    py, px = divmod(p, distance.shape[1])
+    ys = np.rint(py + _LINE_STEPS * (qy - py)).astype(np.intp)
+    xs = np.rint(px + _LINE_STEPS * (qx - px)).astype(np.intp)
+    dip = distance[ys, xs].min(axis=0)
+    return bool(np.any(dip < 1.2 * neck_ratio * distance[qy, qx] + 0.5))
+
+
+def _split_fine(
+    img: np.ndarray,
+    labels: np.ndarray,
+    scale: int,
+    floor_level: float,
+    params: DetectionParams,
+    min_radius: float,
+    min_area: float,
+) -> tuple[np.ndarray, int]:
+    """Split components at necks judged on a finer grid than the detection's.
+
+    At the working scale (6 on a 5 MP frame) the blur fills the notch where two
+    specimens touch, so necks read wide. Only the components that can hold two round
+    parts (`_candidate_boxes`) and whose distance map dips between its maxima are
+    looked at again, each in its own box cut from the full-resolution frame
+    (`_object_parts`). Every pixel of a split component goes to the nearest part, so
+    the blurred skirt follows its own specimen. Returns (labels, n).
+    """
+    n = int(labels.max())
+    fine = params.split_fine or auto_split_scale(min_area, scale)
+    distance = ndi.distance_transform_edt(labels > 0).astype(np.float32)
+    boxes = _candidate_boxes(labels, distance, n, min_radius)
+    if boxes and COARSE_GATE > 0:
+        # Cheap first look on the working grid: an object whose distance map has no
+        # dip between its maxima (a round or evenly elongated specimen, most of a
+        # tray) has no neck on the finer grid either. Maxima for the whole frame at
+        # once (objects are apart, so a 3 x 3 window never sees two).
+        peaks = (distance >= ndi.maximum_filter(distance, size=3)) & (distance >= min_radius)
+        boxes = [
+            (i, sl)
+            for i, sl in boxes
+            if _may_have_neck(
+                np.where(labels[sl] == i, distance[sl], 0.0),
+                peaks[sl] & (labels[sl] == i),
+                COARSE_GATE,
+            )
+        ]
+    new_labels: np.ndarray | None = None
+    next_label = n + 1
+    for i, sl in boxes:
+        own = labels[sl] == i
+        near = _object_parts(img, own, sl, scale, fine, floor_level, params, min_radius, min_area)
+        if near is None:
+            continue
+        if new_labels is None:
+            new_labels = labels.astype(np.int64, copy=True)
+        k = int(near.max())
+        relabel = np.concatenate(([0, i], np.arange(next_label, next_label + k - 1)))
+        next_label += k - 1
+        new_labels[sl][own] = relabel[near[own]]
+    if new_labels is None:
+        return labels, n
+    final = _renumber(new_labels)
+    return final, int(final.max())
+
+
+def _object_parts(
+    img: np.ndarray,
+    own: np.ndarray,
+    sl: tuple[slice, slice],
+    scale: int,
+    fine: int,
+    floor_level: float,
+    params: DetectionParams,
+    min_radius: float,
+    min_area: float,
+) -> np.ndarray | None:
+    """One object's parts on the working grid's box (0 outside, 1..k), or None when it
+    stays whole.
+
+    The object's box is cut from the full-resolution frame at every `fine`-th pixel:
+    there the body (the pixels above `split_level` of the way from the floor grey to the
+    object's top grey) shows the notch that the working grid's blur fills, and
+    `_neck_parts` separates its parts (with the colour cue of `split_strict`). A compact
+    object is split only by colour (`COMPACT_WHOLE`).
+    """
+    sign = -1.0 if params.invert else 1.0
+    ratio = scale / fine
+    y0, x0 = sl[0].start * scale, sl[1].start * scale
+    patch = img[y0 : sl[0].stop * scale : fine, x0 : sl[1].stop * scale : fine]
+    grey, _ = _grey_small(patch, 1)
+    grey = sign * grey
+    if params.split_sigma > 0:
+        grey = ndi.gaussian_filter(grey, params.split_sigma, mode="nearest")
+    hh, ww = grey.shape
+    ry = np.minimum((np.arange(hh) * fine) // scale, own.shape[0] - 1)
+    rx = np.minimum((np.arange(ww) * fine) // scale, own.shape[1] - 1)
+    up = own[np.ix_(ry, rx)]
+    vals = grey[up]
+    if vals.size == 0:
+        return None
+    k = int(0.9 * (vals.size - 1))
+    top = float(np.partition(vals, k)[k])  # the 90th percentile, without a sort
+    fl = sign * floor_level
+    # A dark chamber or umbilicus must not open a hole that reads as a neck.
+    body = _fill_holes(up & (grey > fl + params.split_level * (top - fl)))
+    dist = ndi.distance_transform_edt(body).astype(np.float32)
+    chroma = None
+    if params.split_strict > 0 and patch.ndim == 3 and patch.shape[2] >= 3:
+        rgb = patch[:, :, :3].astype(np.float32)
+        chroma = rgb / np.maximum(rgb.sum(axis=2, keepdims=True), 1.0)
+    parts = _neck_parts(
+        body,
+        dist,
+        params.neck_ratio,
+        min_radius * ratio,
+        chroma,
+        params.split_strict,
+        params.split_colour,
+        MIN_PART * min_area / (fine * fine),
+    )
+    if parts is not None and _compactness(up) >= COMPACT_WHOLE:
+        # A round group of round parts is how a planktic's last whorl looks: only a
+        # colour difference tells two specimens there.
+        parts = _colour_parts(parts, chroma, params.split_colour)
+    if parts is None:
+        return None
+    _, (iy, ix) = ndi.distance_transform_edt(parts == 0, return_indices=True)
+    near = parts[iy, ix]
+    cy = np.minimum((np.arange(own.shape[0]) * scale) // fine, hh - 1)
+    cx = np.minimum((np.arange(own.shape[1]) * scale) // fine, ww - 1)
+    return np.where(own, near[np.ix_(cy, cx)], 0)
+
+
+def _cut_components(
+    components: np.ndarray, labels: np.ndarray, outline: np.ndarray, border: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per component before the split (indexed by its label): whether one of its parts
+    reaches the frame edge, and whether one touches the masked wall (on the half-height
+    outline, as `clipped` is judged)."""
+    n_comp = int(components.max())
+    parent = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    fg = np.flatnonzero(labels)
+    parent[labels.ravel()[fg]] = components.ravel()[fg]
+    edge = np.zeros(n_comp + 1, dtype=bool)
+    wall = np.zeros(n_comp + 1, dtype=bool)
+    ids = np.unique(np.concatenate([outline[0], outline[-1], outline[:, 0], outline[:, -1]]))
+    edge[parent[ids[ids > 0]]] = True
+    if border.any():
+        ids = np.unique(outline[_dilate(border, 1) & ~border])
+        wall[parent[ids[ids > 0]]] = True
+    edge[0] = wall[0] = False
+    return edge, wall
+
+
+def _colour_parts(
+    parts: np.ndarray, chroma: np.ndarray | None, min_step: float
+) -> np.ndarray | None:
+    """Parts merged again where their mean colours differ by less than `min_step`
+    (None: one part left, or no colour to judge by)."""
+    if chroma is None:
+        return None
+    k = int(parts.max())
+    inside = parts > 0
+    flat = parts[inside]
+    count = np.bincount(flat, minlength=k + 1).astype(np.float64)
+    mean = (
+        np.stack(
+            [np.bincount(flat, weights=chroma[..., c][inside], minlength=k + 1) for c in range(3)],
+            axis=1,
+        )
+        / np.maximum(count, 1.0)[:, None]
+    )
+    group = np.arange(k + 1)
+    for a in range(1, k + 1):
+        for b in range(a + 1, k + 1):
+            if np.abs(mean[a] - mean[b]).sum() < min_step:
+                group[group == group[b]] = group[a]
+    merged = _renumber(group[parts])
+    return merged if int(merged.max()) > 1 else None
+
+
+def _compactness(mask: np.ndarray) -> float:
+    """Area over the disc spanning the largest extent (Feret diameter): 1 for a disc,
+    ~0.5 for two touching discs, ~0.6-0.8 for a planktic's whorl of chambers."""
+    edge = mask & ~_erode(mask, 1)
+    ys, xs = np.nonzero(edge)
+    if ys.size < 3:
+        return 1.0
+    pts = np.stack([ys, xs], axis=1).astype(np.float64)
+    # Extreme points along 32 directions hold the diameter (to within 0.5 %).
+    angles = np.linspace(0.0, np.pi, 32, endpoint=False)
+    proj = pts @ np.stack([np.sin(angles), np.cos(angles)])
+    feret = float((proj.max(axis=0) - proj.min(axis=0)).max()) + 1.0
+    return float(mask.sum()) / (np.pi * feret * feret / 4.0)
+
+
+def split_lines(labels: np.ndarray) -> np.ndarray:
+    """Pixels where two different objects meet (bool, same shape): the cuts that
+    separated touching specimens, for previews."""
+    out = np.zeros(labels.shape, dtype=bool)
+    for axis in (0, 1):
+        a = labels
+        b = np.roll(labels, -1, axis=axis)
+        meet = (a != b) & (a > 0) & (b > 0)
+        if axis == 0:
+            meet[-1, :] = False
+        else:
+            meet[:, -1] = False
+        out |= meet
+    return out

@@ -1,0 +1,341 @@
+"""A whole tray frame with its ground truth (`render_tray`)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from napari_foram.synthetic._common import (
+    _EDGES,
+    _PALE,
+    CLASSES,
+    DEFAULT_PIXEL_SIZE_UM,
+    DEFAULT_SHAPE,
+    GROUP_KINDS,
+    MAX_SPECIMEN_UM,
+    MIN_FRAME_SIDE,
+    SPECIMEN_GAP_UM,
+    Lighting,
+    TrayRender,
+    _check_class,
+    _Layer,
+    _Shape,
+)
+from napari_foram.synthetic._frame import (
+    _background,
+    _composite,
+    _draw_border,
+    _draw_dust,
+    _draw_lint,
+    _finish,
+    _parse_border,
+)
+from napari_foram.synthetic._placement import (
+    _group,
+    _Item,
+    _measure,
+    _single,
+    _touching_pair,
+    _try_place,
+)
+from napari_foram.synthetic._shapes import _SIZE_UM, _shape_planktic
+from napari_foram.synthetic._specimen import _render_layer
+
+
+def _check_classes(
+    classes: Sequence[str], class_weights: Sequence[float] | None
+) -> tuple[tuple[str, ...], np.ndarray]:
+    classes = tuple(classes)
+    if not classes:
+        raise ValueError("classes is empty")
+    for c in classes:
+        _check_class(c)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes has duplicates: {classes}")
+    if class_weights is None:
+        weights = np.full(len(classes), 1.0 / len(classes))
+    else:
+        weights = np.asarray(class_weights, dtype=float)
+        if weights.shape != (len(classes),):
+            raise ValueError(f"class_weights needs {len(classes)} values, got {weights.size}")
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError("class_weights must be non-negative with a positive sum")
+        weights = weights / weights.sum()
+    return classes, weights
+
+
+def render_tray(
+    seed: int,
+    *,
+    shape: tuple[int, int] = DEFAULT_SHAPE,
+    n_specimens: int = 60,
+    classes: Sequence[str] = CLASSES,
+    class_weights: Sequence[float] | None = None,
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
+    border: bool | str = True,
+    touching_pairs: int = 3,
+    touching_groups: int = 0,
+    group_kinds: Sequence[str] = GROUP_KINDS,
+    clipped: bool = True,
+    lint: int = 4,
+    overexposed_fraction: float = 0.08,
+) -> TrayRender:
+    """Render a tray frame with specimens, lint, dust and a metallic border.
+
+    Parameters
+    ----------
+    seed
+        Same seed (and arguments), same pixels.
+    shape
+        (rows, columns) of the frame, each at least 128.
+    n_specimens
+        Specimens to place. All are placed unless they do not fit (a small frame, a huge
+        count): a specimen that finds no free spot in 250 random tries is drawn afresh
+        (another shape and size) and tried once more, else dropped. The bulkiest are
+        placed first. ``meta["placed"]`` and ``meta["unplaced"]`` say how many.
+        Specimens are never shrunk below their class's size range to make them fit.
+    classes, class_weights
+        Which of `CLASSES` to draw and their relative frequencies (default: equal).
+    pixel_size_um
+        Micrometres per pixel; specimens are 150-500 um whatever the pixel size.
+    border
+        True: the metallic wall along a random choice of edges (one edge, a corner, three
+        or all four); False or "none": no wall; or edge names ``"top,left"``, ``"all"``.
+    touching_pairs
+        Pairs of specimens whose masks touch (one resting on the other's edge).
+    touching_groups
+        Further groups, of the kinds in `GROUP_KINDS` in turn (triplets, chains, small on
+        large, pale on pale, overlapping pairs, deep-sutured planktics); their specimens
+        count in `n_specimens`. ``meta["groups"]`` lists each group's kind and ids.
+    group_kinds
+        The kinds drawn in turn (default all of `GROUP_KINDS`).
+    clipped
+        Place a few specimens (~6 %, at least one) across frame edges that have no wall.
+        Impossible when all four edges have one.
+    lint
+        Number of fibres (thin curved threads, label 0). Dust specks are added as well.
+    overexposed_fraction
+        Fraction of specimens rendered over-exposed (texture lost), 0-1.
+
+    Returns
+    -------
+    TrayRender
+        Image, labels and ground truth measured on the labels.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    try:
+        h, w = (int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be (rows, columns), got {shape!r}") from None
+    if min(h, w) < MIN_FRAME_SIDE:
+        raise ValueError(f"shape {shape} too small: each side needs >= {MIN_FRAME_SIDE} px")
+    if n_specimens < 0:
+        raise ValueError(f"n_specimens must be >= 0, got {n_specimens}")
+    if touching_pairs < 0:
+        raise ValueError(f"touching_pairs must be >= 0, got {touching_pairs}")
+    if touching_groups < 0:
+        raise ValueError(f"touching_groups must be >= 0, got {touching_groups}")
+    group_kinds = tuple(group_kinds)
+    if touching_groups and (not group_kinds or set(group_kinds) - set(GROUP_KINDS)):
+        raise ValueError(f"group_kinds must be some of {', '.join(GROUP_KINDS)}")
+    if lint < 0:
+        raise ValueError(f"lint must be >= 0, got {lint}")
+    if not 0.0 <= overexposed_fraction <= 1.0:
+        raise ValueError(f"overexposed_fraction must be in [0, 1], got {overexposed_fraction}")
+    if not pixel_size_um > 0:
+        raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}")
+    classes, weights = _check_classes(classes, class_weights)
+
+    ss = np.random.SeedSequence(int(seed))
+    rng_bg, rng_border, rng_plan, rng_place, rng_lint, rng_noise, rng_dust, spec_ss = _spawn(ss)
+    light = Lighting.random(rng_bg)
+    frame = _background((h, w), rng_bg)
+    interior = np.ones((h, w), dtype=bool)
+    edges = _parse_border(border, rng_border)
+    if edges:
+        _draw_border(frame, interior, edges, rng_border, light, margin=6.0)
+    _draw_lint(frame, rng_lint, lint, pixel_size_um)
+    _draw_dust(frame, rng_dust, int(h * w / 120_000) + 1)
+
+    # The plan: classes, pairs, clipped ones, over-exposure, one generator per specimen.
+    n = int(n_specimens)
+    class_of = rng_plan.choice(len(classes), size=n, p=weights) if n else np.zeros(0, int)
+    over = rng_plan.random(n) < overexposed_fraction
+    n_pairs = min(int(touching_pairs), n // 2)
+    # Groups: their own generator (a ninth child of the seed), so a render without them
+    # draws exactly what it drew before groups existed.
+    rng_group = np.random.default_rng(ss.spawn(9)[8]) if touching_groups else None
+    groups: list[tuple[str, list[int]]] = []
+    next_free = 2 * n_pairs
+    for g in range(int(touching_groups)):
+        assert rng_group is not None
+        kind = group_kinds[g % len(group_kinds)]
+        k = {"triplet": 3, "chain": 3 + int(rng_group.integers(2)), "deep_planktic": 1}.get(
+            kind, 2
+        )
+        if next_free + k > n:
+            break
+        groups.append((kind, list(range(next_free, next_free + k))))
+        next_free += k
+    n_grouped = next_free
+    free = [e for e in _EDGES if e not in edges]
+    n_clip = 0
+    if clipped and free and n - n_grouped > 0:
+        n_clip = min(max(1, round(0.06 * n)), n - n_grouped)
+    spec_rngs = [np.random.default_rng(s) for s in spec_ss.spawn(n)]
+    # Largest specimen that still fits comfortably inside the tray floor.
+    rows_in = np.flatnonzero(interior.any(1))
+    cols_in = np.flatnonzero(interior.any(0))
+    floor = min(rows_in.size, cols_in.size) if rows_in.size and cols_in.size else 0
+    max_d = min(MAX_SPECIMEN_UM / pixel_size_um, 0.6 * floor)
+    gap = max(round(SPECIMEN_GAP_UM / pixel_size_um), 4)
+    occupied = np.zeros((h, w), dtype=bool)
+    labels = np.zeros((h, w), dtype=np.int32)
+
+    # Per-specimen overrides of the groups: diameter (px) and shape builder.
+    diameter_of: dict[int, float] = {}
+    builder_of: dict[int, Callable[..., _Shape]] = {}
+    kind_of: dict[int, str] = {}
+    for kind, members in groups:
+        kind_of[members[0]] = kind
+        assert rng_group is not None
+        if kind == "pale_pair":
+            pale = [c for c in _PALE if c in classes] or [classes[int(class_of[members[0]])]]
+            cls = classes.index(pale[int(rng_group.integers(len(pale)))])
+            class_of[members] = cls
+            over[members] = False
+        elif kind == "deep_planktic" and "planktic" in classes:
+            class_of[members[0]] = classes.index("planktic")
+            builder_of[members[0]] = functools.partial(_shape_planktic, deep=True)
+        elif kind == "small_large":
+            big, small = (_SIZE_UM[classes[int(class_of[i])]] for i in members)
+            diameter_of[members[0]] = min(
+                big[1] * rng_group.uniform(0.85, 1.0) / pixel_size_um, max_d
+            )
+            diameter_of[members[1]] = small[0] * rng_group.uniform(1.0, 1.15) / pixel_size_um
+
+    def layer_for(i: int) -> _Layer:
+        return _render_layer(
+            classes[int(class_of[i])],
+            spec_rngs[i],
+            diameter_px=diameter_of.get(i),
+            pixel_size_um=pixel_size_um,
+            light=light,
+            overexposed=bool(over[i]),
+            max_diameter_px=max_d,
+            builder=builder_of.get(i),
+        )
+
+    jobs: list[tuple[list[int], str | None]] = []
+    for p in range(n_pairs):
+        jobs.append(([2 * p, 2 * p + 1], None))
+    for _, members in groups:
+        jobs.append((members, None))
+    for c in range(n_clip):
+        jobs.append(([n_grouped + c], free[int(rng_place.integers(len(free)))]))
+    for i in range(n_grouped + n_clip, n):
+        jobs.append(([i], None))
+
+    placed: list[tuple[_Item, int, int]] = []
+    unplaced: list[int] = []
+
+    def make_item(members: list[int]) -> _Item:
+        layers = [layer_for(i) for i in members]
+        if members[0] in kind_of:
+            assert rng_group is not None
+            return _group(kind_of[members[0]], members, layers, rng_group, gap)
+        if len(members) == 2:
+            return _touching_pair(members[0], layers[0], members[1], layers[1], rng_place, gap)
+        return _single(members[0], layers[0], gap)
+
+    # Render first, then place the bulkiest items first: rejection sampling packs better.
+    items = [make_item(members) for members, _ in jobs]
+    order = sorted(
+        range(len(jobs)), key=lambda k: (jobs[k][1] is not None, -int(items[k].mask.sum()))
+    )
+    for k in order:
+        members, edge = jobs[k]
+        pos = None
+        for attempt in range(2):  # no room: draw a fresh specimen (often a smaller one)
+            item = items[k] if attempt == 0 else make_item(members)
+            pos = _try_place(item, occupied, interior, rng_place, 250, edge, gap)
+            if pos is not None:
+                placed.append((item, *pos))
+                break
+        if pos is None:
+            unplaced.extend(members)
+
+    # Paint in placement order; ids 1..n in that order.
+    plan: dict[int, dict[str, Any]] = {}
+    next_id = 1
+    group_ids: list[dict[str, Any]] = []
+    for item, y, x in placed:
+        first = item.members[0][0]
+        if first in kind_of:
+            group_ids.append(
+                {"kind": kind_of[first], "ids": list(range(next_id, next_id + len(item.members)))}
+            )
+        for i, layer, dy, dx in item.members:
+            _composite(frame, labels, layer, y + dy, x + dx, next_id)
+            plan[next_id] = {
+                "class_name": classes[int(class_of[i])],
+                "diameter_um": layer.diameter_um,
+                "overexposed": layer.overexposed,
+                "morph": layer.morph,
+            }
+            next_id += 1
+
+    image = _finish(
+        frame,
+        rng_noise,
+        vignette=rng_noise.uniform(0.12, 0.3),
+        exposure=rng_noise.uniform(0.92, 1.08),
+    )
+    truth = _measure(labels, image, plan, classes)
+    if len(truth) != next_id - 1:  # a specimen hidden entirely (never seen): renumber
+        remap = np.zeros(next_id, dtype=np.int32)
+        for new, t in enumerate(truth, start=1):
+            remap[t.id] = new
+            plan[new] = plan[t.id] if new != t.id else plan[new]
+        labels = remap[labels]
+        for grp in group_ids:
+            grp["ids"] = [int(remap[k]) for k in grp["ids"] if remap[k]]
+        truth = _measure(labels, image, {k: plan[k] for k in range(1, len(truth) + 1)}, classes)
+    meta = {
+        "seed": int(seed),
+        "shape": [h, w],
+        "pixel_size_um": float(pixel_size_um),
+        "classes": list(classes),
+        "border_edges": list(edges),
+        "light": asdict(light),
+        "lint": int(lint),
+        "requested": n,
+        "placed": len(truth),
+        "unplaced": len(unplaced),
+        "touching_pairs": n_pairs,
+        "clipped_planned": n_clip,
+        "groups": group_ids,
+    }
+    return TrayRender(
+        image=image,
+        labels=labels,
+        specimens=truth,
+        pixel_size_um=float(pixel_size_um),
+        classes=classes,
+        seed=int(seed),
+        meta=meta,
+    )
+
+
+def _spawn(ss: np.random.SeedSequence) -> tuple[Any, ...]:
+    """Independent generators for each stage, so that e.g. adding lint never changes the
+    specimens. The last item is a SeedSequence for the per-specimen generators."""
+    kids = ss.spawn(8)
+    return (*(np.random.default_rng(k) for k in kids[:7]), kids[7])
