@@ -377,7 +377,12 @@ class CountingPipeline:
         none = np.zeros(0, dtype=np.int64)
         if self.better_view_ratio is None or self.store is None or not len(dup_rows):
             return none, none
-        stored = self._store_row[dup_of] >= 0
+        # A specimen first seen earlier in the same `process_many` batch has no store row
+        # yet (rows are written after the batch is classified) but will have one before
+        # this frame's replacements are written: it counts as stored, so a batch decides
+        # exactly as frame-by-frame processing does.
+        pending = (self._store_row[dup_of] < 0) & np.isfinite(self._sharpness[dup_of])
+        stored = (self._store_row[dup_of] >= 0) | pending
         rows, entries = dup_rows[stored], dup_of[stored]
         if not len(rows):
             return none, none
