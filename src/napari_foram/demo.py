@@ -343,10 +343,8 @@ def run_demo_gui(
     """Open napari with the Foram live widget docked and the simulated scan running."""
     import napari
 
-    from napari_foram.widgets.live import LiveWidget
+    from napari_foram.widgets.live import open_live_viewer
 
-    viewer = napari.Viewer(title="napari-foram demo")
-    widget = LiveWidget(viewer, seed=seed, mc_samples=mc_samples, model=model)
-    viewer.window.add_dock_widget(widget, name="Foram live", area="right")
+    widget = open_live_viewer("napari-foram demo", seed=seed, mc_samples=mc_samples, model=model)
     widget.start_demo()
     napari.run()

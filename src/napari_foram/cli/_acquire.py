@@ -255,11 +255,10 @@ def _live_gui(
 ) -> None:
     import napari
 
-    from napari_foram.widgets.live import LiveWidget
+    from napari_foram.widgets.live import open_live_viewer
 
-    viewer = napari.Viewer(title="napari-foram live")
-    widget = LiveWidget(
-        viewer,
+    open_live_viewer(
+        "napari-foram live",
         model=model,
         mc_samples=mc,
         store_path=store,
@@ -269,5 +268,4 @@ def _live_gui(
         config=config,
         adapter_path=adapter_path,
     )
-    viewer.window.add_dock_widget(widget, name="Foram live", area="right")
     napari.run()

@@ -747,3 +747,15 @@ class LiveWidget(LiveDisplay, QWidget):
 
             set_cpu_threads(self._torch_threads)
         super().closeEvent(event)
+
+
+def open_live_viewer(title: str, **widget_options: Any) -> LiveWidget:
+    """A napari window with Foram live docked on the right (what `napari-foram demo` and
+    `napari-foram live` open); `widget_options` go to `LiveWidget`. Start the event loop
+    with ``napari.run()``."""
+    import napari
+
+    viewer = napari.Viewer(title=title)
+    widget = LiveWidget(viewer, **widget_options)
+    viewer.window.add_dock_widget(widget, name="Foram live", area="right")
+    return widget
