@@ -17,7 +17,7 @@ import torch
 from napari_foram.classify import precision as P
 from napari_foram.classify.checkpoint import ModelInfo, new_classifier
 from napari_foram.classify.model import build_model
-from napari_foram.classify.predict import Predictor
+from napari_foram.classify.predict import Predictor, fp32_reference
 from napari_foram.synthetic import CLASSES, render_crop
 
 # Small calibrations: enough to exercise every step, a few seconds each.
@@ -62,7 +62,7 @@ def _fresh_crops(n: int, seed: int = 600) -> np.ndarray:
 
 def test_auto_picks_a_path_that_agrees_with_fp32(trained_model, tmp_path, auto_env):
     model, info = trained_model
-    choice = P.choose_precision(model, info, cache_dir=tmp_path, **SMALL)
+    choice = P.choose_precision(model, info, reference=fp32_reference, cache_dir=tmp_path, **SMALL)
     assert choice.source == "calibrated"
     assert choice.path in P.PATHS
     assert set(choice.figures) >= {"fp32"}
@@ -109,7 +109,9 @@ def test_decision_cached_and_invalidated_by_torch_or_cpu(
 ):
     model, info = random_model
     paths = ("fp32", "bf16")  # int8's own cache is tested below; this keeps it quick
-    first = P.choose_precision(model, info, cache_dir=tmp_path, paths=paths, **TINY)
+    first = P.choose_precision(
+        model, info, reference=fp32_reference, cache_dir=tmp_path, paths=paths, **TINY
+    )
     assert first.source == "calibrated"
     files = sorted((tmp_path / "precision").glob("choice-*.json"))
     assert len(files) == 1
@@ -118,14 +120,18 @@ def test_decision_cached_and_invalidated_by_torch_or_cpu(
     assert stored["machine"]["cpu"] == P.cpu_model_name()
     assert stored["machine"]["torch"] == torch.__version__
 
-    again = P.choose_precision(model, info, cache_dir=tmp_path, paths=paths, **TINY)
+    again = P.choose_precision(
+        model, info, reference=fp32_reference, cache_dir=tmp_path, paths=paths, **TINY
+    )
     assert again.source == "cache"
     assert again.path == first.path
     assert again.figures == first.figures  # read back, not measured again
 
     # Another torch version: the old decision does not apply.
     monkeypatch.setattr(torch, "__version__", "0.0.0+other")
-    upgraded = P.choose_precision(model, info, cache_dir=tmp_path, paths=paths, **TINY)
+    upgraded = P.choose_precision(
+        model, info, reference=fp32_reference, cache_dir=tmp_path, paths=paths, **TINY
+    )
     assert upgraded.source == "calibrated"
     assert upgraded.machine["torch"] == "0.0.0+other"
     monkeypatch.undo()
@@ -143,7 +149,12 @@ def test_decision_cached_and_invalidated_by_torch_or_cpu(
     monkeypatch.delenv(P.PRECISION_ENV, raising=False)
 
     # The original machine's decision is still there; another model is measured anew.
-    assert P.choose_precision(model, info, cache_dir=tmp_path, **TINY).source == "cache"
+    assert (
+        P.choose_precision(
+            model, info, reference=fp32_reference, cache_dir=tmp_path, **TINY
+        ).source
+        == "cache"
+    )
     other = build_model(len(CLASSES), backbone_weights="none", seed=1)
     assert P.cached_choice(other, ModelInfo.for_model(other, CLASSES), tmp_path) is None
 

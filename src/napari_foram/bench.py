@@ -211,7 +211,7 @@ def bench_classification(device: str, quick: bool, precision: str = "auto") -> d
     from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
     from napari_foram.classify.model import build_model
     from napari_foram.classify.precision import PATHS, decide_precision, int8_available
-    from napari_foram.classify.predict import Predictor, resolve_device
+    from napari_foram.classify.predict import Predictor, fp32_reference, resolve_device
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -222,7 +222,7 @@ def bench_classification(device: str, quick: bool, precision: str = "auto") -> d
         from napari_foram.classify.demo_model import demo_checkpoint
 
         model, info = load_checkpoint(demo_checkpoint(), device="cpu")
-    choice = decide_precision(model, info, dev, precision)
+    choice = decide_precision(model, info, dev, precision, reference=fp32_reference)
     paths = [p for p in PATHS if not (p == "int8" and (cuda or not int8_available()))]
     if quick:  # a smoke run: the reference and the chosen path only
         paths = [p for p in paths if p in ("fp32", choice.path)]

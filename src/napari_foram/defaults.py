@@ -1,11 +1,15 @@
 """Defaults shared across modules, each written once.
 
-Plain constants, no imports: any module (core or app) can use them at no cost.
+Plain constants and the cache folder, standard library only: any module (core or app)
+can use them at no cost.
 """
 
 from __future__ import annotations
 
-__all__ = ["CAMERA_SHAPE", "CROP_SIZE", "MC_SAMPLES"]
+import os
+from pathlib import Path
+
+__all__ = ["CAMERA_SHAPE", "CROP_SIZE", "MC_SAMPLES", "default_cache_dir"]
 
 #: The simulated camera's frame, (rows, columns) in pixels: a 1.26 MP 4:3 sensor.
 CAMERA_SHAPE: tuple[int, int] = (972, 1296)
@@ -14,3 +18,10 @@ CAMERA_SHAPE: tuple[int, int] = (972, 1296)
 CROP_SIZE = 224
 #: Monte Carlo dropout passes per crop when nothing else is asked for.
 MC_SAMPLES = 30
+
+
+def default_cache_dir() -> Path:
+    """Where napari-foram keeps what it computes once per machine (the demo model, the
+    CPU precision decisions): ``$NAPARI_FORAM_CACHE`` or ``~/.cache/napari-foram``."""
+    env = os.environ.get("NAPARI_FORAM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-foram"

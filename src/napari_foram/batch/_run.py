@@ -511,7 +511,7 @@ def run_batch(
         classifier itself. Odd image files never raise: they are reported.
     """
     from napari_foram.classify.checkpoint import read_model_info
-    from napari_foram.classify.precision import choice_for_checkpoint
+    from napari_foram.classify.predict import choice_for_checkpoint
     from napari_foram.pipeline import model_provenance
 
     t_start = time.perf_counter()

@@ -23,7 +23,6 @@ Later calls return that path at once.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -44,7 +43,7 @@ from napari_foram.classify.checkpoint import new_classifier, read_model_info, sa
 from napari_foram.classify.density import pool_features
 from napari_foram.classify.head_fit import fit_head
 from napari_foram.classify.model import FORAMNet
-from napari_foram.defaults import CAMERA_SHAPE
+from napari_foram.defaults import CAMERA_SHAPE, default_cache_dir
 
 __all__ = [
     "DemoBackboneWarning",
@@ -116,12 +115,6 @@ def demo_model_path(
 def tray_seed(seed: int, i: int) -> int:
     """Renderer seed of training tray `i` of data set `seed` (all distinct)."""
     return int(seed) * 1_000_003 + int(i)
-
-
-def default_cache_dir() -> Path:
-    """``$NAPARI_FORAM_CACHE`` or ``~/.cache/napari-foram``."""
-    env = os.environ.get("NAPARI_FORAM_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-foram"
 
 
 @dataclass

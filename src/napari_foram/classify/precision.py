@@ -60,6 +60,11 @@ if TYPE_CHECKING:
     from napari_foram.classify.checkpoint import ModelInfo
     from napari_foram.classify.model import FORAMNet
 
+#: Builds the fp32 predictor a calibration compares every path with: ``reference(model,
+#: info, batch_size)`` (`napari_foram.classify.predict.fp32_reference`). Passed in rather
+#: than imported: the predictor itself is built on this module's decisions.
+ReferenceFactory = Callable[["FORAMNet", "ModelInfo", int], Any]
+
 __all__ = [
     "MEAN_ABS_DIFF_MAX",
     "MIN_SPEEDUP",
@@ -72,7 +77,6 @@ __all__ = [
     "build_int8_conv",
     "calibrate",
     "calibration_crops",
-    "choice_for_checkpoint",
     "choose_precision",
     "cpu_model_name",
     "decide_precision",
@@ -138,7 +142,7 @@ def _key_tag(key: dict[str, str]) -> str:
 def precision_cache_dir(cache_dir: str | Path | None = None) -> Path:
     """``<cache>/precision``; the cache root is the demo models' (``$NAPARI_FORAM_CACHE``
     or ``~/.cache/napari-foram``) unless given."""
-    from napari_foram.classify.demo_model import default_cache_dir
+    from napari_foram.defaults import default_cache_dir
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return root / "precision"
@@ -436,6 +440,7 @@ def calibrate(
     batch_size: int = CHECK_BATCH,
     mc_samples: int = CHECK_MC_SAMPLES,
     progress: Callable[[int, int, str], None] | None = None,
+    reference: ReferenceFactory,
 ) -> tuple[PrecisionChoice, dict[str, torch.Tensor] | None]:
     """Measure every available path against fp32 on this CPU with this model.
 
@@ -444,10 +449,12 @@ def calibrate(
     is crops per second of the median batch. A path slower than fp32 after the first two
     batches is dropped (it cannot win; on CPUs without bf16 units that path is slow).
 
+    `reference(model, info, batch_size)` builds the fp32 predictor every path is
+    compared with (`napari_foram.classify.predict.fp32_reference`: passed in, because
+    the predictor is built on this module's decisions).
+
     Returns the choice (source "calibrated") and the int8 ranges (None without int8).
     """
-    from napari_foram.classify.predict import Predictor
-
     t_start = time.perf_counter()
     wanted = [p for p in (paths or PATHS) if p in PATHS and p != "fp32"]
     if "int8" in wanted and not int8_available():
@@ -459,7 +466,7 @@ def calibrate(
         if progress is not None:
             progress(done, total, message)
 
-    ref = Predictor(model, info, device="cpu", precision="fp32", batch_size=batch_size)
+    ref = reference(model, info, batch_size)
     conv = ref.model.conv
     runners = {p: conv_runner(conv, p) for p in paths_run if p != "int8"}
     ranges = None
@@ -570,6 +577,7 @@ def choose_precision(
     cache_dir: str | Path | None = None,
     recalibrate: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    reference: ReferenceFactory,
     **calibrate_kwargs: Any,
 ) -> PrecisionChoice:
     """The CPU path for `model` on this machine: cached, or measured now and cached.
@@ -582,7 +590,9 @@ def choose_precision(
         if found is not None:
             return found
     key = machine_key()
-    choice, ranges = calibrate(model, info, progress=progress, **calibrate_kwargs)
+    choice, ranges = calibrate(
+        model, info, progress=progress, reference=reference, **calibrate_kwargs
+    )
     path = _cache_file(cache_dir, key)
     data = _read_json(path)
     if data.get("machine") != key:
@@ -657,6 +667,8 @@ def decide_precision(
     precision: str = "auto",
     cache_dir: str | Path | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    *,
+    reference: ReferenceFactory | None = None,
 ) -> PrecisionChoice:
     """The conv path for `precision` ("auto" or a path) with `model` on `device`.
 
@@ -681,28 +693,11 @@ def decide_precision(
         if env not in PATHS:
             raise ValueError(f"${PRECISION_ENV}={env!r}: use one of {', '.join(PATHS)}")
         return PrecisionChoice(env, "environment")
-    if model is None or info is None:
-        raise ValueError("choosing a CPU precision needs the model (agreement is per model)")
-    return choose_precision(model, info, cache_dir=cache_dir, progress=progress)
-
-
-def choice_for_checkpoint(
-    checkpoint: str | Path,
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    cache_dir: str | Path | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> PrecisionChoice:
-    """`decide_precision` for a checkpoint file, e.g. once in a batch's client so that
-    its workers all use (and its provenance records) one path, and a first-use
-    calibration runs once rather than in every worker at the same time."""
-    from napari_foram.classify.checkpoint import load_checkpoint
-    from napari_foram.classify.predict import resolve_device
-
-    dev = resolve_device(device)
-    if precision != "auto" or dev.type == "cuda" or os.environ.get(PRECISION_ENV):
-        # No model needed to decide: do not load 130 MB for nothing.
-        return decide_precision(None, None, dev, precision)
-    model, info = load_checkpoint(checkpoint, device="cpu")
-    return decide_precision(model, info, dev, precision, cache_dir, progress)
+    if model is None or info is None or reference is None:
+        raise ValueError(
+            "choosing a CPU precision needs the model and its fp32 reference (agreement is "
+            "per model)"
+        )
+    return choose_precision(
+        model, info, cache_dir=cache_dir, progress=progress, reference=reference
+    )

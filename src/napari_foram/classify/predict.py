@@ -38,6 +38,8 @@ from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
 from napari_foram.classify.model import FEATURE_DIM, FORAMNet
 from napari_foram.classify.precision import (
     PRECISION_CHOICES,
+    PRECISION_ENV,
+    PrecisionChoice,
     conv_runner,
     decide_precision,
     int8_conv_for,
@@ -392,7 +394,13 @@ class Predictor:
         self._scale = torch.tensor(scale, device=self.device).view(1, 3, 1, 1)
         self._offset = torch.tensor(offset, device=self.device).view(1, 3, 1, 1)
         self.precision_choice = decide_precision(
-            self.model, info, self.device, precision, precision_cache, precision_progress
+            self.model,
+            info,
+            self.device,
+            precision,
+            precision_cache,
+            precision_progress,
+            reference=fp32_reference,
         )
         path = self.precision_choice.path
         self.dtype = torch.bfloat16 if path == "bf16" else torch.float32
@@ -617,4 +625,30 @@ def measure_bf16_agreement(
         agreement=float(np.mean(fp32.class_index == bf16.class_index)),
         max_abs_prob_diff=float(np.abs(fp32.mean_probs - bf16.mean_probs).max()),
         n=n,
+    )
+
+
+def fp32_reference(model: FORAMNet, info: ModelInfo, batch_size: int) -> Predictor:
+    """The fp32 CPU predictor that a precision calibration compares every path with."""
+    return Predictor(model, info, device="cpu", precision="fp32", batch_size=batch_size)
+
+
+def choice_for_checkpoint(
+    checkpoint: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    cache_dir: str | Path | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> PrecisionChoice:
+    """`decide_precision` for a checkpoint file, e.g. once in a batch's client so that
+    its workers all use (and its provenance records) one path, and a first-use
+    calibration runs once rather than in every worker at the same time."""
+    dev = resolve_device(device)
+    if precision != "auto" or dev.type == "cuda" or os.environ.get(PRECISION_ENV):
+        # No model needed to decide: do not load 130 MB for nothing.
+        return decide_precision(None, None, dev, precision)
+    model, info = load_checkpoint(checkpoint, device="cpu")
+    return decide_precision(
+        model, info, dev, precision, cache_dir, progress, reference=fp32_reference
     )

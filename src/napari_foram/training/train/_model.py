@@ -134,7 +134,9 @@ def compute_features(
     the exact backbone tensors, the input normalisation and the precision, so a cached
     file is only reused for the very same inputs and network.
     """
-    predictor = Predictor(model, info, device=device)
+    # Training sees the network's fp32 features (the study's recipe); the CPU's fast
+    # paths are chosen later, per trained model, by their agreement with fp32.
+    predictor = Predictor(model, info, device=device, precision="fp32")
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256(
