@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
 from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
 from napari_foram.mosaic import Mosaic
 from napari_foram.pipeline import prediction_columns
+from napari_foram.reasons import one_line
 from napari_foram.tally import stats
 from napari_foram.widgets._live_display import FRAME_LAYER, OVERVIEW_LAYER, LiveDisplay
 from napari_foram.widgets._qt import (
@@ -591,8 +592,7 @@ class LiveWidget(LiveDisplay, QWidget):
         self.last_outcome[what] = outcome
         self.pause_button.setChecked(False)
         if isinstance(outcome, Exception):
-            text = str(outcome).splitlines()[0] if str(outcome) else type(outcome).__name__
-            self._set_status(f"{what} failed: {text}")
+            self._set_status(f"{what} failed: {one_line(outcome)}")
         elif isinstance(outcome, str):
             self._set_status(outcome)
         elif hasattr(outcome, "frames_processed"):

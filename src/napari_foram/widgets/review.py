@@ -58,6 +58,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_foram.reasons import one_line
 from napari_foram.review import (
     MEASURES,
     STATUS_FILTERS,
@@ -714,8 +715,7 @@ class ReviewWidget(QWidget):
         self.last_result = outcome
         self.work_bar.setVisible(False)
         if isinstance(outcome, Exception):
-            first = str(outcome).strip().splitlines()[0] if str(outcome).strip() else ""
-            self.result_label.setText(_one_line(f"{what} failed: {first or type(outcome)}"))
+            self.result_label.setText(_one_line(f"{what} failed: {one_line(outcome)}"))
         else:
             self.result_label.setText(_one_line(outcome.summary()))  # type: ignore[attr-defined]
         self._show()
