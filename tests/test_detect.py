@@ -205,6 +205,46 @@ def test_synthetic_touching_groups_are_mostly_split_and_planktics_kept_whole():
     assert abs(on["found"] - on["truth"]) <= 0.04 * on["truth"]
 
 
+def test_bead_chain_tests_stay_whole_through_their_wall(monkeypatch):
+    """A Reophax-like uniserial test (chambers in a row, grooved sutures) is one
+    specimen: its chambers, cut apart at the body level, join again through the wall
+    (`_split.WALL_LEVEL`). Without that cue some are cut, so the test can fail."""
+    from napari_foram.detect import _split
+    from napari_foram.synthetic import render_tray
+
+    trays = [
+        render_tray(seed, shape=(972, 1296), n_specimens=24, touching_pairs=0, touching_groups=0)
+        for seed in range(500, 515)
+    ]
+
+    def chains_cut() -> tuple[int, int]:
+        n = cut = 0
+        for tray in trays:
+            det = detect(tray.image, crops=False, pixel_size_um=tray.pixel_size_um)
+            s = det.work_scale
+            truth = tray.labels[::s, ::s][: det.labels.shape[0], : det.labels.shape[1]]
+            for t in tray.specimens:
+                if t.morph != "reophax" or t.clipped or t.touching:
+                    continue
+                n += 1
+                # Whole detections that are mostly this specimen.
+                mine = [
+                    i
+                    for i in det.label[det.whole]
+                    if (truth[det.labels == i] == t.id).mean() > 0.5
+                ]
+                cut += len(mine) > 1
+        return n, cut
+
+    n, cut = chains_cut()
+    # Measured when written: 14 lone chains, none cut (2 without the wall cue).
+    assert n >= 10
+    assert cut == 0
+    # Only the parts themselves count as wall: chambers cut apart stay apart.
+    monkeypatch.setattr(_split, "WALL_LEVEL", 1.0)
+    assert chains_cut()[1] >= 1
+
+
 def test_minimum_area_follows_pixel_size_or_the_image():
     # Small grains (a low magnification): the study's 1024 px would drop every one.
     img = disc_frame([(100 + 120 * i, 100 + 120 * j) for i in range(4) for j in range(5)], 14)

@@ -69,7 +69,10 @@ class DetectionParams:
         than `neck_ratio` x the smaller part's radius separates when the two parts differ
         in colour (sum of absolute differences of their mean chromaticities r, g, b >=
         `split_colour`); narrower than `split_strict` x that radius it separates
-        whatever the colour. Chambers of one test share their colour and join broadly.
+        whatever the colour. Chambers of one test share their colour and join broadly;
+        parts of one colour that join through the test wall (`_split.WALL_LEVEL`) stay
+        one specimen, and parts of clearly different colour (`_split.DISTINCT_COLOUR`)
+        are separated whatever the pass.
     split_level
         "neck": parts are judged on the body above this fraction of the way from the
         floor grey to the object's top grey (low, so dark sutures and an umbilicus do not
@@ -101,9 +104,11 @@ class DetectionParams:
     border_min_fraction: float = 0.01
     split_touching: bool = True
     split_method: str = "neck"
-    neck_ratio: float = 0.6
+    neck_ratio: float = 0.7
     split_strict: float = 0.35
-    split_colour: float = 0.01
+    # 0.005 let camera noise cut a fibre-crossed tube on one of 100 live frames; 0.01
+    # left 2 % more touching specimens merged (docs/benchmarks.md, issue 16).
+    split_colour: float = 0.0075
     split_level: float = 0.25
     split_fine: int = 0
     split_sigma: float = 0.0
