@@ -9,7 +9,15 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_foram.detect._image import _dilate, _erode, _fill_holes, _grey_small, _renumber
+from napari_foram.detect._image import (
+    _dilate,
+    _erode,
+    _fill_holes,
+    _grey_small,
+    _max_per_label,
+    _renumber,
+    _watershed,
+)
 from napari_foram.detect._params import DetectionParams
 
 # The touching-specimen splitter (`_split_fine`); figures measured on seeded synthetic
@@ -209,11 +217,9 @@ def _neck_parts(
     markers, n_markers = ndi.label(peaks, structure=np.ones((3, 3), bool))
     if n_markers < 2:
         return None
-    from skimage.segmentation import watershed
-
-    basins = watershed(-distance, markers, mask=mask).astype(np.int32)
-    peak = np.zeros(n_markers + 1, dtype=np.float64)
-    np.maximum.at(peak, basins[mask], distance[mask])
+    basins = _watershed(-distance, markers, mask)
+    flat = basins[mask]
+    peak = _max_per_label(flat, distance[mask], n_markers + 1)
     # The pass between two basins: over their 4-connected contacts, the largest of the
     # smaller distance either side.
     keys, passes = [], []
@@ -238,11 +244,10 @@ def _neck_parts(
     ratio = value / np.maximum(np.minimum(peak[pa], peak[pb]), 1e-6)
     parent = list(range(n_markers + 1))
     top = peak.tolist()
-    part_area = np.bincount(basins[mask], minlength=n_markers + 1).astype(np.float64)
+    part_area = np.bincount(flat, minlength=n_markers + 1).astype(np.float64)
     colour: np.ndarray | None = None
     if chroma is not None:
-        flat = basins[mask]
-        weight = np.bincount(flat, minlength=n_markers + 1).astype(np.float64)
+        weight = part_area.copy()
         sums = np.stack(
             [
                 np.bincount(flat, weights=chroma[..., c][mask], minlength=n_markers + 1)
@@ -514,26 +519,26 @@ def _join_through_wall(
     the pass between them on the wall (`_neck_parts`' measure) is at least `WALL_PASS`
     x the smaller part's own radius (`radius_map`, the body's distance transform).
     None: one part left."""
-    from skimage.segmentation import watershed
-
     k = int(parts.max())
     inside = parts > 0
     flat = parts[inside]
     count = np.maximum(np.bincount(flat, minlength=k + 1).astype(np.float64), 1.0)
     sums = [np.bincount(flat, weights=chroma[..., c][inside], minlength=k + 1) for c in range(3)]
     mean = np.stack(sums, axis=1) / count[:, None]
-    radius = np.zeros(k + 1, dtype=np.float64)
-    np.maximum.at(radius, flat, radius_map[inside])
+    radius = _max_per_label(flat, radius_map[inside], k + 1)
     wall = wall | inside
     dist = ndi.distance_transform_edt(wall).astype(np.float32)
-    region = watershed(-dist, np.where(inside, parts, 0), mask=wall)
-    width = np.zeros((k + 1, k + 1), dtype=np.float64)
+    region = _watershed(-dist, np.where(inside, parts, 0), wall).astype(np.int64)
+    keys, passes = [], []
     for ra, rb, da, db in (
         (region[1:, :], region[:-1, :], dist[1:, :], dist[:-1, :]),
         (region[:, 1:], region[:, :-1], dist[:, 1:], dist[:, :-1]),
     ):
         contact = (ra != rb) & (ra > 0) & (rb > 0)
-        np.maximum.at(width, (ra[contact], rb[contact]), np.minimum(da[contact], db[contact]))
+        keys.append(ra[contact] * (k + 1) + rb[contact])
+        passes.append(np.minimum(da[contact], db[contact]))
+    width = _max_per_label(np.concatenate(keys), np.concatenate(passes), (k + 1) ** 2)
+    width = width.reshape(k + 1, k + 1)
     width = np.maximum(width, width.T)
     group = np.arange(k + 1)
     for a in range(1, k + 1):
