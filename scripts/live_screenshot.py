@@ -8,27 +8,17 @@ window at 1366 x 768, a laptop's screen).
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import napari
+from qt_wait import wait_for
 from qtpy.QtWidgets import QApplication
 
 from napari_foram.widgets.live import LiveWidget
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "live_widget.png"
-
-
-def wait_for(predicate, timeout: float) -> None:
-    app = QApplication.instance()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            sys.exit("timed out")
-        app.processEvents()
-        time.sleep(0.02)
 
 
 def main() -> None:

@@ -17,13 +17,12 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import napari
+from qt_wait import settle
 from qtpy.QtCore import Qt
 from qtpy.QtTest import QTest
-from qtpy.QtWidgets import QApplication
 
 from napari_foram.frames import Frame
 from napari_foram.pipeline import CountingPipeline, load_predictor
@@ -34,15 +33,6 @@ from napari_foram.widgets.review import ReviewWidget
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images" / "review_widget.png"
 SAMPLE = "U1308A-12H-3-W-45"
 MAX_BYTES = 300_000
-
-
-def settle(seconds: float = 0.5) -> None:
-    """Let Qt draw (napari's canvas and the widget) for a moment."""
-    app = QApplication.instance()
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        app.processEvents()
-        time.sleep(0.02)
 
 
 def count_tray(store_path: Path) -> Frame:

@@ -12,34 +12,17 @@ window, saved to docs/images/{batch,tally,detection}_widget.png.
 
 from __future__ import annotations
 
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import napari
-from qtpy.QtWidgets import QApplication
+from qt_wait import settle, wait_for
 
 from napari_foram.synthetic import render_tray
 
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 WINDOW = (1366, 768)
-
-
-def wait_for(predicate, timeout: float) -> None:
-    app = QApplication.instance()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            sys.exit("timed out")
-        app.processEvents()
-        time.sleep(0.02)
-
-
-def settle(seconds: float = 1.0) -> None:
-    end = time.monotonic() + seconds
-    wait_for(lambda: time.monotonic() > end, seconds + 5)
 
 
 def batch_and_tally(tmp: Path) -> None:

@@ -339,11 +339,12 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     scan), of its files' relative names and bytes in name order."""
     digest = hashlib.sha256()
     root = Path(path)
-    files = [(root.name, root)]
     if root.is_dir():
         files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+    else:
+        files = [("", root)]  # a plain file: its bytes alone, as digests always were
     for name, file in files:
-        if root.is_dir():
+        if name:
             digest.update(name.encode("utf-8", "surrogateescape") + b"\0")
         with file.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

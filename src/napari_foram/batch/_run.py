@@ -266,14 +266,13 @@ class _Writer:
 
 
 def _triage(
-    plan: BatchPlan, store: TallyStore
+    plan: BatchPlan, store: TallyStore, damaged: dict[str, str]
 ) -> tuple[dict[str, list[SourceFile]], dict[str, FileReport]]:
     """Hash every file; what is left to do per sample, and the report lines of the files
     settled already (empty, unreadable, same bytes as another, already in the store)."""
     todo: dict[str, list[SourceFile]] = {sid: [] for sid in plan.records}
     settled: dict[str, FileReport] = {}
     samples = set(store.samples())
-    damaged = store.damaged_samples()
     for sid in plan.records:
         if sid in damaged:
             # A damaged sample is never written to (writing could lose what is left of
@@ -557,8 +556,9 @@ def run_batch(
     new: dict[str, int] = {}
     finished = False  # the loop ended without an error (interrupted or not)
     try:
-        todo, settled = _triage(plan, store)
+        # Checked once per run (it stats every chunk file of every sample).
         damaged = store.damaged_samples()
+        todo, settled = _triage(plan, store, damaged)
         for sid in plan.records:
             if sid in damaged:
                 report.damaged_samples[sid] = damaged[sid]

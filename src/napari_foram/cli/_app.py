@@ -47,6 +47,15 @@ class CommandError(Exception):
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
+#: Whether the detector separates touching specimens (`detect`, `batch`).
+SplitOption = Annotated[
+    bool,
+    typer.Option(
+        "--split/--no-split",
+        help="Separate touching specimens at narrow necks (on by default: see "
+        "docs/usage.md, Detection choices).",
+    ),
+]
 PrecisionOption = Annotated[
     str,
     typer.Option(

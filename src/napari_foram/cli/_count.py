@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,15 @@ import typer
 from napari_foram.defaults import MC_SAMPLES
 from napari_foram.reasons import one_line
 
-from ._app import MAX_MC, CommandError, PrecisionOption, _echo_json, _use_precision, app
+from ._app import (
+    MAX_MC,
+    CommandError,
+    PrecisionOption,
+    SplitOption,
+    _echo_json,
+    _use_precision,
+    app,
+)
 
 
 # ----------------------------------------------------------------------------- synth
@@ -74,14 +83,7 @@ def detect_cmd(
     no_border: Annotated[
         bool, typer.Option("--no-border", help="Skip the tray-border pass.")
     ] = False,
-    split: Annotated[
-        bool,
-        typer.Option(
-            "--split/--no-split",
-            help="Separate touching specimens at narrow necks (on by default: see "
-            "docs/usage.md, Detection choices).",
-        ),
-    ] = True,
+    split: SplitOption = True,
 ) -> None:
     """Find specimens in images with the study's connected-component detector."""
     from napari_foram.detect import DetectionParams, detect
@@ -187,14 +189,7 @@ def batch_cmd(
     min_area: Annotated[
         int | None, typer.Option(help="Smallest object in pixels (overrides the rules).")
     ] = None,
-    split: Annotated[
-        bool,
-        typer.Option(
-            "--split/--no-split",
-            help="Separate touching specimens at narrow necks (on by default: see "
-            "docs/usage.md, Detection choices).",
-        ),
-    ] = True,
+    split: SplitOption = True,
 ) -> None:
     """Count every image of a folder into a tally store: detect, classify, tally.
 
@@ -212,29 +207,29 @@ def batch_cmd(
         raise CommandError("give --workers (a local cluster) or --scheduler, not both")
     _use_precision(precision)
     plan_batch(folder, samples)  # a bad folder or sheet fails now, not after the model
-    # So do outputs that cannot be written (the report, the count sheet).
-    outputs = BatchConfig(folder=folder, store=store, model=model, report=report, export=export)
-    outputs.check_outputs()
+    config = BatchConfig(
+        folder=folder,
+        store=store,
+        model=model,
+        samples_csv=samples,
+        mc_samples=mc,
+        device=device,
+        precision=precision,
+        workers=workers,
+        scheduler=scheduler,
+        files_per_task=files_per_task,
+        report=report,
+        export=export,
+        pixel_size_um=pixel_size or None,
+        detection=DetectionParams(min_area_px=min_area, split_touching=split),
+    )
+    config.check_outputs()  # so do outputs that cannot be written (report, count sheet)
     try:
         # The demo model trains at first use (minutes): its own bar, before the count's.
         with progress_callback("training the demo model (first run only)") as training:
-            checkpoint = resolve_checkpoint(model, progress=training)
-        config = BatchConfig(
-            folder=folder,
-            store=store,
-            model=checkpoint,
-            samples_csv=samples,
-            mc_samples=mc,
-            device=device,
-            precision=precision,
-            workers=workers,
-            scheduler=scheduler,
-            files_per_task=files_per_task,
-            report=report,
-            export=export,
-            pixel_size_um=pixel_size or None,
-            detection=DetectionParams(min_area_px=min_area, split_touching=split),
-        )
+            config = dataclasses.replace(
+                config, model=resolve_checkpoint(model, progress=training)
+            )
         with progress_callback("counting", enabled=not as_json) as bar:
             outcome = run_batch(config, progress=bar)
     except KeyboardInterrupt:  # before the count started: nothing was written
