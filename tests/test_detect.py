@@ -166,11 +166,11 @@ def test_chambered_planktic_with_deep_sutures_stays_whole(chambers):
 
 
 def test_splitter_watershed_and_maxima_match_the_library_calls():
-    """The splitter's direct call of scikit-image's flooding kernel and its sort-based
-    per-label maximum give what `skimage.segmentation.watershed` and
-    `np.maximum.at` give, ties included (distances rounded to whole pixels), so that
-    the faster path cannot change a count; a scikit-image that moves the kernel fails
-    here, not in a count."""
+    """The splitter's direct call of scikit-image's flooding kernel and its per-label
+    maximum (float64 on both sides, NumPy's fast `ufunc.at`) give what
+    `skimage.segmentation.watershed` and a float32 `np.maximum.at` give, ties included
+    (distances rounded to whole pixels), so that the faster path cannot change a count;
+    a scikit-image that moves the kernel fails here, not in a count."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
@@ -189,6 +189,46 @@ def test_splitter_watershed_and_maxima_match_the_library_calls():
         want = np.zeros(n + 1)
         np.maximum.at(want, ours[mask], dist[mask])
         np.testing.assert_array_equal(_max_per_label(ours[mask], dist[mask], n + 1), want)
+
+
+@pytest.mark.parametrize("kind", ["colour", "grey", "inverted"])
+def test_mosaic_splitter_equals_one_object_at_a_time(kind, monkeypatch):
+    """`_objects_parts` (every candidate in one mosaic) gives each object the parts that
+    `_object_parts` (one object alone) gives: the same number, pixel for pixel but for
+    at most a few exact ties of the flooding order, on trays with touching groups in
+    colour, grey and inverted (dark on light)."""
+    from napari_foram.detect import _split
+    from napari_foram.synthetic import render_tray
+
+    seen = []
+    real = _split._objects_parts
+
+    def recorded(*args):
+        found = real(*args)
+        seen.append((args, found))
+        return found
+
+    monkeypatch.setattr(_split, "_objects_parts", recorded)
+    compared = 0
+    for seed in (4242, 4247):
+        tray = render_tray(seed, n_specimens=60, touching_pairs=3, touching_groups=6)
+        image = {
+            "colour": tray.image,
+            "grey": tray.image.mean(axis=2).astype(np.uint8),
+            "inverted": 255 - tray.image,
+        }[kind]
+        seen.clear()
+        detect(image, crops=False, pixel_size_um=tray.pixel_size_um, invert=kind == "inverted")
+        ((img, labels, boxes, *rest), found) = seen[0]
+        assert len(boxes) > 10
+        for (i, sl), parts in zip(boxes, found, strict=True):
+            alone = _split._object_parts(img, labels[sl] == i, sl, *rest)
+            assert (alone is None) == (parts is None)
+            if alone is not None and parts is not None:
+                assert alone.max() == parts.max()
+                assert (alone != parts).sum() <= 0.005 * (alone > 0).sum()
+                compared += 1
+    assert compared >= 2  # some objects were split, so the parts were compared
 
 
 def test_known_limits_of_the_splitter():

@@ -70,6 +70,9 @@ class _Partial:
     detections: Detections
     box_um: tuple[float, float, float, float]
     area_px: float
+    #: (k, 2) its pixels in sample coordinates (`_pixels_um`): what decides whether
+    #: specimens counted whole explain it (`SpecimenRegistry.covers_pixels`).
+    points_um: np.ndarray
 
     @property
     def centre_um(self) -> tuple[float, float]:
@@ -427,16 +430,26 @@ class CountingPipeline:
 
     def _track_partials(self, frame: Frame, det: Detections, xy: np.ndarray) -> None:
         """Remember edge-cut sightings of specimens not (yet) counted; forget those that a
-        whole view has since counted."""
-        self.partials = [p for p in self.partials if not self.registry.covers(p.box_um)]
+        whole view has since counted.
+
+        A sighting is explained by counted specimens when their extents hold its pixels,
+        not merely its box: where a specimen touching a neighbour is cut by the edge, the
+        two are one object there, and only the pair together holds it.
+        """
+        self.partials = [p for p in self.partials if not self.registry.covers_pixels(p.points_um)]
         # Cut by the frame edge, not touching the tray wall (wall remnants at a field's
         # edge look like cut specimens; a specimen against the wall cannot be counted).
         for row in np.flatnonzero(det.at_edge & ~det.at_border & ~det.artifact):
-            box = _box_um(frame, det.bbox[row])
-            if self.registry.covers(box):
-                continue  # a part of a specimen already counted whole
+            points = _pixels_um(frame, det, int(row))
+            if self.registry.covers_pixels(points):
+                continue  # a part of specimens already counted whole
             self.partials.append(
-                _Partial(*_stand_in(frame, det, int(row)), box_um=box, area_px=det.area_px[row])
+                _Partial(
+                    *_stand_in(frame, det, int(row)),
+                    box_um=_box_um(frame, det.bbox[row]),
+                    area_px=det.area_px[row],
+                    points_um=points,
+                )
             )
 
     def finish(self) -> list[FrameResult]:
@@ -455,7 +468,7 @@ class CountingPipeline:
                     "why": "no stage position or pixel size: specimens counted per frame",
                 },
             )
-        pending = [p for p in self.partials if not self.registry.covers(p.box_um)]
+        pending = [p for p in self.partials if not self.registry.covers_pixels(p.points_um)]
         self.partials = []
         groups: list[list[_Partial]] = []
         for part in pending:
@@ -654,6 +667,25 @@ def _box_um(frame: Frame, bbox: np.ndarray) -> tuple[float, float, float, float]
     assert a is not None and b is not None
     # A camera mounted rotated or mirrored (Frame.pixel_affine) swaps or flips the corners.
     return (min(a[0], b[0]), min(a[1], b[1]), max(a[0], b[0]), max(a[1], b[1]))
+
+
+def _pixels_um(frame: Frame, det: Detections, row: int) -> np.ndarray:
+    """(k, 2) sample coordinates (x_um, y_um) of detection `row`'s pixels, one point per
+    pixel of the label image at the detector's working scale."""
+    s = det.work_scale
+    r0, c0, r1, c1 = (int(v) // s for v in det.bbox[row])
+    rr, cc = np.nonzero(det.labels[r0 : r1 + 1, c0 : c1 + 1] == det.label[row])
+    # Working pixel (i, j) stands for full-resolution pixels [i*s, (i+1)*s): its centre.
+    y = (rr + r0 + 0.5) * s - 0.5
+    x = (cc + c0 + 0.5) * s - 0.5
+    # Pixel -> sample coordinates is affine (`Frame.pixel_to_stage_um`): an origin and
+    # one step per column and per row.
+    origin = frame.pixel_to_stage_um(0.0, 0.0)
+    right = frame.pixel_to_stage_um(0.0, 1.0)
+    down = frame.pixel_to_stage_um(1.0, 0.0)
+    assert origin is not None and right is not None and down is not None
+    o, dx, dy = np.array(origin), np.subtract(right, origin), np.subtract(down, origin)
+    return o + x[:, None] * dx + y[:, None] * dy
 
 
 def _stand_in(frame: Frame, det: Detections, row: int) -> tuple[Frame, Detections]:

@@ -91,26 +91,45 @@ class SpecimenRegistry:
         # Rows registered just now stay -1 (new); duplicates within the batch point at them.
         return out
 
-    def covers(self, box_um: tuple[float, float, float, float]) -> bool:
-        """Whether a box (x0, y0, x1, y1) lies within a known specimen's extent (+10 %).
+    def covers_pixels(self, points_um: np.ndarray, min_fraction: float = 0.98) -> bool:
+        """Whether known specimens' extents (+10 % each) hold (nearly) all these points.
 
-        A view of a specimen cut by the frame edge lies inside that specimen, so this
-        tells a partial view of a counted specimen from a new one.
+        The points are the pixels of a view cut by the frame edge, in sample coordinates
+        (x_um, y_um). A cut view of one counted specimen lies inside that specimen; a cut
+        view in which two touching counted specimens form one object lies inside the two
+        together, though neither holds it alone and its box need not lie even in the
+        union of their boxes (an L-shaped object's box has an empty corner). Deciding
+        pixel by pixel tells both from a new specimen, whose pixels lie outside every
+        known extent (or partly, beside a counted neighbour).
+
+        Parameters
+        ----------
+        points_um : (k, 2) float
+            The view's pixels in sample coordinates.
+        min_fraction
+            Share of the points that must be held: a little outline jitter beyond the
+            slack does not make a counted specimen new.
         """
-        if not len(self):
+        points = np.asarray(points_um, dtype=np.float64).reshape(-1, 2)
+        if not len(self) or not len(points):
             return False
         known = self.box_um
         # 10 % of each specimen's size as slack for centroid and outline jitter.
-        slack_x = 0.1 * (known[:, 2] - known[:, 0])
-        slack_y = 0.1 * (known[:, 3] - known[:, 1])
-        x0, y0, x1, y1 = box_um
-        inside = (
-            (x0 >= known[:, 0] - slack_x)
-            & (x1 <= known[:, 2] + slack_x)
-            & (y0 >= known[:, 1] - slack_y)
-            & (y1 <= known[:, 3] + slack_y)
+        slack = 0.1 * (known[:, 2:] - known[:, :2])
+        lo, hi = known[:, :2] - slack, known[:, 2:] + slack
+        # Only the extents near the view take part (a long scan knows thousands).
+        near = np.flatnonzero(
+            (lo[:, 0] <= points[:, 0].max())
+            & (hi[:, 0] >= points[:, 0].min())
+            & (lo[:, 1] <= points[:, 1].max())
+            & (hi[:, 1] >= points[:, 1].min())
         )
-        return bool(inside.any())
+        if not near.size:
+            return False
+        # (points, extents, x/y): each point against each nearby extent.
+        inside = (points[:, None] >= lo[near]) & (points[:, None] <= hi[near])
+        held = inside.all(axis=2).any(axis=1)
+        return bool(held.mean() >= min_fraction)
 
     def register(
         self, xy_um: np.ndarray, diameters_um: np.ndarray, boxes_um: np.ndarray | None = None
