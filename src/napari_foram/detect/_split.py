@@ -545,7 +545,7 @@ def _neck_for(colour: bool, params: DetectionParams) -> float:
 
 
 def _finish_parts(
-    parts: np.ndarray | None,
+    parts: np.ndarray,
     up: np.ndarray,
     own: np.ndarray,
     grey: np.ndarray,
@@ -560,19 +560,20 @@ def _finish_parts(
     """The wall and whorl guards on an object's parts (finer grid), then every pixel of
     its working-grid mask `own` given to the nearest part (0 outside, 1..k); None when
     it stays whole."""
+    kept: np.ndarray | None = parts
     if chroma is not None:
-        parts = _join_through_wall(
+        kept = _join_through_wall(
             parts, up & (grey > fl + WALL_LEVEL * (top - fl)), dist, chroma, params.split_colour
         )
-    if parts is not None and _compactness(up) >= COMPACT_WHOLE:
+    if kept is not None and _compactness(up) >= COMPACT_WHOLE:
         # A round group of round parts is how a planktic's last whorl looks: only a
         # colour difference tells two specimens there.
-        parts = _colour_parts(parts, chroma, params.split_colour)
-    if parts is None:
+        kept = _colour_parts(kept, chroma, params.split_colour)
+    if kept is None:
         return None
-    hh, ww = parts.shape
-    _, (iy, ix) = ndi.distance_transform_edt(parts == 0, return_indices=True)
-    near = parts[iy, ix]
+    hh, ww = kept.shape
+    _, (iy, ix) = ndi.distance_transform_edt(kept == 0, return_indices=True)
+    near = kept[iy, ix]
     cy = np.minimum((np.arange(own.shape[0]) * scale) // fine, hh - 1)
     cx = np.minimum((np.arange(own.shape[1]) * scale) // fine, ww - 1)
     return np.where(own, near[np.ix_(cy, cx)], 0)
