@@ -465,6 +465,21 @@ def test_real_gravel_trays_give_sensible_counts(realdata):
 
 
 @pytest.mark.realdata
+def test_real_bone_fragments_are_not_cut_apart(realdata):
+    """Real fragments lying apart, shaded by the lamp: the splitter must find nothing to
+    separate (each tray counts as it does without it). A colour rule tuned on synthetic
+    tests alone (parts 0.02 apart in chromaticity are two specimens) cut three of them,
+    so this guards the real side of `_split.DISTINCT_COLOUR`."""
+    from napari_foram.frames import read_image
+
+    for name in ("DSC_0049.png", "DSC_0050.png"):
+        img = read_image(realdata / "rcos_trays" / "other_bone_fragments" / name)
+        split = int(detect(img, crops=False).whole.sum())
+        whole = int(detect(img, crops=False, split_touching=False).whole.sum())
+        assert split == whole == 23, (name, split, whole)
+
+
+@pytest.mark.realdata
 def test_real_forams_touching_in_a_row_and_a_pair_are_counted_apart(realdata):
     """The real Ammonia picture, cut out and laid ten times on its own tray floor at a
     fifth of its size (~230 px across): three touching in a row, a touching pair and

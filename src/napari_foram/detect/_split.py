@@ -36,6 +36,11 @@ CANDIDATE_FILL = 1.2
 #: frame relative to no splitting, one run; `split_colour` 0.005): 0.6: -1.04 % /
 #: 1.20 %, x3.05; 0.65: -0.30 % / 1.34 %, x3.82; 0.75: -0.15 % / 1.34 %, x4.87.
 COARSE_GATE = 0.65
+#: ... or below this fraction when two of its round parts differ in colour by
+#: `DISTINCT_COLOUR` or more (`_two_colours`): two specimens of different colour
+#: pressed together show only a shallow dip (a grey grain in a brown agglutinated
+#: triplet). About one object in 12 benchmark frames is let through this way.
+COLOUR_GATE = 0.75
 
 
 #: A group this compact (area over the disc of its largest extent) is split only where
@@ -53,15 +58,27 @@ COMPACT_WHOLE = 0.6
 #: tests/test_detect.py; two tangent domes of one colour: 0.22 on the pixel grid). On
 #: the benchmark trays (gate 0.75, split_colour 0.005), false detections 0.90 % at 0.15
 #: (which merges the tangent domes), 1.34 % at 0.25, 1.49 % at 0.3.
-WALL_LEVEL = 0.1
+#: The wall is whatever is clearly brighter than the tray floor, so only the shadow gap
+#: where two specimens meet parts them: at 0.1 the sutures of dark (brown agglutinated)
+#: bead chains and of a deep-sutured planktic fell below the level though their colours
+#: agree to < 0.004 (passes 0.10-0.22 there, 0.36-0.86 at 0.05): 4 of the 8 false
+#: detections on the benchmark trays, and none of their merges. The same counts for any
+#: level from 0 to 0.07.
+WALL_LEVEL = 0.05
 WALL_PASS = 0.25
 
 
 #: Parts whose mean chromaticities (r, g, b; summed absolute differences) differ by this
 #: much are two specimens whatever the pass between them: a brown agglutinated chain
-#: lying along a white planktic joins it broadly. Chambers of one synthetic test differ
-#: by < 0.06 across 320 of 322 passes >= 0.6 (seeds 100-111 and 4242-4253).
-DISTINCT_COLOUR = 0.06
+#: lying along a white planktic joins it broadly. Where the rule acts (passes below
+#: `DISTINCT_MAX_PASS`; both parts >= 400 px, passes 0.7-0.9) chambers of one synthetic
+#: test differ by <= 0.009 in 60 of 61 cases and synthetic specimens pressed together by
+#: >= 0.02 in 6 of 10 (seeds 100-111 and 4242-4253), but on real photographs light and
+#: shade make the two halves of one bone fragment differ by 0.02-0.035
+#: (`rcos_trays/other_bone_fragments`: 0.02 cut three fragments there, 0.03 one, 0.04
+#: none). Benchmark trays, count error / false detections: 0.02 -0.74 % / 0.45 %, 0.04
+#: -0.74 % / 0.60 %, 0.06 -1.04 % / 0.60 % (docs/benchmarks.md).
+DISTINCT_COLOUR = 0.04
 #: ... unless the pass is nearly as wide as the smaller part (one body): the stained half
 #: of the real Ammonia picture differs from the rest by 0.10 at a pass of 0.99.
 DISTINCT_MAX_PASS = 0.9
@@ -219,7 +236,7 @@ def _neck_parts(
     markers, n_markers = ndi.label(peaks, structure=np.ones((3, 3), bool))
     if n_markers < 2:
         return None
-    basins = _watershed(-distance, markers, mask)
+    basins = _watershed(_flood_levels(distance), markers, mask)
     roots = _merge_basins(
         basins,
         distance,
@@ -234,6 +251,20 @@ def _neck_parts(
     )
     parts = _renumber(roots[basins])
     return parts if int(parts.max()) > 1 else None
+
+
+def _flood_levels(distance: np.ndarray) -> np.ndarray:
+    """The watershed's levels: -distance, with exact ties broken by raster order.
+
+    Distances are square roots of whole numbers, so many pixels tie; the flooding kernel
+    breaks ties between seeds by its heap's layout, which other objects in the same image
+    change. Adding less than a fifth of the smallest gap between two distances (< 1e-4
+    in all; two distances below 1,000 px differ by > 5e-4) breaks every tie by position
+    instead: an object is flooded alike alone and in the mosaic, where positions keep
+    their order within each box.
+    """
+    order = np.arange(distance.size, dtype=np.float64).reshape(distance.shape)
+    return order * (1e-4 / max(distance.size, 1)) - distance.astype(np.float64)
 
 
 def _merge_basins(
@@ -444,6 +475,13 @@ def _split_fine(
         # once (objects are apart, so a 3 x 3 window never sees two).
         peaks = (distance >= ndi.maximum_filter(distance, size=3)) & (distance >= min_radius)
         gate = _necks_possible(distance, peaks, labels, boxes, COARSE_GATE)
+        shallow = _necks_possible(distance, peaks, labels, boxes, COLOUR_GATE) & ~gate
+        for j in np.flatnonzero(shallow).tolist():
+            i, sl = boxes[j]
+            own = labels[sl] == i
+            gate[j] = _two_colours(
+                img, np.where(own, distance[sl], 0.0), peaks[sl] & own, sl, scale
+            )
         boxes = [box for box, go in zip(boxes, gate.tolist(), strict=True) if go]
     new_labels: np.ndarray | None = None
     next_label = n + 1
@@ -464,6 +502,52 @@ def _split_fine(
         return labels, n
     final = _renumber(new_labels)
     return final, int(final.max())
+
+
+def _two_colours(
+    img: np.ndarray,
+    dist: np.ndarray,
+    peaks: np.ndarray,
+    sl: tuple[slice, slice],
+    scale: int,
+) -> bool:
+    """Whether two of an object's round parts differ in colour by `DISTINCT_COLOUR` or
+    more (summed absolute difference of mean chromaticities), judged on the working grid.
+
+    A part is the disc inscribed at a distance maximum (maxima inside a wider part's
+    disc are dropped); its colour is the mean of the frame's pixels, every `scale`-th,
+    in the square inside that disc. Single specimens on the benchmark trays score at
+    most 0.016; a grey grain in a brown triplet 0.14.
+    """
+    if img.ndim != 3 or img.shape[2] < 3:
+        return False
+    ys, xs = np.nonzero(peaks)
+    if ys.size < 2:
+        return False
+    r = dist[ys, xs]
+    order = np.argsort(-r, kind="stable")
+    ys, xs, r = ys[order], xs[order], r[order]
+    keep: list[int] = []
+    for j in range(ys.size):
+        if all((ys[j] - ys[m]) ** 2 + (xs[j] - xs[m]) ** 2 > r[m] ** 2 for m in keep):
+            keep.append(j)
+    if len(keep) < 2:
+        return False
+    y0, x0 = sl[0].start * scale, sl[1].start * scale
+    means = []
+    for j in keep:
+        # Half the side of the square inscribed in the disc: r / sqrt(2) ~ 0.7 r.
+        rad = max(int(r[j] * 0.7), 1)
+        yy, xx = int(ys[j]), int(xs[j])
+        square = img[
+            y0 + max(yy - rad, 0) * scale : y0 + (yy + rad + 1) * scale : scale,
+            x0 + max(xx - rad, 0) * scale : x0 + (xx + rad + 1) * scale : scale,
+            :3,
+        ]
+        total = square.reshape(-1, 3).astype(np.float32).sum(axis=0)
+        means.append(total / max(float(total.sum()), 1.0))
+    m = np.asarray(means)
+    return bool(np.abs(m[:, None, :] - m[None, :, :]).sum(axis=2).max() >= DISTINCT_COLOUR)
 
 
 def _fine_view(
@@ -674,7 +758,7 @@ def _objects_parts(
     if n_markers < 2:
         return found
     mask = body & go[owner]
-    basins = _watershed(-dist, markers, mask)
+    basins = _watershed(_flood_levels(dist), markers, mask)
     chroma = None
     if colour:
         rgb = pixels[mask].astype(np.float32)
