@@ -415,10 +415,21 @@ def auto_min_area_px(labels: np.ndarray, n: int, scale: int) -> float:
     of the typical area is a specimen of less than half the typical diameter. The cap
     keeps the study's behaviour at its own and higher magnifications; at lower ones
     (grains 30 px across) the minimum shrinks with the objects.
+
+    Objects cut by the frame edge are left out when others remain: a partial view says
+    little of a specimen's size, and a lit patch of tray floor that crosses the threshold
+    and runs off the frame (a real gravel tray at half its magnification: a fifth of the
+    frame in one object) would otherwise be "typical" and raise the minimum above every
+    grain.
     """
     if n == 0:
         return float(STUDY_MIN_AREA_PX)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    on_edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    inside = np.ones(n, dtype=bool)
+    inside[on_edge[on_edge > 0] - 1] = False
+    if inside.any():
+        sizes = sizes[inside]
     sizes = np.sort(sizes * scale * scale)
     sizes = sizes[sizes >= AUTO_MIN_AREA_FLOOR_PX]
     if sizes.size == 0:
