@@ -75,9 +75,10 @@ WALL_PASS = 0.25
 #: test differ by <= 0.009 in 60 of 61 cases and synthetic specimens pressed together by
 #: >= 0.02 in 6 of 10 (seeds 100-111 and 4242-4253), but on real photographs light and
 #: shade make the two halves of one bone fragment differ by 0.02-0.035
-#: (`rcos_trays/other_bone_fragments`: 0.02 cut three fragments there, 0.03 one, 0.04
-#: none). Benchmark trays, count error / false detections: 0.02 -0.74 % / 0.45 %, 0.04
-#: -0.74 % / 0.60 %, 0.06 -1.04 % / 0.60 % (docs/benchmarks.md).
+#: (`rcos_trays/other_bone_fragments`: 0.02 cut three fragments there, 0.04 one, whose
+#: halves differ by 0.041 at a pass of 0.71, as two touching synthetic specimens do:
+#: 0.040 at 0.71). Benchmark trays, count error / false detections: 0.02 -0.74 % /
+#: 0.45 %, 0.04 -0.74 % / 0.60 %, 0.045 and 0.05 -1.04 % / 0.60 % (docs/benchmarks.md).
 DISTINCT_COLOUR = 0.04
 #: ... unless the pass is nearly as wide as the smaller part (one body): the stained half
 #: of the real Ammonia picture differs from the rest by 0.10 at a pass of 0.99.
@@ -236,7 +237,7 @@ def _neck_parts(
     markers, n_markers = ndi.label(peaks, structure=np.ones((3, 3), bool))
     if n_markers < 2:
         return None
-    basins = _watershed(_flood_levels(distance), markers, mask)
+    basins = _watershed(_flood_levels(distance, markers), markers, mask)
     roots = _merge_basins(
         basins,
         distance,
@@ -253,18 +254,23 @@ def _neck_parts(
     return parts if int(parts.max()) > 1 else None
 
 
-def _flood_levels(distance: np.ndarray) -> np.ndarray:
-    """The watershed's levels: -distance, with exact ties broken by raster order.
+def _flood_levels(distance: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """The watershed's levels: -distance, seeds that tie ordered by raster position.
 
-    Distances are square roots of whole numbers, so many pixels tie; the flooding kernel
-    breaks ties between seeds by its heap's layout, which other objects in the same image
-    change. Adding less than a fifth of the smallest gap between two distances (< 1e-4
-    in all; two distances below 1,000 px differ by > 5e-4) breaks every tie by position
-    instead: an object is flooded alike alone and in the mosaic, where positions keep
-    their order within each box.
+    The flooding kernel takes the lowest level first and, among equal levels, the pixel
+    queued first; all seeds are queued at once, so seeds of equal distance (square roots
+    of whole numbers tie often) come out in its heap's layout, which other objects in the
+    same image change. Lowering each seed by less than a fifth of the smallest gap
+    between two distances (< 1e-4 in all; two distances below 1,000 px differ by > 5e-4),
+    the more the earlier it lies in raster order, fixes that order and nothing else:
+    seeds still go before other pixels of their level, and plateaus still fill
+    breadth-first. An object is then flooded alike alone and in the mosaic, where
+    positions keep their order within each box.
     """
-    order = np.arange(distance.size, dtype=np.float64).reshape(distance.shape)
-    return order * (1e-4 / max(distance.size, 1)) - distance.astype(np.float64)
+    levels = -distance.astype(np.float64)
+    seeds = np.flatnonzero(markers)
+    levels.ravel()[seeds] -= (seeds.size - np.arange(seeds.size)) * (1e-4 / max(seeds.size, 1))
+    return levels
 
 
 def _merge_basins(
@@ -758,7 +764,7 @@ def _objects_parts(
     if n_markers < 2:
         return found
     mask = body & go[owner]
-    basins = _watershed(_flood_levels(dist), markers, mask)
+    basins = _watershed(_flood_levels(dist, markers), markers, mask)
     chroma = None
     if colour:
         rgb = pixels[mask].astype(np.float32)
