@@ -74,7 +74,7 @@ WALL_PASS = 0.25
 #: `DISTINCT_MAX_PASS`; both parts >= 400 px, passes 0.7-0.9) chambers of one synthetic
 #: test differ by <= 0.009 in 60 of 61 cases and synthetic specimens pressed together by
 #: >= 0.02 in 6 of 10 (seeds 100-111 and 4242-4253), but on real photographs light and
-#: shade make the two halves of one bone fragment differ by 0.02-0.035
+#: shade make the two halves of one bone fragment differ by up to 0.041
 #: (`rcos_trays/other_bone_fragments`: 0.02 cut three fragments there, 0.04 one, whose
 #: halves differ by 0.041 at a pass of 0.71, as two touching synthetic specimens do:
 #: 0.040 at 0.71). Benchmark trays, count error / false detections: 0.02 -0.74 % /
