@@ -481,8 +481,10 @@ def _split_fine(
         # once (objects are apart, so a 3 x 3 window never sees two).
         peaks = (distance >= ndi.maximum_filter(distance, size=3)) & (distance >= min_radius)
         gate = _necks_possible(distance, peaks, labels, boxes, COARSE_GATE)
-        shallow = _necks_possible(distance, peaks, labels, boxes, COLOUR_GATE) & ~gate
-        for j in np.flatnonzero(shallow).tolist():
+        # The rest get the wider colour gate (their dip test only, then colour).
+        rest = np.flatnonzero(~gate)
+        shallow = _necks_possible(distance, peaks, labels, [boxes[j] for j in rest], COLOUR_GATE)
+        for j in rest[shallow].tolist():
             i, sl = boxes[j]
             own = labels[sl] == i
             gate[j] = _two_colours(

@@ -45,7 +45,12 @@ from napari_foram.widgets._qt import (
     scroll_layout,
     with_browse,
 )
-from napari_foram.widgets.layers import class_colour, contrast_limits, display_uint8
+from napari_foram.widgets.layers import (
+    class_colour,
+    contrast_limits,
+    display_uint8,
+    show_specimen_circles,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -85,30 +90,18 @@ def show_frame(viewer: napari.Viewer, view: FrameView) -> None:
     # Circles a little larger than each specimen, as in the scan view.
     sizes = np.maximum(1.3 * np.asarray(view.diameter_px, dtype=float), 10.0)
     metadata = {"file": view.file, "sample_id": view.sample_id}
-    if SPECIMENS_LAYER in viewer.layers:
-        layer = viewer.layers[SPECIMENS_LAYER]
-        layer.data = yx  # napari resizes the per-point properties to match
-        if len(yx):
-            layer.features = features
-            layer.size = sizes
-            layer.border_color = colours
-        layer.metadata = metadata
-        return
-    viewer.add_points(
+    # Frames are in pixels here: no units.
+    show_specimen_circles(
+        viewer,
         yx,
+        features,
+        sizes,
+        colours,
         name=SPECIMENS_LAYER,
-        features=features,
-        size=sizes if len(yx) else 10,
-        face_color="transparent",
-        border_color=colours if len(yx) else "white",
-        border_width=0.06,
-        text={
-            "string": "{class} {probability:.2f}",
-            "size": 8,
-            "color": "white",
-            "anchor": "upper_left",
-        },
+        text="{class} {probability:.2f}",
+        units=None,
         metadata=metadata,
+        add_empty=True,
     )
 
 

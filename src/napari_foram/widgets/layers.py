@@ -87,6 +87,50 @@ def labels_for(shown: list[Shown], zoom: float, selected: Collection[int] = ()) 
     ]
 
 
+def show_specimen_circles(
+    viewer: napari.Viewer,
+    yx: np.ndarray,
+    features: dict[str, Any],
+    sizes: np.ndarray,
+    colours: np.ndarray,
+    *,
+    name: str = SPECIMENS_LAYER,
+    text: str = "{label}",
+    units: str | None = "um",
+    metadata: dict[str, Any] | None = None,
+    add_empty: bool = False,
+) -> None:
+    """The specimens' circles, Points layer `name`: updated in place when it exists
+    (removing a Points layer with text and adding it again, once per file, crashed
+    napari/vispy: issue 15), else added (with no points only when `add_empty`)."""
+    if name in viewer.layers:
+        # Each setter refreshes the layer (~5 ms here); napari has no public way to
+        # batch them, and hiding the layer meanwhile costs a whole canvas redraw.
+        layer = viewer.layers[name]
+        layer.data = yx  # napari resizes the per-point properties to match
+        if len(yx):
+            layer.features = features
+            layer.size = sizes
+            layer.border_color = colours
+        if metadata is not None:
+            layer.metadata = metadata
+        return
+    if not len(yx) and not add_empty:
+        return
+    viewer.add_points(
+        yx,
+        name=name,
+        features=features,
+        size=sizes if len(yx) else 10,
+        face_color="transparent",
+        border_color=colours if len(yx) else "white",
+        border_width=0.06,
+        text={"string": text, "size": 8, "color": "white", "anchor": "upper_left"},
+        metadata=metadata or {},
+        **({"units": units} if units else {}),
+    )
+
+
 def update_specimen_layers(
     viewer: napari.Viewer,
     shown: list[Shown],
@@ -121,29 +165,8 @@ def update_specimen_layers(
     }
     # Circles a little larger than each specimen, so the specimen stays visible inside.
     sizes = 1.3 * np.array([s.diameter_um for s in shown], dtype=float)
-    if SPECIMENS_LAYER not in which:
-        pass
-    elif SPECIMENS_LAYER in viewer.layers:
-        # Each setter refreshes the layer (~5 ms here); napari has no public way to
-        # batch them, and hiding the layer meanwhile costs a whole canvas redraw.
-        layer = viewer.layers[SPECIMENS_LAYER]
-        layer.data = yx  # napari resizes the per-point properties to match
-        if len(yx):
-            layer.features = features
-            layer.size = sizes
-            layer.border_color = colours
-    else:
-        viewer.add_points(
-            yx,
-            name=SPECIMENS_LAYER,
-            features=features,
-            size=sizes,
-            face_color="transparent",
-            border_color=colours,
-            border_width=0.06,
-            text={"string": "{label}", "size": 8, "color": "white", "anchor": "upper_left"},
-            units="um",
-        )
+    if SPECIMENS_LAYER in which:
+        show_specimen_circles(viewer, yx, features, sizes, colours, add_empty=True)
     uncertain = np.array([s.uncertain for s in shown], dtype=bool)
     data = yx[uncertain]
     if UNCERTAIN_LAYER not in which:
@@ -328,25 +351,7 @@ def show_results(
     ]
     # Circles a little larger than each specimen, so the specimen stays visible inside.
     sizes = 1.3 * np.asarray(features["diameter_um"], dtype=float)
-    if SPECIMENS_LAYER in viewer.layers:  # in place: never removed and made again
-        layer = viewer.layers[SPECIMENS_LAYER]
-        layer.data = data
-        if len(data):
-            layer.features = features
-            layer.size = sizes
-            layer.border_color = colours
-    elif len(data):
-        viewer.add_points(
-            data,
-            name=SPECIMENS_LAYER,
-            features=features,
-            size=sizes,
-            face_color="transparent",
-            border_color=colours,
-            border_width=0.06,
-            text={"string": "{label}", "size": 8, "color": "white", "anchor": "upper_left"},
-            units="um",
-        )
+    show_specimen_circles(viewer, data, features, sizes, colours)
 
 
 def viewer_screenshot(results: list[FrameResult], class_names: list[str], path: Path) -> None:
