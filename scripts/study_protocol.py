@@ -59,6 +59,10 @@ ARMS = {
         ood=False,
     ),
     "random-pooled": ProtocolArm("random-pooled", "none", pooled_features=True),
+    # The default recipe of `napari-foram train` (pooled-linear): phase 1 only.
+    "imagenet-pooled-linear": ProtocolArm(
+        "imagenet-pooled-linear", "imagenet", recipe="pooled-linear", fine_tune=False
+    ),
 }
 
 

@@ -17,6 +17,10 @@ os.environ.setdefault("PYMM_LOG_LEVEL", "CRITICAL")
 # fp32 (exact reference numbers, no calibration per random model); the precision tests
 # unset it to exercise "auto" in a temporary cache.
 os.environ.setdefault("NAPARI_FORAM_PRECISION", "fp32")
+# ImageNet weights not on the machine would be downloaded by default (528 MB): the suite
+# never does that, online or not, so tests without weights see the offline fallbacks. The
+# tests of the download path itself unset it and serve files from this machine.
+os.environ.setdefault("NAPARI_FORAM_NO_DOWNLOAD", "1")
 
 import pytest
 import torch

@@ -7,24 +7,35 @@ reason, where that file is absent. Everything else builds small weight files its
 
 from __future__ import annotations
 
+import hashlib
+import http.server
+import io
 import json
 import os
 import pickle
+import socket
 import struct
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from napari_foram.classify import backbone
 from napari_foram.classify.backbone import (
     IMAGENET_FILENAME,
     INPUT_CONVENTIONS,
     KERAS_IMAGENET,
+    NO_DOWNLOAD_ENV,
     TORCHVISION_IMAGENET,
     WEIGHTS_ENV,
     MissingWeightsError,
     convention_affine,
+    download_allowed,
+    download_unreachable_reason,
     read_weights_file,
     resolve_backbone,
     to_network_input,
@@ -168,7 +179,7 @@ def test_resolution_order_env_then_cache(
 
 def test_missing_weights_names_all_three_ways(no_weights: Path) -> None:
     with pytest.raises(MissingWeightsError) as err:
-        resolve_backbone("imagenet")  # download not allowed: nothing touches the network
+        resolve_backbone("imagenet")  # the suite's $NAPARI_FORAM_NO_DOWNLOAD: no network
     message = str(err.value)
     assert "\n" not in message
     assert WEIGHTS_ENV in message and IMAGENET_FILENAME in message
@@ -181,6 +192,228 @@ def test_env_pointing_nowhere_says_so(no_weights: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv(WEIGHTS_ENV, str(no_weights / "gone.safetensors"))
     with pytest.raises(MissingWeightsError, match="not a file"):
         resolve_backbone("imagenet")
+
+
+# ------------------------------------------------------------------ the download
+class _FileServer(http.server.ThreadingHTTPServer):
+    """A local stand-in for download.pytorch.org: path -> (bytes, Content-Length said)."""
+
+    files: dict[str, tuple[bytes, int]]
+    requests: list[str]  # "HEAD /path", "GET /path": what reached the server
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/models/{name}"
+
+
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    server: _FileServer
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def _answer(self, *, body: bool) -> None:
+        self.server.requests.append(f"{self.command} {self.path}")
+        if self.path not in self.server.files:
+            self.send_error(404)
+            return
+        data, declared = self.server.files[self.path]
+        self.send_response(200)
+        self.send_header("Content-Length", str(declared))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)  # fewer bytes than declared: a transfer cut short
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def weights_server(no_weights: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_FileServer]:
+    """No weights on the machine, the download allowed (the suite's opt-out lifted, the
+    proxies out of the way, no remembered "unreachable"), and a local file server."""
+    monkeypatch.delenv(NO_DOWNLOAD_ENV, raising=False)
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setattr(backbone, "_UNREACHABLE", {})
+    server = _FileServer(("127.0.0.1", 0), _FileHandler)
+    server.files, server.requests = {}, []
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _serve(server: _FileServer, name: str, data: bytes, declared: int | None = None) -> str:
+    server.files[f"/models/{name}"] = (data, len(data) if declared is None else declared)
+    return server.url(name)
+
+
+def _vgg16_file_bytes(seed: int) -> tuple[bytes, str]:
+    """A VGG16 conv state_dict as torch.save bytes, and torchvision's kind of file name
+    for it (the sha256 prefix that torch hub checks)."""
+    buffer = io.BytesIO()
+    torch.save(_random_vgg16_state(seed), buffer)
+    data = buffer.getvalue()
+    return data, f"vgg16-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/models/{IMAGENET_FILENAME}"  # nothing listens there
+
+
+def _leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+
+
+def test_download_is_allowed_by_default_and_the_variable_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(NO_DOWNLOAD_ENV, raising=False)
+    assert download_allowed() is True
+    for word in ("1", "true", "YES", " on "):
+        monkeypatch.setenv(NO_DOWNLOAD_ENV, word)
+        assert download_allowed() is False, word
+        assert download_allowed(True) is True  # an explicit choice wins
+    for word in ("", "0", "false", "No", "off"):
+        monkeypatch.setenv(NO_DOWNLOAD_ENV, word)
+        assert download_allowed() is True, word
+        assert download_allowed(False) is False
+
+
+def test_default_downloads_through_torchvision_into_the_hub_cache(
+    weights_server: _FileServer, no_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, name = _vgg16_file_bytes(3)
+    monkeypatch.setattr(backbone, "IMAGENET_URL", _serve(weights_server, name, data))
+    weights = resolve_backbone("imagenet")  # no download argument: the default
+    assert weights.origin.startswith("download (") and weights.convention == "torchvision"
+    assert torch.equal(weights.conv["28.bias"], _random_vgg16_state(3)["features.28.bias"])
+    cache = no_weights / "torch" / "hub" / "checkpoints"
+    assert _leftovers(cache) == [name]  # the whole file, nothing half-written beside it
+    assert weights.file_sha256 == hashlib.sha256(data).hexdigest()
+    assert weights_server.requests == [f"HEAD /models/{name}", f"GET /models/{name}"]
+
+
+def test_demo_first_run_downloads_the_backbone(
+    weights_server: _FileServer, no_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from napari_foram.classify.demo_model import demo_backbone
+
+    data, name = _vgg16_file_bytes(4)
+    monkeypatch.setattr(backbone, "IMAGENET_URL", _serve(weights_server, name, data))
+    weights, reason = demo_backbone()
+    assert (weights, reason) == (hashlib.sha256(data).hexdigest(), "")
+    assert (no_weights / "torch" / "hub" / "checkpoints" / name).is_file()
+
+
+def test_opt_out_never_asks_the_server(
+    weights_server: _FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from napari_foram.classify.demo_model import demo_backbone
+
+    data, name = _vgg16_file_bytes(5)
+    monkeypatch.setattr(backbone, "IMAGENET_URL", _serve(weights_server, name, data))
+    with pytest.raises(MissingWeightsError) as err:
+        resolve_backbone("imagenet", download=False)  # the option's "no"
+    assert "--download-weights" in str(err.value) and "failed" not in str(err.value)
+    monkeypatch.setenv(NO_DOWNLOAD_ENV, "1")
+    with pytest.raises(MissingWeightsError) as err:
+        resolve_backbone("imagenet")
+    assert f"unset ${NO_DOWNLOAD_ENV}" in str(err.value) and "\n" not in str(err.value)
+    weights, reason = demo_backbone()
+    assert weights is None and NO_DOWNLOAD_ENV in reason
+    assert weights_server.requests == []  # nothing reached the network
+
+
+def test_unreachable_server_falls_back_fast_in_one_line(
+    weights_server: _FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from napari_foram.classify.demo_model import demo_backbone
+
+    monkeypatch.setattr(backbone, "IMAGENET_URL", _closed_port_url())
+    start = time.perf_counter()
+    with pytest.raises(MissingWeightsError) as err:
+        resolve_backbone("imagenet")
+    message = str(err.value)
+    assert time.perf_counter() - start < 2.0
+    assert "\n" not in message and WEIGHTS_ENV in message and IMAGENET_FILENAME in message
+    assert "download of" in message and "failed" in message and "unreachable" in message
+    assert "refused" in message.lower()
+    weights, reason = demo_backbone()  # the demo falls back to its random backbone
+    assert weights is None and "unreachable" in reason
+
+
+def test_silent_server_is_given_up_within_the_timeout_once(
+    weights_server: _FileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A listener that never answers: what a firewall that drops packets looks like.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/models/{IMAGENET_FILENAME}"
+        monkeypatch.setattr(backbone, "IMAGENET_URL", url)
+        monkeypatch.setattr(backbone, "REACHABILITY_TIMEOUT_S", 0.5)
+        start = time.perf_counter()
+        with pytest.raises(MissingWeightsError, match="unreachable"):
+            resolve_backbone("imagenet")
+        assert time.perf_counter() - start < 1.5
+        start = time.perf_counter()
+        reason = download_unreachable_reason()  # remembered for the process: no new wait
+        assert time.perf_counter() - start < 0.05 and "unreachable" in reason
+
+
+@pytest.mark.parametrize("damage", ["wrong bytes", "cut short"])
+def test_bad_download_never_lands_as_weights(
+    weights_server: _FileServer, no_weights: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    data, _ = _vgg16_file_bytes(6)
+    if damage == "wrong bytes":
+        url = _serve(weights_server, IMAGENET_FILENAME, data)  # not the hash its name says
+    else:
+        url = _serve(weights_server, IMAGENET_FILENAME, data[:100_000], declared=len(data))
+    monkeypatch.setattr(backbone, "IMAGENET_URL", url)
+    with pytest.raises(MissingWeightsError) as err:
+        resolve_backbone("imagenet")
+    message = str(err.value)
+    assert "\n" not in message and "failed: invalid hash value" in message
+    # torchvision wrote to a ".partial" file and removed it: nothing to be found later.
+    assert _leftovers(no_weights / "torch" / "hub" / "checkpoints") == []
+    assert backbone.locate_imagenet_weights() is None
+
+
+def test_cli_train_offline_says_why_in_one_line(
+    weights_server: _FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import imageio.v3 as iio
+
+    from napari_foram.cli import main
+
+    for k, name in enumerate(("red", "green", "blue")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            img = np.full((224, 224, 3), 20, np.uint8)
+            img[60:170, 50:160, k] = 200 + i
+            iio.imwrite(tmp_path / "data" / name / f"{i}.png", img)
+    args = ["train", str(tmp_path / "data"), "-o", str(tmp_path / "m.safetensors")]
+    args += ["--epochs", "1", "--device", "cpu", "--json"]  # --json: no progress bar
+    monkeypatch.setattr(backbone, "IMAGENET_URL", _closed_port_url())
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "download of" in err and "unreachable" in err
+    monkeypatch.setattr(backbone, "IMAGENET_URL", weights_server.url(IMAGENET_FILENAME))
+    assert main([*args, "--no-download-weights"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--download-weights" in err and "failed" not in err
+    assert weights_server.requests == []  # --no-download-weights: nothing asked
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_safetensors_metadata_sets_convention(tmp_path: Path) -> None:

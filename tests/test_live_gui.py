@@ -164,6 +164,21 @@ def test_live_widget_explains_what_is_missing(make_napari_viewer, qtbot, tmp_pat
     assert "configuration file" in widget.status_label.text()
 
 
+def test_live_widget_downloads_weights_unless_told_not_to(make_napari_viewer, qtbot, tmp_path):
+    """The demo model's first run fetches ImageNet VGG16 by default; `napari-foram demo
+    --no-download-weights` arrives unticked; the tooltip names the variable's opt-out."""
+    from napari_foram.widgets.live import LiveWidget
+
+    viewer = make_napari_viewer()
+    default = LiveWidget(viewer, store_path=tmp_path / "a.zarr")
+    qtbot.addWidget(default)
+    assert default.download_weights.isChecked()
+    assert "NAPARI_FORAM_NO_DOWNLOAD" in default.download_weights.toolTip()
+    told_not_to = LiveWidget(viewer, store_path=tmp_path / "b.zarr", download_weights=False)
+    qtbot.addWidget(told_not_to)
+    assert not told_not_to.download_weights.isChecked()
+
+
 def test_live_widget_shows_a_mono_12_bit_camera(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):

@@ -310,7 +310,7 @@ def _small_head(dim: int) -> nn.Sequential:
 def test_train_head_learns_restores_best_and_is_reproducible() -> None:
     x, y = _separable_features(10, 12)
     split = split_indices(y, seed=0, fractions=(0.6, 0.2, 0.2))
-    config = TrainConfig(lr=1e-2, max_epochs=30, patience=3, seed=5)
+    config = TrainConfig(recipe="study", lr=1e-2, max_epochs=30, patience=3, seed=5)
     head = _small_head(12)
     rec = train_head(head, x, y, split["train"], split["val"], config)
     assert rec["val_accuracy"] == 1.0
@@ -329,7 +329,7 @@ def test_train_head_learns_restores_best_and_is_reproducible() -> None:
 def test_ctrl_c_keeps_the_best_epoch_so_far() -> None:
     x, y = _separable_features(6, 8)
     split = split_indices(y, seed=0, fractions=(0.5, 0.5, 0.0))
-    config = TrainConfig(lr=1e-2, max_epochs=20, patience=20)
+    config = TrainConfig(recipe="study", lr=1e-2, max_epochs=20, patience=20)
 
     def interrupt_at(epoch_to_stop: int) -> Callable[[int, int, str], None]:
         def progress(done: int, total: int, message: str) -> None:
@@ -386,7 +386,9 @@ def test_grid_and_repeats_write_tables_and_checkpoint(tmp_path: Path) -> None:
 
     data = _crops_in_memory(tmp_path, n_per_class=5)
     feats, _ = _separable_features(5, 25088, seed=2)
-    config = TrainConfig(backbone_weights="none", lr=1e-3, max_epochs=4, patience=2)
+    config = TrainConfig(
+        recipe="study", backbone_weights="none", lr=1e-3, max_epochs=4, patience=2
+    )
     grid = {"dropout": [0.1, 0.4], "hidden_units": [(8, 4)]}
     out = train_classifier(
         data, tmp_path / "m.safetensors", config, repeats=2, grid=grid, features=feats
@@ -527,7 +529,8 @@ def test_fine_tune_phase_two_runs_and_is_recorded(tmp_path: Path) -> None:
     _write_class_folder(data_dir)
     data = load_image_folder(data_dir)
     config = TrainConfig(
-        backbone_weights="none", lr=1e-3, max_epochs=2, fine_tune=True, fine_tune_epochs=1,
+        recipe="study", backbone_weights="none", lr=1e-3, max_epochs=2, fine_tune=True,
+        fine_tune_epochs=1,
         fine_tune_lr=1e-5,
     )  # fmt: skip
     out = train_classifier(data, tmp_path / "ft.safetensors", config)
@@ -580,10 +583,16 @@ def test_warm_start_from_a_checkpoint_head_keeps_what_it_learnt(tmp_path: Path) 
     data = _crops_in_memory(tmp_path, n_per_class=5)
     feats, _ = _separable_features(5, 25088, seed=3)
     first = TrainConfig(
-        backbone_weights="none", standardize_features=True, lr=1e-3, max_epochs=5, patience=5
+        recipe="study",
+        backbone_weights="none",
+        standardize_features=True,
+        lr=1e-3,
+        max_epochs=5,
+        patience=5,
     )
     train_classifier(data, tmp_path / "first.safetensors", first, features=feats)
     again = TrainConfig(
+        recipe="study",
         backbone_weights="none",
         standardize_features=True,
         lr=1e-12,
@@ -612,14 +621,16 @@ def test_pooled_phase1_folds_into_the_table1_head() -> None:
     features = (grid + 0.3 * torch.rand(60, 512, 49, generator=gen)).reshape(60, -1)
     head = FORAMNet(3, hidden_units=(16,)).head
     tr, va = np.arange(0, 60, 2), np.arange(1, 60, 2)
-    config = TrainConfig(pooled_features=True, lr=1e-2, max_epochs=30, patience=30, seed=1)
+    config = TrainConfig(
+        recipe="study", pooled_features=True, lr=1e-2, max_epochs=30, patience=30, seed=1
+    )
     record = train_head(head, features, labels, tr, va, config)
     assert record["val_accuracy"] == 1.0
     with torch.no_grad():
         predicted = head.eval()(features).argmax(1).numpy()
     assert (predicted[va] == labels[va]).mean() == record["val_accuracy"]
     with pytest.raises(ValueError, match="warm-start"):
-        bad = TrainConfig(pooled_features=True, init_head="x")
+        bad = TrainConfig(recipe="study", pooled_features=True, init_head="x")
         train_head(head, features, labels, tr, va, bad)
 
 

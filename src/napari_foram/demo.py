@@ -159,18 +159,19 @@ def prepare_demo_run(
     scan: DemoScan | None = None,
     model: str | Path = "demo",
     progress: Callable[[int, int, str], None] | bool = True,
+    download_weights: bool | None = None,
 ) -> DemoRun:
     """Model, synthetic tray, simulated microscope, a fresh store and the pipeline.
 
     `model` is a checkpoint path, or "demo" for the demo model (trained on synthetic crops
-    at first use, then cached).
+    at first use, then cached; `download_weights` as in `napari_foram.pipeline.load_predictor`).
     """
     from napari_foram.pipeline import CountingPipeline, load_predictor
     from napari_foram.session import CountingSession, SimulatedTray
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     scan = scan or DemoScan()
-    predictor = load_predictor(model, progress=progress)
+    predictor = load_predictor(model, progress=progress, download_weights=download_weights)
     world = make_demo_world(seed, scan)
     microscope = SimulatedTray(world, camera_shape=scan.camera_shape, seed=seed)
     store_path = Path(store_path)
@@ -220,11 +221,13 @@ def run_headless_demo(
     progress: bool = True,
     scan: DemoScan | None = None,
     model: str | Path = "demo",
+    download_weights: bool | None = None,
 ) -> dict[str, Any]:
     """Scan, count, store, export, screenshot and compare with the ground truth.
 
     Writes into `out_dir`: tally.zarr, tally.csv, tally.png, screenshot.png, summary.json.
-    Returns the summary (also in summary.json).
+    Returns the summary (also in summary.json). `download_weights`: may the demo model's
+    ImageNet weights be downloaded (None: yes unless ``$NAPARI_FORAM_NO_DOWNLOAD``).
     """
     from napari_foram._progress import progress_callback
     from napari_foram.tally.export import export_csv, plot_tally
@@ -235,7 +238,13 @@ def run_headless_demo(
     t_start = time.perf_counter()
     store_path = out_dir / "tally.zarr"
     run = prepare_demo_run(
-        store_path, seed=seed, mc_samples=mc_samples, scan=scan, model=model, progress=progress
+        store_path,
+        seed=seed,
+        mc_samples=mc_samples,
+        scan=scan,
+        model=model,
+        progress=progress,
+        download_weights=download_weights,
     )
     plan = run.scan_plan
     results: list[FrameResult] = []
@@ -338,13 +347,25 @@ def save_screenshot(run: DemoRun, results: list[FrameResult], path: Path) -> str
 
 
 def run_demo_gui(
-    *, seed: int = 7, mc_samples: int = MC_SAMPLES, model: str | Path = "demo"
+    *,
+    seed: int = 7,
+    mc_samples: int = MC_SAMPLES,
+    model: str | Path = "demo",
+    download_weights: bool | None = None,
 ) -> None:
-    """Open napari with the Foram live widget docked and the simulated scan running."""
+    """Open napari with the Foram live widget docked and the simulated scan running
+    (`download_weights` sets the widget's "download weights" box; None: ticked unless
+    ``$NAPARI_FORAM_NO_DOWNLOAD`` says no)."""
     import napari
 
     from napari_foram.widgets.live import open_live_viewer
 
-    widget = open_live_viewer("napari-foram demo", seed=seed, mc_samples=mc_samples, model=model)
+    widget = open_live_viewer(
+        "napari-foram demo",
+        seed=seed,
+        mc_samples=mc_samples,
+        model=model,
+        download_weights=download_weights,
+    )
     widget.start_demo()
     napari.run()

@@ -722,6 +722,7 @@ def load_predictor(
     progress: bool | Callable[[int, int, str], None] = True,
     cpu_threads: int | None = None,
     precision: str = "auto",
+    download_weights: bool | None = None,
 ) -> Predictor:
     """A predictor from a checkpoint path, or from the demo model when `model` is "demo".
 
@@ -729,7 +730,9 @@ def load_predictor(
     `napari_foram.classify.demo_model`); `progress` (a terminal bar when True, or a
     ``(done, total, message)`` callback) shows that first run, and the first-use
     measurement of the CPU precision paths (`napari_foram.classify.precision`; with a
-    terminal bar, the choice is then printed to stderr).
+    terminal bar, the choice is then printed to stderr). `download_weights` says whether
+    the demo model's ImageNet weights may be downloaded when not on this machine (None:
+    yes unless ``$NAPARI_FORAM_NO_DOWNLOAD`` says no).
     """
     from napari_foram._progress import progress_callback
     from napari_foram.classify.demo_model import demo_checkpoint
@@ -738,10 +741,10 @@ def load_predictor(
     path: str | Path
     if model == "demo":
         if callable(progress):
-            path = demo_checkpoint(progress=progress)
+            path = demo_checkpoint(progress=progress, download=download_weights)
         else:
             with progress_callback("training the demo model (first run only)", progress) as cb:
-                path = demo_checkpoint(progress=cb)
+                path = demo_checkpoint(progress=cb, download=download_weights)
     else:
         path = model
     if callable(progress):

@@ -22,12 +22,21 @@ Resolving ``"imagenet"`` (`resolve_backbone`), in this order:
 
 1. the file named by ``$NAPARI_FORAM_VGG16_WEIGHTS`` (``.safetensors`` or ``.pth``);
 2. torch hub's cached torchvision file ``<hub>/checkpoints/vgg16-397923af.pth``;
-3. torchvision's download, only when the caller allows it (``download=True``; the CLI's
-   ``--download-weights``, a checkbox in the widgets);
+3. torchvision's download into torch hub's cache (528 MB, a progress bar, the file's
+   sha256 prefix checked), by default: as cellpose and stardist fetch their models, a
+   first run gets the real backbone. Turned off by ``$NAPARI_FORAM_NO_DOWNLOAD=1``
+   (`NO_DOWNLOAD_ENV`), the CLI's ``--no-download-weights``, an unticked checkbox in the
+   live widget, or ``download=False``; an explicit choice wins over the variable;
 
-else one `MissingWeightsError` that names all three ways. Files are read as tensors only:
-safetensors holds nothing else, and ``.pth`` files go through ``torch.load(...,
-weights_only=True)``, which refuses pickled objects.
+else one `MissingWeightsError` that names all three ways (and, when a download was tried,
+why it failed). Before 528 MB are asked for, one request with a short timeout
+(`REACHABILITY_TIMEOUT_S`) checks that the server answers, so an offline machine falls
+back at once instead of hanging; a negative answer is kept for the rest of the process.
+torchvision writes the download to a ``.partial`` temporary file beside the cache file
+and moves it into place only once its hash matches, so an interrupted or corrupt download
+is never found as weights. Files are read as tensors only: safetensors holds nothing
+else, and ``.pth`` files go through ``torch.load(..., weights_only=True)``, which refuses
+pickled objects.
 """
 
 from __future__ import annotations
@@ -35,8 +44,12 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
@@ -46,7 +59,18 @@ from napari_foram.reasons import one_line
 WEIGHTS_ENV = "NAPARI_FORAM_VGG16_WEIGHTS"
 #: File name of torchvision's ImageNet VGG16 weights (as in torch hub's cache).
 IMAGENET_FILENAME = "vgg16-397923af.pth"
+#: Where torchvision downloads them from (read at call time: tests point it elsewhere).
 IMAGENET_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+#: Environment variable that turns the download off ("1", "true", "yes", "on"; "0",
+#: "false", "no", "off" or empty leave it on): the offline behaviour, fallbacks and all.
+NO_DOWNLOAD_ENV = "NAPARI_FORAM_NO_DOWNLOAD"
+#: Seconds the check that the download server answers may take (DNS, connect, reply).
+#: Short: an offline machine must fall back at once, not hang in front of a user.
+REACHABILITY_TIMEOUT_S = 3.0
+#: URL -> why it did not answer: asked once per process (an offline demo start, a widget
+#: reconnect and a training run must not each wait again).
+_UNREACHABLE: dict[str, str] = {}
+_FALSE_WORDS = ("", "0", "false", "no", "off")
 
 #: Input conventions: name -> one-line description (module docstring has the maths).
 INPUT_CONVENTIONS: dict[str, str] = {
@@ -97,7 +121,7 @@ class BackboneWeights:
         How they were found, for messages and provenance (e.g. "$NAPARI_FORAM_VGG16_WEIGHTS
         (/path/file.safetensors)").
     file_sha256
-        Digest of the file read ("" for a download verified by torchvision).
+        Digest of the file read (a download's too, once torchvision has checked it).
     """
 
     conv: dict[str, torch.Tensor]
@@ -150,7 +174,75 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _missing_message() -> str:
+def download_allowed(choice: bool | None = None) -> bool:
+    """Whether ImageNet weights may be downloaded: `choice` when the caller made one (an
+    option, a checkbox), else yes unless ``$NAPARI_FORAM_NO_DOWNLOAD`` says no."""
+    if choice is not None:
+        return bool(choice)
+    return os.environ.get(NO_DOWNLOAD_ENV, "").strip().lower() in _FALSE_WORDS
+
+
+def _network_reason(exc: BaseException) -> str:
+    """One line for a failed request: a URLError by its cause ("Name or service not
+    known", "Connection refused"), not urllib's "<urlopen error ...>" wrapping."""
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        cause = exc.reason
+        return one_line(cause) if isinstance(cause, BaseException) else str(cause)
+    return one_line(exc) or type(exc).__name__
+
+
+def download_unreachable_reason(url: str | None = None) -> str:
+    """Why the server of `url` (default `IMAGENET_URL`) gives no answer to a HEAD request
+    within `REACHABILITY_TIMEOUT_S`, in one line, or "" when it answers; a negative
+    answer is kept for the rest of the process.
+
+    An HTTP answer of any status counts as reachable (the download then says what is
+    wrong). urllib honours the ``https_proxy`` / ``no_proxy`` variables, as torch's
+    download does. The request runs in a daemon thread that is waited for at most the
+    timeout, since a name lookup ignores socket timeouts and could otherwise hang.
+    """
+    url = url or IMAGENET_URL
+    if url in _UNREACHABLE:
+        return _UNREACHABLE[url]
+    timeout = float(REACHABILITY_TIMEOUT_S)
+    outcome: list[str] = []
+
+    def ask() -> None:
+        request = urllib.request.Request(
+            url, method="HEAD", headers={"User-Agent": "napari-foram"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                outcome.append("")
+        except urllib.error.HTTPError:
+            outcome.append("")  # the server answered: reachable
+        except Exception as exc:  # no name, refused, a timeout, a reset, TLS: all say "no"
+            outcome.append(_network_reason(exc))
+
+    worker = threading.Thread(target=ask, name="napari-foram-reachability", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    why = outcome[0] if outcome else f"no answer within {timeout:g} s"
+    if why:
+        host = urlsplit(url).netloc
+        why = f"{host} unreachable ({why})"
+        _UNREACHABLE[url] = why
+    return why
+
+
+def _download_note(download: bool | None, failure: str) -> str:
+    """What the missing-weights message says about the download: why it failed, or how
+    to allow it."""
+    if failure:
+        return f"the download of {IMAGENET_URL} failed: {failure}"
+    if download is None and not download_allowed():
+        how = f"unset ${NO_DOWNLOAD_ENV} or pass --download-weights"
+    else:
+        how = "--download-weights"
+    return f"or allow the download of {IMAGENET_URL} ({how})"
+
+
+def _missing_message(download: bool | None = False, failure: str = "") -> str:
     env = os.environ.get(WEIGHTS_ENV)
     first = (
         f"${WEIGHTS_ENV} is set to {env}, which is not a file"
@@ -159,8 +251,7 @@ def _missing_message() -> str:
     )
     return (
         f"ImageNet VGG16 weights not found: {first}; or put {IMAGENET_FILENAME} in torch "
-        f"hub's cache at {imagenet_weights_path()}; or allow the download "
-        f"(--download-weights) of {IMAGENET_URL}"
+        f"hub's cache at {imagenet_weights_path()}; {_download_note(download, failure)}"
     )
 
 
@@ -185,8 +276,59 @@ def locate_imagenet_weights(*, required: bool = False) -> tuple[Path, str] | Non
     return None
 
 
+def download_imagenet_weights() -> tuple[Path, dict[str, object]]:
+    """Download torchvision's ImageNet VGG16 weights into torch hub's cache and load them
+    as tensors: (the cached file, its state_dict).
+
+    torchvision's own path (``torch.hub.load_state_dict_from_url``): a progress bar on
+    stderr, the sha256 prefix in the file name checked, the file written to a temporary
+    ``.partial`` name and moved into place only when whole and matching. The server is
+    asked first whether it answers (`download_unreachable_reason`), so an offline machine
+    fails in at most `REACHABILITY_TIMEOUT_S` seconds.
+
+    Raises
+    ------
+    MissingWeightsError
+        The server does not answer or the download failed: one line naming every way to
+        provide weights and why the download failed.
+    """
+    url = IMAGENET_URL
+    failure = download_unreachable_reason(url)
+    if not failure:
+        dest = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlsplit(url).path).name
+        try:
+            state = torch.hub.load_state_dict_from_url(
+                url, progress=True, check_hash=True, map_location="cpu", weights_only=True
+            )
+        except Exception as exc:  # network, HTTP status, hash, disk, unpickling: one reason
+            failure = _network_reason(exc)
+        else:
+            if isinstance(state, dict):
+                return dest, state
+            failure = f"{dest.name} is not a state_dict (got {type(state).__name__})"
+    raise MissingWeightsError(_missing_message(True, failure))
+
+
+def imagenet_weights_file(*, download: bool | None = None) -> tuple[Path, str]:
+    """(file, how it was found) of ImageNet weights: `locate_imagenet_weights`, else the
+    download into torch hub's cache when `download_allowed` (`download`).
+
+    Raises
+    ------
+    MissingWeightsError
+        None found and no download allowed, or the download failed (one line).
+    """
+    found = locate_imagenet_weights()
+    if found is not None:
+        return found
+    if not download_allowed(download):
+        raise MissingWeightsError(_missing_message(download))
+    path, _ = download_imagenet_weights()  # the tensors are read later, when needed
+    return path, f"download ({IMAGENET_URL})"
+
+
 def resolve_backbone(
-    source: str | Path, *, download: bool = False, convention: str | None = None
+    source: str | Path, *, download: bool | None = None, convention: str | None = None
 ) -> BackboneWeights:
     """The conv tensors of a weights source, with their name and input convention.
 
@@ -196,35 +338,40 @@ def resolve_backbone(
         ``"imagenet"`` (environment variable, torch hub cache, then download; see the
         module docstring) or the path of a weights file.
     download
-        With ``"imagenet"``: allow torchvision to download its weights when neither the
-        environment variable nor the cache gives a file (needs the internet).
+        With ``"imagenet"``: whether torchvision may download its weights when neither
+        the environment variable nor the cache gives a file (`download_allowed`: None
+        means yes unless ``$NAPARI_FORAM_NO_DOWNLOAD`` says no).
     convention
         Override the convention the file says or implies (a file of unknown origin).
 
     Raises
     ------
     MissingWeightsError
-        No weights where asked (the message names every way to provide them).
+        No weights where asked (the message names every way to provide them, and why a
+        download failed).
     ValueError
         An unreadable file, a pickled object, or tensors that are not VGG16 conv layers.
     """
     if convention is not None:
         check_convention(convention)
     if str(source) == "imagenet":
-        found = locate_imagenet_weights(required=not download)
+        found = locate_imagenet_weights()
         if found is not None:
             path, origin = found
             return read_weights_file(path, convention=convention, origin=origin)
-        # torchvision's own download path: it checks the hash prefix in the file name
-        # and leaves the file in the cache, so the next call finds it there.
-        state = torch.hub.load_state_dict_from_url(
-            IMAGENET_URL, progress=True, check_hash=True, map_location="cpu", weights_only=True
-        )
+        if not download_allowed(download):
+            raise MissingWeightsError(_missing_message(download))
+        # Left in torch hub's cache under torchvision's name: the next call finds it there.
+        path, state = download_imagenet_weights()
+        conv = _conv_tensors(state, path.name)
+        _check_vgg16_shapes(conv, path.name)
+        name, implied = _identify(path, "", {})
         return BackboneWeights(
-            conv=_conv_tensors(state, IMAGENET_URL),
-            name=TORCHVISION_IMAGENET,
-            convention=convention or "torchvision",
+            conv=conv,
+            name=name,
+            convention=convention or implied,
             origin=f"download ({IMAGENET_URL})",
+            file_sha256=file_sha256(path),  # the same provenance as when found in the cache
         )
     path = Path(source).expanduser()
     if not path.is_file():

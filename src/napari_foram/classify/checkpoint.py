@@ -48,6 +48,7 @@ from napari_foram.classify.model import (
     FORAMNet,
     build_model,
     build_model_with_weights,
+    check_layout,
     describe_weights_source,
 )
 
@@ -96,6 +97,17 @@ class ModelInfo:
         "threshold": t, ...}``, unsure when the measure exceeds t. {} for no rule.
     backbone_seed
         Seed of the random backbone when `backbone_weights` is "none", else None.
+    feature_layout
+        What the head reads (`napari_foram.classify.model.FEATURE_LAYOUTS`): "flat"
+        (the study's 25088 values; every record written before it existed) or "pooled".
+    crop_policy
+        How a picture that is not a tray frame becomes the 224 px input
+        (`napari_foram.training.crops.CROP_POLICIES`): "native" (cut at its own scale,
+        the study's; every older record) or "fit" (scaled so the specimen fills the
+        window). Training used it; `classify` on picture files uses the same.
+    temperature
+        The calibration temperature T fitted on held-out crops; already folded into the
+        last layer (logits / T), recorded so a reader knows it was applied. 1.0: none.
     head_only
         True when the file holds only the head and the backbone is rebuilt on load.
     backbone_sha256
@@ -123,6 +135,9 @@ class ModelInfo:
     backbone_weights: str = "imagenet"
     backbone_id: str = ""
     backbone_seed: int | None = None
+    feature_layout: str = "flat"
+    crop_policy: str = "native"
+    temperature: float = 1.0
     unsure_rule: dict[str, Any] = field(default_factory=dict)
     head_only: bool = False
     backbone_sha256: str = ""
@@ -148,6 +163,11 @@ class ModelInfo:
             self.input_convention = "torchvision" if self.imagenet_normalize else "study"
         check_convention(self.input_convention)
         self.imagenet_normalize = self.input_convention == "torchvision"
+        check_layout(self.feature_layout)
+        if self.crop_policy not in ("native", "fit"):
+            raise ValueError(f"unknown crop policy {self.crop_policy!r} (use native or fit)")
+        if not (isinstance(self.temperature, int | float) and 0 < self.temperature < 1e6):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}")
         if not isinstance(self.unsure_rule, dict):
             raise ValueError(f"unsure_rule must be a mapping, got {self.unsure_rule!r}")
 
@@ -170,6 +190,7 @@ class ModelInfo:
             class_names=tuple(class_names),
             hidden_units=model.hidden_units,
             dropout=model.dropout,
+            feature_layout=model.feature_layout,
             **kwargs,
         )
 
@@ -192,7 +213,8 @@ def new_classifier(
     seed: int = 0,
     input_convention: str | None = None,
     imagenet_normalize: bool | None = None,
-    download: bool = False,
+    download: bool | None = None,
+    feature_layout: str = "flat",
 ) -> tuple[FORAMNet, ModelInfo]:
     """A fresh (untrained-head) model and the matching `ModelInfo`, ready to train or save.
 
@@ -208,6 +230,7 @@ def new_classifier(
         dropout=dropout,
         seed=seed,
         download=download,
+        feature_layout=feature_layout,
     )
     if input_convention is None and imagenet_normalize is not None:
         input_convention = "torchvision" if imagenet_normalize else "study"
@@ -276,6 +299,10 @@ def save_checkpoint(
     if model.num_classes != info.num_classes:
         raise ValueError(
             f"model has {model.num_classes} outputs but info names {info.num_classes} classes"
+        )
+    if model.feature_layout != info.feature_layout:
+        raise ValueError(
+            f"model reads {model.feature_layout!r} features but info says {info.feature_layout!r}"
         )
     if tuple(model.hidden_units) != info.hidden_units or model.dropout != info.dropout:
         raise ValueError(
@@ -440,7 +467,12 @@ def load_checkpoint(
 
     # Build on the meta device (no memory, no init cost) just to learn the expected shapes.
     with torch.device("meta"):
-        skeleton = FORAMNet(info.num_classes, hidden_units=info.hidden_units, dropout=info.dropout)
+        skeleton = FORAMNet(
+            info.num_classes,
+            hidden_units=info.hidden_units,
+            dropout=info.dropout,
+            feature_layout=info.feature_layout,
+        )
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     if info.head_only:
         expected = {k: s for k, s in expected.items() if k.startswith("head.")}
@@ -470,6 +502,7 @@ def load_checkpoint(
             hidden_units=info.hidden_units,
             dropout=info.dropout,
             seed=info.backbone_seed or 0,
+            feature_layout=info.feature_layout,
         )
         if info.backbone_sha256 and conv_sha256(model) != info.backbone_sha256:
             raise ValueError(

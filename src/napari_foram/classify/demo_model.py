@@ -1,13 +1,15 @@
-"""A demo classifier trained on synthetic specimens at first use, with no download.
+"""A demo classifier trained on synthetic specimens at first use.
 
 The demo model is the study's network -- VGG16 conv blocks plus the Table-1 head -- with
-the head trained on synthetic specimens. Its backbone is ImageNet VGG16 when weights are
-found the usual way (`napari_foram.classify.backbone.resolve_backbone`: the
-``$NAPARI_FORAM_VGG16_WEIGHTS`` file, then torch hub's cache; never a download behind the
-user's back), which is the study's transfer learning. When none are found (an offline
-machine) it warns (`DemoBackboneWarning`) and falls back to a *random* backbone from a
-fixed seed: a weak but real representation, far less accurate. Each backbone gets its own
-cache file; the checkpoint, `summary.json` and the tally provenance say which was used.
+the head trained on synthetic specimens. Its backbone is ImageNet VGG16, found the usual
+way (`napari_foram.classify.backbone.resolve_backbone`: the ``$NAPARI_FORAM_VGG16_WEIGHTS``
+file, then torch hub's cache, then torchvision's download of 528 MB with a progress bar,
+unless ``$NAPARI_FORAM_NO_DOWNLOAD`` or the caller says no), which is the study's transfer
+learning. When none are found and none can be downloaded (an offline machine: the check
+that the server answers takes at most a few seconds) it warns (`DemoBackboneWarning`) and
+falls back to a *random* backbone from a fixed seed: a weak but real representation, far
+less accurate. Each backbone gets its own cache file; the checkpoint, `summary.json` and
+the tally provenance say which was used.
 
 The training crops are made the way the study made its own and the way the counter sees
 specimens: synthetic trays (`napari_foram.synthetic.render_tray`) go through the detector
@@ -37,7 +39,7 @@ from torch import nn
 from napari_foram.classify.backbone import (
     MissingWeightsError,
     file_sha256,
-    locate_imagenet_weights,
+    imagenet_weights_file,
 )
 from napari_foram.classify.checkpoint import new_classifier, read_model_info, save_checkpoint
 from napari_foram.classify.density import pool_features
@@ -81,20 +83,22 @@ class DemoBackboneWarning(UserWarning):
     """No ImageNet VGG16 weights were found: the demo model uses a random backbone."""
 
 
-def demo_backbone() -> tuple[str | None, str]:
+def demo_backbone(*, download: bool | None = None) -> tuple[str | None, str]:
     """The sha256 of the ImageNet weights file the demo model would stand on, or (None,
     the reason none were found).
 
     Finds and hashes the file without loading it (this runs at every demo start; the
-    tensors are read only when the model is trained). Never downloads: the demo must
-    start on an offline machine.
+    tensors are read only when the model is trained). When none is on this machine,
+    downloads torchvision's into torch hub's cache if `download` allows it
+    (`napari_foram.classify.backbone.download_allowed`: None means yes unless
+    ``$NAPARI_FORAM_NO_DOWNLOAD`` says no); an offline machine gets its answer within
+    a few seconds, so the demo still starts there.
     """
     try:
-        found = locate_imagenet_weights(required=True)
+        path, _ = imagenet_weights_file(download=download)
     except MissingWeightsError as exc:
         return None, str(exc)
-    assert found is not None
-    return file_sha256(found[0]), ""
+    return file_sha256(path), ""
 
 
 def demo_model_path(
@@ -291,6 +295,7 @@ def demo_checkpoint(
     seed: int = 0,
     force: bool = False,
     backbone: str = "auto",
+    download: bool | None = None,
 ) -> Path:
     """Path of the demo model, trained on synthetic specimens at first use and cached.
 
@@ -313,6 +318,10 @@ def demo_checkpoint(
         "auto" (ImageNet weights if found, else a random backbone with a
         `DemoBackboneWarning`), "imagenet" (raise `MissingWeightsError` if not found) or
         "none" (random backbone).
+    download
+        Whether ImageNet weights not on this machine may be downloaded first (528 MB into
+        torch hub's cache; `napari_foram.classify.backbone.download_allowed`: None means
+        yes unless ``$NAPARI_FORAM_NO_DOWNLOAD`` says no).
 
     Returns
     -------
@@ -326,11 +335,11 @@ def demo_checkpoint(
         raise ValueError(f"backbone must be auto, imagenet or none, not {backbone!r}")
     weights: str | None = None  # the weights file's sha256; None: random backbone
     if backbone == "imagenet":
-        weights, reason = demo_backbone()
+        weights, reason = demo_backbone(download=download)
         if weights is None:
             raise MissingWeightsError(reason)
     elif backbone == "auto":
-        weights, reason = demo_backbone()
+        weights, reason = demo_backbone(download=download)
         if weights is None:
             warnings.warn(
                 "the demo model falls back to a random VGG16 backbone (far less accurate): "

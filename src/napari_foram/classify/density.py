@@ -44,6 +44,12 @@ DEFAULT_FALSE_FLAG_RATE = 0.05
 STATE_PREFIX = "density."
 
 
+def pooling_for(layout: str) -> torch.Tensor:
+    """The pooling a density uses for a model's feature layout: `pooling_matrix` for the
+    study's flat 25088 values, none (a (0, 49) matrix) for features already pooled."""
+    return pooling_matrix() if layout == "flat" else torch.zeros(0, _CELLS)
+
+
 def pooling_matrix() -> torch.Tensor:
     """(2, 49) pooling weights over the 7 x 7 grid: global mean, and mean of the centre 3 x 3."""
     centre = torch.zeros(7, 7)
@@ -52,7 +58,12 @@ def pooling_matrix() -> torch.Tensor:
 
 
 def pool_features(features: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
-    """(N, 25088) -> (N, R * 512): ``out[:, r * 512 + c] = sum_s pooling[r, s] f[:, 49 c + s]``."""
+    """(N, 25088) -> (N, R * 512): ``out[:, r * 512 + c] = sum_s pooling[r, s] f[:, 49 c + s]``.
+
+    An empty pooling (R = 0, `pooling_for` "pooled") passes features through unchanged.
+    """
+    if pooling.shape[0] == 0:
+        return features
     x = features.reshape(-1, _CHANNELS, _CELLS)
     return torch.einsum("ncs,rs->nrc", x, pooling.to(x)).flatten(1)
 
@@ -146,7 +157,7 @@ class FeatureDensity(nn.Module):
         precision: torch.Tensor,
     ) -> None:
         super().__init__()
-        d = pooling.shape[0] * _CHANNELS
+        d = pooling.shape[0] * _CHANNELS if pooling.shape[0] else mean.shape[0]
         if pooling.shape[1:] != (_CELLS,) or mean.shape != (d,) or scale.shape != (d,):
             raise ValueError("feature density tensors do not fit VGG16's pooled features")
         if class_means.ndim != 2 or class_means.shape[1] != d or precision.shape != (d, d):
@@ -173,21 +184,24 @@ class FeatureDensity(nn.Module):
         num_classes: int,
         *,
         shrinkage: float = DEFAULT_SHRINKAGE,
+        pooling: torch.Tensor | None = None,
     ) -> FeatureDensity:
-        """Fit on training crops' conv features (N, 25088) and their labels (N,).
+        """Fit on training crops' features (N, D) and their labels (N,).
+
+        `pooling`: `pooling_for` the model's feature layout (default: the flat layout's).
 
         The covariance is shrunk towards ``mean variance x identity`` (``shrinkage`` in
         0-1): with a few hundred crops and D = 1024 the sample covariance is singular.
         """
         y = np.asarray(labels, dtype=np.int64)
         if features.ndim != 2 or features.shape[0] != y.shape[0]:
-            raise ValueError("features (N, 25088) and labels (N,) do not match")
+            raise ValueError("features (N, D) and labels (N,) do not match")
         if not 0.0 < shrinkage <= 1.0:
             raise ValueError(f"shrinkage must be in (0, 1], got {shrinkage}")
         present = np.unique(y)
         if present.size < 2:
             raise ValueError("a feature density needs training crops of at least 2 classes")
-        pooling = pooling_matrix()
+        pooling = pooling_matrix() if pooling is None else pooling
         pooled = pool_features(features.detach().float().cpu(), pooling).double()
         mean = pooled.mean(0)
         scale = pooled.std(0) + 1e-6

@@ -12,8 +12,22 @@
 `FORAMNet.features` and `FORAMNet.head` are callable separately because dropout lives only
 in the head: Monte Carlo dropout computes the conv features once and runs the head N times.
 
+Two feature layouts (`FEATURE_LAYOUTS`) say what the head reads:
+
+``flat``
+    The study's: block 5's pooled output flattened, 25088 values.
+``pooled``
+    The small-data recipe's (docs/benchmarks.md, "Training on small real sets"): the
+    activations after conv4_3 and conv5_3 (the last ReLU of blocks 4 and 5), each
+    averaged and maximised over the image, 4 x 512 = 2048 values. Global pooling makes
+    the features nearly independent of where the specimen lies in the crop, and block 4
+    adds finer texture (pores, spines, chamber walls) than block 5 alone. The head then
+    starts with a `Standardize` layer (training-set mean and SD, kept as buffers), so
+    its dropout acts on standardised values.
+
 Backbone weights come from ``"imagenet"`` (found as `napari_foram.classify.backbone`
-says: an environment variable, torch hub's cache, or a download only when asked to), a
+says: an environment variable, torch hub's cache, then torchvision's download unless
+turned off), a
 local file (``.safetensors`` or ``.pth``, tensors only), or ``"none"`` (random He-normal
 initialisation from a seed); never silently swapped for another. Which input convention
 the weights expect travels with them (`napari_foram.classify.backbone`).
@@ -21,7 +35,7 @@ the weights expect travels with them (`napari_foram.classify.backbone`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -45,14 +59,20 @@ __all__ = [
     "DEFAULT_DROPOUT",
     "DEFAULT_HIDDEN_UNITS",
     "FEATURE_DIM",
+    "FEATURE_LAYOUTS",
     "IMAGENET_FILENAME",
     "IMAGENET_URL",
     "INPUT_SIZE",
+    "POOLED_DIM",
+    "POOLED_TAPS",
     "FORAMNet",
     "MissingWeightsError",
+    "Standardize",
     "build_model",
     "build_model_with_weights",
     "describe_weights_source",
+    "feature_dim",
+    "feature_function",
     "imagenet_weights_path",
     "vgg16_conv_shapes",
 ]
@@ -64,6 +84,81 @@ FEATURE_DIM = 512 * 7 * 7
 #: The study's head: hidden units per dense layer and dropout rate (authors' code).
 DEFAULT_HIDDEN_UNITS: tuple[int, ...] = (512, 64)
 DEFAULT_DROPOUT = 0.2
+#: What the head reads: layout name -> description (module docstring).
+FEATURE_LAYOUTS: dict[str, str] = {
+    "flat": "VGG16 block 5 output flattened (512 x 7 x 7 = 25088, the study's)",
+    "pooled": "mean and max over the image of conv4_3 and conv5_3 (4 x 512 = 2048)",
+}
+#: Indices in ``vgg16().features`` of the ReLUs after conv4_3 and conv5_3: the "pooled"
+#: layout's taps (measured against block 5 alone and the pooling layers in
+#: docs/benchmarks.md).
+POOLED_TAPS: tuple[int, ...] = (22, 29)
+#: Length of the "pooled" layout's feature vector: mean and max of 512 channels per tap.
+POOLED_DIM = 2 * 512 * len(POOLED_TAPS)
+
+
+def feature_dim(layout: str) -> int:
+    """Length of the feature vector the head of a `layout` reads."""
+    check_layout(layout)
+    return FEATURE_DIM if layout == "flat" else POOLED_DIM
+
+
+def check_layout(layout: str) -> str:
+    """`layout` if it is a known feature layout, else ValueError naming them."""
+    if layout not in FEATURE_LAYOUTS:
+        raise ValueError(
+            f"unknown feature layout {layout!r} (use one of {', '.join(FEATURE_LAYOUTS)})"
+        )
+    return layout
+
+
+def feature_function(conv: nn.Module, layout: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(B, 3, S, S) network input -> (B, D) features, through the conv blocks `conv`.
+
+    `conv` is ``FORAMNet.conv`` (an ``nn.Sequential``) or, for "flat", any callable with
+    its output (e.g. compiled or quantised blocks).
+    """
+    check_layout(layout)
+    if layout == "flat":
+        return lambda x: torch.flatten(conv(x), 1)
+    if not isinstance(conv, nn.Sequential):
+        raise ValueError("the pooled layout taps the conv blocks: they must be nn.Sequential")
+    last = max(POOLED_TAPS)
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for index, layer in enumerate(conv):
+            x = layer(x)
+            if index in POOLED_TAPS:
+                parts += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
+            if index == last:  # block 5's pooling adds nothing to a global max
+                break
+        return torch.cat([p.float() for p in parts], dim=1)
+
+    return pooled
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / scale`` per feature, with both kept as buffers (saved and moved with
+    the head): the first layer of a "pooled" head, so that its dropout drops standardised
+    values and its weights read comparable units."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+
+    def set(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Use these statistics (e.g. the training crops' feature mean and SD)."""
+        with torch.no_grad():
+            self.mean.copy_(mean.to(self.mean))
+            self.scale.copy_(scale.to(self.scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
 
 
 class FORAMNet(nn.Module):
@@ -76,7 +171,10 @@ class FORAMNet(nn.Module):
     hidden_units
         Units of the hidden dense layers, in order (the study: (512, 64)).
     dropout
-        Dropout rate after each hidden dense layer (the study: 0.2).
+        Dropout rate after each hidden dense layer (the study: 0.2); with no hidden
+        layer, on the head's input instead (a linear head with dropout).
+    feature_layout
+        What the head reads (`FEATURE_LAYOUTS`): "flat" (the study) or "pooled".
 
     Attributes
     ----------
@@ -84,8 +182,9 @@ class FORAMNet(nn.Module):
         The VGG16 conv blocks, torchvision's ``vgg16().features`` layout: (N, 3, 224, 224)
         -> (N, 512, 7, 7).
     head
-        ``nn.Sequential``: Flatten -> [Linear -> ReLU -> Dropout] per hidden layer ->
-        Linear K. Takes (N, 512, 7, 7) or (N, 25088) and returns logits (N, K).
+        ``nn.Sequential``: Flatten -> [Standardize, "pooled" only] -> [Linear -> ReLU ->
+        Dropout] per hidden layer (or one Dropout without hidden layers) -> Linear K.
+        Takes the (N, D) features and returns logits (N, K).
     density
         None, or a `napari_foram.classify.density.FeatureDensity` fitted on the training
         crops' features: how far a crop lies from every trained class.
@@ -101,21 +200,27 @@ class FORAMNet(nn.Module):
         *,
         hidden_units: Sequence[int] = DEFAULT_HIDDEN_UNITS,
         dropout: float = DEFAULT_DROPOUT,
+        feature_layout: str = "flat",
     ) -> None:
         super().__init__()
         hidden_units = tuple(int(u) for u in hidden_units)
         if int(num_classes) < 2:
             raise ValueError(f"need at least 2 classes, got {num_classes}")
-        if not hidden_units or min(hidden_units) < 1:
+        if hidden_units and min(hidden_units) < 1:
             raise ValueError(f"hidden_units must be positive integers, got {hidden_units}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.num_classes = int(num_classes)
         self.hidden_units = hidden_units
         self.dropout = float(dropout)
+        self.feature_layout = check_layout(feature_layout)
         self.conv = _vgg16_conv_blocks()
+        width = feature_dim(feature_layout)
         layers: list[nn.Module] = [nn.Flatten()]
-        width = FEATURE_DIM
+        if feature_layout == "pooled":
+            layers.append(Standardize(width))
+        if not hidden_units:
+            layers.append(nn.Dropout(self.dropout))
         for units in hidden_units:
             layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(self.dropout)]
             width = units
@@ -125,9 +230,14 @@ class FORAMNet(nn.Module):
         # training; a submodule so it is saved, loaded and moved with the network.
         self.density: nn.Module | None = None
 
+    @property
+    def feature_dim(self) -> int:
+        """D, the length of the feature vector the head reads."""
+        return feature_dim(self.feature_layout)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Flattened conv features, (N, 3, 224, 224) -> (N, 25088)."""
-        return torch.flatten(self.conv(x), 1)
+        """The head's input features, (N, 3, 224, 224) -> (N, D)."""
+        return feature_function(self.conv, self.feature_layout)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) for preprocessed crops (N, 3, 224, 224)."""
@@ -176,7 +286,8 @@ def build_model(
     hidden_units: Sequence[int] = DEFAULT_HIDDEN_UNITS,
     dropout: float = DEFAULT_DROPOUT,
     seed: int = 0,
-    download: bool = False,
+    download: bool | None = None,
+    feature_layout: str = "flat",
 ) -> FORAMNet:
     """A `FORAMNet` with its backbone weights loaded; the head is freshly initialised.
 
@@ -193,11 +304,14 @@ def build_model(
         ``"none"`` for a random backbone.
     hidden_units, dropout
         Head configuration (the study: (512, 64), 0.2).
+    feature_layout
+        What the head reads: "flat" (the study) or "pooled" (`FEATURE_LAYOUTS`).
     seed
         Seeds the random initialisation (of the head, and of the backbone with "none"),
         without disturbing the global RNG.
     download
-        Allow torchvision to download the ImageNet weights when they are not found.
+        Whether torchvision may download the ImageNet weights when they are not found;
+        None: yes unless ``$NAPARI_FORAM_NO_DOWNLOAD`` says no (`backbone.download_allowed`).
 
     Raises
     ------
@@ -211,6 +325,7 @@ def build_model(
         dropout=dropout,
         seed=seed,
         download=download,
+        feature_layout=feature_layout,
     )
     return model
 
@@ -222,14 +337,20 @@ def build_model_with_weights(
     hidden_units: Sequence[int] = DEFAULT_HIDDEN_UNITS,
     dropout: float = DEFAULT_DROPOUT,
     seed: int = 0,
-    download: bool = False,
+    download: bool | None = None,
+    feature_layout: str = "flat",
 ) -> tuple[FORAMNet, BackboneWeights | None]:
     """`build_model`, also returning what the backbone weights are (None for "none")."""
     weights = None
     if str(backbone_weights) != "none":
         weights = resolve_backbone(backbone_weights, download=download)
     with seeded(seed):
-        model = FORAMNet(num_classes, hidden_units=hidden_units, dropout=dropout)
+        model = FORAMNet(
+            num_classes,
+            hidden_units=hidden_units,
+            dropout=dropout,
+            feature_layout=feature_layout,
+        )
     if weights is not None:
         try:
             model.conv.load_state_dict(weights.conv, strict=True)

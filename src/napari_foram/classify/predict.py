@@ -2,7 +2,8 @@
 
 Dropout lives only in the head, so the conv features of a crop are the same in all N
 stochastic passes: they are computed once, in eval mode. Moreover the head's first layers
-before its first Dropout (Flatten -> Linear 25088x512 -> ReLU) are deterministic too, so
+before its first Dropout (Flatten -> Linear 25088x512 -> ReLU, or Flatten -> Standardize
+for a linear "pooled" head) are deterministic too, so
 they also run once per crop; only the rest of the head (Dropout -> Linear -> ReLU ->
 Dropout -> Linear) runs N times, as one batch of N x B rows. The result is exactly the
 whole head run N times with dropout on, at a small fraction of the cost.
@@ -35,7 +36,7 @@ from torch import nn
 
 from napari_foram.classify.backbone import convention_affine
 from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
-from napari_foram.classify.model import FEATURE_DIM, FORAMNet
+from napari_foram.classify.model import FORAMNet, feature_function
 from napari_foram.classify.precision import (
     PRECISION_CHOICES,
     PRECISION_ENV,
@@ -404,9 +405,15 @@ class Predictor:
         )
         path = self.precision_choice.path
         self.dtype = torch.bfloat16 if path == "bf16" else torch.float32
-        conv: Callable[[torch.Tensor], torch.Tensor] = self.model.conv
+        layout = self.model.feature_layout
+        conv: Callable[[torch.Tensor], torch.Tensor] = feature_function(self.model.conv, layout)
         int8 = None
         if path == "int8":
+            if layout != "flat":
+                raise ValueError(
+                    "int8 runs the whole conv stack as one quantised block; a "
+                    f"{layout!r} model taps it midway: use fp32 or bf16"
+                )
             int8 = int8_conv_for(
                 self.model,
                 info,
@@ -415,7 +422,7 @@ class Predictor:
                 precision_cache,
             )
         elif compile:
-            conv = torch.compile(self.model.conv)
+            conv = torch.compile(conv)
         self._conv = conv_runner(conv, path, int8)
 
     @classmethod
@@ -465,17 +472,17 @@ class Predictor:
             yield x, keys
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 25088) fp32 features through this predictor's path."""
+        """(B, D) fp32 features through this predictor's path."""
         return self._conv(x)
 
     def extract_features(self, crops: Crops) -> torch.Tensor:
-        """Flattened conv features (N, 25088) float32 on the CPU, e.g. to cache for training."""
+        """The head's input features (N, D) float32 on the CPU, e.g. to cache for training."""
         out = []
         with torch.inference_mode():
             for x, _ in self._batches(crops):
                 out.append(self._features(x).float().cpu())
         if not out:
-            return torch.zeros((0, FEATURE_DIM))
+            return torch.zeros((0, self.model.feature_dim))
         return torch.cat(out)
 
     def predict(self, crops: Crops, mc_samples: int = 100, seed: int | None = None) -> Predictions:
@@ -513,15 +520,16 @@ class Predictor:
         seed: int | None = None,
         keys: np.ndarray | None = None,
     ) -> Predictions:
-        """As `predict`, from precomputed conv features (N, 25088) (e.g. a feature cache).
+        """As `predict`, from precomputed features (N, D) (e.g. a feature cache).
 
         The dropout keys are `keys` when given (e.g. `crop_keys` of the crops the features
         came from: then the result equals `predict` on those crops), else hashes of the
         features (`feature_keys`) mixed with `seed`.
         """
         n = max(int(mc_samples), 1)
-        if features.ndim != 2 or features.shape[1] != FEATURE_DIM:
-            raise ValueError(f"features must be (N, {FEATURE_DIM}), got {tuple(features.shape)}")
+        dim = self.model.feature_dim
+        if features.ndim != 2 or features.shape[1] != dim:
+            raise ValueError(f"features must be (N, {dim}), got {tuple(features.shape)}")
         if keys is not None:
             keys = np.asarray(keys, dtype=np.int64)
             if keys.shape != (features.shape[0],):
@@ -541,7 +549,7 @@ class Predictor:
         return self._assemble(parts, n)
 
     def sample_probs(self, f: torch.Tensor, n: int, keys: torch.Tensor) -> torch.Tensor:
-        """(n, B, K) softmax outputs of `n` dropout passes for features f (B, 25088) with
+        """(n, B, K) softmax outputs of `n` dropout passes for features f (B, D) with
         per-crop `keys` (n = 1: one deterministic pass, dropout off).
 
         Always fp32, whatever the conv path: the head is ~1 % of the work, and its
@@ -556,7 +564,7 @@ class Predictor:
     def _predict_features(
         self, f: torch.Tensor, n: int, keys: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """MC statistics for one batch of features f (B, 25088)."""
+        """MC statistics for one batch of features f (B, D)."""
         probs = self.sample_probs(f, n, keys)
         stats = mc_statistics(probs)
         distance = self.model.feature_distance(f.float())

@@ -9,7 +9,7 @@ import typer
 
 from napari_foram.defaults import MC_SAMPLES
 
-from ._app import PrecisionOption, _echo_json, _use_precision, app
+from ._app import DownloadWeightsOption, PrecisionOption, _echo_json, _use_precision, app
 
 
 # ----------------------------------------------------------------------------- demo
@@ -33,14 +33,7 @@ def demo(
         str,
         typer.Option(help="Checkpoint (.safetensors) or 'demo' (trained here at first use)."),
     ] = "demo",
-    download_weights: Annotated[
-        bool,
-        typer.Option(
-            "--download-weights",
-            help="Let torchvision download ImageNet VGG16 (528 MB) for the demo model when "
-            "no weights are found; without them the demo model uses a random backbone.",
-        ),
-    ] = False,
+    download_weights: DownloadWeightsOption = None,
     precision: PrecisionOption = "auto",
 ) -> None:
     """Scan a synthetic tray on the built-in simulated microscope, count and classify it.
@@ -51,14 +44,17 @@ def demo(
     from napari_foram.demo import display_available, run_demo_gui, run_headless_demo
 
     _use_precision(precision)
-    if download_weights and model == "demo":
-        from napari_foram.classify.backbone import resolve_backbone
-
-        resolve_backbone("imagenet", download=True)  # into torch hub's cache, found later
     if headless or not display_available():
         if not headless:
             typer.echo("no display found: running headless", err=True)
-        summary = run_headless_demo(out, seed=seed, mc_samples=mc, progress=True, model=model)
+        summary = run_headless_demo(
+            out,
+            seed=seed,
+            mc_samples=mc,
+            progress=True,
+            model=model,
+            download_weights=download_weights,
+        )
         typer.echo(
             f"demo finished: {summary['found_whole']} specimens counted, "
             f"{summary['truth_whole']} in the ground truth; outputs in {out.resolve()}"
@@ -72,7 +68,7 @@ def demo(
         for key in ("store", "csv", "plot", "screenshot", "summary"):
             typer.echo(f"  {key:<10} {summary['files'][key]}")
     else:
-        run_demo_gui(seed=seed, mc_samples=mc, model=model)
+        run_demo_gui(seed=seed, mc_samples=mc, model=model, download_weights=download_weights)
 
 
 # ------------------------------------------------------------------------------ live
@@ -125,6 +121,7 @@ def live(
     ] = MC_SAMPLES,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: PrecisionOption = "auto",
+    download_weights: DownloadWeightsOption = None,
     seed: Annotated[int, typer.Option(help="Simulated tray seed.")] = 7,
     bit_depth: Annotated[
         int,
@@ -172,6 +169,7 @@ def live(
             mono=mono,
             config=config,
             adapter_path=adapter_path,
+            download_weights=download_weights,
         )
         return
     core = None
@@ -189,7 +187,13 @@ def live(
     from napari_foram.pipeline import load_predictor
     from napari_foram.tally.store import SampleRecord
 
-    predictor = load_predictor(model, device=device, progress=True, precision=precision)
+    predictor = load_predictor(
+        model,
+        device=device,
+        progress=True,
+        precision=precision,
+        download_weights=download_weights,
+    )
     path = store or default_store_path()
     tally_store = open_or_create_store(path, list(predictor.info.class_names))
     counter = LiveCounter(predictor, tally_store, mc_samples=mc)
@@ -252,6 +256,7 @@ def _live_gui(
     mono: bool,
     config: Path | None = None,
     adapter_path: Path | None = None,
+    download_weights: bool | None = None,
 ) -> None:
     import napari
 
@@ -267,5 +272,6 @@ def _live_gui(
         mono=mono,
         config=config,
         adapter_path=adapter_path,
+        download_weights=download_weights,
     )
     napari.run()

@@ -65,6 +65,22 @@ PrecisionOption = Annotated[
     ),
 ]
 
+#: --download-weights/--no-download-weights of the commands that may need ImageNet VGG16.
+#: None (neither given) leaves the choice to `classify.backbone.download_allowed`: yes,
+#: unless the environment variable below says no. Not imported from there: that module
+#: loads torch, and `--help` must stay quick.
+DownloadWeightsOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--download-weights/--no-download-weights",
+        help="Download torchvision's ImageNet VGG16 weights (528 MB, once, into torch hub's "
+        "cache, checksum checked) when $NAPARI_FORAM_VGG16_WEIGHTS and the cache have "
+        "none. Default: yes, unless $NAPARI_FORAM_NO_DOWNLOAD=1; offline, the check gives "
+        "up within seconds and the offline fallback applies.",
+        show_default=False,
+    ),
+]
+
 
 def _use_precision(precision: str) -> str:
     """Check --precision; a path named also becomes this process's meaning of "auto"

@@ -271,11 +271,14 @@ def classify(
     precision: PrecisionOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Classify crops (224x224 images) or whole frames with a checkpoint.
+    """Classify crops, single-specimen pictures or whole frames with a checkpoint.
 
-    An image is taken as one crop when it looks like one: at most 448 px on its longer
-    side and no more elongated than 2:1 (a crop is cut square around one specimen); any
-    other image is a frame whose specimens are detected first. Images under 32 px on a
+    How a picture becomes the 224 px input is the model's crop policy, as in training:
+    "fit" models take any image up to 1024 px a side as one specimen's picture, scaled to
+    fill the window; "native" (study) models take an image as one crop when it looks like
+    one (at most 448 px on its longer side, no more elongated than 2:1), at its own scale.
+    Any other image is a tray frame: its specimens are detected and cut 224 px around
+    each at the camera's scale, as counting does. Images under 32 px on a
     side are refused (no specimen fits). A file that cannot be read or classified is
     reported and the others are still classified; the exit status is then 1.
     """
@@ -292,7 +295,7 @@ def classify(
     for path in paths:
         # One bad file must not cost the others their results: report it and go on.
         try:
-            crops, where = _classify_inputs(path)
+            crops, where = _classify_inputs(path, predictor.info.crop_policy)
             if len(crops) == 0:
                 rows.append({"path": str(path), "centroid_yx": None, "class": None})
                 continue
@@ -350,12 +353,14 @@ def classify(
 MIN_CLASSIFY_SIDE_PX = 32
 
 
-def _classify_inputs(path: Path) -> tuple[Any, list[Any]]:
-    """The crops of one `classify` input and where they are (None for a crop itself)."""
+def _classify_inputs(path: Path, crop_policy: str = "native") -> tuple[Any, list[Any]]:
+    """The crops of one `classify` input and where they are (None for a picture itself),
+    by the model's crop policy (`napari_foram.pictures`)."""
     import numpy as np
 
     from napari_foram.detect import CROP_SIZE, cut_crops, detect
     from napari_foram.frames import read_image, to_rgb_uint8
+    from napari_foram.pictures import fit_to_window, picture_max_side
 
     image = read_image(path)
     h, w = image.shape[:2]
@@ -364,7 +369,9 @@ def _classify_inputs(path: Path) -> tuple[Any, list[Any]]:
             f"{path}: too small to hold a specimen ({w} x {h} px; at least "
             f"{MIN_CLASSIFY_SIDE_PX} px per side)"
         )
-    if max(h, w) <= 2 * CROP_SIZE and max(h, w) <= 2 * min(h, w):
+    if crop_policy == "fit" and max(h, w) <= picture_max_side("fit"):
+        return fit_to_window(image)[None], [None]
+    if crop_policy != "fit" and max(h, w) <= 2 * CROP_SIZE and max(h, w) <= 2 * min(h, w):
         # A crop: bring it to 224 x 224 around its centre, as detection does.
         crops = cut_crops(to_rgb_uint8(image), np.array([[(h - 1) / 2, (w - 1) / 2]]))
         return crops, [None]

@@ -199,7 +199,12 @@ def fine_tune(
         random_backbone = source == "none" or (
             backbone_weights is None and info.backbone_weights == "none"
         )
+        # The base model's recipe: a pooled-linear head retrains from scratch in seconds
+        # (no warm start needed); the study's head warm-starts from the base model's.
+        pooled = info.feature_layout == "pooled"
         config = TrainConfig(
+            recipe="pooled-linear" if pooled else "study",
+            crop_policy=info.crop_policy,
             backbone_weights=source,
             backbone_seed=info.backbone_seed if info.backbone_seed is not None else 0,
             hidden_units=info.hidden_units,
@@ -212,7 +217,7 @@ def fine_tune(
             lr=lr,
             seed=seed,
             device=device,
-            init_head=str(base) if warm_start and backbone_weights is None else "",
+            init_head=str(base) if warm_start and backbone_weights is None and not pooled else "",
         )
         t0 = time.perf_counter()
         outcome = train_classifier(data, output, config, split=split, progress=progress)

@@ -6,14 +6,18 @@ A data folder has one subfolder per class (torchvision's ImageFolder layout)::
     DATA/sediment/IMG_0042.tif
     ...
 
-Images of any size, bit depth and channel count are brought to 224 x 224 x 3 uint8 the way
-the rest of napari-foram does it, so a model sees in training what it sees in use:
+Images of any size, bit depth and channel count are brought to 224 x 224 x 3 uint8 by the
+model's crop policy (`napari_foram.pictures`), recorded in the checkpoint, so a model
+sees in training what it sees in use:
 
-- an image no larger than 448 px on either side is taken as a crop and centred on a
-  224 x 224 canvas (cut around the image centre, padded with black), exactly as
-  ``napari-foram classify`` treats crops;
-- a larger image is a frame: the detector runs on it and the crop is cut around the largest
-  whole specimen it finds (around the image centre when it finds none).
+- ``fit`` (the default): a picture up to 1024 px a side is scaled so the specimen fills
+  the window, padded with its own background; in a larger image (a frame) the largest
+  whole specimen's box is fitted;
+- ``native`` (the study's crops): a picture up to 448 px a side is centred on the window
+  at its own scale (cut, or padded with black); in a larger image the crop is cut around
+  the largest whole specimen at its own scale.
+
+A 224 x 224 crop (``extract-crops``, review exports) is the same under both.
 
 Files that cannot be used are skipped and each gets one line in the returned ``skipped``
 list (file and reason): nothing crashes the load, nothing is dropped silently.
@@ -32,10 +36,12 @@ from typing import Any
 import numpy as np
 
 from napari_foram._progress import ProgressCallback
-from napari_foram.detect import CROP_SIZE, DetectionParams, cut_crops, detect
+from napari_foram.detect import CROP_SIZE, DetectionParams, detect
 from napari_foram.frames import IMAGE_SUFFIXES, read_image, to_rgb_uint8
+from napari_foram.pictures import DEFAULT_CROP_POLICY, check_crop_policy, picture_to_crop
 
-#: Images up to this side length are crops (centred); larger ones are frames (detected).
+#: Under the "native" policy, images up to this side are crops (centred); larger ones are
+#: frames (detected).
 MAX_CROP_SIDE = 2 * CROP_SIZE
 #: Images with a side shorter than this hold too little to classify: skipped.
 MIN_SIDE_PX = 16
@@ -63,8 +69,11 @@ class LabelledCrops:
     skipped
         One "path: reason" line per file that was not used.
     how
-        (N,) how each crop was made: "centred" (small image) or "detected" / "centre"
-        (a frame, cut around its largest specimen or, with none found, its centre).
+        (N,) how each crop was made: "fitted" / "centred" (a picture, by the crop
+        policy) or "detected" / "centre" (a frame, cut around its largest specimen or,
+        with none found, its centre).
+    crop_policy
+        The crop policy the crops were made with (`napari_foram.pictures`).
     """
 
     crops: np.ndarray
@@ -74,6 +83,7 @@ class LabelledCrops:
     skipped: list[str] = field(default_factory=list)
     how: list[str] = field(default_factory=list)
     root: Path | None = None
+    crop_policy: str = DEFAULT_CROP_POLICY
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -93,6 +103,7 @@ class LabelledCrops:
             skipped=list(self.skipped),
             how=[self.how[i] for i in idx] if self.how else [],
             root=self.root,
+            crop_policy=self.crop_policy,
         )
 
     def relative_paths(self) -> list[str]:
@@ -116,12 +127,12 @@ class LabelledCrops:
 
 
 def image_to_crop(
-    image: np.ndarray, params: DetectionParams | None = None
+    image: np.ndarray,
+    params: DetectionParams | None = None,
+    crop_policy: str = DEFAULT_CROP_POLICY,
 ) -> tuple[np.ndarray, str]:
-    """One (224, 224, 3) uint8 crop from any image, and how it was made.
-
-    Small images (<= 448 px a side) are centred; larger ones are detected and cut around
-    their largest whole specimen, or around the centre when none is found.
+    """One (224, 224, 3) uint8 crop from any image by `crop_policy`, and how it was made
+    (`napari_foram.pictures.picture_to_crop`).
 
     Raises
     ------
@@ -133,15 +144,7 @@ def image_to_crop(
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE_PX:
         raise ValueError(f"image is {h} x {w} px, smaller than {MIN_SIDE_PX} px a side")
-    centre = np.array([[(h - 1) / 2, (w - 1) / 2]])
-    if max(h, w) <= MAX_CROP_SIDE:
-        return cut_crops(rgb, centre, CROP_SIZE)[0], "centred"
-    det = detect(image, params, crops=True)
-    whole = np.flatnonzero(det.whole)
-    if whole.size and det.crops is not None:
-        best = whole[np.argmax(det.area_px[whole])]
-        return det.crops[best], "detected"
-    return cut_crops(rgb, centre, CROP_SIZE)[0], "centre"
+    return picture_to_crop(image, crop_policy, params)
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -163,6 +166,7 @@ def load_image_folder(
     class_names: Sequence[str] | None = None,
     params: DetectionParams | None = None,
     progress: ProgressCallback | None = None,
+    crop_policy: str = DEFAULT_CROP_POLICY,
 ) -> LabelledCrops:
     """Load an ImageFolder of labelled images as 224 x 224 crops.
 
@@ -177,6 +181,9 @@ def load_image_folder(
         subfolder names, sorted.
     params
         Detector settings for images larger than a crop.
+    crop_policy
+        How a picture becomes the 224 px input (`napari_foram.pictures`): "fit" (the
+        default for training) or "native"; evaluation passes the model's own.
     progress
         ``progress(done, total, message)`` after each file.
 
@@ -193,6 +200,7 @@ def load_image_folder(
         usable image at all.
     """
     root = Path(root)
+    check_crop_policy(crop_policy)
     folders = _class_folders(root)
     names = tuple(class_names) if class_names is not None else tuple(f.name for f in folders)
     unknown = [f.name for f in folders if f.name not in names]
@@ -209,7 +217,7 @@ def load_image_folder(
             skipped.append(f"{path}: not an image file ({path.suffix or 'no suffix'})")
         else:
             try:
-                crop, made = image_to_crop(read_image(path), params)
+                crop, made = image_to_crop(read_image(path), params, crop_policy)
             except ValueError as exc:  # read_image/check_image: one-line reasons
                 reason = str(exc).removeprefix(f"{path}: ")
                 skipped.append(f"{path}: {reason}")
@@ -230,6 +238,7 @@ def load_image_folder(
         skipped=skipped,
         how=how,
         root=root,
+        crop_policy=crop_policy,
     )
 
 

@@ -11,7 +11,9 @@ Numbers (all in ``report.json``):
   and of the MC-mean probabilities.
 
 Files: ``report.json``, ``predictions.csv`` (one row per crop), ``confusion_matrix.csv``
-and ``.png``, ``reliability.png`` and ``gallery.png`` -- the most uncertain crops
+and ``.png``, ``reliability.png``, ``learning_curve.png`` (accuracy against labels per
+class, `evaluation_learning_curve`; for a study model the one recorded at training) and
+``gallery.png`` -- the most uncertain crops
 (highest predictive entropy) and the confidently wrong ones, each with a bar chart of how
 the N passes voted, like the study's Fig. 5.
 
@@ -185,6 +187,75 @@ def mc_sample_probs(
     return np.concatenate(out, axis=1).astype(np.float32)
 
 
+#: Share of each class held out when `evaluate` measures a learning curve on its crops.
+CURVE_HELD_OUT = 0.3
+
+
+def evaluation_learning_curve(
+    predictor: Any,
+    features: Any,
+    labels: np.ndarray,
+    *,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any] | None:
+    """The learning curve of a "pooled" model's recipe on the crops being evaluated.
+
+    Each class is split (seeded) into 70 % to draw training crops from and 30 % held out
+    (at least one); heads of the model's own kind (a linear head with its dropout and the
+    L2 weight it was trained with) are fitted on 5, 10, 20, 50 and all per class of the
+    first part and scored on the second (`napari_foram.training.curve`). Features are the
+    ones already computed. None for a study ("flat") model or when a class has fewer than
+    3 crops: then the checkpoint's own curve, from training, is reported instead.
+    """
+    import copy
+
+    import torch
+
+    from napari_foram.training.curve import learning_curve
+    from napari_foram.training.train._linear import fit_linear_head
+
+    model = predictor.model
+    y = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(y)
+    present = counts[counts > 0]
+    if model.feature_layout != "pooled" or present.size < 2 or present.min() < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    train_rows, test_rows = [], []
+    for c in np.flatnonzero(counts):
+        rows = rng.permutation(np.flatnonzero(y == c))
+        n_test = max(1, round(CURVE_HELD_OUT * rows.size))
+        test_rows.append(rows[:n_test])
+        train_rows.append(rows[n_test:])
+    training = (predictor.info.training or {}).get("phase1") or {}
+    decay = float(training.get("weight_decay", 1e-3))
+    feats = features.float().cpu()
+
+    def fit(rows: np.ndarray) -> Any:
+        head = copy.deepcopy(model.head).cpu()
+        fit_linear_head(
+            head, feats, y, rows, np.zeros(0, np.int64), dropout=model.dropout,
+            weight_decays=(decay,), seed=seed,
+        )  # fmt: skip
+
+        def predict(test: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return head(feats[test]).argmax(1).numpy()
+
+        return predict
+
+    curve = learning_curve(
+        y, np.concatenate(train_rows), np.concatenate(test_rows), fit, seed=seed,
+        progress=progress,
+    )  # fmt: skip
+    curve["source"] = (
+        f"the evaluated crops: {100 - 100 * CURVE_HELD_OUT:.0f} % per class to draw from, "
+        f"{100 * CURVE_HELD_OUT:.0f} % held out; linear heads with L2 {decay:g}"
+    )
+    return curve
+
+
 # ----------------------------------------------------------------------------- figures
 def _figure(width: float, height: float) -> Any:
     # A bare Figure with an Agg canvas: no pyplot, no global backend switch (napari may
@@ -341,7 +412,9 @@ def evaluate(
                 f"data classes {list(data.class_names)} differ from the model's {list(names)}"
             )
     else:
-        crops_data = load_image_folder(data, class_names=names, progress=progress)
+        crops_data = load_image_folder(
+            data, class_names=names, progress=progress, crop_policy=predictor.info.crop_policy
+        )
     subset = subset or ("test" if split_file is not None else "all")
     if subset != "all":
         if subset not in SPLIT_NAMES:
@@ -455,6 +528,17 @@ def evaluate(
         "skipped": list(crops_data.skipped),
     }
     report["settings"] = {"mc_samples": int(mc), "seed": int(seed), "device": str(device)}
+    curve = evaluation_learning_curve(predictor, features, y, seed=seed, progress=progress)
+    if curve is None:
+        curve = (info.metrics or {}).get("learning_curve")
+        if curve:
+            curve = {**curve, "source": "the checkpoint's training record"}
+    report["learning_curve"] = curve
+    if curve:
+        from napari_foram.training.curve import plot_learning_curve
+
+        files["learning_curve.png"] = str(out / "learning_curve.png")
+        plot_learning_curve(curve, files["learning_curve.png"])
     report["gallery"] = {
         "most_uncertain": [rel[i] for i in uncertain],
         "confidently_wrong": [rel[i] for i in confident_wrong],

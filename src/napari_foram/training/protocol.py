@@ -73,6 +73,7 @@ class ProtocolArm:
 
     name: str
     backbone_weights: str  # "imagenet", "none" or a file
+    recipe: str = "study"  # `train.RECIPES`
     input_convention: str = ""  # "" = the weights' own
     standardize_features: bool = False
     pooled_features: bool = False
@@ -196,6 +197,7 @@ def run_arm(
     say = progress or (lambda message: None)
     t0 = time.perf_counter()
     config = TrainConfig(
+        recipe=arm.recipe,
         backbone_weights=arm.backbone_weights,
         input_convention=arm.input_convention,
         standardize_features=arm.standardize_features,
@@ -281,6 +283,7 @@ def run_arm(
         runs.append(run)
     return {
         "arm": arm.name,
+        "recipe": arm.recipe,
         "backbone": base[1].backbone_id,
         "input_convention": base[1].input_convention,
         "standardize_features": arm.standardize_features,

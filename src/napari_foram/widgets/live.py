@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +95,7 @@ class LiveWidget(LiveDisplay, QWidget):
         mono: bool = False,
         config: str | Path | None = None,
         adapter_path: str | Path | None = None,
+        download_weights: bool | None = None,
     ) -> None:
         from napari_foram.live import DEFAULT_TARGET_COUNT, default_store_path
 
@@ -180,14 +182,22 @@ class LiveWidget(LiveDisplay, QWidget):
         scope_form.addRow("tally store", self.store_path)
         scope_form.addRow("MC dropout passes", self.mc)
         scope_form.addRow("target count", self.target)
-        # Online machines may fetch torchvision's ImageNet VGG16 for the demo model; never
-        # without the user's say (528 MB).
-        self.download_weights = QCheckBox("may download weights")
+        # The demo model stands on ImageNet VGG16: a first run fetches torchvision's
+        # weights (528 MB) unless told not to, here, by the caller or by the environment.
+        # The box starts ticked without reading the environment (that needs torch, which
+        # this widget loads only when it connects); ticked but not chosen passes "no
+        # choice", so $NAPARI_FORAM_NO_DOWNLOAD still decides, and a click is a choice.
+        self._download_choice = download_weights
+        self.download_weights = QCheckBox("download weights if missing")
+        self.download_weights.setChecked(download_weights is not False)
         self.download_weights.setToolTip(
-            "The demo model stands on ImageNet VGG16 features. Without weights on this "
-            "machine ($NAPARI_FORAM_VGG16_WEIGHTS or torch hub's cache) it falls back to a "
-            "random backbone; tick to let torchvision download them (528 MB) first."
+            "The demo model stands on ImageNet VGG16 features. Weights not on this machine "
+            "($NAPARI_FORAM_VGG16_WEIGHTS or torch hub's cache) are downloaded by "
+            "torchvision (528 MB, once, checksum checked) unless this box is unticked or "
+            "$NAPARI_FORAM_NO_DOWNLOAD=1 is set; without them, or offline, the demo model "
+            "falls back to a random backbone (far less accurate) and says so."
         )
+        self.download_weights.toggled.connect(self._choose_download)
         connect_row = QHBoxLayout()
         connect_row.addWidget(self.connect_button)
         connect_row.addWidget(self.download_weights)
@@ -347,7 +357,7 @@ class LiveWidget(LiveDisplay, QWidget):
         )
         store_path = Path(self.store_path.text().strip())
         mc, target = int(self.mc.value()), int(self.target.value())
-        download = self.download_weights.isChecked()
+        download = self._download_choice if self.download_weights.isChecked() else False
 
         def work() -> object:
             from napari_foram.live import LiveCounter, open_or_create_store
@@ -363,11 +373,20 @@ class LiveWidget(LiveDisplay, QWidget):
                 self._torch_threads = cpu_threads()  # restored when the widget closes
             from napari_foram.classify.demo_model import DemoBackboneWarning
 
-            if download and self.model == "demo":
-                from napari_foram.classify.backbone import resolve_backbone
+            if self.model == "demo":
+                from napari_foram.classify.backbone import (
+                    MissingWeightsError,
+                    download_allowed,
+                    locate_imagenet_weights,
+                )
 
-                self.runner.emit("status", "looking for ImageNet VGG16 weights (may download)")
-                resolve_backbone("imagenet", download=True)  # lands in torch hub's cache
+                # A bad $NAPARI_FORAM_VGG16_WEIGHTS is the demo model's to report, below.
+                with suppress(MissingWeightsError):
+                    if download_allowed(download) and locate_imagenet_weights() is None:
+                        self.runner.emit(
+                            "status",
+                            "downloading ImageNet VGG16 weights (528 MB, first run only)",
+                        )
 
             # An offline machine without ImageNet weights gets a weaker demo model: say so
             # where the user looks (the status line), not only on a terminal.
@@ -378,6 +397,7 @@ class LiveWidget(LiveDisplay, QWidget):
                     device=self.device,
                     progress=self._report,
                     cpu_threads=interactive_cpu_threads(),  # a core stays with the interface
+                    download_weights=download,
                 )
             fallback = [str(w.message) for w in caught if w.category is DemoBackboneWarning]
             info = predictor.info
@@ -402,6 +422,11 @@ class LiveWidget(LiveDisplay, QWidget):
             return f"connected; store {store_path}; classifier backbone {backbone}{note}{check}"
 
         self._run("connect", work)
+
+    def _choose_download(self, checked: bool) -> None:
+        """A click on "download weights if missing" is the user's choice: it wins over
+        ``$NAPARI_FORAM_NO_DOWNLOAD``."""
+        self._download_choice = checked
 
     def start_demo(self, sample_id: str = "DEMO-001") -> None:
         """The demo in one call: connect the simulated tray, start a sample, scan it."""

@@ -1,4 +1,15 @@
-"""Training with the study's recipe (Johansen & Sorensen 2020, section 4).
+"""Training: the small-data recipe (default) and the study's (Johansen & Sorensen 2020).
+
+Two recipes (`RECIPES`, ``TrainConfig.recipe``):
+
+``pooled-linear`` (the default; `_linear`)
+    A linear head with input dropout on 2048 pooled conv4 + conv5 features (mean and max
+    over the image), L2 chosen by stratified cross-validation, balanced class weights,
+    and a temperature fitted on out-of-fold and validation predictions (folded into the
+    head, recorded in the checkpoint). Right on tens to hundreds of real images per
+    class; docs/benchmarks.md has the comparison. Phase 2 is available as below.
+``study``
+    The reference study's recipe, as follows.
 
 Phase 1 -- feature extraction (always)
     The VGG16 conv blocks are frozen, so each crop's conv features (25088 values) are the
@@ -28,6 +39,8 @@ device defaults to the CPU; on CUDA the forward passes run under bf16 autocast.
 """
 
 from ._classifier import (
+    MIN_PER_CLASS,
+    check_trainable,
     fit_unsure_rule,
     train_classifier,
     train_from_folder,
@@ -35,6 +48,8 @@ from ._classifier import (
 from ._config import (
     DEFAULT_GRID,
     FINE_TUNE_FROM_LAYER,
+    LEARNING_CURVE_SIZES,
+    RECIPES,
     RunResult,
     TrainConfig,
     TrainingOutcome,
@@ -60,12 +75,16 @@ from ._runs import (
 __all__ = [
     "DEFAULT_GRID",
     "FINE_TUNE_FROM_LAYER",
+    "LEARNING_CURVE_SIZES",
+    "MIN_PER_CLASS",
+    "RECIPES",
     "RunResult",
     "TrainConfig",
     "TrainingOutcome",
     "_fresh_model",
     "augment",
     "build_base_model",
+    "check_trainable",
     "compute_features",
     "fine_tune",
     "fit_unsure_rule",

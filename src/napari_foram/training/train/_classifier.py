@@ -17,9 +17,7 @@ from napari_foram.classify.density import (
     DEFAULT_FALSE_FLAG_RATE,
     FeatureDensity,
     fit_threshold,
-)
-from napari_foram.classify.model import (
-    FEATURE_DIM,
+    pooling_for,
 )
 from napari_foram.classify.predict import resolve_device
 from napari_foram.training.data import (
@@ -103,9 +101,9 @@ def train_classifier(
             data_hash=data_hash,
             progress=progress,
         )
-    elif tuple(features.shape) != (len(data), FEATURE_DIM):
+    elif tuple(features.shape) != (len(data), base[0].feature_dim):
         raise ValueError(
-            f"features must be ({len(data)}, {FEATURE_DIM}), got {tuple(features.shape)}"
+            f"features must be ({len(data)}, {base[0].feature_dim}), got {tuple(features.shape)}"
         )
     t_features = time.perf_counter() - t0
     outcome_grid: list[dict[str, Any]] = []
@@ -180,8 +178,26 @@ def train_classifier(
         }
         for name in ("train", "val", "test")
     }
+    if best.config.recipe == "pooled-linear":
+        best.info.temperature = float(best.phase1["temperature"])
+    held_name = "test" if len(split["test"]) else "val"
+    held = np.asarray(split[held_name])
+    if len(held):
+        metrics.update(_held_out_calibration(best, features[held], data.labels[held], held_name))
+    curve = None
+    if config.learning_curve and len(held):
+        curve = _learning_curve(best, base, features, data.labels, split, held, progress)
+        metrics["learning_curve"] = curve
+        from napari_foram.training.curve import plot_learning_curve
+
+        files["learning_curve"] = str(output.with_name(f"{output.stem}.learning_curve.png"))
+        plot_learning_curve(curve, files["learning_curve"])
+    refit = _refit_on_all(best, features, data.labels, split)
     best.info.training = {
-        "kind": "study-recipe",
+        "kind": f"{best.config.recipe}-recipe",
+        "final_fit": refit,
+        "recipe": best.config.recipe,
+        "crop_policy": data.crop_policy,
         "config": best.config.to_dict(),
         "phase1": {k: v for k, v in best.phase1.items() if k != "history"},
         "phase1_history": best.phase1["history"],
@@ -213,15 +229,51 @@ def train_classifier(
     best.info.training = _json_clean(best.info.training)
     save_checkpoint(output, best.model, best.info)
     files["checkpoint"] = str(output)
+    precision = _decide_precision(best, data, split, progress)
     return TrainingOutcome(
+        learning_curve=curve,
         best=best,
         runs=runs,
         grid=outcome_grid,
         checkpoint=output,
         files=files,
         interrupted=interrupted,
-        metrics=best.info.metrics,
+        metrics={**best.info.metrics, "precision": precision},
     )
+
+
+#: Fewest labelled images a class needs: one each to train on, validate and test with.
+MIN_PER_CLASS = 3
+
+
+def check_trainable(data: LabelledCrops) -> None:
+    """One-line ValueError when `data` cannot train a classifier: a single class, a class
+    folder with no readable image, or a class with fewer than `MIN_PER_CLASS` images."""
+    counts = data.counts()
+    root = data.root
+    if root is not None:
+        for name in data.class_names:
+            folder = root / name
+            if counts.get(name, 0) == 0 and folder.is_dir():
+                lost = [line for line in data.skipped if line.startswith(f"{folder}/")]
+                why = f" (first: {lost[0].removeprefix(f'{folder}/')})" if lost else ""
+                raise ValueError(
+                    f"class folder {folder} has no readable image: {len(lost)} file(s) "
+                    f"skipped{why}"
+                )
+    present = [name for name, n in counts.items() if n > 0]
+    if len(present) < 2:
+        raise ValueError(
+            f"training needs at least 2 classes with images, found {len(present)} "
+            f"({', '.join(present) or 'none'}): add a folder per class"
+        )
+    few = {name: n for name, n in counts.items() if 0 < n < MIN_PER_CLASS}
+    if few:
+        listed = ", ".join(f"{name} ({n})" for name, n in few.items())
+        raise ValueError(
+            f"class(es) with fewer than {MIN_PER_CLASS} images: {listed}; label at least "
+            f"{MIN_PER_CLASS} per class (one each to train, validate and test with)"
+        )
 
 
 def fit_unsure_rule(
@@ -247,7 +299,12 @@ def fit_unsure_rule(
         feats[torch.from_numpy(idx)] = fresh
     else:
         feats = features
-    run.model.density = FeatureDensity.fit(feats[tr], data.labels[tr], len(data.class_names))
+    run.model.density = FeatureDensity.fit(
+        feats[tr],
+        data.labels[tr],
+        len(data.class_names),
+        pooling=pooling_for(run.model.feature_layout),
+    )
     calibration = va if len(va) else tr
     distances = run.model.density.score(feats[calibration])
     return {
@@ -256,6 +313,135 @@ def fit_unsure_rule(
         "false_flag_rate": false_flag_rate,
         "set_on": f"{len(calibration)} {'validation' if len(va) else 'training'} crops",
     }
+
+
+def _refit_on_all(
+    run: RunResult, features: torch.Tensor, labels: np.ndarray, split: dict[str, np.ndarray]
+) -> str:
+    """`TrainConfig.refit_all`: the pooled-linear head fitted again, in place, on every
+    labelled crop, with the chosen L2 weight and temperature. Returns what the saved head
+    was fitted on, for the training record."""
+    from ._linear import fit_linear_head
+
+    trained_on = f"the training split ({len(split['train'])} crops)"
+    rows = np.sort(np.concatenate([np.asarray(split[k]) for k in ("train", "val", "test")]))
+    if (
+        run.config.recipe != "pooled-linear"
+        or not run.config.refit_all
+        or rows.size == len(split["train"])
+    ):
+        return trained_on
+    fit_linear_head(
+        run.model.head,
+        features,
+        labels,
+        rows,
+        np.zeros(0, np.int64),
+        dropout=run.config.dropout,
+        weight_decays=(float(run.phase1["weight_decay"]),),
+        seed=run.config.seed,
+        temperature=float(run.phase1["temperature"]),
+    )
+    return (
+        f"all {rows.size} labelled crops (refit after the held-out figures were measured on "
+        f"a head fitted to {trained_on})"
+    )
+
+
+def _decide_precision(
+    run: RunResult,
+    data: LabelledCrops,
+    split: dict[str, np.ndarray],
+    progress: ProgressCallback | None,
+) -> dict[str, Any] | None:
+    """Decide this machine's CPU compute path for the new model on its own held-out crops
+    (`napari_foram.classify.precision.decide_precision_on_crops`), so ``auto`` never
+    reuses another model's decision; cached under the saved file's digest. With fewer
+    held-out crops than the rule needs, fp32 stays ("not enough evidence"), at once."""
+    from napari_foram.classify.precision import decide_precision_on_crops
+    from napari_foram.classify.predict import fp32_reference
+
+    if run.config.device != "cpu":
+        return None
+    rows = np.concatenate([np.asarray(split["val"]), np.asarray(split["test"])])
+    if rows.size == 0:
+        return None
+    choice = decide_precision_on_crops(
+        run.model,
+        run.info,
+        data.crops[np.sort(rows)],
+        label="held-out crops of this training",
+        progress=progress,
+        reference=fp32_reference,
+    )
+    return {"path": choice.path, "note": choice.note, "describe": choice.describe()}
+
+
+def _held_out_calibration(
+    run: RunResult, features: torch.Tensor, labels: np.ndarray, name: str
+) -> dict[str, Any]:
+    """Accuracy and ECE of the MC mean (`MC_SAMPLES` passes) on held-out crops, as users
+    read it (and the deterministic ECE beside it)."""
+    from napari_foram.classify.predict import Predictor
+    from napari_foram.defaults import MC_SAMPLES
+    from napari_foram.training.metrics import calibration
+
+    predictor = Predictor(run.model, run.info, device="cpu", precision="fp32")
+    mc = predictor.predict_features(features, mc_samples=MC_SAMPLES)
+    one = predictor.predict_features(features, mc_samples=1)
+    y = np.asarray(labels)
+    return {
+        f"{name}_mc_accuracy": float(np.mean(mc.class_index == y)),
+        f"{name}_ece_mc": calibration(mc.mean_probs.max(1), mc.class_index == y)["ece"],
+        f"{name}_ece": calibration(one.mean_probs.max(1), one.class_index == y)["ece"],
+        "calibrated_on": name,
+        "temperature": run.info.temperature,
+    }
+
+
+def _learning_curve(
+    run: RunResult,
+    base: tuple[Any, Any],
+    features: torch.Tensor,
+    labels: np.ndarray,
+    split: dict[str, np.ndarray],
+    held: np.ndarray,
+    progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    """`training.curve.learning_curve` of this run's recipe on its cached features:
+    heads trained on n per class of the training crops, scored on the held-out ones. The
+    pooled-linear recipe reuses the L2 weight the full run chose (no inner
+    cross-validation per point: seconds instead of minutes); the temperature does not
+    change the arg-max, so it is skipped."""
+    from napari_foram.training.curve import learning_curve
+
+    from ._head import train_head
+    from ._model import _fresh_model
+
+    config = replace(
+        run.config,
+        learning_curve=False,
+        weight_decays=(float(run.phase1.get("weight_decay", run.config.weight_decays[0])),),
+    )
+    names = run.info.class_names
+
+    def fit(rows: np.ndarray) -> Any:
+        model, _ = _fresh_model(base[0], base[1], config, names)
+        train_head(model.head, features, labels, rows, np.zeros(0, np.int64), config)
+
+        def predict(test_rows: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model.head(features[test_rows].float()).argmax(1).numpy()
+
+        return predict
+
+    curve = learning_curve(
+        labels, np.asarray(split["train"]), held, fit, repeats=5, seed=run.config.seed,
+        progress=progress,
+    )  # fmt: skip
+    curve["held_out"] = "test" if len(split["test"]) else "val"
+    curve["recipe"] = run.config.recipe
+    return curve
 
 
 def _json_clean(obj: Any) -> Any:
@@ -290,7 +476,8 @@ def train_from_folder(
     ``evaluate --split`` can score exactly the held-out test images later.
     """
     config = config or TrainConfig()
-    data = load_image_folder(data_dir, progress=progress)
+    data = load_image_folder(data_dir, progress=progress, crop_policy=config.crop_policy)
+    check_trainable(data)
     output = Path(output)
     split_path = (
         Path(split_file)

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from napari_foram.classify.backbone import check_convention
 from napari_foram.classify.checkpoint import ModelInfo
 from napari_foram.classify.head_fit import (
@@ -16,9 +18,19 @@ from napari_foram.classify.model import (
     DEFAULT_HIDDEN_UNITS,
     FORAMNet,
 )
+from napari_foram.training.train._linear import DEFAULT_WEIGHT_DECAYS
 
 #: First layer of VGG16 block 4 in ``vgg16().features``: fine-tuning unfreezes from here.
 FINE_TUNE_FROM_LAYER = 17
+
+#: Training recipes: name -> one line (docs/benchmarks.md, "Training on small real sets").
+RECIPES: dict[str, str] = {
+    "pooled-linear": "linear head with input dropout on conv4+conv5 mean/max pooled features, "
+    "L2 by cross-validation, balanced classes, temperature-calibrated (the default)",
+    "study": "the study's (512, 64) head on VGG16 block-5 features, Adam 1e-4, early stopping",
+}
+#: Sizes of the learning curve: labelled crops per class (and then all of them).
+LEARNING_CURVE_SIZES: tuple[int, ...] = (5, 10, 20, 50)
 
 #: The default grid: 2 x 2 x 2 = 8 phase-1 runs on shared features (the study: 72).
 DEFAULT_GRID: dict[str, list[Any]] = {
@@ -30,10 +42,27 @@ DEFAULT_GRID: dict[str, list[Any]] = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run (defaults: the study's recipe).
+    """Settings of one training run.
 
     Parameters
     ----------
+    recipe
+        "pooled-linear" (the default: right on small real sets) or "study" (the
+        reference study's recipe); `RECIPES`. The pooled-linear head has no hidden
+        layer, so `hidden_units` is () for it.
+    crop_policy
+        How pictures that are not tray frames become the 224 px input
+        (`napari_foram.pictures`): "fit" (default) or "native". Recorded in the model.
+    weight_decays
+        pooled-linear: the L2 weights cross-validation chooses from.
+    learning_curve
+        Also measure accuracy against labels per class (`LEARNING_CURVE_SIZES`).
+    refit_all
+        pooled-linear: once its held-out figures are measured, fit the saved head again
+        on every labelled crop (train, validation and test) with the L2 weight and the
+        temperature chosen before. With 20 labels a class, the 20 % held out for the
+        figures are labels the model would otherwise never learn from; the figures are
+        then those of the slightly smaller training split (conservative).
     backbone_weights
         "imagenet", a torchvision vgg16 state_dict file, or "none" (random backbone).
     backbone_seed
@@ -57,7 +86,9 @@ class TrainConfig:
         convention the backbone weights carry ("caffe" for Keras's ImageNet weights,
         "torchvision" for torchvision's and for a random backbone).
     download_weights
-        With "imagenet": let torchvision download its weights when no file is found.
+        With "imagenet": whether torchvision may download its weights (528 MB, into torch
+        hub's cache, checksum checked) when no file is found. None (default): yes, unless
+        ``$NAPARI_FORAM_NO_DOWNLOAD`` says no (`classify.backbone.download_allowed`).
     standardize_features
         Train phase 1 on features standardised per dimension (training-set mean and SD),
         then fold that affine map into the head's first Linear layer, so the saved head
@@ -75,6 +106,11 @@ class TrainConfig:
         default): a fresh head from `seed`.
     """
 
+    recipe: str = "pooled-linear"
+    crop_policy: str = "fit"
+    weight_decays: tuple[float, ...] = DEFAULT_WEIGHT_DECAYS
+    learning_curve: bool = True
+    refit_all: bool = True
     backbone_weights: str = "imagenet"
     backbone_seed: int = 0
     hidden_units: tuple[int, ...] = DEFAULT_HIDDEN_UNITS
@@ -90,7 +126,7 @@ class TrainConfig:
     fine_tune_from: int = FINE_TUNE_FROM_LAYER
     seed: int = 0
     input_convention: str = ""
-    download_weights: bool = False
+    download_weights: bool | None = None
     standardize_features: bool = False
     pooled_features: bool = False
     device: str = "cpu"
@@ -98,7 +134,18 @@ class TrainConfig:
     init_head: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden_units", tuple(int(u) for u in self.hidden_units))
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.crop_policy not in ("native", "fit"):
+            raise ValueError(f"crop_policy must be native or fit, got {self.crop_policy!r}")
+        # The pooled-linear head is one Linear layer by definition (module _linear).
+        units = () if self.recipe == "pooled-linear" else self.hidden_units
+        object.__setattr__(self, "hidden_units", tuple(int(u) for u in units))
+        decays = tuple(float(w) for w in self.weight_decays)
+        if not decays or not all(np.isfinite(w) and w >= 0 for w in decays):
+            raise ValueError(f"weight_decays must be finite and >= 0, got {self.weight_decays}")
+        object.__setattr__(self, "weight_decays", decays)
+
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in ("lr", "fine_tune_lr"):
@@ -116,9 +163,15 @@ class TrainConfig:
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
 
+    @property
+    def feature_layout(self) -> str:
+        """What the head reads: "pooled" for the pooled-linear recipe, else "flat"."""
+        return "pooled" if self.recipe == "pooled-linear" else "flat"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hidden_units"] = list(self.hidden_units)
+        d["weight_decays"] = list(self.weight_decays)
         return d
 
 
@@ -136,6 +189,7 @@ class RunResult:
     phase1: dict[str, Any]
     phase2: dict[str, Any] | None = None
     interrupted: bool = False
+    test_mc_probs: np.ndarray | None = None
 
     def score(self) -> tuple[float, float]:
         """Selection key: validation accuracy, then lower validation loss."""
@@ -153,3 +207,4 @@ class TrainingOutcome:
     files: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
+    learning_curve: dict[str, Any] | None = None

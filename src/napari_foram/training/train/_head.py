@@ -30,6 +30,7 @@ from napari_foram.classify.predict import resolve_device
 from napari_foram.classify.rng import seeded
 
 from ._config import TrainConfig
+from ._linear import fit_linear_head
 from ._model import augment, fold_standardisation, preprocess, unfold_standardisation
 
 
@@ -49,11 +50,27 @@ def train_head(
     Returns the record: ``best_epoch``, ``epochs_run``, ``val_accuracy``, ``val_loss``,
     ``train_accuracy``, ``history`` (per epoch), ``interrupted`` (Ctrl-C).
 
+    The "pooled-linear" recipe fits its linear head instead (`_linear.fit_linear_head`:
+    L2 by cross-validation, temperature), returning the same keys and more.
+
     Raises
     ------
     KeyboardInterrupt
         Ctrl-C before the first epoch finished (there is nothing to keep).
     """
+    if config.recipe == "pooled-linear":
+        return fit_linear_head(
+            head,
+            features,
+            labels,
+            train_idx,
+            val_idx,
+            dropout=config.dropout,
+            weight_decays=config.weight_decays,
+            seed=config.seed,
+            progress=progress,
+            label=label,
+        )
     if config.pooled_features:
         return _train_pooled_head(
             head, features, labels, train_idx, val_idx, config, progress=progress, label=label

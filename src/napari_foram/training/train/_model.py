@@ -13,10 +13,7 @@ from torch import nn
 from napari_foram._progress import ProgressCallback
 from napari_foram.classify.backbone import to_network_input
 from napari_foram.classify.checkpoint import ModelInfo, conv_sha256
-from napari_foram.classify.model import (
-    FEATURE_DIM,
-    FORAMNet,
-)
+from napari_foram.classify.model import FORAMNet
 from napari_foram.classify.predict import Predictor
 from napari_foram.classify.rng import seeded
 
@@ -69,7 +66,10 @@ def _fresh_model(
     """A model with `base`'s backbone and a head initialised from `config.seed`."""
     with seeded(config.seed):
         model = FORAMNet(
-            len(class_names), hidden_units=config.hidden_units, dropout=config.dropout
+            len(class_names),
+            hidden_units=config.hidden_units,
+            dropout=config.dropout,
+            feature_layout=config.feature_layout,
         )
     model.conv.load_state_dict(base.conv.state_dict())
     if config.init_head:
@@ -81,6 +81,7 @@ def _fresh_model(
         backbone_id=base_info.backbone_id,
         backbone_seed=base_info.backbone_seed,
         input_convention=base_info.input_convention,
+        crop_policy=config.crop_policy,
     )
     return model.eval(), info
 
@@ -114,6 +115,7 @@ def build_base_model(
         seed=config.backbone_seed,
         input_convention=config.input_convention or None,
         download=config.download_weights,
+        feature_layout=config.feature_layout,
     )
 
 
@@ -128,7 +130,8 @@ def compute_features(
     progress: ProgressCallback | None = None,
     chunk: int = 32,
 ) -> torch.Tensor:
-    """Conv features (N, 25088) float32 on the CPU, computed once and optionally cached.
+    """The head's input features (N, D) float32 on the CPU, computed once and optionally
+    cached (D: 25088 for the study's flat layout, 2048 for "pooled").
 
     The cache file ``<cache_dir>/features-<key>.npy`` is keyed by the crops (their hash),
     the exact backbone tensors, the input normalisation and the precision, so a cached
@@ -146,13 +149,14 @@ def compute_features(
                     conv_sha256(model),
                     info.input_convention,
                     predictor.precision,
+                    model.feature_layout,
                 ]
             ).encode()
         ).hexdigest()[:20]
         path = Path(cache_dir) / f"features-{digest}.npy"
         if path.is_file():
             cached = np.load(path)
-            if cached.shape == (len(crops), FEATURE_DIM):
+            if cached.shape == (len(crops), model.feature_dim):
                 if progress is not None:
                     progress(len(crops), len(crops), "features from cache")
                 return torch.from_numpy(cached)
@@ -161,7 +165,7 @@ def compute_features(
         parts.append(predictor.extract_features(crops[start : start + chunk]))
         if progress is not None:
             progress(min(start + chunk, len(crops)), len(crops), "VGG16 features")
-    features = torch.cat(parts) if parts else torch.zeros((0, FEATURE_DIM))
+    features = torch.cat(parts) if parts else torch.zeros((0, model.feature_dim))
     model.to("cpu")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
