@@ -238,7 +238,8 @@ def test_load_image_folder_handles_odd_files(tmp_path: Path) -> None:
     iio.imwrite(b / "frame.png", frame)
     (tmp_path / "README.md").write_text("files at the top level are not data")
 
-    data = load_image_folder(tmp_path)
+    # The study's "native" policy: pictures at their own scale (test_small_data has "fit").
+    data = load_image_folder(tmp_path, crop_policy="native")
     crops, labels, class_names, paths = data  # unpacks as (crops, labels, names, paths)
     assert class_names == ("alpha", "beta")
     assert crops.shape == (4, 224, 224, 3) and crops.dtype == np.uint8
@@ -279,7 +280,10 @@ def test_load_image_folder_bad_input(tmp_path: Path) -> None:
 
 
 def test_frame_without_specimen_is_cut_at_its_centre() -> None:
-    crop, how = image_to_crop(np.full((500, 700, 3), 30, np.uint8))
+    crop, how = image_to_crop(np.full((500, 700, 3), 30, np.uint8), crop_policy="native")
+    assert how == "centre" and crop.shape == (224, 224, 3)
+    # Under "fit" 500 x 700 is a picture; a frame is larger than 1024 px a side.
+    crop, how = image_to_crop(np.full((1100, 1500, 3), 30, np.uint8), crop_policy="fit")
     assert how == "centre" and crop.shape == (224, 224, 3)
 
 

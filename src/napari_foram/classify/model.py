@@ -112,22 +112,28 @@ def check_layout(layout: str) -> str:
     return layout
 
 
-def feature_function(conv: nn.Module, layout: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def feature_function(
+    conv: nn.Module, layout: str, offset: int = 0
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """(B, 3, S, S) network input -> (B, D) features, through the conv blocks `conv`.
 
     `conv` is ``FORAMNet.conv`` (an ``nn.Sequential``) or, for "flat", any callable with
-    its output (e.g. compiled or quantised blocks).
+    its output (e.g. compiled or quantised blocks). `offset`: `conv` holds only the layers
+    from that index of ``vgg16().features`` on, and takes their input (fine-tuning runs
+    the frozen layers before it separately); the taps keep their absolute indices.
     """
     check_layout(layout)
     if layout == "flat":
         return lambda x: torch.flatten(conv(x), 1)
     if not isinstance(conv, nn.Sequential):
         raise ValueError("the pooled layout taps the conv blocks: they must be nn.Sequential")
+    if offset > min(POOLED_TAPS):
+        raise ValueError(f"the pooled layout taps layer {min(POOLED_TAPS)}: start at or before it")
     last = max(POOLED_TAPS)
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
         parts = []
-        for index, layer in enumerate(conv):
+        for index, layer in enumerate(conv, start=offset):
             x = layer(x)
             if index in POOLED_TAPS:
                 parts += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]

@@ -37,6 +37,7 @@ from napari_foram.classify.density import (
     FeatureDensity,
     auroc,
     fit_threshold,
+    pooling_for,
 )
 from napari_foram.classify.predict import Predictor
 from napari_foram.training.data import LabelledCrops, split_indices
@@ -141,7 +142,9 @@ def _ood_record(
 ) -> dict[str, Any]:
     """AUROC of every measure (held-out crops vs strangers) and the default rule's rates."""
     k = predictor.info.num_classes
-    density = FeatureDensity.fit(train_features, train_labels, k)
+    density = FeatureDensity.fit(
+        train_features, train_labels, k, pooling=pooling_for(predictor.model.feature_layout)
+    )
     predictor.model.density = density.to(predictor.device)
     pin = predictor.predict_features(held_features, mc_samples=mc, seed=0)
     pout = predictor.predict_features(ood_features, mc_samples=mc, seed=0)

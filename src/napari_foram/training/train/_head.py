@@ -23,9 +23,7 @@ from napari_foram.classify.head_fit import (
     fit_head,
     make_optimizer,
 )
-from napari_foram.classify.model import (
-    FORAMNet,
-)
+from napari_foram.classify.model import FORAMNet, feature_function
 from napari_foram.classify.predict import resolve_device
 from napari_foram.classify.rng import seeded
 
@@ -191,6 +189,8 @@ def fine_tune(
     model.to(device)
     frozen = nn.Sequential(*list(model.conv)[: config.fine_tune_from])
     tuned = nn.Sequential(*list(model.conv)[config.fine_tune_from :])
+    # The head's input from the tuned layers: block 5 flattened, or the pooled taps.
+    features = feature_function(tuned, model.feature_layout, offset=config.fine_tune_from)
     for p in frozen.parameters():
         p.requires_grad_(False)
     for p in [*tuned.parameters(), *model.head.parameters()]:
@@ -222,7 +222,7 @@ def fine_tune(
                     with _autocast(device, config.precision):
                         with torch.no_grad():  # frozen blocks: no graph to keep
                             mid = frozen(xin)
-                        logits = model.head(torch.flatten(tuned(mid), 1))
+                        logits = model.head(features(mid))
                     loss = nn.functional.cross_entropy(logits.float(), y)
                     loss.backward()
                     optimiser.step()
