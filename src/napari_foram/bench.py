@@ -35,6 +35,9 @@ records what we saw, with the machine):
   over that after its first 1,000: flat memory is ~1.0.
 - ``batch_images_per_s_1_worker``, ``batch_images_per_s_2_workers``: `run_batch` over a
   small synthetic folder on a Dask LocalCluster of 1 and 2 worker processes.
+- ``train_phase1_s`` (``train_features_s``, ``train_head_and_rest_s``): `napari-foram
+  train`'s default recipe on 400 synthetic crops written as files, end to end (budget:
+  3 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -615,6 +618,46 @@ def bench_soak(n_frames: int = 10_000, precision: str = "auto") -> dict[str, Any
     }
 
 
+def bench_training(quick: bool = False) -> dict[str, Any]:
+    """Phase 1 of the default recipe, end to end: `napari-foram train` on a folder of 400
+    synthetic crops (100 per class; ``quick``: 40) written as PNG files -- reading, VGG16
+    features, cross-validation, calibration, learning curve, density, saving. On ImageNet
+    weights when they are found, else a random backbone (same cost). The issue's budget:
+    400 images in <= 3 min on 2 CPU cores."""
+    import tempfile
+
+    import imageio.v3 as iio
+
+    from napari_foram.classify.backbone import locate_imagenet_weights
+    from napari_foram.synthetic import CLASSES, render_crop
+    from napari_foram.training.train import TrainConfig, train_from_folder
+
+    per_class = 10 if quick else 100
+    weights = "imagenet" if locate_imagenet_weights() is not None else "none"
+    with tempfile.TemporaryDirectory(prefix="napari-foram-bench-train-") as tmp:
+        root = Path(tmp) / "data"
+        for k, name in enumerate(CLASSES):
+            (root / name).mkdir(parents=True)
+            for i in range(per_class):
+                iio.imwrite(
+                    root / name / f"{i:03d}.png", render_crop(name, 9_100_000 + 1000 * k + i)
+                )
+        t0 = time.perf_counter()
+        outcome = train_from_folder(
+            root, Path(tmp) / "m.safetensors", TrainConfig(backbone_weights=weights, device="cpu")
+        )
+        total = time.perf_counter() - t0
+    seconds = outcome.best.info.training["seconds"]
+    return {
+        "train_images": per_class * len(CLASSES),
+        "train_backbone": weights,
+        "train_phase1_s": round(total, 1),
+        "train_features_s": seconds["features"],
+        "train_head_and_rest_s": round(total - seconds["features"], 1),
+        "train_test_accuracy": outcome.metrics.get("test_accuracy"),
+    }
+
+
 def run_benchmarks(
     *,
     device: str = "auto",
@@ -638,6 +681,7 @@ def run_benchmarks(
         ("classification", lambda: bench_classification(device, quick, precision)),
         ("batch", lambda: bench_batch(device, quick, chosen())),
         ("pipeline", lambda: bench_pipeline(device, quick, chosen())),
+        ("training", lambda: bench_training(quick)),
     ]
     if soak_frames > 0:
         parts.append(("soak", lambda: bench_soak(soak_frames, chosen())))
