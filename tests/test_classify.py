@@ -507,7 +507,8 @@ def test_random_backbone_is_seeded():
     ("kwargs", "match"),
     [
         ({"num_classes": 1}, "2 classes"),
-        ({"hidden_units": ()}, "hidden_units"),
+        ({"hidden_units": (64, 0)}, "hidden_units"),  # () is a linear head: allowed
+        ({"feature_layout": "conv3"}, "unknown feature layout"),
         ({"dropout": 1.0}, "dropout"),
     ],
 )
