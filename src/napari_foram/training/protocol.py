@@ -36,6 +36,7 @@ from napari_foram.classify.density import (
     DEFAULT_FALSE_FLAG_RATE,
     FeatureDensity,
     auroc,
+    columns_for,
     fit_threshold,
     pooling_for,
 )
@@ -143,7 +144,11 @@ def _ood_record(
     """AUROC of every measure (held-out crops vs strangers) and the default rule's rates."""
     k = predictor.info.num_classes
     density = FeatureDensity.fit(
-        train_features, train_labels, k, pooling=pooling_for(predictor.model.feature_layout)
+        train_features,
+        train_labels,
+        k,
+        pooling=pooling_for(predictor.model.feature_layout),
+        columns=columns_for(predictor.model.feature_layout),
     )
     predictor.model.density = density.to(predictor.device)
     pin = predictor.predict_features(held_features, mc_samples=mc, seed=0)

@@ -16,6 +16,7 @@ from napari_foram.classify.checkpoint import save_checkpoint
 from napari_foram.classify.density import (
     DEFAULT_FALSE_FLAG_RATE,
     FeatureDensity,
+    columns_for,
     fit_threshold,
     pooling_for,
 )
@@ -304,6 +305,7 @@ def fit_unsure_rule(
         data.labels[tr],
         len(data.class_names),
         pooling=pooling_for(run.model.feature_layout),
+        columns=columns_for(run.model.feature_layout),
     )
     calibration = va if len(va) else tr
     distances = run.model.density.score(feats[calibration])

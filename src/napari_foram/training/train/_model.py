@@ -13,7 +13,7 @@ from torch import nn
 from napari_foram._progress import ProgressCallback
 from napari_foram.classify.backbone import to_network_input
 from napari_foram.classify.checkpoint import ModelInfo, conv_sha256
-from napari_foram.classify.model import FORAMNet
+from napari_foram.classify.model import FEATURE_LAYOUTS, FORAMNet
 from napari_foram.classify.predict import Predictor
 from napari_foram.classify.rng import seeded
 
@@ -149,7 +149,8 @@ def compute_features(
                     conv_sha256(model),
                     info.input_convention,
                     predictor.precision,
-                    model.feature_layout,
+                    # The layout's description: a changed pooling never reuses a cache.
+                    FEATURE_LAYOUTS[model.feature_layout],
                 ]
             ).encode()
         ).hexdigest()[:20]
