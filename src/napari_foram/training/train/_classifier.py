@@ -48,7 +48,8 @@ def train_classifier(
     features: torch.Tensor | None = None,
     progress: ProgressCallback | None = None,
 ) -> TrainingOutcome:
-    """Train with the study's recipe and save the checkpoint best on validation.
+    """Train with `config.recipe` (default: pooled-linear) and save the checkpoint best on
+    validation.
 
     Parameters
     ----------
