@@ -113,12 +113,14 @@ def plot_learning_curve(curve: dict[str, Any], path: str | Path, title: str = ""
         label = "all" if p["per_class"] == "all" else f"{p['per_class']}/class"
         if i + 1 < len(xs) and xs[-1] < 1.1 * x:
             continue  # nearly every crop already: the "all" label says it
-        ax.annotate(f"{label}: {m:.0f} %", (x, m), textcoords="offset points", xytext=(4, -12),
-                    fontsize=7)  # fmt: skip
+        # Below the point, centred: labels of close points then sit side by side.
+        ax.annotate(f"{label}\n{m:.0f} %", (x, m), textcoords="offset points", xytext=(0, -24),
+                    ha="center", fontsize=7)  # fmt: skip
     ax.set_xscale("log")
     ax.set_xticks([t for t in (5, 10, 20, 50, 100, 200, 500) if t <= max(xs) * 1.5])
     ax.get_xaxis().set_major_formatter("{x:g}")
     ax.minorticks_off()
+    ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
     ax.set_xlabel("labelled crops per class, mean over classes (log scale)")
     ax.set_ylabel(f"held-out accuracy, % ({curve['n_test']} crops)")
     ax.set_ylim(0, 100)
