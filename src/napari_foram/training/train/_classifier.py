@@ -184,10 +184,16 @@ def train_classifier(
         best.info.temperature = float(best.phase1["temperature"])
     held_name = "test" if len(split["test"]) else "val"
     held = np.asarray(split[held_name])
+    # Fine-tuning changed the conv blocks: what follows reads the tuned model's features.
+    tuned = best.phase2 is not None and best.phase2.get("best_epoch", 0) > 0
+    if tuned:
+        features = compute_features(best.model, best.info, data.crops, device=device)
     if len(held):
         metrics.update(_held_out_calibration(best, features[held], data.labels[held], held_name))
     curve = None
-    if config.learning_curve and len(held):
+    if config.learning_curve and len(held) and not tuned:
+        # Not after fine-tuning: the tuned blocks learnt from every training label, so
+        # heads on their features at n labels per class would flatter the curve.
         curve = _learning_curve(best, base, features, data.labels, split, held, progress)
         metrics["learning_curve"] = curve
         from napari_foram.training.curve import plot_learning_curve
