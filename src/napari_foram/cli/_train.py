@@ -197,8 +197,12 @@ def train(
 
     if recipe not in RECIPES:
         raise CommandError(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
-    if crop_policy not in ("fit", "native"):
-        raise CommandError(f"--crop-policy must be fit or native, not {crop_policy!r}")
+    from napari_foram.pictures import CROP_POLICIES
+
+    if crop_policy not in CROP_POLICIES:
+        raise CommandError(
+            f"--crop-policy must be one of {', '.join(CROP_POLICIES)}, not {crop_policy!r}"
+        )
     config = TrainConfig(
         recipe=recipe,
         crop_policy=crop_policy,

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 
 from napari_foram._progress import ProgressCallback
-from napari_foram.training.data import SPLIT_NAMES, LabelledCrops, load_image_folder, load_split
+from napari_foram.training.data import (
+    SPLIT_NAMES,
+    LabelledCrops,
+    load_image_folder,
+    load_split,
+    split_indices,
+)
 from napari_foram.training.metrics import (
     DEFAULT_CALIBRATION_BINS,
     accuracy,
@@ -221,13 +227,8 @@ def evaluation_learning_curve(
     present = counts[counts > 0]
     if model.feature_layout != "pooled" or present.size < 2 or present.min() < 3:
         return None
-    rng = np.random.default_rng(seed)
-    train_rows, test_rows = [], []
-    for c in np.flatnonzero(counts):
-        rows = rng.permutation(np.flatnonzero(y == c))
-        n_test = max(1, round(CURVE_HELD_OUT * rows.size))
-        test_rows.append(rows[:n_test])
-        train_rows.append(rows[n_test:])
+    # The training code's stratified split: every class keeps one held-out crop at least.
+    cut = split_indices(y, seed, (1.0 - CURVE_HELD_OUT, CURVE_HELD_OUT, 0.0))
     training = (predictor.info.training or {}).get("phase1") or {}
     decay = float(training.get("weight_decay", 1e-3))
     feats = features.float().cpu()
@@ -245,10 +246,7 @@ def evaluation_learning_curve(
 
         return predict
 
-    curve = learning_curve(
-        y, np.concatenate(train_rows), np.concatenate(test_rows), fit, seed=seed,
-        progress=progress,
-    )  # fmt: skip
+    curve = learning_curve(y, cut["train"], cut["val"], fit, seed=seed, progress=progress)
     curve["source"] = (
         f"the evaluated crops: {100 - 100 * CURVE_HELD_OUT:.0f} % per class to draw from, "
         f"{100 * CURVE_HELD_OUT:.0f} % held out; linear heads with L2 {decay:g}"

@@ -190,7 +190,6 @@ def train_classifier(
         features = compute_features(best.model, best.info, data.crops, device=device)
     if len(held):
         metrics.update(_held_out_calibration(best, features[held], data.labels[held], held_name))
-    curve = None
     if config.learning_curve and len(held) and not tuned:
         # Not after fine-tuning: the tuned blocks learnt from every training label, so
         # heads on their features at n labels per class would flatter the curve.
@@ -239,7 +238,6 @@ def train_classifier(
     files["checkpoint"] = str(output)
     precision = _decide_precision(best, data, split, progress)
     return TrainingOutcome(
-        learning_curve=curve,
         best=best,
         runs=runs,
         grid=outcome_grid,

@@ -18,6 +18,7 @@ from napari_foram.classify.model import (
     DEFAULT_HIDDEN_UNITS,
     FORAMNet,
 )
+from napari_foram.pictures import check_crop_policy
 from napari_foram.training.train._linear import DEFAULT_WEIGHT_DECAYS
 
 #: First layer of VGG16 block 4 in ``vgg16().features``: fine-tuning unfreezes from here.
@@ -136,8 +137,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        if self.crop_policy not in ("native", "fit"):
-            raise ValueError(f"crop_policy must be native or fit, got {self.crop_policy!r}")
+        check_crop_policy(self.crop_policy)
         # The pooled-linear head is one Linear layer by definition (module _linear).
         units = () if self.recipe == "pooled-linear" else self.hidden_units
         object.__setattr__(self, "hidden_units", tuple(int(u) for u in units))
@@ -189,7 +189,6 @@ class RunResult:
     phase1: dict[str, Any]
     phase2: dict[str, Any] | None = None
     interrupted: bool = False
-    test_mc_probs: np.ndarray | None = None
 
     def score(self) -> tuple[float, float]:
         """Selection key: validation accuracy, then lower validation loss."""
@@ -207,4 +206,3 @@ class TrainingOutcome:
     files: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
     metrics: dict[str, Any] = field(default_factory=dict)
-    learning_curve: dict[str, Any] | None = None

@@ -246,8 +246,8 @@ def fit_linear_head(
     cv: list[dict[str, float]] = []
     oof_logits: dict[float, torch.Tensor] = {}
     decays = [float(w) for w in weight_decays]
-    total = len(decays) * n_folds + 1 if n_folds >= 2 else 1
-    done = 0
+    # Progress in two steps: the whole (batched) cross-validation, then the final fit.
+    total = 2
     if n_folds >= 2 and len(decays) > 1:
         folds = torch.from_numpy(stratified_folds(y_all[tr].numpy(), n_folds, seed))
         # Every (weight, fold) model in one optimisation: model i = (decay i // F, fold i % F).
@@ -261,7 +261,6 @@ def fit_linear_head(
             z, y_all, k, fit_rows, [decays[i // n_folds] for i in range(len(fit_rows))],
             dropout, seed,
         )  # fmt: skip
-        done = total - 1
         y_tr = y_all[tr]
         for j, wd in enumerate(decays):
             logits = torch.zeros(CALIBRATION_PASSES, len(tr), k)
@@ -279,7 +278,7 @@ def fit_linear_head(
             )
             oof_logits[wd] = logits
         if progress is not None:
-            progress(done, total, f"{label}cross-validation done")
+            progress(1, total, f"{label}cross-validation done")
         best = max(cv, key=lambda r: (r["oof_accuracy"], -r["oof_loss"]))
         chosen = float(best["weight_decay"])
     else:
