@@ -240,7 +240,7 @@ def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
 
 def _point_sizes(store: Any, sid: str, area_px: np.ndarray, yx: np.ndarray) -> Any:
     """Marker diameters in um: the specimen's size when the pixel size is recorded."""
-    pixel_um = store.provenance(sid).get("pixel_size_um")
+    pixel_um = store.latest_provenance(sid, "pixel_size_um")
     if isinstance(pixel_um, (int, float)) and math.isfinite(pixel_um) and pixel_um > 0:
         diameter_um = 2.0 * np.sqrt(np.asarray(area_px, dtype=np.float64) / np.pi) * pixel_um
         return np.maximum(_POINT_SCALE * diameter_um, pixel_um)

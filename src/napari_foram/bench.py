@@ -35,6 +35,12 @@ records what we saw, with the machine):
   over that after its first 1,000: flat memory is ~1.0.
 - ``batch_images_per_s_1_worker``, ``batch_images_per_s_2_workers``: `run_batch` over a
   small synthetic folder on a Dask LocalCluster of 1 and 2 worker processes.
+- ``teach_recount_s_1000``: a sample of 1,000 specimens with kept features, 10 labels
+  per class: the head retrained on the labels, saved, and every specimen classified again
+  (what a label costs before the counts show it; target <= 5 s on 2 cores);
+  ``teach_fit_s`` the fit alone; ``reclassify_s_per_specimen``: `napari-foram
+  reclassify`'s path with the saved model (target <= 20 ms); ``reclassify_from_crops_
+  s_per_specimen`` the same without kept features, and the ratio of the two.
 - ``train_phase1_s`` (``train_features_s``, ``train_head_and_rest_s``): `napari-foram
   train`'s default recipe on 400 synthetic crops written as files, end to end (budget:
   3 min on 2 cores).
@@ -658,6 +664,85 @@ def bench_training(quick: bool = False) -> dict[str, Any]:
     }
 
 
+def bench_teaching(n: int = 1000, per_class: int = 10, device: str = "cpu") -> dict[str, Any]:
+    """Teaching while counting (issue 25) on a sample of `n` specimens whose pooled
+    features the store keeps: label `per_class` per class, then (timed) retrain the head
+    and classify every specimen again (`teaching.retrain`: what a label costs before the
+    counts show it); then `napari-foram reclassify`'s path with the saved model, per
+    specimen, and the same from the crops (no kept features) on a slice, as a ratio.
+
+    The features are the real backbone's (a random-weight VGG16: the speed of the real
+    network) of 64 distinct synthetic crops, repeated to `n` specimens.
+    """
+    from napari_foram.classify.checkpoint import new_classifier, save_checkpoint
+    from napari_foram.classify.predict import Predictor
+    from napari_foram.reclassify import reclassify_sample
+    from napari_foram.synthetic import CLASSES
+    from napari_foram.tally.stats import REVIEW_RELABELLED
+    from napari_foram.tally.store import SampleRecord, SpecimenBatch, TallyStore
+    from napari_foram.teaching import retrain
+
+    rng = np.random.default_rng(7)
+    distinct = 64
+    crops = synthetic_crops(distinct, rng, distinct=distinct)
+    true = np.arange(distinct) % 4  # synthetic_crops cycles the classes
+    with tempfile.TemporaryDirectory() as tmp:
+        model, info = new_classifier(CLASSES, backbone_weights="none", seed=0)
+        base_path = Path(tmp) / "base.safetensors"
+        save_checkpoint(base_path, model, info)
+        base = Predictor.from_checkpoint(base_path, device=device, precision="fp32")
+        counted = base.predict(crops, mc_samples=1, keep_features=True)
+        assert counted.kept_features is not None
+        pick = np.arange(n) % distinct
+        store_path = Path(tmp) / "bench.zarr"
+        with TallyStore.create(store_path, classes=CLASSES) as store:
+            store.add_sample(SampleRecord("S"))
+            store.set_provenance("S", {"model_sha256": base.info.sha256})
+            for start in range(0, n, 100):
+                rows = pick[start : start + 100]
+                k = len(rows)
+                store.append_specimens(
+                    "S",
+                    SpecimenBatch(
+                        frame_index=np.full(k, start // 100),
+                        centroid_y=np.full(k, 112.0),
+                        centroid_x=np.full(k, 112.0),
+                        bbox=np.tile([0, 0, 224, 224], (k, 1)),
+                        area_px=np.full(k, 20000),
+                        mean_probs=counted.mean_probs[rows],
+                        crops=crops[rows],
+                        features=counted.kept_features[rows],
+                    ),
+                    feature_space=base.feature_space,
+                )
+            for c in range(4):
+                rows = np.flatnonzero(true[pick] == c)[:per_class]
+                store.set_review("S", rows, status=REVIEW_RELABELLED, reviewed_class=c)
+            t0 = time.perf_counter()
+            result = retrain(store, base, out_dir=Path(tmp) / "models", mc_samples=30)
+            teach_s = time.perf_counter() - t0
+        taught = Predictor.from_checkpoint(result.path, device=device, precision="fp32")
+        with TallyStore.open(store_path, mode="a") as store:
+            t0 = time.perf_counter()
+            reclassify_sample(store, "S", taught, mc_samples=30)
+            kept_s = (time.perf_counter() - t0) / n
+        # From the crops (a store that keeps no features): what the crops path does per
+        # chunk, on one chunk of specimens.
+        m = min(n, 64)
+        with TallyStore.open(store_path) as store:
+            t0 = time.perf_counter()
+            chunk = store.read_crops("S", np.arange(m))
+            taught.predict(chunk, mc_samples=1, keep_features=True)
+            crops_s = (time.perf_counter() - t0) / m
+    return {
+        "teach_recount_s_1000": round(teach_s * 1000 / n, 2),
+        "teach_fit_s": round(result.taught.seconds, 2),
+        "reclassify_s_per_specimen": round(kept_s, 5),
+        "reclassify_from_crops_s_per_specimen": round(crops_s, 4),
+        "reclassify_crops_over_kept_ratio": round(crops_s / kept_s, 1),
+    }
+
+
 def run_benchmarks(
     *,
     device: str = "auto",
@@ -682,6 +767,7 @@ def run_benchmarks(
         ("batch", lambda: bench_batch(device, quick, chosen())),
         ("pipeline", lambda: bench_pipeline(device, quick, chosen())),
         ("training", lambda: bench_training(quick)),
+        ("teaching", lambda: bench_teaching(200 if quick else 1000)),
     ]
     if soak_frames > 0:
         parts.append(("soak", lambda: bench_soak(soak_frames, chosen())))

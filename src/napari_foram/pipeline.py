@@ -120,6 +120,11 @@ class CountingPipeline:
         A later whole view of a stored specimen replaces its crop and classification when
         its sharpness (`views_sharpness`) exceeds the stored view's by this factor (a
         specimen first seen out of focus, then in focus). None: never replace.
+    keep_features
+        Return each new specimen's pooled backbone features with its predictions
+        (`Predictions.kept_features`) and keep them in the store, so that it can be
+        classified again without the backbone (`napari_foram.reclassify`). Default: when
+        writing into a store.
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class CountingPipeline:
         include_clipped: bool = False,
         registry: SpecimenRegistry | None = None,
         better_view_ratio: float | None = 1.25,
+        keep_features: bool | None = None,
     ) -> None:
         if store is not None and not sample_id:
             raise ValueError("a sample_id is needed to write into a store")
@@ -154,11 +160,15 @@ class CountingPipeline:
         self.better_view_ratio = better_view_ratio
         #: Stored specimens whose record a sharper view replaced.
         self.views_replaced = 0
+        #: Stored specimens whose features could not be kept (int8 path, another backbone
+        #: than the sample's): classified again later from their crops.
+        self.features_not_kept = 0
         # Per registry entry: its row in the store (-1: not stored) and the sharpness of
         # the stored view (NaN: not measured yet, e.g. resumed from the store).
         self._store_row = np.zeros(0, dtype=np.int64)
         self._sharpness = np.zeros(0)
         self._provenance_checked = False
+        self.keep_features = store is not None if keep_features is None else bool(keep_features)
         if store is not None and sample_id is not None:
             self._resume_from_store()
         self._book_registered()
@@ -178,14 +188,13 @@ class CountingPipeline:
             return
         # The store keeps areas and boxes in pixels; the provenance keeps the pixel size
         # (the newest entry that has one: later entries may note other things).
-        history = self.store.provenance_history(self.sample_id)
-        sizes = [e["pixel_size_um"] for e in history if e.get("pixel_size_um")]
-        if not sizes:
+        pixel_size = self.store.latest_provenance(self.sample_id, "pixel_size_um")
+        if not pixel_size:
             raise ValueError(
                 f"sample {self.sample_id!r} has stored positions but no pixel size in its "
                 "provenance: cannot resume it without counting its specimens twice"
             )
-        pixel_um = float(sizes[-1])
+        pixel_um = float(pixel_size)
         diam = np.sqrt(4 * rows["area_px"][known] / np.pi) * pixel_um
         # Extents in sample coordinates from each box around its centroid, so that a cut
         # view of a long specimen is still recognised as part of it (`covers`).
@@ -194,8 +203,8 @@ class CountingPipeline:
         x, y = xy[known, 0], xy[known, 1]
         # A camera mounted turned or mirrored (its pixel-size affine transform, kept with
         # the microscope's provenance) maps pixel extents onto other stage axes.
-        affines = [e["pixel_affine"] for e in history if e.get("pixel_affine")]
-        a, b, c, d = (float(v) for v in affines[-1]) if affines else (pixel_um, 0, 0, pixel_um)
+        affine = self.store.latest_provenance(self.sample_id, "pixel_affine")
+        a, b, c, d = (float(v) for v in affine) if affine else (pixel_um, 0, 0, pixel_um)
         dcols = (bbox[:, 1] - 0.5 - cx, bbox[:, 3] - 0.5 - cx)
         drows = (bbox[:, 0] - 0.5 - cy, bbox[:, 2] - 0.5 - cy)
         xs = np.array([x + a * dc + b * dr for dc in dcols for dr in drows])
@@ -210,6 +219,11 @@ class CountingPipeline:
         settings and the pixel size (resuming needs it), adding an entry if not."""
         assert self.store is not None and self.sample_id is not None
         self._provenance_checked = True
+        # A model that knows classes the store does not: the store's list grows (old
+        # counts keep their classes), never a match by position.
+        missing = [c for c in self.predictor.class_names if c not in self.store.class_names]
+        if missing:
+            self.store.add_classes(missing)
         latest = self.store.provenance(self.sample_id)
         wanted = self.provenance()
         if frame.pixel_size_um is not None:
@@ -282,7 +296,11 @@ class CountingPipeline:
                     crops.append(st.det.crops[rows])
         everything = None
         if crops:
-            everything = self.predictor.predict(np.concatenate(crops), mc_samples=self.mc_samples)
+            everything = self.predictor.predict(
+                np.concatenate(crops),
+                mc_samples=self.mc_samples,
+                keep_features=self.keep_features,
+            )
         # Frames of one batch share the classification time in proportion to their crops.
         classify_s = time.perf_counter() - t2
         n_total = max(sum(len(st.new_rows) + len(st.better) for st in staged), 1)
@@ -423,9 +441,14 @@ class CountingPipeline:
         centroid, box, area, crop and classification come from the sharper view.
         """
         assert self.store is not None and self.sample_id is not None and det.crops is not None
+        if not self._provenance_checked:
+            self._record_provenance(frame)
+        pred = pred.in_classes(self.store.class_names)
+        store_rows = self._store_row[entries]
         self.store.update_specimens(
-            self.sample_id, self._store_row[entries], **specimen_columns(frame, det, rows, pred)
+            self.sample_id, store_rows, **specimen_columns(frame, det, rows, pred)
         )
+        self._keep_features(store_rows, pred)
         self.views_replaced += len(rows)
 
     def _track_partials(self, frame: Frame, det: Detections, xy: np.ndarray) -> None:
@@ -481,7 +504,9 @@ class CountingPipeline:
         crops = np.concatenate(
             [c.detections.crops for c in chosen if c.detections.crops is not None]
         )
-        predictions = self.predictor.predict(crops, mc_samples=self.mc_samples)
+        predictions = self.predictor.predict(
+            crops, mc_samples=self.mc_samples, keep_features=self.keep_features
+        )
         results = []
         for i, part in enumerate(chosen):
             pred = predictions.take(np.array([i]))
@@ -525,12 +550,29 @@ class CountingPipeline:
         if not self._provenance_checked:
             self._record_provenance(frame)
         n = len(rows)
+        # Columns by class name: the store may know classes this model does not.
+        pred = pred.in_classes(self.store.class_names)
         batch = SpecimenBatch(
             stage_x_um=xy[rows, 0],
             stage_y_um=xy[rows, 1],
             **specimen_columns(frame, det, rows, pred),
         )
-        return self.store.append_specimens(self.sample_id, batch) - n
+        first = self.store.append_specimens(self.sample_id, batch) - n
+        self._keep_features(np.arange(first, first + n), pred)
+        return first
+
+    def _keep_features(self, store_rows: np.ndarray, pred: Predictions) -> None:
+        """Keep the specimens' pooled features in the store (see `tally.store._kept`), so
+        that they can be classified again without the backbone. Features of another
+        backbone than the sample's are not mixed in (`features_not_kept` counts them)."""
+        assert self.store is not None and self.sample_id is not None
+        if pred.kept_features is None or not len(store_rows):
+            self.features_not_kept += len(store_rows)
+            return
+        if not self.store.write_features(
+            self.sample_id, store_rows, pred.kept_features, self.predictor.feature_space
+        ):
+            self.features_not_kept += len(store_rows)
 
 
 def model_unsure_rule(info: Any) -> dict[str, Any]:
@@ -746,7 +788,10 @@ def load_predictor(
             with progress_callback("training the demo model (first run only)", progress) as cb:
                 path = demo_checkpoint(progress=cb, download=download_weights)
     else:
-        path = model
+        from napari_foram._outputs import check_input_file
+
+        # A folder or FIFO named as the model is said to be one, before any bar appears.
+        path = check_input_file(model, "checkpoint")
     if callable(progress):
         return Predictor.from_checkpoint(
             path,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -75,9 +76,10 @@ class FileReport:
     sample_id
         Its sample ("" for files that belong to none).
     status
-        "processed" (counted in this run), "skipped" (already in the store, or the same
-        bytes as another file of the sample), "bad" (could not be used) or "ignored" (not
-        an image file type, a label or mask image, or not listed in the sample sheet).
+        "processed" (counted in this run), "skipped" (already in the store, the same
+        bytes as another file of the sample, or a hidden folder not looked into: its
+        name ends in "/"), "bad" (could not be used) or "ignored" (not an image file
+        type, a label or mask image, or not listed in the sample sheet).
     reason
         One line: why it was skipped, bad or ignored; for processed files, what was
         converted (16-bit, alpha), else "".
@@ -114,7 +116,8 @@ class BatchPlan:
     files
         Candidate image files, grouped by sample, in processing order.
     ignored
-        Files that are not candidates (not an image type, or not in the sample sheet).
+        Files that are not candidates (not an image type, or not in the sample sheet),
+        and the hidden folders not looked into (status "skipped").
     """
 
     folder: Path
@@ -149,13 +152,18 @@ def safe_sample_id(name: str) -> str:
     return sid or "sample"
 
 
-def _walk(folder: Path) -> list[str]:
+def _walk(folder: Path) -> tuple[list[str], list[str]]:
     """Relative POSIX paths of the files below `folder`, and of the tray scans saved as
     OME-Zarr folders (`is_saved_scan`: each one is counted as one source); hidden entries
-    and other ``*.zarr`` folders are left out (the output store may well sit inside)."""
+    and other ``*.zarr`` folders are left out (the output store may well sit inside).
+
+    Also returns the hidden folders left out (names starting with "."), so that the
+    report can say what was not looked at.
+    """
     from napari_foram.acquire.saved import is_saved_scan
 
     found: list[str] = []
+    hidden: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         rel = Path(dirpath).relative_to(folder)
         found.extend(
@@ -163,13 +171,29 @@ def _walk(folder: Path) -> list[str]:
             for d in dirnames
             if d.lower().endswith(".zarr") and is_saved_scan(Path(dirpath) / d)
         )
+        hidden.extend((rel / d).as_posix() for d in dirnames if d.startswith("."))
         dirnames[:] = [
             d for d in dirnames if not d.startswith(".") and not d.lower().endswith(".zarr")
         ]
         for fname in filenames:
             if not fname.startswith("."):
                 found.append((rel / fname).as_posix())
-    return found
+    return found, sorted(hidden, key=natural_key)
+
+
+#: Why `plan_batch` lists a hidden folder (status "skipped", this reason).
+HIDDEN_FOLDER_REASON = "hidden folder (name starts with '.'): not looked into"
+
+
+def _hidden_reports(hidden: list[str]) -> list[FileReport]:
+    """Report lines of the hidden folders `_walk` left out, one each."""
+    lines = []
+    for name in hidden:
+        parts = name.split("/")
+        # A hidden folder inside a sample belongs to it; one at the top is no sample.
+        sid = safe_sample_id(parts[0]) if len(parts) > 1 else ""
+        lines.append(FileReport(f"{name}/", sid, "skipped", HIDDEN_FOLDER_REASON))
+    return lines
 
 
 def _is_image_name(name: str) -> bool:
@@ -233,14 +257,15 @@ def plan_batch(
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
     root = root.resolve()
-    names = sorted(_walk(root), key=natural_key)
+    walked, hidden = _walk(root)
+    names = sorted(walked, key=natural_key)
     if samples_csv is not None:
-        return _plan_from_sheet(root, Path(samples_csv).expanduser(), names)
+        return _plan_from_sheet(root, Path(samples_csv).expanduser(), names, hidden)
 
     own_id = safe_sample_id(root.name)
     by_sample: dict[str, list[str]] = {}
     raw_of: dict[str, str] = {}
-    ignored: list[FileReport] = []
+    ignored: list[FileReport] = _hidden_reports(hidden)
     for name in names:
         parts = name.split("/")
         raw = parts[0] if len(parts) > 1 else root.name
@@ -267,19 +292,24 @@ def plan_batch(
     return BatchPlan(root, records, files, ignored)
 
 
-def _plan_from_sheet(root: Path, sheet: Path, names: list[str]) -> BatchPlan:
+def _plan_from_sheet(
+    root: Path, sheet: Path, names: list[str], hidden: list[str] | None = None
+) -> BatchPlan:
     """`plan_batch` from a sample sheet."""
+    from napari_foram._outputs import read_small_file
     from napari_foram.tally.store import SampleRecord
 
     record_fields = [f.name for f in dataclasses.fields(SampleRecord)]
+    if not sheet.exists() and not sheet.is_symlink():
+        raise ValueError(f"{sheet}: no such sample sheet")
+    # Only a regular file of bounded size: a FIFO or /dev/zero would hang the command.
+    raw = read_small_file(sheet, "sample sheet")
     try:
-        with sheet.open(encoding="utf-8-sig", newline="") as fh:  # -sig: Excel's BOM
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    except FileNotFoundError:
-        raise ValueError(f"{sheet}: no such sample sheet") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = raw.decode("utf-8-sig")  # -sig: Excel's BOM
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise ValueError(f"{sheet}: cannot read the sample sheet ({exc})") from None
     missing = [c for c in (SHEET_FILE_COLUMN, SHEET_SAMPLE_COLUMN) if c not in header]
     if missing:
@@ -330,6 +360,13 @@ def _plan_from_sheet(root: Path, sheet: Path, names: list[str]) -> BatchPlan:
         FileReport(n, "", "ignored", "not in the sample sheet")
         for n in names
         if n not in listed and _is_image_name(n)
+    ]
+    # A hidden folder whose files the sheet lists was looked into after all.
+    looked_into = {p for n in listed for p in Path(n).parents}
+    ignored[:0] = [
+        line
+        for line in _hidden_reports(hidden or [])
+        if Path(line.file.rstrip("/")) not in looked_into
     ]
     return BatchPlan(root, records, files, ignored)
 

@@ -71,7 +71,8 @@ class BatchReport:
         return [f for f in self.files if f.status == "bad"]
 
     def summary_line(self) -> str:
-        """One line: files processed / skipped / bad / ignored, specimens per sample."""
+        """One line: files processed / skipped / bad / ignored, specimens per sample, and
+        whether bad files left the count incomplete."""
         parts = [
             f"{self.count('processed')} files processed",
             f"{self.count('skipped')} skipped",
@@ -83,6 +84,9 @@ class BatchReport:
         line = ", ".join(parts) + f"; specimens per sample: {per_sample or 'none'}"
         if self.damaged_samples:
             line += f"; damaged samples left as they are: {', '.join(self.damaged_samples)}"
+        if self.count("bad"):
+            # Said apart, so that a run that finished is not read as a complete count.
+            line += f"; incomplete: {self.count('bad')} bad file(s) not counted (see the report)"
         return ("interrupted: " if self.interrupted else "") + line
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
+import stat
 import threading
 import time
 from collections import deque
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_foram._outputs import file_kind
 from napari_foram.defaults import MC_SAMPLES
 from napari_foram.detect import DetectionParams
 from napari_foram.reasons import one_line
@@ -28,6 +31,7 @@ from ._plan import (
     BatchPlan,
     FileReport,
     SourceFile,
+    _is_image_name,
     file_sha256,
     is_saved_scan_source,
     plan_batch,
@@ -106,6 +110,11 @@ class BatchConfig:
             raise ValueError(f"mc_samples must be >= 1, got {self.mc_samples}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.workers > max_workers():
+            raise ValueError(workers_reason(self.workers))
+        px = self.pixel_size_um
+        if px is not None and not (math.isfinite(px) and px > 0):
+            raise ValueError(f"pixel_size_um must be a positive number, got {px}")
         if self.workers and self.scheduler:
             raise ValueError("give either workers (a local cluster) or a scheduler, not both")
         if self.files_per_task < 1:
@@ -124,16 +133,73 @@ class BatchConfig:
             return Path(self.report) / json_path.name, Path(self.report) / csv_path.name
         return Path(self.report), Path(self.report).with_suffix(".csv")
 
-    def check_outputs(self) -> None:
+    def check_outputs(self, plan: BatchPlan | None = None) -> None:
         """ValueError (one line) unless the report and the count sheet can be written:
-        checked before any work, so a count is never lost to a bad output path."""
-        from napari_foram._outputs import check_output_file
+        checked before any work, so a count is never lost to a bad output path.
+
+        None of them may replace an input (an image of `plan`, the sample sheet, the
+        checkpoint), lie inside the store or any tally store, be a FIFO or device, or
+        sit in the batch folder under a name the next run would read as an image.
+        """
+        from napari_foram._outputs import check_distinct, check_output_file
 
         json_path, csv_path = self.report_paths()
-        check_output_file(json_path, "batch report")
-        check_output_file(csv_path, "batch report (CSV)")
+        outputs: list[tuple[Path, str]] = [
+            (json_path, "batch report"),
+            (csv_path, "batch report (CSV)"),
+        ]
         if self.export is not None:
-            check_output_file(self.export, "count sheet")
+            outputs.append((Path(self.export), "count sheet"))
+        # The store's folder counts whether or not it exists yet: it will.
+        inputs: list[Path] = [Path(self.store)]
+        if self.samples_csv is not None:
+            inputs.append(Path(self.samples_csv))
+        if str(self.model) != "demo":
+            inputs.append(Path(self.model))
+        if plan is not None:
+            inputs.extend(f.path for f in plan.files)
+        for path, what in outputs:
+            check_output_file(path, what, inputs=inputs)
+            if plan is not None:
+                _refuse_frame_name(path, plan.folder, what)
+        check_distinct(outputs)
+
+
+#: Local Dask workers allowed per CPU core: each worker is a process with its own VGG16
+#: (~0.6 GB); past a few per core they only add memory and start-up time.
+MAX_WORKERS_PER_CORE = 4
+
+
+def max_workers() -> int:
+    """The most local Dask workers a batch accepts on this machine."""
+    return MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
+
+
+def workers_reason(workers: int) -> str:
+    """One line: why `workers` local workers are refused."""
+    cores = os.cpu_count() or 1
+    return (
+        f"{workers} workers is more than {MAX_WORKERS_PER_CORE} x the {cores} CPU "
+        f"core(s) of this machine ({max_workers()}); each worker process holds its own "
+        "VGG16 (~0.6 GB)"
+    )
+
+
+def _refuse_frame_name(path: Path, folder: Path, what: str) -> None:
+    """ValueError if `path` lies in the batch folder under a name that a later run of the
+    same folder would read as an image (it would be counted as a frame)."""
+    real = Path(os.path.realpath(path))
+    try:
+        rel = real.relative_to(Path(os.path.realpath(folder)))
+    except ValueError:
+        return
+    hidden = any(part.startswith(".") for part in rel.parts)
+    in_store = any(part.lower().endswith(".zarr") for part in rel.parts[:-1])
+    if not hidden and not in_store and _is_image_name(rel.as_posix()):
+        raise ValueError(
+            f"{path}: the {what} would lie in the batch folder {folder} under an image "
+            "name; the next run would read it as a frame"
+        )
 
 
 #: Called after each file is done: its report line, and what the worker made of it
@@ -150,10 +216,10 @@ def resolve_checkpoint(
         from napari_foram.classify.demo_model import demo_checkpoint
 
         return Path(demo_checkpoint(progress=progress)).resolve()
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    return path.resolve()
+    from napari_foram._outputs import check_input_file
+
+    # A folder or a FIFO is said to be one (a FIFO's read would block the run).
+    return check_input_file(Path(model).expanduser(), "checkpoint").resolve()
 
 
 @contextlib.contextmanager
@@ -249,12 +315,14 @@ class _Writer:
                     r.file.name, sid, "processed", r.note, r.file.sha256, n, first_frame + i,
                     round(r.seconds, 3),
                 )  # fmt: skip
+            model_classes = self.provenance.get("class_names") or self.store.class_names
+            where = self.store.class_map(model_classes)
+            batch = concat_specimens(batches, len(model_classes))
+            batch = batch.in_classes(where, len(self.store.class_names))
+            spaces = [r.feature_space for r in good if r.n_specimens]
+            space = spaces[0] if spaces and all(s == spaces[0] for s in spaces) else None
             with _writes_shielded(self.stop):
-                self.store.append_specimens(
-                    sid,
-                    concat_specimens(batches, len(self.store.class_names)),
-                    processed=processed,
-                )
+                self.store.append_specimens(sid, batch, processed=processed, feature_space=space)
             self._next_frame[sid] = first_frame + len(good)
         out = []
         for r in results:
@@ -285,7 +353,14 @@ def _triage(
         seen: dict[str, str] = {}
         for f in plan.files_of(sid):
             try:
-                size = f.path.stat().st_size
+                st = f.path.stat()
+                # A FIFO or a device (e.g. a link to /dev/zero) is never read: hashing it
+                # would block or never end. Saved scans are folders.
+                if not (stat.S_ISREG(st.st_mode) or is_saved_scan_source(f)):
+                    why = f"not a regular file ({file_kind(st.st_mode)})"
+                    settled[f.name] = FileReport(f.name, sid, "bad", why)
+                    continue
+                size = st.st_size
                 digest = file_sha256(f.path) if size else ""
             except FileNotFoundError:
                 settled[f.name] = FileReport(f.name, sid, "bad", "no such file")
@@ -462,13 +537,21 @@ def _ignore_interrupts() -> None:
 
 
 def _open_store(path: Path, classes: list[str]) -> TallyStore:
-    """The store to append to (created if missing); its classes must be the model's."""
+    """The store to append to (created with the model's classes if missing). An existing
+    store keeps its classes: the model's are matched to them by name, and those it lacks
+    are added at the end (never matched by position)."""
     from napari_foram.tally.store import TallyStore
 
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file, not a tally store folder")
     if path.is_dir() and any(path.iterdir()):
-        return TallyStore.open(path, mode="a", classes=classes)
+        store = TallyStore.open(path, mode="a")
+        try:
+            store.add_classes([c for c in classes if c not in store.class_names])
+        except BaseException:
+            store.close()
+            raise
+        return store
     return TallyStore.create(path, classes=classes)
 
 
@@ -524,7 +607,7 @@ def run_batch(
         notify(done, total, f"demo model: {message}")
 
     plan = plan_batch(config.folder, config.samples_csv)
-    config.check_outputs()
+    config.check_outputs(plan)
     checkpoint = resolve_checkpoint(config.model, progress=training)
     info = read_model_info(checkpoint)
     ref = ModelRef(str(checkpoint), file_sha256(checkpoint))

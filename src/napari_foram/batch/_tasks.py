@@ -119,6 +119,8 @@ class FileResult:
     n_objects: int = 0
     specimens: SpecimenBatch | None = None
     seconds: float = 0.0
+    #: Which backbone made the specimens' kept features (`Predictor.feature_space`).
+    feature_space: dict[str, Any] | None = None
 
     @property
     def n_specimens(self) -> int:
@@ -266,6 +268,7 @@ def _specimens_of(out: FrameResult) -> SpecimenBatch | None:
     return SpecimenBatch(
         stage_x_um=np.full(len(rows), np.nan),  # files carry no stage position
         stage_y_um=np.full(len(rows), np.nan),
+        features=pred.kept_features,
         **columns,
     )
 
@@ -304,7 +307,7 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
         # A fresh pipeline per task: without stage positions it keeps no state that
         # matters between frames, and a task must not depend on what ran before it.
         pipeline = CountingPipeline(
-            predictor, detection=task.detection, mc_samples=task.mc_samples
+            predictor, detection=task.detection, mc_samples=task.mc_samples, keep_features=True
         )
         outs: list[FrameResult | None]
         try:
@@ -324,6 +327,7 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
         if out is not None:
             owner.n_objects = len(out.detections)
             owner.specimens = _specimens_of(out)
+            owner.feature_space = predictor.feature_space if predictor.keeps_features else None
     # Per-file time: the task's wall time shared in proportion to specimens (the
     # classifier dominates), at least an even share for reading and detection.
     elapsed = time.perf_counter() - t0
@@ -351,7 +355,7 @@ def _recount_saved_scan(task: ChunkTask) -> FileResult:
     try:
         with _PREDICT_LOCK, seeded(task.seed, predictor.device):
             pipeline = CountingPipeline(
-                predictor, detection=task.detection, mc_samples=task.mc_samples
+                predictor, detection=task.detection, mc_samples=task.mc_samples, keep_features=True
             )
             report = count_saved_scan(pipeline, file.path, on_result=outs.append)
     except (ValueError, OSError, KeyError) as exc:  # an unreadable or odd saved scan
@@ -359,6 +363,7 @@ def _recount_saved_scan(task: ChunkTask) -> FileResult:
         return result
     batches = [b for b in map(_specimens_of, outs) if b is not None]
     result.specimens = concat_specimens(batches, len(predictor.info.class_names))
+    result.feature_space = predictor.feature_space if predictor.keeps_features else None
     result.n_objects = sum(len(out.detections) for out in outs)
     result.note = f"saved scan: {report.frames_processed} fields counted at their stage positions"
     result.seconds = time.perf_counter() - t0

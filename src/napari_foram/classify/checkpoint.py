@@ -380,8 +380,11 @@ def read_model_info(path: str | Path) -> ModelInfo:
 
 
 def _read_record(path: Path) -> tuple[ModelInfo, dict[str, Any]]:
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
+    from napari_foram._outputs import check_input_file
+
+    # Missing, a folder, or a FIFO / device (which would block the read): each said as
+    # what it is, not as "not found".
+    check_input_file(path, "checkpoint")
     header = _read_header(path)
     meta = header.get("__metadata__") or {}
     if METADATA_KEY not in meta:

@@ -76,6 +76,7 @@ __all__ = [
     "describe_weights_source",
     "feature_dim",
     "feature_function",
+    "features_and_pooled",
     "imagenet_weights_path",
     "vgg16_conv_shapes",
 ]
@@ -143,15 +144,56 @@ def feature_function(
         for index, layer in enumerate(conv, start=offset):
             x = layer(x)
             if index in POOLED_TAPS:
-                side = x.shape[-1]
-                cut = round(side * CENTRE_MARGIN)
-                centre = x[:, :, cut : side - cut, cut : side - cut]
-                parts += [x.mean(dim=(2, 3)), centre.mean(dim=(2, 3))]
+                parts += _tap_means(x)
             if index == last:
                 break
         return torch.cat([p.float() for p in parts], dim=1)
 
     return pooled
+
+
+def _tap_means(x: torch.Tensor) -> list[torch.Tensor]:
+    """A tap's activations (B, C, H, W) averaged over the image and over its centre."""
+    side = x.shape[-1]
+    cut = round(side * CENTRE_MARGIN)
+    centre = x[:, :, cut : side - cut, cut : side - cut]
+    return [x.mean(dim=(2, 3)), centre.mean(dim=(2, 3))]
+
+
+def features_and_pooled(
+    conv: nn.Module, layout: str
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(B, 3, S, S) input -> (the head's features, the "pooled" features), one pass.
+
+    What a tally store keeps per specimen is the "pooled" layout's vector whatever the
+    head reads, so that any "pooled" head on the same backbone can classify it again
+    later without the conv blocks. For a "flat" head the taps are read on the way to
+    block 5's output (the same layers, no second pass); `conv` must then be the plain
+    ``nn.Sequential`` (not compiled or quantised).
+    """
+    pooled = feature_function(conv, "pooled")
+    if layout == "pooled":
+
+        def both_pooled(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            f = pooled(x)
+            return f, f
+
+        return both_pooled
+    check_layout(layout)
+    if not isinstance(conv, nn.Sequential):
+        raise ValueError(
+            "keeping pooled features taps the conv blocks: they must be nn.Sequential"
+        )
+
+    def both_flat(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = []
+        for index, layer in enumerate(conv):
+            x = layer(x)
+            if index in POOLED_TAPS:
+                parts += _tap_means(x)
+        return torch.flatten(x, 1), torch.cat([p.float() for p in parts], dim=1)
+
+    return both_flat
 
 
 class Standardize(nn.Module):
@@ -191,6 +233,8 @@ class FORAMNet(nn.Module):
         layer, on the head's input instead (a linear head with dropout).
     feature_layout
         What the head reads (`FEATURE_LAYOUTS`): "flat" (the study) or "pooled".
+    conv
+        VGG16 conv blocks to use (shared); default: new ones, randomly initialised.
 
     Attributes
     ----------
@@ -217,6 +261,7 @@ class FORAMNet(nn.Module):
         hidden_units: Sequence[int] = DEFAULT_HIDDEN_UNITS,
         dropout: float = DEFAULT_DROPOUT,
         feature_layout: str = "flat",
+        conv: nn.Sequential | None = None,
     ) -> None:
         super().__init__()
         hidden_units = tuple(int(u) for u in hidden_units)
@@ -230,7 +275,9 @@ class FORAMNet(nn.Module):
         self.hidden_units = hidden_units
         self.dropout = float(dropout)
         self.feature_layout = check_layout(feature_layout)
-        self.conv = _vgg16_conv_blocks()
+        # Given conv blocks are used as they are (shared, not copied): a new head on an
+        # existing backbone, e.g. one taught on a store's kept features.
+        self.conv = _vgg16_conv_blocks() if conv is None else conv
         width = feature_dim(feature_layout)
         layers: list[nn.Module] = [nn.Flatten()]
         if feature_layout == "pooled":

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +36,12 @@ from torch import nn
 
 from napari_foram.classify.backbone import convention_affine
 from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
-from napari_foram.classify.model import FORAMNet, feature_function
+from napari_foram.classify.model import (
+    POOLED_DIM,
+    FORAMNet,
+    feature_function,
+    features_and_pooled,
+)
 from napari_foram.classify.precision import (
     PRECISION_CHOICES,
     PRECISION_ENV,
@@ -49,6 +54,8 @@ from napari_foram.classify.precision import (
 #: Default crops per forward pass.
 DEFAULT_BATCH_CPU = 16
 DEFAULT_BATCH_CUDA = 256
+#: Rows per head call when predicting from precomputed features.
+FEATURE_BATCH = 256
 
 Crops = np.ndarray | Sequence[np.ndarray]
 
@@ -82,6 +89,10 @@ class Predictions:
         (N,) float32, how far each crop's features lie from the training crops
         (`napari_foram.classify.density`; about 1 for training-like crops, larger for
         strangers); NaN when the model carries no feature density.
+    kept_features
+        (N, D) float32 pooled backbone features of each crop (`Predictor.predict` with
+        ``keep_features=True``; a tally store keeps them so that a head can be trained
+        and the specimens classified again without the backbone), or None.
     """
 
     class_index: np.ndarray
@@ -96,6 +107,7 @@ class Predictions:
     feature_distance: np.ndarray = dataclasses.field(
         default_factory=lambda: np.zeros(0, np.float32)
     )
+    kept_features: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.feature_distance.shape[0] != self.class_index.shape[0]:
@@ -123,6 +135,35 @@ class Predictions:
             vote_class=self.vote_class[rows],
             vote_fraction=self.vote_fraction[rows],
             feature_distance=self.feature_distance[rows],
+            kept_features=None if self.kept_features is None else self.kept_features[rows],
+        )
+
+    def in_classes(self, names: Sequence[str]) -> Predictions:
+        """These predictions over another class list that holds every one of ours (a
+        store's, extended by classes this model does not know): columns matched by
+        name, probability 0 for the classes we lack. ValueError if one of ours is
+        missing: classes are never matched by position."""
+        names = tuple(str(n) for n in names)
+        if names == self.class_names:
+            return self
+        missing = [c for c in self.class_names if c not in names]
+        if missing:
+            raise ValueError(f"classes {missing} of the model are not in {list(names)}")
+        where = np.array([names.index(c) for c in self.class_names], dtype=np.int64)
+        n = len(self)
+
+        def spread(values: np.ndarray) -> np.ndarray:
+            out = np.zeros((n, len(names)), dtype=values.dtype)
+            out[:, where] = values
+            return out
+
+        return dataclasses.replace(
+            self,
+            class_index=where[self.class_index],
+            mean_probs=spread(self.mean_probs),
+            variance=spread(self.variance),
+            vote_class=where[self.vote_class],
+            class_names=names,
         )
 
 
@@ -222,16 +263,34 @@ def feature_keys(features: torch.Tensor, seed: int | None = None) -> np.ndarray:
 
 
 def dropout_uniforms(keys: torch.Tensor, n: int, units: int, layer: int) -> torch.Tensor:
-    """(n, B, units) uniforms in [0, 1): pass i, unit u of dropout layer `layer` of the
-    crop with key k, a pure function of (k, i, u, layer) on the keys' device."""
+    """(n, B, units) uniforms in [0, 1) on a 1/65536 grid: pass i, unit u of dropout layer
+    `layer` of the crop with key k, a pure function of (k, i, u, layer) on the keys' device.
+
+    One 32-bit hash gives two neighbouring units their 16 bits each, computed in int32
+    (products wrap the same way on CPU and CUDA; shifts are masked, so they act as
+    unsigned shifts): a linear head's input dropout over 2048 features draws 61 M
+    uniforms for 1,000 specimens x 30 passes, and this is 3x faster than one int64 hash
+    per unit (measured in docs/benchmarks.md, "Teaching").
+    """
     device = keys.device
     i = torch.arange(n, device=device, dtype=torch.int64).view(n, 1, 1)
     k = (keys.to(torch.int64) & _MASK32).view(1, -1, 1)
-    u = torch.arange(units, device=device, dtype=torch.int64).view(1, 1, units)
-    # Crop and pass mixed first on the small (n, B, 1) grid; one mixing round per unit.
+    # Crop and pass mixed first on the small (n, B, 1) grid, in int64.
     base = _mix32(k * 0x9E3779B1 + _mix32(i * 0x85EBCA77 + layer * 0x27D4EB2F))
-    x = _mix32(base + u * 0xC2B2AE3D)
-    return x.to(torch.float32).mul_(1.0 / 4294967296.0)
+    base = torch.where(base >= 2**31, base - 2**32, base).to(torch.int32)
+    half = (units + 1) // 2
+    u = torch.arange(half, device=device, dtype=torch.int32).view(1, 1, half)
+    x = base + u * _I32_C2B2AE3D
+    x.bitwise_xor_((x >> 16) & 0xFFFF).mul_(0x7FEB352D)
+    x.bitwise_xor_((x >> 15) & 0x1FFFF).mul_(_I32_846CA68B)
+    x.bitwise_xor_((x >> 16) & 0xFFFF)
+    pair = torch.stack([x & 0xFFFF, (x >> 16) & 0xFFFF], dim=-1).flatten(-2)
+    return pair[..., :units].to(torch.float32).mul_(1.0 / 65536.0)
+
+
+# The 32-bit odd constants 0xC2B2AE3D and 0x846CA68B as signed int32 (two's complement).
+_I32_C2B2AE3D = -1028477379
+_I32_846CA68B = -2073254261
 
 
 def stochastic_passes(
@@ -424,6 +483,20 @@ class Predictor:
         elif compile:
             conv = torch.compile(conv)
         self._conv = conv_runner(conv, path, int8)
+        # The head's features and the pooled ones a tally store keeps, in one pass (not
+        # on the int8 path: its quantised conv stack cannot be tapped midway).
+        self._with_pooled: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
+        self._with_pooled = None
+        if path != "int8":
+            both = features_and_pooled(self.model.conv, layout)
+
+            def with_pooled(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                with self.autocast():
+                    f, pooled = both(x)
+                return f.float(), pooled.float()
+
+            self._with_pooled = with_pooled
+        self._feature_space: dict[str, Any] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Predictor:
@@ -485,7 +558,40 @@ class Predictor:
             return torch.zeros((0, self.model.feature_dim))
         return torch.cat(out)
 
-    def predict(self, crops: Crops, mc_samples: int = 100, seed: int | None = None) -> Predictions:
+    @property
+    def keeps_features(self) -> bool:
+        """Whether `predict(..., keep_features=True)` can return the pooled features."""
+        return self._with_pooled is not None
+
+    @property
+    def feature_space(self) -> dict[str, Any]:
+        """What the pooled features of this predictor's backbone are (a tally store's
+        ``feature_space``): the conv tensors' digest, the input convention, the layout
+        and length, and where the backbone came from (to rebuild it for a head-only
+        checkpoint trained on them)."""
+        if self._feature_space is None:
+            from napari_foram.classify.checkpoint import conv_sha256
+
+            info = self.info
+            self._feature_space = {
+                "backbone_sha256": info.backbone_sha256 or conv_sha256(self.model),
+                "input_convention": info.input_convention,
+                "layout": "pooled",
+                "dim": POOLED_DIM,
+                "backbone": info.backbone_id or info.backbone_weights,
+                "backbone_weights": info.backbone_weights,
+                "backbone_seed": info.backbone_seed,
+            }
+        return dict(self._feature_space)
+
+    def predict(
+        self,
+        crops: Crops,
+        mc_samples: int = 100,
+        seed: int | None = None,
+        *,
+        keep_features: bool = False,
+    ) -> Predictions:
         """Classify crops with Monte Carlo dropout.
 
         Parameters
@@ -499,6 +605,9 @@ class Predictor:
             Mixed into every crop's dropout key (None: 0). The masks of a crop depend
             only on its pixels and this seed, never on the rest of the batch, and the
             global RNG is neither used nor touched.
+        keep_features
+            Also return each crop's pooled backbone features (`Predictions.kept_features`)
+            when this predictor can (`keeps_features`; the same pass, no extra cost).
 
         Returns
         -------
@@ -508,10 +617,22 @@ class Predictor:
             raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
         n = max(int(mc_samples), 1)
         parts: list[dict[str, torch.Tensor]] = []
+        kept: list[torch.Tensor] = []
+        keep = keep_features and self._with_pooled is not None
         with torch.inference_mode():
             for x, keys in self._batches(crops, seed):
-                parts.append(self._predict_features(self._features(x), n, keys))
-        return self._assemble(parts, n)
+                if keep:
+                    assert self._with_pooled is not None
+                    f, pooled = self._with_pooled(x)
+                    kept.append(pooled.cpu())
+                else:
+                    f = self._features(x)
+                parts.append(self._predict_features(f, n, keys))
+        out = self._assemble(parts, n)
+        if keep:
+            feats = torch.cat(kept).numpy() if kept else np.zeros((0, POOLED_DIM), np.float32)
+            out = dataclasses.replace(out, kept_features=feats.astype(np.float32, copy=False))
+        return out
 
     def predict_features(
         self,
@@ -537,14 +658,13 @@ class Predictor:
         if int(mc_samples) < 0:
             raise ValueError(f"mc_samples must be >= 0, got {mc_samples}")
         parts = []
+        # Features are small: larger batches than the conv blocks' amortise the head's
+        # and the density's per-call cost (a 1,000-specimen recount: 63 calls -> 4).
+        step = max(self.batch_size, FEATURE_BATCH)
         with torch.inference_mode():
-            for start in range(0, features.shape[0], self.batch_size):
-                f = features[start : start + self.batch_size]
-                k = (
-                    keys[start : start + self.batch_size]
-                    if keys is not None
-                    else feature_keys(f, seed)
-                )
+            for start in range(0, features.shape[0], step):
+                f = features[start : start + step]
+                k = keys[start : start + step] if keys is not None else feature_keys(f, seed)
                 parts.append(self._predict_features(f.to(self.device), n, torch.from_numpy(k)))
         return self._assemble(parts, n)
 

@@ -11,6 +11,7 @@ from ._app import CommandError, app  # isort: skip
 from ._acquire import demo, live  # isort: skip
 from ._count import batch_cmd, classify, detect_cmd, synth  # isort: skip
 from ._tally import check_cmd, export, export_reviewed_cmd  # isort: skip
+from ._reclassify import model_card_cmd, reclassify_cmd  # isort: skip
 from ._train import bench, evaluate_cmd, extract_crops_cmd, train  # isort: skip
 from ._main import main  # isort: skip
 
@@ -29,6 +30,8 @@ __all__ = [
     "extract_crops_cmd",
     "live",
     "main",
+    "model_card_cmd",
+    "reclassify_cmd",
     "synth",
     "train",
 ]

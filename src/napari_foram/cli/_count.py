@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +22,33 @@ from ._app import (
     _use_precision,
     app,
 )
+
+#: Micrometres per pixel that `--pixel-size` accepts. Coarser than 50 um per pixel (the
+#: bound the metadata reader, `napari_foram.pixelsize`, also keeps) a specimen is a few
+#: pixels and the size rules count noise; finer than 0.01 is beyond any light microscope.
+PIXEL_SIZE_RANGE_UM = (0.01, 50.0)
+
+
+def _check_pixel_size(value: float | None) -> float | None:
+    """--pixel-size: a finite value within `PIXEL_SIZE_RANGE_UM`, or not given."""
+    if value is None:
+        return None
+    low, high = PIXEL_SIZE_RANGE_UM
+    if not math.isfinite(value) or not low <= value <= high:
+        # A wrong pixel size scales every size rule: refused, never used.
+        raise typer.BadParameter(
+            f"{value} um per pixel is not plausible (expected {low} to {high:g})",
+            param_hint="'--pixel-size'",
+        )
+    return value
+
+
+def _workers_help() -> str:
+    # The bound is batch._run.max_workers(); not imported here, so that --help stays quick.
+    return (
+        "Worker processes of a local Dask cluster (0: none); at most 4 x the CPU cores "
+        f"({4 * (os.cpu_count() or 1)} here)."
+    )
 
 
 # ----------------------------------------------------------------------------- synth
@@ -75,8 +104,8 @@ def detect_cmd(
         float | None,
         typer.Option(
             "--pixel-size",
-            min=0.0,
-            help="Micrometres per pixel (default: the file's metadata, if any).",
+            callback=_check_pixel_size,
+            help="Micrometres per pixel, 0.01 to 50 (default: the file's metadata, if any).",
         ),
     ] = None,
     invert: Annotated[bool, typer.Option(help="Dark objects on a bright background.")] = False,
@@ -134,6 +163,11 @@ def detect_cmd(
 
 
 # ----------------------------------------------------------------------------- batch
+#: Exit status of a `batch` that finished but could not count some files (bad files, each
+#: listed with its reason); 0 means every candidate file was counted or already stored.
+EXIT_SOME_FILES_BAD = 3
+
+
 @app.command("batch")
 def batch_cmd(
     folder: Annotated[
@@ -154,15 +188,13 @@ def batch_cmd(
             "(depth, depth_unit, dry_weight_g, ...). Only the files it lists are counted."
         ),
     ] = None,
-    workers: Annotated[
-        int, typer.Option(min=0, help="Worker processes of a local Dask cluster (0: none).")
-    ] = 0,
+    workers: Annotated[int, typer.Option(min=0, help=_workers_help())] = 0,
     scheduler: Annotated[
         str | None,
         typer.Option(help="Address of a running Dask scheduler, e.g. tcp://host:8786."),
     ] = None,
     mc: Annotated[
-        int, typer.Option("--mc", min=1, help="Monte Carlo dropout passes.")
+        int, typer.Option("--mc", min=1, max=MAX_MC, help="Monte Carlo dropout passes.")
     ] = MC_SAMPLES,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: PrecisionOption = "auto",
@@ -181,9 +213,9 @@ def batch_cmd(
         float | None,
         typer.Option(
             "--pixel-size",
-            min=0.0,
-            help="Micrometres per pixel of every image (default: each file's metadata, "
-            "else the detector derives its minimum size from the image).",
+            callback=_check_pixel_size,
+            help="Micrometres per pixel of every image, 0.01 to 50 (default: each file's "
+            "metadata, else the detector derives its minimum size from the image).",
         ),
     ] = None,
     min_area: Annotated[
@@ -195,18 +227,22 @@ def batch_cmd(
 
     Resumable: each file's SHA-256 is committed with its specimens, so running the same
     command again (after Ctrl-C, a crash or new files) skips what the store holds. Odd
-    files (corrupt, empty, too small or large, not an image) are reported, not fatal.
+    files (corrupt, empty, too small or large, not an image) are reported, not fatal:
+    the run finishes with exit status 3 when some files could not be counted.
     """
     from napari_foram._progress import progress_callback
     from napari_foram.batch import BatchConfig, plan_batch, resolve_checkpoint, run_batch
+    from napari_foram.batch._run import max_workers, workers_reason
     from napari_foram.detect import DetectionParams
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
     if workers and scheduler:
         raise CommandError("give --workers (a local cluster) or --scheduler, not both")
+    if workers > max_workers():
+        raise typer.BadParameter(workers_reason(workers), param_hint="'--workers'")
     _use_precision(precision)
-    plan_batch(folder, samples)  # a bad folder or sheet fails now, not after the model
+    plan = plan_batch(folder, samples)  # a bad folder or sheet fails now, not after the model
     config = BatchConfig(
         folder=folder,
         store=store,
@@ -220,10 +256,11 @@ def batch_cmd(
         files_per_task=files_per_task,
         report=report,
         export=export,
-        pixel_size_um=pixel_size or None,
+        pixel_size_um=pixel_size,
         detection=DetectionParams(min_area_px=min_area, split_touching=split),
     )
-    config.check_outputs()  # so do outputs that cannot be written (report, count sheet)
+    # So do outputs that cannot be written or would replace an input (report, count sheet).
+    config.check_outputs(plan)
     try:
         # The demo model trains at first use (minutes): its own bar, before the count's.
         with progress_callback("training the demo model (first run only)") as training:
@@ -255,6 +292,14 @@ def batch_cmd(
         raise typer.Exit(130)
     if outcome.damaged_samples:  # counted what could be counted; the rest needs a look
         raise typer.Exit(1)
+    if outcome.bad_files():
+        # Finished, but the count is not the folder's whole content (docs/usage.md).
+        typer.echo(
+            f"napari-foram: {len(outcome.bad_files())} file(s) could not be counted; "
+            f"exit status {EXIT_SOME_FILES_BAD}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_SOME_FILES_BAD)
 
 
 # ----------------------------------------------------------------------------- classify

@@ -24,9 +24,13 @@ def export_reviewed_cmd(
 ) -> None:
     """Export the reviewed crops (confirmed or relabelled) as a labelled image folder,
     ready for `napari-foram train`."""
+    from napari_foram._outputs import check_output_dir
     from napari_foram.review import export_validated_crops
     from napari_foram.tally.store import TallyStore
 
+    # Crops written into a tally store's folder would damage it. Not created here: the
+    # exporter does that once the store has opened.
+    check_output_dir(out_dir, "ImageFolder", create=False)
     with TallyStore.open(store, mode="r") as tally:
         result = export_validated_crops(tally, out_dir, samples=sample or None)
     typer.echo(result.summary())
@@ -49,30 +53,44 @@ def export(
         str, typer.Option("--format", help="wide (row per sample), long, or specimens.")
     ] = "wide",
     plot: Annotated[Path | None, typer.Option(help="Also draw the tally (PNG or SVG).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Export the classification this model made (sha256 prefix or file name), "
+            "e.g. the counts before a reclassify; default: the current one.",
+        ),
+    ] = None,
 ) -> None:
     """Export tallies as a core-log table (UTF-8 CSV), optionally with a plot.
 
     A store with a damaged sample is refused (its counts would be wrong); run
     `napari-foram check STORE --repair` first, which sets such samples aside.
     """
-    from napari_foram._outputs import check_output_file
+    from napari_foram._outputs import check_distinct, check_output_file
     from napari_foram.tally.export import export_csv, plot_tally
     from napari_foram.tally.store import TallyStore
 
     if fmt not in ("wide", "long", "specimens"):
         raise CommandError(f"--format must be wide, long or specimens, not {fmt!r}")
+    # Nothing is written inside a tally store (the one read included): -o
+    # STORE/zarr.json would replace the store's own metadata.
     check_output_file(output, "count sheet")
     if plot is not None:
         if plot.suffix.lower() not in (".png", ".svg"):
             raise CommandError(f"--plot must end in .png or .svg, got {plot.name!r}")
         check_output_file(plot, "plot")
+        check_distinct([(output, "count sheet"), (plot, "plot")])
     with TallyStore.open(store, mode="r") as tally:
-        export_csv(tally, output, fmt=fmt)  # type: ignore[arg-type]  # checked above
+        export_csv(tally, output, fmt=fmt, model=model)  # type: ignore[arg-type]  # checked above
         typer.echo(f"wrote {output}")
         if plot is not None:
             plot_tally(tally, plot)
             typer.echo(f"wrote {plot}")
+        present = set(tally.samples())
         for q in tally.quarantined():
+            if q.get("sample_id") in present:
+                continue  # counted again since: its old copy stays aside, the new one is in
             typer.echo(
                 f"napari-foram: note: sample {q.get('sample_id')!r} is not in the export: "
                 f"it was set aside in {q.get('moved_to')} ({q.get('reason')})",

@@ -39,10 +39,14 @@ def bench(
     ] = 0,
 ) -> None:
     """Measure the project's speed figures and print them as one JSON object."""
+    from napari_foram._outputs import check_output_file
     from napari_foram.bench import run_benchmarks
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if json_file is not None:
+        # Before minutes of measuring: a folder, a FIFO or a store is refused now.
+        check_output_file(json_file, "benchmark JSON")
     _use_precision(precision)
     result = run_benchmarks(
         device=device, quick=quick, progress=True, soak_frames=soak, precision=precision
@@ -187,12 +191,9 @@ def train(
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
-    from napari_foram._outputs import check_output_file
-
-    # Before training, not after: a model trained for hours must have somewhere to go.
-    check_output_file(output, "checkpoint")
-    if split is not None and not split.exists():
-        check_output_file(split, "split file")
+    _check_train_paths(
+        data, output, split, backbone_weights, feature_cache, learning_curve, grid, repeats
+    )
     from napari_foram.training.train import RECIPES
 
     if recipe not in RECIPES:
@@ -275,6 +276,53 @@ def train(
                 typer.echo(f"  {key:<10} {path}")
 
 
+def _check_train_paths(
+    data: Path,
+    output: Path,
+    split: Path | None,
+    backbone_weights: str,
+    feature_cache: Path | None,
+    learning_curve: bool,
+    grid: bool,
+    repeats: int,
+) -> None:
+    """Every file `train` reads or writes, checked before training, not after: a model
+    trained for hours must have somewhere to go, and no output may replace an input."""
+    from napari_foram._outputs import (
+        check_distinct,
+        check_output_dir,
+        check_output_file,
+        read_small_file,
+    )
+
+    inputs: list[Path] = [data]  # inside it, an output would be read as training data
+    if backbone_weights not in ("imagenet", "none"):
+        inputs.append(Path(backbone_weights))
+    split_read = split is not None and (split.exists() or split.is_symlink())
+    if split is not None and split_read:
+        # An existing split is read: a FIFO, a device or a huge file is refused now, not
+        # waited on after the images were loaded.
+        read_small_file(split, "split file")
+        inputs.append(split)
+    # What train_from_folder and train_classifier write beside the checkpoint.
+    outputs = [(output, "checkpoint")]
+    if split is None:
+        outputs.append((output.with_name(f"{output.stem}.split.json"), "split file"))
+    elif not split_read:
+        outputs.append((split, "split file"))
+    if learning_curve:
+        outputs.append((output.with_name(f"{output.stem}.learning_curve.png"), "curve plot"))
+    if grid:
+        outputs.append((output.with_name(f"{output.stem}.grid.csv"), "grid table"))
+    if repeats > 1:
+        outputs.append((output.with_name(f"{output.stem}.repeats.csv"), "repeats table"))
+    for path, what in outputs:
+        check_output_file(path, what, inputs=inputs)
+    check_distinct(outputs)
+    if feature_cache is not None:
+        check_output_dir(feature_cache, "feature cache folder", inputs=[data])
+
+
 # ----------------------------------------------------------------------------- evaluate
 @app.command("evaluate")
 def evaluate_cmd(
@@ -301,9 +349,26 @@ def evaluate_cmd(
 
     if device not in ("auto", "cpu", "cuda"):
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
-    from napari_foram._outputs import check_output_dir
+    from napari_foram._outputs import (
+        check_input_file,
+        check_output_dir,
+        check_output_file,
+        read_small_file,
+    )
+    from napari_foram.training.evaluate import REPORT_FILES
 
-    check_output_dir(report, "report folder")
+    # The report path's own shape, then the inputs, then how they relate: the report
+    # must not lie inside the data (it would be read as a class folder next time) nor
+    # replace an input. Nothing is created before all of it holds.
+    check_output_dir(report, "report folder", create=False)
+    check_input_file(model, "checkpoint")
+    inputs = [data, model]
+    if split is not None:
+        read_small_file(split, "split file")  # a FIFO or /dev/zero would hang the run
+        inputs.append(split)
+    check_output_dir(report, "report folder", inputs=inputs)
+    for name in REPORT_FILES:
+        check_output_file(report / name, "report file", inputs=inputs)
     with progress_callback("evaluating", enabled=not as_json) as progress:
         result = evaluate(
             data,

@@ -118,15 +118,89 @@ def _slugs(classes: Sequence[str]) -> list[str]:
 
 
 def _model_id(store: TallyStore, sample_id: str) -> tuple[str, Any]:
-    """(model sha256s, MC N) recorded for a sample; several models joined by ';'."""
+    """(sha256 of the model(s) whose classification the sample holds, their MC N).
+
+    Models since the sample's last reclassification (several, joined by ';', when a
+    scan changed model midway); the models a reclassification replaced are history
+    (`TallyStore.classification_history`), not this classification's.
+    """
     history = store.provenance_history(sample_id)
+    start = max((i for i, e in enumerate(history) if e.get("reclassified")), default=0)
     shas: list[str] = []
-    for entry in history:
+    for entry in history[start:]:
         sha = entry.get("model_sha256") or entry.get("model_id")
         if sha and str(sha) not in shas:
             shas.append(str(sha))
-    mc = history[-1].get("mc_samples") if history else None
+    mc = store.latest_provenance(sample_id, "mc_samples")
     return ";".join(shas), mc
+
+
+class ClassifiedBy:
+    """A read-only view of a store whose samples read as one model classified them:
+    the current classification where that model made it, else the history entry it
+    made (`TallyStore.read_classification`). `model` is a prefix of the model's sha256
+    (at least 6 characters) or its file name as the provenance records it.
+    """
+
+    def __init__(self, store: TallyStore, model: str) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError("name a model by its sha256 (at least 6 characters) or file name")
+        self._store = store
+        self._model = model.strip()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def _matches(self, entry: dict[str, Any]) -> bool:
+        sha = str(entry.get("model_sha256") or "")
+        if len(self._model) >= 6 and sha.startswith(self._model.lower()):
+            return True
+        return bool(entry.get("model_name")) and entry.get("model_name") == self._model
+
+    def _which(self, sample_id: str) -> int | None:
+        """None: the sample's current classification; i: history entry i."""
+        history = self._store.provenance_history(sample_id)
+        start = max((i for i, e in enumerate(history) if e.get("reclassified")), default=0)
+        if any(self._matches(e) for e in history[start:]):
+            return None
+        for i, entry in reversed(list(enumerate(self._store.classification_history(sample_id)))):
+            if self._matches(entry):
+                return i
+        raise ValueError(
+            f"model {self._model!r} never classified sample {sample_id!r} in "
+            f"{self._store.path} (see its provenance)"
+        )
+
+    def read_specimens(self, sample_id: str, **kwargs: Any) -> dict[str, np.ndarray]:
+        which = self._which(sample_id)
+        if which is None:
+            return self._store.read_specimens(sample_id, **kwargs)
+        data = self._store.read_classification(sample_id, which)
+        columns = kwargs.get("columns")
+        return data if columns is None else {k: data[k] for k in ("row", *columns)}
+
+    def unsure_rule(self, sample_id: str) -> stats.UnsureRule:
+        which = self._which(sample_id)
+        if which is None:
+            return self._store.unsure_rule(sample_id)
+        entry = self._store.classification_history(sample_id)[which]
+        return stats.UnsureRule.from_dict(entry.get("unsure_rule") or {})
+
+    def sample_summary(self, sample_id: str, **kwargs: Any) -> dict[str, Any]:
+        return stats.sample_summary(
+            self.read_specimens(sample_id),
+            self._store.sample_record(sample_id),
+            self._store.class_names,
+            unsure_rule=self.unsure_rule(sample_id),
+            **kwargs,
+        )
+
+    def model_id(self, sample_id: str) -> tuple[str, Any]:
+        which = self._which(sample_id)
+        if which is None:
+            return _model_id(self._store, sample_id)
+        entry = self._store.classification_history(sample_id)[which]
+        return str(entry.get("model_sha256", "")), entry.get("mc_samples")
 
 
 def _write_csv(out_path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -177,6 +251,7 @@ def export_csv(
     uncertain_entropy: float = stats.DEFAULT_UNCERTAIN_ENTROPY,
     target: int = stats.DEFAULT_TARGET,
     z: float = 1.96,
+    model: str | None = None,
 ) -> Path:
     """Write the store's tallies as a UTF-8 CSV count sheet.
 
@@ -197,6 +272,10 @@ def export_csv(
         Target count per sample for the progress column.
     z
         Normal quantile of the Wilson intervals (1.96: 95 %).
+    model
+        Export the classification this model made (a sha256 prefix or its file name;
+        see `ClassifiedBy`), e.g. the counts before a reclassification; default: each
+        sample's current classification.
 
     Returns
     -------
@@ -233,6 +312,7 @@ def export_csv(
     classes = store.class_names
     slugs = _slugs(classes)
     ids = check_samples_readable(store, samples)
+    view: Any = store if model is None else ClassifiedBy(store, model)
     known = set(store.samples())
     missing = [s for s in ids if s not in known]
     if missing:
@@ -253,9 +333,9 @@ def export_csv(
         ]  # fmt: skip
         rows: list[list[Any]] = []
         for sid in ids:
-            d = store.read_specimens(sid)
+            d = view.read_specimens(sid)
             labels = stats.final_labels(d)
-            unsure = stats.unsure_mask(d, store.unsure_rule(sid))
+            unsure = stats.unsure_mask(d, view.unsure_rule(sid))
             reviewers, who = store.reviewers(sid), d["reviewer_index"]
             for i in range(len(d["row"])):
                 review_time = float(d["review_time"][i])
@@ -299,10 +379,9 @@ def export_csv(
     summaries = []
     for sid in ids:
         record = store.sample_record(sid)
-        summary = store.sample_summary(
-            sid, target=target, z=z, uncertain_entropy=uncertain_entropy
-        )
-        summaries.append((sid, record.to_dict(), summary, _model_id(store, sid)))
+        summary = view.sample_summary(sid, target=target, z=z, uncertain_entropy=uncertain_entropy)
+        model_id = _model_id(store, sid) if model is None else view.model_id(sid)
+        summaries.append((sid, record.to_dict(), summary, model_id))
 
     if fmt == "long":
         header = [

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,29 @@ def _class_folders(root: Path) -> list[Path]:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    # Everything but folders and hidden entries: a FIFO or a broken link is listed as
+    # skipped by the reader (one line why), never dropped without a word.
+    return sorted(p for p in folder.rglob("*") if not p.is_dir() and not p.name.startswith("."))
+
+
+def shown_path(path: Path) -> str:
+    """`path` as printable text: bytes that are not UTF-8 as ``\\xff`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _name_problem(path: Path, root: Path) -> str | None:
+    """Why a file cannot be used for its name alone, or None.
+
+    A name that is not valid UTF-8 (the file system keeps the bytes; Python holds them
+    as surrogates) cannot be written to the CSV and JSON files that name the crops, and
+    would make a split file that no other tool reads back: the file is skipped and
+    listed. Only the part below the data folder is looked at.
+    """
+    try:
+        path.relative_to(root).as_posix().encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{shown_path(path)}: file name is not valid UTF-8 (rename it to use it)"
+    return None
 
 
 def load_image_folder(
@@ -213,7 +236,9 @@ def load_image_folder(
     how: list[str] = []
     skipped: list[str] = []
     for done, (label, path) in enumerate(jobs, start=1):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if (problem := _name_problem(path, root)) is not None:
+            skipped.append(problem)
+        elif path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(f"{path}: not an image file ({path.suffix or 'no suffix'})")
         else:
             try:
@@ -316,6 +341,10 @@ def save_split(
     Naming files keeps the split valid when the folder is listed in another order, and
     lets `load_split` refuse a data folder that has changed.
     """
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        # A FIFO would block here and a device (/dev/null) would lose the split.
+        raise ValueError(f"{path}: is not a regular file; the split file must be a file path")
     rel = data.relative_paths()
     record = {
         "format": "napari-foram-split",
@@ -332,7 +361,6 @@ def save_split(
         },
         **{name: [rel[i] for i in split[name]] for name in SPLIT_NAMES},
     }
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
@@ -345,10 +373,14 @@ def load_split(path: str | Path, data: LabelledCrops) -> dict[str, np.ndarray]:
     ValueError
         Not a split file, or it does not match `data` (files missing on either side).
     """
+    from napari_foram._outputs import read_small_file
+
     path = Path(path)
+    # Only a regular file of bounded size: a FIFO or /dev/zero would hang the command.
+    raw = read_small_file(path, "split file")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read split file {path}: {exc}".splitlines()[0]) from None
     if not isinstance(record, dict) or record.get("format") != "napari-foram-split":
         raise ValueError(f"{path} is not a napari-foram split file")
@@ -374,6 +406,26 @@ def load_split(path: str | Path, data: LabelledCrops) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- extract-crops
+def _check_crops_output(src: Path, out: Path, folders: Sequence[Path]) -> None:
+    """ValueError (one line) unless `extract_crops` may write to `out`: not the source
+    folder nor inside it (a rerun would read the crops as frames), no class folder of
+    the output that is the source folder, nothing inside a tally store, no FIFO or
+    device where a file goes. Creates `out`, as the writer would."""
+    from napari_foram._outputs import check_output_dir, check_output_file
+
+    real_src = os.path.realpath(src)
+    for folder in folders:
+        if os.path.realpath(out / folder.name) == real_src:
+            raise ValueError(
+                f"{out / folder.name}: the crops of class {folder.name!r} would be written "
+                f"into the source folder {src}"
+            )
+    check_output_dir(out, "crops folder", inputs=[src])
+    check_output_file(out / "crops.csv", "crop table", inputs=[src])
+    for folder in folders:
+        check_output_file(out / f"contact_sheet_{folder.name}.png", "contact sheet")
+
+
 def contact_sheet(crops: np.ndarray, columns: int = 8, tile: int = 112) -> np.ndarray:
     """A grid image of up to 64 crops, each shrunk to `tile` px, 2 px white gutters.
 
@@ -422,15 +474,23 @@ def extract_crops(
     Returns
     -------
     dict
-        ``crops`` per class, ``images`` read, ``skipped`` ("path: reason" lines),
-        ``csv`` and ``contact_sheets`` paths.
+        ``crops`` per class, ``images`` read, ``skipped`` ("path: reason" lines, files
+        whose name is not valid UTF-8 among them), ``csv`` and ``contact_sheets`` paths.
+
+    Raises
+    ------
+    ValueError
+        Before anything is written: OUT is SRC or inside it (a rerun would read crops as
+        frames), lies in a tally store, or a file to write is a folder, FIFO or device.
     """
     import imageio.v3 as iio
 
+    from napari_foram.tally.export import safe_text
+
     src, out = Path(src_dir), Path(out_dir)
     folders = _class_folders(src)
+    _check_crops_output(src, out, folders)
     jobs = [(f.name, path) for f in folders for path in _files(f)]
-    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     per_class: dict[str, list[np.ndarray]] = {f.name: [] for f in folders}
@@ -438,6 +498,9 @@ def extract_crops(
     for done, (name, path) in enumerate(jobs, start=1):
         if progress is not None:
             progress(done - 1, len(jobs), path.name)
+        if (problem := _name_problem(path, src)) is not None:
+            skipped.append(problem)
+            continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(f"{path}: not an image file ({path.suffix or 'no suffix'})")
             continue
@@ -486,10 +549,16 @@ def extract_crops(
         "bbox_max_col",
         "area_px",
     ]
-    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+    # Text from outside (folder and file names) is kept from being read as a formula by
+    # a spreadsheet, as in every CSV the project writes (`tally.export.safe_text`); a
+    # source folder whose own path is not UTF-8 is written escaped rather than failing
+    # after the crops were written.
+    with csv_path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(
+            {k: safe_text(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows
+        )
     sheets = []
     for name, crops in per_class.items():
         if crops:

@@ -55,6 +55,17 @@ from napari_foram.training.metrics import (
 #: Crops per gallery section.
 GALLERY_SIZE = 8
 
+#: The files `evaluate` writes in the report folder (the learning curve's when it has one).
+REPORT_FILES = (
+    "report.json",
+    "predictions.csv",
+    "confusion_matrix.csv",
+    "confusion_matrix.png",
+    "reliability.png",
+    "gallery.png",
+    "learning_curve.png",
+)
+
 
 def _num(x: Any) -> float | None:
     """A JSON-safe float (NaN -> None)."""
@@ -401,6 +412,12 @@ def evaluate(
         raise ValueError(f"mc must be >= 1, got {mc}")
     if not isinstance(data, LabelledCrops) and not Path(data).is_dir():
         raise ValueError(f"data folder not found: {data}")
+    if not isinstance(data, LabelledCrops):
+        from napari_foram._outputs import check_output_dir
+
+        # Before any work: a report folder inside the data would be read as a class
+        # folder by the next run, and one inside a tally store would damage it.
+        check_output_dir(report_dir, "report folder", inputs=[data])
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     names = predictor.class_names
     if isinstance(data, LabelledCrops):
@@ -450,19 +467,13 @@ def evaluate(
     )
     out = Path(report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {
-        name: str(out / name)
-        for name in (
-            "report.json",
-            "predictions.csv",
-            "confusion_matrix.csv",
-            "confusion_matrix.png",
-            "reliability.png",
-            "gallery.png",
-        )
-    }
+    files = {name: str(out / name) for name in REPORT_FILES if name != "learning_curve.png"}
     rel = crops_data.relative_paths()
-    with Path(files["predictions.csv"]).open("w", newline="", encoding="utf-8") as fh:
+    # Crops given as `LabelledCrops` may carry names that are not UTF-8 (a data folder's
+    # are skipped when loaded): escaped, never a failure after half the report is out.
+    with Path(files["predictions.csv"]).open(
+        "w", newline="", encoding="utf-8", errors="backslashreplace"
+    ) as fh:
         writer = csv.writer(fh)
         writer.writerow(
             ["path", "true", "predicted", "probability", "entropy", "vote_fraction", "correct"]

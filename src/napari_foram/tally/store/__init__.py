@@ -16,6 +16,15 @@ Layout (a directory store)::
           reviewer_index (n,)   added later: stores without it read -1 (no reviewer)
           feature_distance (n,) added later: stores without it read NaN (not measured)
           tally_time (m,)  tally_counts (m, K)     one row per commit (the running tally)
+          features (n, 2048)    added later, optional: each specimen's pooled backbone
+                                features (a cache; attrs feature_space says whose), so a
+                                head can be retrained and the rows classified again
+          history/<i>/          the classification columns a reclassification replaced
+                                (attrs classification_history lists them with the model)
+
+Classes can be added (`TallyStore.add_classes`): new ones go at the end, so old indices
+keep their meaning; per-class arrays written before read 0 for them (attrs class_width).
+See `_kept` for the features, the history and the class width.
 
 Crash safety (see docs and environment notes: zarr's ``append`` grows the shape before it
 writes, so a killed writer leaves "ghost" rows of fill values):

@@ -158,7 +158,7 @@ class _WriterLock:
                 self.took_over_stale = True
                 warnings.warn(
                     f"took over a stale lock of PID {holder.get('pid')} on {holder.get('host')} "
-                    f"(that writer died); uncommitted rows will be trimmed",
+                    "(that writer died); its committed rows are kept",
                     RuntimeWarning,
                     stacklevel=4,
                 )

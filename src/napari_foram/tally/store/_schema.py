@@ -282,6 +282,8 @@ class SpecimenBatch:
     reviewed_class : (n,) int, -1 = none
     duplicate_of : (n,) int, row of the earlier record of the same specimen, -1 = none
     crops : (n, 224, 224, 3) uint8 or None
+    features : (n, D) float32 pooled backbone features to keep (`TallyStore.write_features`;
+        written when `append_specimens` is given their ``feature_space``), or None
     """
 
     frame_index: np.ndarray
@@ -302,9 +304,37 @@ class SpecimenBatch:
     reviewed_class: np.ndarray | None = None
     duplicate_of: np.ndarray | None = None
     crops: np.ndarray | None = None
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(np.asarray(self.frame_index).shape[0])
+
+    def in_classes(self, where: np.ndarray, k: int) -> SpecimenBatch:
+        """This batch with its per-class columns moved to a store's `k` classes: the
+        model's class j goes to column ``where[j]`` (`TallyStore.class_map`, by name),
+        the store's other classes get probability 0."""
+        import dataclasses
+
+        where = np.asarray(where, dtype=np.int64)
+        probs = np.asarray(self.mean_probs)
+        if where.shape != (probs.shape[1],) or (len(where) == k and (where == np.arange(k)).all()):
+            if where.shape != (probs.shape[1],):
+                raise ValueError(f"class map of {len(where)} for {probs.shape[1]} columns")
+            return self
+        n = len(self)
+
+        def spread(values: np.ndarray) -> np.ndarray:
+            out = np.zeros((n, k), dtype=np.float64)
+            out[:, where] = values
+            return out
+
+        ci = np.argmax(probs, axis=1) if self.class_index is None else self.class_index
+        return dataclasses.replace(
+            self,
+            mean_probs=spread(probs),
+            variance=None if self.variance is None else spread(self.variance),
+            class_index=where[np.asarray(ci, dtype=np.int64)] if n else np.zeros(0, np.int64),
+        )
 
     def validated(self, n_classes: int) -> dict[str, np.ndarray]:
         """Columns as arrays of the stored dtypes, defaults filled; ValueError if bad.

@@ -41,6 +41,17 @@ from ._files import (
     check_root_attrs,
     read_zarr_json,
 )
+from ._kept import (
+    CLASSIFICATION_COLUMNS,
+    HISTORY_GROUP,
+    PER_CLASS_ARRAYS,
+    check_feature_space,
+    class_width,
+    features_array,
+    padded,
+    same_space,
+    widen,
+)
 from ._schema import (
     _COLUMNS,
     _COUNT_COLUMNS,
@@ -391,6 +402,7 @@ class TallyStore:
                     "n_committed": 0,
                     "n_tally": 0,
                     "provenance": [],
+                    "class_width": k,
                 },
             )
             for name, (dtype, fill, tail) in _COLUMNS.items():
@@ -452,16 +464,18 @@ class TallyStore:
         Typical keys: ``model_sha256``, ``class_names``, ``mc_samples``, ``detector`` (dict of
         settings), ``microscope`` (Micro-Manager state), ``operator``. Each call adds an
         entry stamped with the time and the row it applies from, so a model change in the
-        middle of a sample stays visible. ``class_names``, when given, must equal the
-        store's classes.
+        middle of a sample stays visible. ``class_names``, when given, are the model's
+        classes: each must be one of the store's (a model may know fewer; its columns are
+        matched by name, never by index).
         """
         if not isinstance(provenance, Mapping):
             raise ValueError(f"provenance must be a mapping, got {type(provenance).__name__}")
         entry = _jsonable(dict(provenance), "provenance")
         names = entry.get("class_names")
-        if names is not None and list(names) != self._class_names:
+        if names is not None and not set(names) <= set(self._class_names):
+            unknown = sorted(set(names) - set(self._class_names))
             raise ValueError(
-                f"provenance class_names {names} differ from the store's {self._class_names}"
+                f"provenance class_names {unknown} are not among the store's {self._class_names}"
             )
         with self._mutex:
             self._check_writable()
@@ -479,6 +493,15 @@ class TallyStore:
         """The latest provenance entry of a sample ({} if none was set)."""
         history = self.provenance_history(sample_id)
         return dict(history[-1]) if history else {}
+
+    def latest_provenance(self, sample_id: str, key: str, default: Any = None) -> Any:
+        """The newest value of provenance `key` for a sample (`default` if no entry has
+        it): the one way to read a setting, since later entries may only note other
+        things (frames counted per frame at the end of a scan) and keep no copy of it."""
+        for entry in reversed(self.provenance_history(sample_id)):
+            if entry.get(key) is not None:
+                return entry[key]
+        return default
 
     def provenance_history(self, sample_id: str) -> list[dict[str, Any]]:
         """Every provenance entry of a sample, oldest first."""
@@ -536,9 +559,14 @@ class TallyStore:
             names = (*_COLUMNS, "crops", *_TALLY_ARRAYS)
             # Every row we write holds data, so skip zarr's "is this chunk all fill value?"
             # scan (a full pass over each crop; measured 30 % of the append time).
-            self._arrays[sample_id] = {
+            arrays = {
                 name: group[name].with_config({"write_empty_chunks": True}) for name in names
             }
+            if widen(arrays, group, len(self._class_names)):  # classes were added
+                arrays = {
+                    name: group[name].with_config({"write_empty_chunks": True}) for name in names
+                }
+            self._arrays[sample_id] = arrays
         return self._arrays[sample_id]
 
     def _running_counts(self, sample_id: str) -> np.ndarray:
@@ -553,6 +581,7 @@ class TallyStore:
         batch: SpecimenBatch,
         *,
         processed: Mapping[str, Mapping[str, Any]] | None = None,
+        feature_space: Mapping[str, Any] | None = None,
     ) -> int:
         """Append a batch of specimens to a sample and commit it.
 
@@ -574,6 +603,9 @@ class TallyStore:
             twice (see `processed_files`). With an empty `batch` only the files are
             recorded (files that yielded no specimen). A key already recorded raises
             ValueError before anything is written.
+        feature_space
+            Which backbone made ``batch.features``: with both, the features are kept
+            after the commit (`write_features`; a cache, outside the commit).
 
         Returns
         -------
@@ -627,6 +659,8 @@ class TallyStore:
                 commit["processed_files"] = merged
             group.update_attributes(commit)
             self._running[sample_id] = counts
+            if batch.features is not None and feature_space is not None:
+                self.write_features(sample_id, np.arange(n0, n1), batch.features, feature_space)
             return n1
 
     def processed_files(self, sample_id: str) -> dict[str, dict[str, Any]]:
@@ -781,6 +815,231 @@ class TallyStore:
             group.update_attributes({"reviewers": [*names, name]})
             return len(names)
 
+    # ------------------------------------------------------------------ classes
+    def add_classes(self, names: Sequence[str]) -> list[str]:
+        """Extend the store's class list with `names` (those not in it yet), at the end.
+
+        Old indices keep their meaning; every sample's per-class columns read 0 for the
+        new classes until a model that knows them classifies the rows again. Returns
+        the classes added. One attrs write: a kill leaves the old list or the new one.
+        """
+        with self._mutex:
+            self._check_writable()
+            new = [str(n) for n in names if str(n) not in self._class_names]
+            new = list(dict.fromkeys(new))
+            if not new:
+                return []
+            combined = _validate_classes([*self._class_names, *new])
+            self._root.update_attributes({"class_names": combined, "updated": _now_iso()})
+            self._class_names = combined
+            # Cached arrays have the old width: reopened (and widened) at the next write.
+            self._arrays.clear()
+            self._running.clear()
+            return new
+
+    def class_map(self, names: Sequence[str]) -> np.ndarray:
+        """(len(names),) store index of each of a model's classes, matched by name;
+        ValueError naming those the store lacks (`add_classes` adds them)."""
+        missing = [n for n in names if n not in self._class_names]
+        if missing:
+            raise ValueError(
+                f"the model's classes {missing} are not in the store {self.path} "
+                f"(its classes: {', '.join(self._class_names)})"
+            )
+        return np.array([self._class_names.index(n) for n in names], dtype=np.int64)
+
+    # ------------------------------------------------------------------ kept features
+    def feature_space(self, sample_id: str) -> dict[str, Any] | None:
+        """Which backbone made the sample's kept features (None: none kept)."""
+        with self._mutex:
+            space = self._sample_group(sample_id).attrs.get("feature_space")
+            return dict(space) if isinstance(space, Mapping) else None
+
+    def write_features(
+        self,
+        sample_id: str,
+        rows: Sequence[int] | np.ndarray,
+        features: np.ndarray,
+        space: Mapping[str, Any],
+        *,
+        replace: bool = False,
+    ) -> bool:
+        """Keep the features of committed `rows` (see `_kept`); True when written.
+
+        Features of another space than the sample's are not mixed in: False, nothing
+        written, unless `replace` (every row's features made again, e.g. by a
+        reclassification with another backbone): then the old ones are cleared first.
+        """
+        space = check_feature_space(space)
+        feats = np.asarray(features, dtype=np.float32)
+        idx = np.asarray(rows, dtype=np.int64)
+        if feats.shape != (idx.size, space["dim"]):
+            raise ValueError(f"features must be ({idx.size}, {space['dim']}), got {feats.shape}")
+        with self._mutex:
+            self._check_writable()
+            group = self._sample_group(sample_id)
+            n = _counter(group.attrs, "n_committed")
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise ValueError(f"rows must lie in [0, {n}) (committed rows of {sample_id!r})")
+            current = group.attrs.get("feature_space")
+            arr = features_array(group, space["dim"], create=False)
+            if (current and not same_space(current, space)) or (
+                arr is not None and arr.shape[1] != space["dim"]
+            ):
+                if not replace:
+                    return False
+                if arr is not None:
+                    arr.resize((0, arr.shape[1]))
+                    del group[arr.basename]
+                    arr = None
+                group.update_attributes({"feature_space": None})
+            arr = arr if arr is not None else features_array(group, space["dim"], create=True)
+            assert arr is not None  # created when missing
+            if arr.shape[0] < n:
+                arr.resize((n, space["dim"]))
+            if idx.size:
+                arr.oindex[idx] = feats
+            group.update_attributes({"feature_space": space})
+            return True
+
+    def read_features(
+        self, sample_id: str, rows: Sequence[int] | np.ndarray | None = None
+    ) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """Kept features of committed rows, (len(rows), D) float32 (NaN rows: none kept),
+        and their space; ``(zeros (len, 0), None)`` when the sample keeps none. A chunk
+        that cannot be read counts as not kept (they are a cache; see `_kept`)."""
+        with self._mutex:
+            group = self._sample_group(sample_id)
+            n = _counter(group.attrs, "n_committed")
+            idx = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise ValueError(f"rows must lie in [0, {n}) (committed rows of {sample_id!r})")
+            space = group.attrs.get("feature_space")
+            arr = features_array(group, 0, create=False)
+            if not space or arr is None:
+                return np.zeros((idx.size, 0), np.float32), None
+            out = np.full((idx.size, arr.shape[1]), np.nan, np.float32)
+            have = idx < arr.shape[0]
+            if have.any():
+                try:
+                    out[have] = arr.oindex[idx[have]]
+                except Exception as exc:  # a damaged cache chunk: computed again from crops
+                    warnings.warn(
+                        f"{self.path}: sample {sample_id!r}: kept features unreadable "
+                        f"({one_line(exc)}); they will be computed again from the crops",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    out[:] = np.nan
+            return out, dict(space)
+
+    # ------------------------------------------------------------------ reclassification
+    def classification_history(self, sample_id: str) -> list[dict[str, Any]]:
+        """Classifications a later model replaced, oldest first: each with its model,
+        when it was replaced, its counts then and where its columns are kept."""
+        with self._mutex:
+            hist = self._sample_group(sample_id).attrs.get("classification_history", [])
+            return [dict(e) for e in hist]
+
+    def read_classification(self, sample_id: str, index: int) -> dict[str, np.ndarray]:
+        """The classification columns of history entry `index` (as `read_specimens` would
+        have returned them then), with the review columns of today."""
+        with self._mutex:
+            hist = self.classification_history(sample_id)
+            if not 0 <= index < len(hist):
+                raise ValueError(f"sample {sample_id!r} has no classification {index}")
+            group = self._sample_group(sample_id)
+            snap = group[f"{HISTORY_GROUP}/{hist[index]['snapshot']}"]
+            rows = int(hist[index]["rows"])
+            out = self.read_specimens(sample_id)
+            k = len(self._class_names)
+            for name in CLASSIFICATION_COLUMNS:
+                values = self._decoded(sample_id, name, lambda a=snap[name]: a[:rows])
+                if name in PER_CLASS_ARRAYS:
+                    values = padded(values, values.shape[1], k)
+                out[name][:rows] = values
+            return out
+
+    def replace_classification(
+        self,
+        sample_id: str,
+        columns: Mapping[str, np.ndarray],
+        provenance: Mapping[str, Any],
+        *,
+        replaced: Mapping[str, Any],
+    ) -> int:
+        """Classify every committed row of a sample again: the new `columns` replace the
+        classification (`_kept.CLASSIFICATION_COLUMNS`, one row per committed row), the
+        old ones are kept as history with `replaced` (what to say about the model that
+        made them), `provenance` is added (the new model) and a tally row records the
+        new counts. Reviews are kept. Returns the history entry's index.
+
+        Crash safety: the old columns are copied first; a marker then says a replacement
+        is under way; the new columns are written; one attrs write commits them with the
+        provenance and the history entry and clears the marker. A writer that finds the
+        marker (`_recover`) copies the old columns back.
+        """
+        k = len(self._class_names)
+        with self._mutex:
+            self._check_writable()
+            group = self._sample_group(sample_id)
+            arrays = self._sample_arrays(sample_id)
+            n = _counter(group.attrs, "n_committed")
+            m0 = _counter(group.attrs, "n_tally")
+            cols = _classification_columns(columns, n, k)
+            old = self.read_specimens(
+                sample_id, columns=[*CLASSIFICATION_COLUMNS, *_COUNT_COLUMNS]
+            )
+            history = [dict(e) for e in group.attrs.get("classification_history", [])]
+            index = len(history)
+            snapshot = f"{index}-{int(time.time() * 1000)}"
+            snap_group = group.require_group(HISTORY_GROUP).create_group(snapshot)
+            for name in CLASSIFICATION_COLUMNS:
+                values = np.ascontiguousarray(old[name], dtype=_COLUMNS[name][0])
+                arr = snap_group.create_array(
+                    name,
+                    shape=values.shape,
+                    chunks=(max(n, 1), *values.shape[1:]),
+                    dtype=values.dtype,
+                    fill_value=_COLUMNS[name][1],
+                    compressors=_compressor(),
+                )
+                if n:
+                    arr.with_config({"write_empty_chunks": True})[:] = values
+            group.update_attributes({"reclassifying": snapshot})
+            counts = stats.class_counts({**old, **cols}, k)
+            writes = [(arrays[name], slice(0, n), cols[name]) for name in CLASSIFICATION_COLUMNS]
+            writes.append((arrays["tally_time"], slice(m0, m0 + 1), np.array([time.time()])))
+            writes.append((arrays["tally_counts"], slice(m0, m0 + 1), counts[None, :]))
+            _write_rows(arrays, {"tally_time": m0 + 1, "tally_counts": m0 + 1}, writes)
+            now = _now_iso()
+            history.append(
+                {
+                    **_jsonable(dict(replaced), "replaced classification"),
+                    "snapshot": snapshot,
+                    "rows": n,
+                    "counts": stats.class_counts(old, k).tolist(),
+                    "replaced_at": now,
+                }
+            )
+            entry = {
+                **_jsonable(dict(provenance), "provenance"),
+                "set_at": now,
+                "from_row": 0,
+                "reclassified_rows": n,
+            }
+            group.update_attributes(
+                {
+                    "provenance": [*group.attrs.get("provenance", []), entry],
+                    "classification_history": history,
+                    "reclassifying": None,
+                    "n_tally": m0 + 1,
+                    "updated": now,
+                }
+            )
+            self._running[sample_id] = counts
+            return index
+
     # ------------------------------------------------------------------ recovery
     def _recover(self, *, deep_clean: bool) -> None:
         """Trim ghost rows and remove half-made samples left by a killed writer.
@@ -817,6 +1076,14 @@ class TallyStore:
                 )
                 continue
             group: Any = zarr.open_group(self.path, path=f"samples/{entry.name}", mode="r+")
+            if group.attrs.get("reclassifying"):
+                _undo_reclassification(group, entry.name)
+                warnings.warn(
+                    f"sample {entry.name!r}: an interrupted reclassification was undone "
+                    "(the earlier classification is back; run it again)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             for name in _OPTIONAL_COLUMNS:
                 if name not in group:  # a store written before the column existed
                     _create_column(group, name, _counter(group.attrs, "n_committed"), k)
@@ -825,16 +1092,21 @@ class TallyStore:
                 name: group[name].with_config({"write_empty_chunks": True})
                 for name in (*_COLUMNS, "crops", *_TALLY_ARRAYS)
             }
-            trimmed = _trim_arrays(
-                arrays,
-                _counter(group.attrs, "n_committed"),
-                _counter(group.attrs, "n_tally"),
-                entry.name,
+            n_committed = _counter(group.attrs, "n_committed")
+            # Rows above the counter are either preallocated (never written: frame_index
+            # still its fill value, -1) or a batch a killed writer wrote but never
+            # committed. Only the second is worth a word, and it is named as such.
+            fi = arrays["frame_index"]
+            written = (
+                int(np.count_nonzero(fi[n_committed : fi.shape[0]] != -1))
+                if fi.shape[0] > n_committed
+                else 0
             )
-            if trimmed:
+            _trim_arrays(arrays, n_committed, _counter(group.attrs, "n_tally"), entry.name)
+            if written:
                 warnings.warn(
-                    f"sample {entry.name!r}: dropped {trimmed} row(s) above the commit counter "
-                    "(preallocated, or left uncommitted by an interrupted writer)",
+                    f"sample {entry.name!r}: removed {written} row(s) an interrupted writer "
+                    f"wrote but never committed (the {n_committed} committed rows are intact)",
                     RuntimeWarning,
                     stacklevel=3,
                 )
@@ -898,6 +1170,8 @@ class TallyStore:
                         continue
                     arr = group[name]
                 out[name] = self._decoded(sample_id, name, lambda a=arr: a[:n])
+                if name in PER_CLASS_ARRAYS:
+                    out[name] = padded(out[name], class_width(group), len(self._class_names))
             if crops:
                 out["crops"] = self.read_crops(sample_id)
             return out
@@ -933,9 +1207,10 @@ class TallyStore:
             group = self._sample_group(sample_id)
             m = _counter(group.attrs, "n_tally")
             self._check_present(sample_id, _TALLY_ARRAYS)
+            counts = self._decoded(sample_id, "tally_counts", lambda: group["tally_counts"][:m])
             return (
                 self._decoded(sample_id, "tally_time", lambda: group["tally_time"][:m]),
-                self._decoded(sample_id, "tally_counts", lambda: group["tally_counts"][:m]),
+                padded(counts, class_width(group), len(self._class_names)),
             )
 
     def _check_present(
@@ -977,3 +1252,44 @@ class TallyStore:
         """(record, committed specimens without crops) for each sample, in order."""
         for sid in self.samples():
             yield self.sample_record(sid), self.read_specimens(sid)
+
+
+def _classification_columns(
+    columns: Mapping[str, np.ndarray], n: int, k: int
+) -> dict[str, np.ndarray]:
+    """`replace_classification`'s columns checked: every classification column, n rows,
+    the stored dtypes, classes in range, probabilities finite and in [0, 1]."""
+    out: dict[str, np.ndarray] = {}
+    for name in CLASSIFICATION_COLUMNS:
+        if name not in columns:
+            raise ValueError(f"a classification needs column {name!r}")
+        dtype, _, tail = _COLUMNS[name]
+        trailing = tuple(k if t == "K" else int(t) for t in tail)
+        arr = np.asarray(columns[name])
+        if arr.shape != (n, *trailing):
+            raise ValueError(f"{name} must have shape {(n, *trailing)}, got {arr.shape}")
+        out[name] = np.ascontiguousarray(arr, dtype=dtype)
+    if np.any((out["class_index"] < 0) | (out["class_index"] >= k)):
+        raise ValueError(f"class_index must lie in [0, {k})")
+    probs = out["mean_probs"]
+    if not np.all(np.isfinite(probs)) or np.any(probs < -1e-6) or np.any(probs > 1 + 1e-6):
+        raise ValueError("mean_probs must be finite and lie in [0, 1]")
+    return out
+
+
+def _undo_reclassification(group: Any, sample_id: str) -> None:
+    """Copy the snapshot of an interrupted `replace_classification` back (see there)."""
+    snapshot = str(group.attrs["reclassifying"])
+    snap = group[f"{HISTORY_GROUP}/{snapshot}"]
+    n = _counter(group.attrs, "n_committed")
+    for name in CLASSIFICATION_COLUMNS:
+        values = snap[name][:n]
+        arr = group[name].with_config({"write_empty_chunks": True})
+        if name in PER_CLASS_ARRAYS:
+            width = values.shape[1]
+            arr[:n, :width] = values
+        else:
+            arr[:n] = values
+    # The tally row it may have written lies above n_tally: trimmed as any uncommitted row.
+    del group[HISTORY_GROUP][snapshot]
+    group.update_attributes({"reclassifying": None})

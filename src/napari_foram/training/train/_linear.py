@@ -25,8 +25,9 @@ into the last layer (weights and bias / T, exact), and recorded in the checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,7 +105,7 @@ def fit_many(
     # of rows: drawing a fresh (N, D) mask every step was 2/3 of the fit's time (CPU
     # Bernoulli sampling), and over the steps every row still meets many masks.
     bank_size = max(4, min(MASK_BANK, int(MASK_BANK_BYTES // max(1, n * d))))
-    with seeded(seed), torch.enable_grad():
+    with seeded(seed), torch.enable_grad(), _threads_for(n * d * m * k):
         bank = torch.rand(bank_size, n, d) >= dropout if dropout > 0 else None
         shifts = torch.randint(0, n, (steps,)).tolist()
         keep_scale = 1.0 / (1.0 - dropout)
@@ -129,6 +130,27 @@ def fit_many(
             layer.bias.copy_(bias[i * k : (i + 1) * k])
             layers.append(layer.eval())
     return layers
+
+
+#: Multiply-adds per step below which one thread fits faster than several: the steps
+#: of a few dozen labels are too small to share, and on a busy machine every op waited
+#: for its second thread (40 labels x 2048 features x 16 models: 1.0-1.6 s with one
+#: thread against 13-25 s with two, measured while other work shared the two cores).
+SMALL_STEP_MACS = 20e6
+
+
+@contextlib.contextmanager
+def _threads_for(macs_per_step: float) -> Iterator[None]:
+    """One torch thread for small steps (`SMALL_STEP_MACS`), torch's setting otherwise."""
+    before = torch.get_num_threads()
+    if macs_per_step >= SMALL_STEP_MACS or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _fit(
