@@ -265,6 +265,27 @@ def _content_digest(record: dict[str, Any], tensors: Mapping[str, torch.Tensor])
     return str(_tensor_digest(tensors, h).hexdigest())
 
 
+#: The one tensor allowed to hold +inf: the mean of a class the density never saw.
+_INF_ALLOWED = DENSITY_PREFIX + "class_means"
+
+
+def nonfinite_tensor(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first tensor (sorted) holding NaN or inf values, or None.
+
+    NaN or inf weights make every prediction NaN (or a meaningless arg-max): a model that
+    holds them is broken, whatever its digest says. The feature density's class means
+    may be +inf (a class absent from its training crops), never NaN.
+    """
+    for name in sorted(tensors):
+        t = tensors[name]
+        if not t.is_floating_point():
+            continue
+        bad = torch.isnan(t) if name == _INF_ALLOWED else ~torch.isfinite(t)
+        if bool(bad.any()):
+            return name
+    return None
+
+
 def conv_sha256(model: FORAMNet) -> str:
     """Digest of the backbone's conv tensors (identifies the exact backbone weights)."""
     return str(_tensor_digest(model.conv.state_dict()).hexdigest())
@@ -291,7 +312,8 @@ def save_checkpoint(
     Raises
     ------
     ValueError
-        `model` and `info` disagree, or the training/metrics records are not JSON-able.
+        `model` and `info` disagree, a tensor holds NaN or inf values (a diverged
+        training), or the training/metrics records are not JSON-able.
     """
     from safetensors.torch import save_file
 
@@ -321,6 +343,8 @@ def save_checkpoint(
     }
     if head_only:
         state = {k: v for k, v in state.items() if k.startswith(("head.", DENSITY_PREFIX))}
+    if (bad := nonfinite_tensor(state)) is not None:
+        raise ValueError(f"refusing to save {path.name}: tensor {bad} holds NaN/inf values")
     record = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **info._stored_dict()}
     try:
         json.dumps(record)
@@ -446,7 +470,8 @@ def load_checkpoint(
     ValueError
         Missing file, not a safetensors file, truncated, wrong format version, edited
         record or tensors (digest mismatch), tensors that do not fit the recorded head and
-        class count, or a rebuilt backbone that differs from the one trained with.
+        class count, tensors holding NaN or inf values, or a rebuilt backbone that differs
+        from the one trained with.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -459,6 +484,16 @@ def load_checkpoint(
         raise ValueError(f"{path.name}: cannot read tensors: {exc}".splitlines()[0]) from None
     if record.get("content_sha256") != _content_digest(record, tensors):
         raise ValueError(f"{path.name}: content digest mismatch (file edited or corrupted)")
+    # The digest covers the tensors as stored; the model computes in fp32 (a float16 or
+    # bfloat16 file, e.g. a converted one, loads converted).
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            if not name.startswith(DENSITY_PREFIX):
+                raise ValueError(f"{path.name}: tensor {name} holds {t.dtype}, not floats")
+        elif t.dtype != torch.float32:
+            tensors[name] = t.to(torch.float32)
+    if (bad := nonfinite_tensor(tensors)) is not None:
+        raise ValueError(f"checkpoint {path.name}: tensor {bad} holds NaN/inf values")
     # The optional feature density travels beside the network's own tensors.
     density_tensors = {k: tensors.pop(k) for k in list(tensors) if k.startswith(DENSITY_PREFIX)}
     try:
@@ -512,6 +547,8 @@ def load_checkpoint(
                 f"{path.name}: the backbone rebuilt from {source} differs from the one the "
                 "head was trained on"
             )
+        if (bad := nonfinite_tensor(model.conv.state_dict())) is not None:
+            raise ValueError(f"backbone {source}: tensor conv.{bad} holds NaN/inf values")
         model.head.load_state_dict(
             {k.removeprefix("head."): v for k, v in tensors.items()}, strict=True
         )

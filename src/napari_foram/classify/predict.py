@@ -379,6 +379,10 @@ def interactive_cpu_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
+class NonFiniteOutputError(ValueError):
+    """The model's probabilities are NaN or inf: the model is broken, not one input."""
+
+
 class Predictor:
     """A classifier ready to predict: model on its device, preprocessing, precision.
 
@@ -712,6 +716,12 @@ class Predictor:
             return torch.cat([p[key] for p in parts]).cpu().numpy()
 
         mean = cat("mean").astype(np.float32)
+        if bad := int((~np.isfinite(mean)).any(axis=1).sum()):
+            # NaN probabilities would print, count and save as if they were answers.
+            raise NonFiniteOutputError(
+                f"the model gave non-finite probabilities for {bad} crop(s) "
+                "(NaN or inf weights or inputs)"
+            )
         return Predictions(
             class_index=mean.argmax(axis=1).astype(np.int64),
             mean_probs=mean,

@@ -331,6 +331,7 @@ def classify(
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
     import numpy as np
 
+    from napari_foram.classify.predict import NonFiniteOutputError
     from napari_foram.pipeline import load_predictor, predictions_unsure
 
     _use_precision(precision)
@@ -346,6 +347,8 @@ def classify(
                 continue
             pred = predictor.predict(crops, mc_samples=mc)
         except (ValueError, OSError, MemoryError) as exc:
+            if isinstance(exc, NonFiniteOutputError):
+                raise  # the model is broken, not this file: one line, stop
             reason = one_line(exc)
             if not reason.startswith(str(path)):
                 reason = f"{path}: {reason}"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from napari_foram._progress import ProgressCallback
-from napari_foram.classify.checkpoint import save_checkpoint
+from napari_foram.classify.checkpoint import nonfinite_tensor, save_checkpoint
 from napari_foram.classify.density import (
     DEFAULT_FALSE_FLAG_RATE,
     FeatureDensity,
@@ -153,6 +153,7 @@ def train_classifier(
         files["grid"] = str(output.with_name(f"{output.stem}.grid.csv"))
         _write_csv(Path(files["grid"]), outcome_grid)
     best = max(runs, key=RunResult.score)
+    _refuse_diverged(best, split)  # before anything is measured on (or fitted to) it
     val_ms = mean_sd([r.val_accuracy for r in runs])
     tests = [r.test_accuracy for r in runs if r.test_accuracy is not None]
     test_ms = mean_sd(tests) if tests else (float("nan"), float("nan"))
@@ -234,6 +235,7 @@ def train_classifier(
     metrics["unsure_rule"] = best.info.unsure_rule
     best.info.metrics = _json_clean(metrics)
     best.info.training = _json_clean(best.info.training)
+    _refuse_diverged(best, split)  # the refit on all crops may have diverged too
     save_checkpoint(output, best.model, best.info)
     files["checkpoint"] = str(output)
     precision = _decide_precision(best, data, split, progress)
@@ -246,6 +248,23 @@ def train_classifier(
         interrupted=interrupted,
         metrics={**best.info.metrics, "precision": precision},
     )
+
+
+def _refuse_diverged(run: RunResult, split: dict[str, np.ndarray]) -> None:
+    """ValueError (one line, nothing written) when `run` diverged: a NaN/inf validation
+    loss or NaN/inf weights. Such a model answers NaN for every crop."""
+    problems = []
+    if len(split["val"]) and not np.isfinite(run.val_loss):
+        problems.append(f"validation loss {run.val_loss}")
+    if (bad := nonfinite_tensor(run.model.state_dict())) is not None:
+        problems.append(f"tensor {bad} holds NaN/inf values")
+    if problems:
+        hint = ""
+        if run.phase2 and run.phase2.get("best_epoch", 0) > 0:
+            hint = f"; try a lower --fine-tune-lr than {run.config.fine_tune_lr:g}"
+        elif run.config.recipe != "pooled-linear":
+            hint = f"; try a lower --lr than {run.config.lr:g}"
+        raise ValueError(f"training diverged ({'; '.join(problems)}): no model written{hint}")
 
 
 #: Fewest labelled images a class needs: one each to train on, validate and test with.
