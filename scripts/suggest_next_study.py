@@ -73,6 +73,7 @@ class HeadOnFeatures:
             self.classes,
             [("pool", int(r)) for r in rows],
             self.base.feature_space,
+            reference=self.feats,  # every specimen of the "sample", as the widget has
         )
         try:
             taught = teach(labels, self.base, unsure_rule=False)

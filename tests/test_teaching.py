@@ -26,7 +26,7 @@ from napari_foram.pipeline import CountingPipeline
 from napari_foram.reclassify import reclassify_sample, reclassify_store, sample_features
 from napari_foram.synthetic import CLASSES, render_tray
 from napari_foram.tally import SampleRecord, TallyStore
-from napari_foram.tally.stats import REVIEW_CONFIRMED, REVIEW_RELABELLED
+from napari_foram.tally.stats import REVIEW_CONFIRMED, REVIEW_RELABELLED, final_labels
 from napari_foram.tally.store.integrity import store_problems
 from napari_foram.teaching import (
     gather_labels,
@@ -133,9 +133,15 @@ def test_retrain_from_labels_recounts_with_history_and_the_cli_agrees(
         widget_summary = store.sample_summary(SAMPLE)["counts"]
     (report,) = result.reports
     assert report.source == "kept" and report.rows == len(truth)
-    # The same specimens: positions, boxes and reviews untouched.
-    for column in ("centroid_y", "centroid_x", "bbox", "review_status", "reviewed_class"):
+    # The same specimens: positions and boxes untouched; every label a person gave
+    # stands (a confirmation the new model disagrees with becomes a relabel to it).
+    for column in ("centroid_y", "centroid_x", "bbox"):
         np.testing.assert_array_equal(after[column], before[column])
+    labelled_before = before["review_status"] > 0
+    np.testing.assert_array_equal(after["review_status"] > 0, labelled_before)
+    np.testing.assert_array_equal(
+        final_labels(after)[labelled_before], final_labels(before)[labelled_before]
+    )
     # Labelled specimens now predicted as labelled (the head learnt its training labels).
     rows = np.flatnonzero(before["review_status"] > 0)
     labels = np.where(
@@ -275,8 +281,11 @@ def test_an_interrupted_reclassification_is_undone_on_open(store_path: Path, cou
 def test_too_few_labels_and_bad_models_give_one_line(store_path: Path, base, tmp_path) -> None:
     _, predictor = base
     with TallyStore.open(store_path, mode="a") as store:
-        store.set_review(SAMPLE, [0, 1], status=REVIEW_CONFIRMED, reviewer="ana")
-        with pytest.raises(ValueError, match="label at least 2 specimens in each of two") as e:
+        # Two labels, one class: nothing to tell apart yet.
+        store.set_review(
+            SAMPLE, [0, 1], status=REVIEW_RELABELLED, reviewed_class=2, reviewer="ana"
+        )
+        with pytest.raises(ValueError, match="label specimens of at least two classes") as e:
             teach(gather_labels(store, predictor), predictor)
         assert "\n" not in str(e.value)
         # Non-finite features never make a model.

@@ -40,8 +40,11 @@ if TYPE_CHECKING:
     from napari_foram.reclassify import ReclassifyReport
     from napari_foram.tally.store import TallyStore
 
-#: Labels a class needs before a taught model knows it (fewer: left out, said so).
-MIN_LABELS_PER_CLASS = 2
+#: Labels a class needs before a taught model knows it (fewer: left out, said so). One:
+#: with two, a class labelled once stayed unknown until a second specimen of its kind
+#: was labelled, which "suggest next" (rightly) puts off in favour of unseen kinds; on
+#: the real genera that cost the suggested order its lead over random order.
+MIN_LABELS_PER_CLASS = 1
 #: Input dropout of the taught linear head (the small-data recipe's).
 TAUGHT_DROPOUT = 0.2
 #: Share of labelled specimens the taught model's unsure rule may flag.
@@ -57,6 +60,9 @@ class LabelSet:
     class_names: list[str]
     where: list[tuple[str, int]]  # (sample_id, row)
     feature_space: dict[str, Any]
+    #: Features of every specimen of the samples, labelled or not (finite rows): their
+    #: mean and SD standardise the head's input (`fit_linear_head`'s standardize_on).
+    reference: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -101,13 +107,14 @@ def gather_labels(
     from napari_foram.reclassify import sample_features
 
     ids = list(sample_ids) if sample_ids is not None else store.samples()
-    feats, labels, where = [], [], []
+    feats, labels, where, reference = [], [], [], []
     for sid in ids:
         cols = ("review_status", "reviewed_class", "class_index", "duplicate_of")
         rows, lab = labelled_rows(store.read_specimens(sid, columns=cols))
         if not len(rows):
             continue
         all_feats, _ = sample_features(store, sid, predictor)
+        reference.append(all_feats[np.isfinite(all_feats).all(axis=1)])
         feats.append(all_feats[rows])
         labels.append(lab)
         where += [(sid, int(r)) for r in rows]
@@ -119,6 +126,7 @@ def gather_labels(
         class_names=store.class_names,
         where=where,
         feature_space=space,
+        reference=np.concatenate(reference) if reference else None,
     )
 
 
@@ -144,8 +152,7 @@ def teachable(labels: LabelSet) -> tuple[list[int], dict[str, int]]:
     if len(keep) < 2:
         have = ", ".join(f"{n} {c}" for n, c in labels.per_class().items() if c) or "none"
         raise ValueError(
-            f"label at least {MIN_LABELS_PER_CLASS} specimens in each of two classes "
-            f"to teach a model (labelled so far: {have})"
+            f"label specimens of at least two classes to teach a model (labelled so far: {have})"
         )
     return keep, left
 
@@ -207,6 +214,7 @@ def teach(
         seed=seed,
         progress=progress,
         label="teaching: ",
+        standardize_on=None if labels.reference is None else torch.from_numpy(labels.reference),
     )
     if not all(torch.isfinite(p).all() for p in model.head.parameters()):
         raise ValueError("the taught head is not finite (features out of range?); not saved")
@@ -450,7 +458,9 @@ def suggest_next(
         # By rank among the rows (0 .. 1]: the order, not the scale, of the entropies
         # matters, and a model taught on a few labels is calibrated with a large
         # temperature that pushes every entropy near its maximum.
-        uncertainty = (np.argsort(np.argsort(entropy)) + 1) / len(entropy)
+        from scipy.stats import rankdata
+
+        uncertainty = rankdata(np.round(entropy, 6), method="average") / len(entropy)
     else:
         uncertainty = np.ones(len(x))
     anchors = np.flatnonzero(labelled & ok)

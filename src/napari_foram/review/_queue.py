@@ -253,3 +253,47 @@ def queue_order(
     key = np.where(np.isnan(u[rows]), -np.inf, u[rows])
     # lexsort sorts by the last key first: descending uncertainty, then ascending row.
     return rows[np.lexsort((rows, -key))].astype(np.int64)
+
+
+#: The queue order "suggest next" (`suggested_order`), beside the uncertainty measures.
+SUGGEST_NEXT = "suggest_next"
+
+
+def suggested_order(
+    specimens: Mapping[str, np.ndarray],
+    features: np.ndarray,
+    queue_filter: QueueFilter | None = None,
+    unsure_rule: stats.UnsureRule | Mapping[str, Any] | None = None,
+    n: int = 50,
+) -> np.ndarray:
+    """Rows of a sample in "suggest next" order: the `n` a label would help most first
+    (`napari_foram.teaching.suggest_next`: uncertain and unlike the labelled ones), then
+    the other candidates by predictive entropy (a greedy pick costs a pass over every
+    row's features: a batch at a time keeps a 1,000-specimen sample instant).
+
+    The rows are those `queue_order` keeps with `queue_filter` (duplicates never);
+    rows without kept features (NaN) are never suggested (they follow the others). The labelled
+    rows (confirmed, relabelled) are the anchors the distance is measured from; the
+    mean probabilities are the sample's current classification.
+
+    Returns
+    -------
+    (m,) int64 row indices: every row `queue_order` keeps, suggested ones first.
+    """
+    from napari_foram.teaching import suggest_next
+
+    keep = queue_order(specimens, "entropy", queue_filter, unsure_rule)
+    total = len(np.asarray(specimens["class_index"]))
+    feats = np.asarray(features, dtype=np.float32)
+    if feats.ndim != 2 or feats.shape[0] != total or feats.shape[1] == 0:
+        return keep  # no features kept: nothing to measure diversity with
+    candidates = np.zeros(total, dtype=bool)
+    candidates[keep] = True
+    status = np.asarray(specimens["review_status"])
+    labelled = np.isin(status, VALIDATED)
+    probs: np.ndarray | None = np.asarray(specimens["mean_probs"], dtype=np.float64)
+    if probs is not None and not np.isfinite(probs).all():
+        probs = None  # never classified: diversity alone
+    first = suggest_next(feats, probs, labelled, int(n), candidates=candidates).astype(np.int64)
+    rest = keep[~np.isin(keep, first)]
+    return np.concatenate([first, rest]).astype(np.int64)

@@ -38,6 +38,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_foram.defaults import MC_SAMPLES
+from napari_foram.widgets import labelling
+from napari_foram.widgets._active import ModelLabel, bind_model_field, hub
 from napari_foram.widgets._qt import (
     ActivityProgress,
     ClassLegend,
@@ -124,9 +126,25 @@ def show_crops(viewer: napari.Viewer, store: str | Path, *, visible: bool = True
             layer.metadata = kwargs.get("metadata", {})
             layer.visible = visible
         else:
-            viewer.add_image(data, visible=visible, **kwargs)
+            # (The reader's kwargs say "visible" too for a sample with stage positions.)
+            viewer.add_image(data, **{**kwargs, "visible": visible})
         names.append(name)
     return names
+
+
+def _frame_context(widget: BatchWidget) -> Any:
+    """(store, sample) of the "batch specimens" layer, for canvas labelling."""
+    import weakref
+
+    ref = weakref.ref(widget)
+
+    def context(layer: Any) -> tuple[Path, str] | None:
+        owner = ref()
+        sid = layer.metadata.get("sample_id")
+        path = owner._store_path if owner is not None else None
+        return (path, str(sid)) if path is not None and sid else None
+
+    return context
 
 
 def format_eta(seconds: float) -> str:
@@ -235,6 +253,7 @@ class BatchWidget(QWidget):
         self.legend = ClassLegend()
 
         layout = scroll_layout(self)
+        layout.addWidget(ModelLabel(napari_viewer))
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
@@ -245,6 +264,11 @@ class BatchWidget(QWidget):
         layout.addLayout(browse)
         layout.addWidget(self.crops_button)
         layout.addStretch(1)
+        # The model field is the viewer's active model; the counted file's specimens
+        # can be labelled on the canvas (`labelling`: select, then 1..9 or X).
+        bind_model_field(napari_viewer, self.model_edit, self.status_label.setText)
+        hub(napari_viewer).layer_context[SPECIMENS_LAYER] = _frame_context(self)
+        labelling.enable_canvas_keys(self, napari_viewer)
 
     # ------------------------------------------------------------------ pickers
     def _browse_folder(self) -> None:
@@ -263,6 +287,9 @@ class BatchWidget(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "*.safetensors")
         if path:
             self.model_edit.setText(path)
+            typed = getattr(self.model_edit, "model_typed", None)  # set by _active
+            if typed is not None:
+                typed()
 
     def _browse_samples(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Sample sheet", "", "*.csv")

@@ -43,6 +43,7 @@ from napari_foram.mosaic import Mosaic
 from napari_foram.pipeline import prediction_columns
 from napari_foram.reasons import one_line
 from napari_foram.tally import stats
+from napari_foram.widgets._active import ModelLabel
 from napari_foram.widgets._live_display import FRAME_LAYER, OVERVIEW_LAYER, LiveDisplay
 from napari_foram.widgets._qt import (
     ActivityProgress,
@@ -309,6 +310,7 @@ class LiveWidget(LiveDisplay, QWidget):
         # Sections fold away and the whole dock scrolls: it fits a 1366 x 768 screen
         # beside other docks (issue 15), where it used to force napari's window taller.
         layout = scroll_layout(self, height_hint=300)
+        layout.addWidget(ModelLabel(napari_viewer))
         self.sections = {
             "microscope": Section("Microscope", scope_box),
             "sample": Section("Sample", sample_box),
@@ -329,6 +331,9 @@ class LiveWidget(LiveDisplay, QWidget):
         self._timer.timeout.connect(self._redraw)
         self._timer.start()
         self._update_buttons()
+        from napari_foram.widgets._live_teach import connect_live
+
+        connect_live(self)  # the active model, canvas labels of its specimens
 
     # ------------------------------------------------------------------ actions
     def connect_microscope(self) -> None:

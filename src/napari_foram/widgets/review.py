@@ -25,6 +25,16 @@ On the canvas these keys take precedence over napari's own (a Points layer's 1-5
 Backspace, the dims' Left and Right) while the widget is shown with a sample open, so a
 key always acts on the specimen the widget shows.
 
+Selected specimens on the canvas come first: with a specimens layer active and points
+selected, 1..9 and X label those (`labelling`), not the specimen shown here.
+
+"Teach" (`_teach.TeachPanel`): add a class by name, label the canvas selection, retrain
+the classifier on the store's labels (by hand or after every N labels) and count again,
+or count again with the active model (Reclassify). The queue's "suggest next" order
+shows first the specimens whose label would help the model most (uncertain, unlike the
+labelled ones: `review._queue.suggested_order`). The "current model" field is the
+viewer's active model (`_active`), shown and followed by every widget of the plugin.
+
 "Show in frame": tally stores keep crops, not frames, so the specimen is shown where it
 lies on the sample: the sample's specimens as points at their stage positions (the
 layers the store reader makes; a tray mosaic from a scan in the same viewer lines up with
@@ -67,7 +77,12 @@ from napari_foram.review import (
     default_checkpoint_path,
     default_export_dir,
 )
+
+# "Suggest next" is a queue order of review._queue (not re-exported by the package).
+from napari_foram.review._queue import SUGGEST_NEXT
 from napari_foram.tally.stats import REVIEW_NONE
+from napari_foram.widgets import labelling
+from napari_foram.widgets._active import ModelLabel, bind_model_field, hub, register_writer
 from napari_foram.widgets._qt import Runner, Section, scroll_layout, with_browse
 from napari_foram.widgets._review_parts import (
     CROP_DISPLAY_PX,
@@ -94,6 +109,7 @@ MEASURE_LABELS = {
     "entropy": "predictive entropy",
     "vote": "1 - vote fraction",
     "feature_distance": "distance from training crops",
+    SUGGEST_NEXT: "suggest next (uncertain, unlike the labelled)",
 }
 
 
@@ -157,7 +173,7 @@ class ReviewWidget(QWidget):
 
         # ---- queue
         self.measure_box = QComboBox()
-        for name in MEASURES:
+        for name in (*MEASURES, SUGGEST_NEXT):
             self.measure_box.addItem(MEASURE_LABELS[name], name)
         self.class_box = QComboBox()
         self.status_box = QComboBox()
@@ -262,8 +278,14 @@ class ReviewWidget(QWidget):
         # The crop and its buttons in view (on a 768 px screen beside Foram live too).
         layout = scroll_layout(self, height_hint=460, min_height=330)
         layout.addLayout(form)
+        self.model_label = ModelLabel(napari_viewer)
+        layout.addWidget(self.model_label)
+        from napari_foram.widgets._teach import TeachPanel
+
+        self.teach = TeachPanel(self)
         self.sections = {
             "queue": Section("Queue (most uncertain first)", queue_box, expanded=False),
+            "teach": Section("Teach: classes, canvas labels, retrain", self.teach, expanded=False),
             "retrain": Section("Retrain from the validated crops", out_box, expanded=False),
         }
         layout.addWidget(self.sections["queue"])
@@ -274,6 +296,7 @@ class ReviewWidget(QWidget):
         layout.addWidget(self.frame_button)
         layout.addWidget(self.progress_label)
         layout.addWidget(self.message)
+        layout.addWidget(self.sections["teach"])
         layout.addWidget(self.sections["retrain"])
         layout.addStretch(1)
         # Text fields keep the keys typed into them: Qt passes a key a field does not
@@ -284,6 +307,12 @@ class ReviewWidget(QWidget):
         for field in [*edits, *self.findChildren(QAbstractSpinBox)]:
             field.installEventFilter(self)
         self._canvases: list[QOpenGLWidget] = []
+        # Labels given on the canvas carry this reviewer's name; they write through
+        # this widget's store when it holds it.
+        hub(napari_viewer).reviewer = self.reviewer_edit.text
+        register_writer(self, lambda w: w._store)
+        # The current model is the active model of every widget (shown and followed).
+        bind_model_field(napari_viewer, self.model_edit, self.message.setText)
         self._show()
         if store is not None:
             self.open_store(store)
@@ -303,6 +332,9 @@ class ReviewWidget(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "*.safetensors")
         if path:
             self.model_edit.setText(path)
+            typed = getattr(self.model_edit, "model_typed", None)  # set by _active
+            if typed is not None:
+                typed()
 
     # ------------------------------------------------------------------ store and sample
     @property
@@ -336,12 +368,7 @@ class ReviewWidget(QWidget):
             self._show()
             return False
         self._store = store
-        self.class_box.blockSignals(True)
-        self.class_box.clear()
-        self.class_box.addItem("all classes", None)
-        for k, name in enumerate(store.class_names):
-            self.class_box.addItem(f"{k + 1} {name}", k)
-        self.class_box.blockSignals(False)
+        self._fill_classes()
         samples = store.samples()
         self.sample_box.blockSignals(True)
         self.sample_box.clear()
@@ -361,6 +388,31 @@ class ReviewWidget(QWidget):
         if self._store is not None:
             self._store.close()
             self._store = None
+        self.teach.update_state()
+
+    def _fill_classes(self, keep: bool = False) -> None:
+        names = self._store.class_names if self._store is not None else []
+        current = self.class_box.currentData() if keep else None
+        self.class_box.blockSignals(True)
+        self.class_box.clear()
+        self.class_box.addItem("all classes", None)
+        for k, name in enumerate(names):
+            self.class_box.addItem(f"{k + 1} {name}", k)
+        if current is not None and current < len(names):
+            self.class_box.setCurrentIndex(int(current) + 1)
+        self.class_box.blockSignals(False)
+        self.teach.set_classes(names)
+        self.teach.update_state()
+
+    # ------------------------------------------------------------------ teaching
+    def classes_changed(self) -> None:
+        """The store's classes grew (a class added by name, or by a model that knows
+        more): the keys, the filter and the bars follow."""
+        self._fill_classes(keep=True)
+        if self.session is not None and self._store is not None:
+            self.session.class_names = self._store.class_names
+            self.session.refresh()
+        self._show()
 
     def open_sample(self, sample_id: str) -> None:
         """Review `sample_id` of the open store."""
@@ -375,10 +427,11 @@ class ReviewWidget(QWidget):
                 self._store,
                 sample_id,
                 reviewer=self.reviewer_edit.text(),
-                measure=str(self.measure_box.currentData()),
+                measure=self._measure(),
                 queue_filter=self._queue_filter(),
                 target=self._target(),
             )
+            self.teach.apply_suggest()
         except ValueError as exc:
             self.session = None
             self.message.setText(_one_line(f"cannot review sample {sample_id!r}: {exc}"))
@@ -393,6 +446,11 @@ class ReviewWidget(QWidget):
             self.session.reviewer = name
 
     # ------------------------------------------------------------------ queue settings
+    def _measure(self) -> str:
+        """The uncertainty measure shown (and sorted by, unless "suggest next")."""
+        measure = str(self.measure_box.currentData())
+        return "entropy" if measure == SUGGEST_NEXT else measure
+
     def _queue_filter(self) -> QueueFilter:
         cls = self.class_box.currentData()
         lo = hi = None
@@ -413,9 +471,10 @@ class ReviewWidget(QWidget):
         if self.session is None:
             return
         try:
-            self.session.set_measure(str(self.measure_box.currentData()))
+            self.session.set_measure(self._measure())
             self.session.set_filter(self._queue_filter())
             self.session.set_target(self._target())
+            self.teach.apply_suggest()
         except ValueError as exc:
             self.message.setText(_one_line(exc))
         self._show()
@@ -440,6 +499,8 @@ class ReviewWidget(QWidget):
             if canvas not in self._canvases:
                 canvas.installEventFilter(self)
                 self._canvases.append(canvas)
+        # Selected specimens on the canvas take 1..9 / X first (`labelling`).
+        labelling.install_canvas_keys(self.viewer, window)
 
     def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:
         if not isinstance(event, QKeyEvent) or event.type() != QEvent.Type.KeyPress:
@@ -455,6 +516,8 @@ class ReviewWidget(QWidget):
             action = key_action(event)
             if action is None or self.session is None or not self.isVisible():
                 return False  # napari's own keys
+            if labelling.handles_key(self.viewer, event):
+                return False  # the selected specimens get the label (`labelling`)
             self.do(action)
             event.accept()
             return True
@@ -490,9 +553,12 @@ class ReviewWidget(QWidget):
                     raise ValueError(f"no class {number}: this store has {k} classes (keys 1-{k})")
                 step = session.relabel(number - 1)
                 self.message.setText(self._done_text(step.action, step.row, step.reviewed_class))
+                self.teach.note_labels(1)
             elif action in ("accept", "dubious", "reject"):
                 step = getattr(session, action)()
                 self.message.setText(self._done_text(step.action, step.row, -1))
+                if action == "accept":
+                    self.teach.note_labels(1)
             else:
                 raise ValueError(f"unknown action {action!r}")
         except ValueError as exc:
@@ -724,6 +790,7 @@ class ReviewWidget(QWidget):
         """Wait for an export or fine-tuning to end (no thread outlives the widget), then
         release the store and napari's canvas."""
         self.runner.close(None)
+        self.teach.close_panel()
         self.close_store()
         for canvas in self._canvases:  # napari's canvas outlives the widget
             canvas.removeEventFilter(self)

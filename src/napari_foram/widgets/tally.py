@@ -123,8 +123,12 @@ class TallyWidget(Container):
             edit.line_edit.native.setMinimumWidth(60)
         self.message = Label(value="choose a tally store (a .zarr folder)")
         self.message.native.setWordWrap(True)
+        # The active model of the viewer's widgets (its card as the tooltip).
+        self.model_label = Label(value="")
+        self.model_label.native.setWordWrap(True)
         self.extend(
             [
+                self.model_label,
                 Container(widgets=[self._store_edit, self._sample], labels=True),
                 self._refresh_button,
                 self.table,
@@ -145,6 +149,28 @@ class TallyWidget(Container):
         self._refresh_button.changed.connect(self.refresh)
         self._export_csv_button.changed.connect(self.export_csv)
         self._export_plot_button.changed.connect(self.export_plot)
+        self._follow_viewer(napari_viewer)
+
+    def _follow_viewer(self, viewer: Any) -> None:
+        """Show the active model; re-read the table when specimens of this store are
+        labelled on the canvas or counted again (`_active.Hub`)."""
+        from napari_foram.widgets._active import bind_model_label, hub
+
+        bind_model_label(viewer, self.model_label.native)
+        state = hub(viewer)  # bound methods: psygnal holds them weakly
+        state.labelled.connect(self._on_labelled)
+        state.recounted.connect(self._on_recounted)
+
+    def _on_labelled(self, outcome: Any) -> None:
+        self._on_recounted(outcome.store_path)
+
+    def _on_recounted(self, path: Path, _sample_ids: object = None) -> None:
+        mine = self.store_path
+        try:
+            if mine is not None and mine.resolve() == Path(path).resolve():
+                self.refresh()
+        except RuntimeError:  # the widget is gone
+            pass
 
     def _style_table(self) -> None:
         from qtpy.QtWidgets import QHeaderView, QStyledItemDelegate

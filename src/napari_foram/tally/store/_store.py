@@ -20,6 +20,7 @@ from napari_foram.defaults import CROP_SIZE
 from napari_foram.reasons import one_line
 from napari_foram.tally import stats
 from napari_foram.tally.stats import (
+    REVIEW_CONFIRMED,
     REVIEW_NONE,
     REVIEW_RELABELLED,
 )
@@ -988,13 +989,13 @@ class TallyStore:
             m0 = _counter(group.attrs, "n_tally")
             cols = _classification_columns(columns, n, k)
             old = self.read_specimens(
-                sample_id, columns=[*CLASSIFICATION_COLUMNS, *_COUNT_COLUMNS]
+                sample_id, columns=list(dict.fromkeys([*CLASSIFICATION_COLUMNS, *_COUNT_COLUMNS]))
             )
             history = [dict(e) for e in group.attrs.get("classification_history", [])]
             index = len(history)
             snapshot = f"{index}-{int(time.time() * 1000)}"
             snap_group = group.require_group(HISTORY_GROUP).create_group(snapshot)
-            for name in CLASSIFICATION_COLUMNS:
+            for name in (*CLASSIFICATION_COLUMNS, *_REVIEW_KEPT):
                 values = np.ascontiguousarray(old[name], dtype=_COLUMNS[name][0])
                 arr = snap_group.create_array(
                     name,
@@ -1007,8 +1008,20 @@ class TallyStore:
                 if n:
                     arr.with_config({"write_empty_chunks": True})[:] = values
             group.update_attributes({"reclassifying": snapshot})
+            # A person confirmed the earlier class: if the new model says otherwise, that
+            # person's class stands (as a relabel), so a label never follows a model.
+            status = old["review_status"].copy()
+            reviewed = old["reviewed_class"].copy()
+            moved = (status == REVIEW_CONFIRMED) & (cols["class_index"] != old["class_index"])
+            status[moved] = REVIEW_RELABELLED
+            reviewed[moved] = old["class_index"][moved]
+            cols["review_status"] = status.astype(_COLUMNS["review_status"][0])
+            cols["reviewed_class"] = reviewed.astype(_COLUMNS["reviewed_class"][0])
             counts = stats.class_counts({**old, **cols}, k)
-            writes = [(arrays[name], slice(0, n), cols[name]) for name in CLASSIFICATION_COLUMNS]
+            writes = [
+                (arrays[name], slice(0, n), cols[name])
+                for name in (*CLASSIFICATION_COLUMNS, *_REVIEW_KEPT)
+            ]
             writes.append((arrays["tally_time"], slice(m0, m0 + 1), np.array([time.time()])))
             writes.append((arrays["tally_counts"], slice(m0, m0 + 1), counts[None, :]))
             _write_rows(arrays, {"tally_time": m0 + 1, "tally_counts": m0 + 1}, writes)
@@ -1277,12 +1290,19 @@ def _classification_columns(
     return out
 
 
+#: Review columns a reclassification may change (a confirmation the new model disagrees
+#: with becomes a relabel to the confirmed class) and its snapshot keeps.
+_REVIEW_KEPT = ("review_status", "reviewed_class")
+
+
 def _undo_reclassification(group: Any, sample_id: str) -> None:
     """Copy the snapshot of an interrupted `replace_classification` back (see there)."""
     snapshot = str(group.attrs["reclassifying"])
     snap = group[f"{HISTORY_GROUP}/{snapshot}"]
     n = _counter(group.attrs, "n_committed")
-    for name in CLASSIFICATION_COLUMNS:
+    for name in (*CLASSIFICATION_COLUMNS, *_REVIEW_KEPT):
+        if name not in snap:
+            continue
         values = snap[name][:n]
         arr = group[name].with_config({"write_empty_chunks": True})
         if name in PER_CLASS_ARRAYS:

@@ -229,6 +229,7 @@ def fit_linear_head(
     temperature: float | None = None,
     progress: ProgressCallback | None = None,
     label: str = "",
+    standardize_on: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Train a "pooled" linear head in place: standardisation, L2 by cross-validation,
     final fit, temperature; return the record.
@@ -249,6 +250,11 @@ def fit_linear_head(
     temperature
         Use this temperature instead of fitting one (a refit on every labelled crop
         keeps the one measured on held-out predictions).
+    standardize_on
+        Features (M, D) whose mean and SD standardise the input (default: the training
+        rows'). Teaching passes every specimen of the sample, labelled or not: a few
+        dozen labels of typical specimens spread less than the sample does, and scaling
+        by their SD made the head overconfident on everything else.
     """
     std = next(m for m in head if isinstance(m, Standardize))
     last = [m for m in head if isinstance(m, nn.Linear)]
@@ -259,8 +265,9 @@ def fit_linear_head(
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     k = last[0].out_features
     x = features.float()
-    mu = x[tr].mean(0)
-    sd = x[tr].std(0) + 1e-6 if len(tr) > 1 else torch.ones_like(mu)
+    ref = x[tr] if standardize_on is None else standardize_on.float()
+    mu = ref.mean(0)
+    sd = ref.std(0) + 1e-6 if len(ref) > 1 else torch.ones_like(mu)
     z = (x - mu) / sd
 
     smallest = int(np.bincount(y_all[tr].numpy(), minlength=k)[np.unique(y_all[tr])].min())
