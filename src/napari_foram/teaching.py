@@ -184,7 +184,7 @@ def teach(
         pooling_for,
     )
     from napari_foram.classify.model import FORAMNet
-    from napari_foram.training.train._linear import fit_linear_head
+    from napari_foram.training.train._linear import fit_linear_head, threads_for
 
     t0 = time.perf_counter()
     keep, left = teachable(labels)
@@ -196,86 +196,91 @@ def teach(
     x = torch.from_numpy(np.ascontiguousarray(labels.features[mask], dtype=np.float32))
     names = [labels.class_names[i] for i in keep]
 
-    # The head alone is new: the base's conv blocks are shared, not copied.
-    model = FORAMNet(
-        len(names),
-        hidden_units=(),
-        dropout=TAUGHT_DROPOUT,
-        feature_layout="pooled",
-        conv=base.model.conv,
-    )
-    record = fit_linear_head(
-        model.head,
-        x,
-        y,
-        np.arange(len(y)),
-        np.zeros(0, np.int64),
-        dropout=TAUGHT_DROPOUT,
-        seed=seed,
-        progress=progress,
-        label="teaching: ",
-        standardize_on=None if labels.reference is None else torch.from_numpy(labels.reference),
-    )
-    if not all(torch.isfinite(p).all() for p in model.head.parameters()):
-        raise ValueError("the taught head is not finite (features out of range?); not saved")
-
-    def fit_density(rows: np.ndarray) -> FeatureDensity:
-        return FeatureDensity.fit(
-            x[rows],
-            y[rows],
+    # A few dozen labels make steps too small to share between threads: one thread is
+    # several times faster, and much faster on a busy machine (`threads_for`).
+    with threads_for(len(y) * x.shape[1] * len(names) * 16):
+        # The head alone is new: the base's conv blocks are shared, not copied.
+        model = FORAMNet(
             len(names),
-            pooling=pooling_for("pooled"),
-            columns=columns_for("pooled"),
+            hidden_units=(),
+            dropout=TAUGHT_DROPOUT,
+            feature_layout="pooled",
+            conv=base.model.conv,
         )
+        record = fit_linear_head(
+            model.head,
+            x,
+            y,
+            np.arange(len(y)),
+            np.zeros(0, np.int64),
+            dropout=TAUGHT_DROPOUT,
+            seed=seed,
+            progress=progress,
+            label="teaching: ",
+            standardize_on=None
+            if labels.reference is None
+            else torch.from_numpy(labels.reference),
+        )
+        if not all(torch.isfinite(p).all() for p in model.head.parameters()):
+            raise ValueError("the taught head is not finite (features out of range?); not saved")
 
-    rule: dict[str, Any] = {}
-    if unsure_rule:
-        model.density = fit_density(np.arange(len(y)))
-        distances, calibrated_on = _held_out_distances(y, fit_density, x, seed)
-        if distances is None:  # too few labels to hold any out: the training ones (lenient)
-            distances = np.asarray(model.density.score(x))
-        rule = {
-            "measure": "feature_distance",
-            "threshold": round(fit_threshold(distances, TAUGHT_FALSE_FLAG_RATE), 4),
-            "false_flag_rate": TAUGHT_FALSE_FLAG_RATE,
-            "set_on": calibrated_on,
+        def fit_density(rows: np.ndarray) -> FeatureDensity:
+            return FeatureDensity.fit(
+                x[rows],
+                y[rows],
+                len(names),
+                pooling=pooling_for("pooled"),
+                columns=columns_for("pooled"),
+            )
+
+        rule: dict[str, Any] = {}
+        if unsure_rule:
+            model.density = fit_density(np.arange(len(y)))
+            distances, calibrated_on = _held_out_distances(y, fit_density, x, seed)
+            if distances is None:  # too few labels to hold any out: the training ones (lenient)
+                distances = np.asarray(model.density.score(x))
+            rule = {
+                "measure": "feature_distance",
+                "threshold": round(fit_threshold(distances, TAUGHT_FALSE_FLAG_RATE), 4),
+                "false_flag_rate": TAUGHT_FALSE_FLAG_RATE,
+                "set_on": calibrated_on,
+            }
+        space = labels.feature_space
+        info = ModelInfo.for_model(
+            model,
+            tuple(names),
+            backbone_weights=str(space.get("backbone_weights") or "imagenet"),
+            backbone_id=str(space.get("backbone") or ""),
+            backbone_seed=space.get("backbone_seed"),
+            input_convention=str(space["input_convention"]),
+            crop_policy="native",
+            temperature=float(record["temperature"]),
+        )
+        info.unsure_rule = rule
+        chosen = next(
+            (r for r in record["cross_validation"] if r["weight_decay"] == record["weight_decay"]),
+            None,
+        )
+        info.training = {
+            "kind": "taught in napari-foram from a tally store's labels",
+            "recipe": "pooled-linear",
+            "data": "labelled specimens of a tally store (kept pooled features)",
+            "data_sha256": labels.digest(),
+            "labels_per_class": {n: int((y == i).sum()) for i, n in enumerate(names)},
+            "classes_left_out": left,
+            "samples": sorted({sid for sid, _ in labels.where}),
+            "weight_decay": record["weight_decay"],
+            "folds": record["folds"],
+            "temperature": record["temperature"],
+            "seed": seed,
         }
-    space = labels.feature_space
-    info = ModelInfo.for_model(
-        model,
-        tuple(names),
-        backbone_weights=str(space.get("backbone_weights") or "imagenet"),
-        backbone_id=str(space.get("backbone") or ""),
-        backbone_seed=space.get("backbone_seed"),
-        input_convention=str(space["input_convention"]),
-        crop_policy="native",
-        temperature=float(record["temperature"]),
-    )
-    info.unsure_rule = rule
-    chosen = next(
-        (r for r in record["cross_validation"] if r["weight_decay"] == record["weight_decay"]),
-        None,
-    )
-    info.training = {
-        "kind": "taught in napari-foram from a tally store's labels",
-        "recipe": "pooled-linear",
-        "data": "labelled specimens of a tally store (kept pooled features)",
-        "data_sha256": labels.digest(),
-        "labels_per_class": {n: int((y == i).sum()) for i, n in enumerate(names)},
-        "classes_left_out": left,
-        "samples": sorted({sid for sid, _ in labels.where}),
-        "weight_decay": record["weight_decay"],
-        "folds": record["folds"],
-        "temperature": record["temperature"],
-        "seed": seed,
-    }
-    info.metrics = {
-        "held_out": "out-of-fold cross-validation on the labels" if chosen else "none",
-        "oof_accuracy": None if chosen is None else round(float(chosen["oof_accuracy"]), 4),
-        "oof_loss": None if chosen is None else round(float(chosen["oof_loss"]), 4),
-        "train_accuracy": round(float(record["train_accuracy"]), 4),
-        "n_labels": len(y),
-    }
+        info.metrics = {
+            "held_out": "out-of-fold cross-validation on the labels" if chosen else "none",
+            "oof_accuracy": None if chosen is None else round(float(chosen["oof_accuracy"]), 4),
+            "oof_loss": None if chosen is None else round(float(chosen["oof_loss"]), 4),
+            "train_accuracy": round(float(record["train_accuracy"]), 4),
+            "n_labels": len(y),
+        }
     return TaughtModel(model, info, labels, left, time.perf_counter() - t0)
 
 

@@ -105,7 +105,7 @@ def fit_many(
     # of rows: drawing a fresh (N, D) mask every step was 2/3 of the fit's time (CPU
     # Bernoulli sampling), and over the steps every row still meets many masks.
     bank_size = max(4, min(MASK_BANK, int(MASK_BANK_BYTES // max(1, n * d))))
-    with seeded(seed), torch.enable_grad(), _threads_for(n * d * m * k):
+    with seeded(seed), torch.enable_grad(), threads_for(n * d * m * k):
         bank = torch.rand(bank_size, n, d) >= dropout if dropout > 0 else None
         shifts = torch.randint(0, n, (steps,)).tolist()
         keep_scale = 1.0 / (1.0 - dropout)
@@ -140,7 +140,7 @@ SMALL_STEP_MACS = 20e6
 
 
 @contextlib.contextmanager
-def _threads_for(macs_per_step: float) -> Iterator[None]:
+def threads_for(macs_per_step: float) -> Iterator[None]:
     """One torch thread for small steps (`SMALL_STEP_MACS`), torch's setting otherwise."""
     before = torch.get_num_threads()
     if macs_per_step >= SMALL_STEP_MACS or before == 1:
