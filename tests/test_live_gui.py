@@ -226,3 +226,30 @@ def test_overview_gets_every_field_when_results_pile_up(
     lit = overview.reshape(-1, 3).max(axis=1) > 0
     assert lit.mean() > 0.9, f"only {lit.mean():.0%} of the overview was drawn"
     widget.close()
+
+
+def test_live_widget_releases_its_store_when_its_dock_goes(
+    make_napari_viewer, qtbot, tmp_path, random_checkpoint
+):
+    """The next writer of the store must not find a lock of a widget that is gone (it
+    would take it over as "stale" and trim rows: issue 26, 27)."""
+    import warnings
+
+    from napari_foram.tally.store import TallyStore
+
+    viewer = make_napari_viewer()
+    store = tmp_path / "live.zarr"
+    widget = _small_widget(viewer, qtbot, random_checkpoint, store)
+    viewer.window.add_dock_widget(widget, name="Foram live")
+    widget.connect_microscope()
+    qtbot.waitUntil(lambda: "connect" in widget.last_outcome, timeout=60_000)
+    widget.sample_fields["sample_id"].setText("S1")
+    widget.start_sample()
+    with pytest.raises(ValueError, match="already open for writing"):
+        TallyStore.open(store, mode="a")
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: widget.counter is None, timeout=30_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "stale lock" taken over
+        with TallyStore.open(store, mode="a") as again:
+            assert "S1" in again.samples()

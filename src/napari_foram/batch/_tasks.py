@@ -327,6 +327,10 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
         if out is not None:
             owner.n_objects = len(out.detections)
             owner.specimens = _specimens_of(out)
+            # What the detector could not count right (a frame-sized object, a wall over
+            # most of the frame) goes into the file's report line, never silent.
+            warned = [f"warning: {w}" for w in getattr(out.detections, "warnings", [])]
+            owner.note = "; ".join([n for n in (owner.note, *warned) if n])
             owner.feature_space = predictor.feature_space if predictor.keeps_features else None
     # Per-file time: the task's wall time shared in proportion to specimens (the
     # classifier dominates), at least an even share for reading and detection.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -101,6 +101,11 @@ class LiveWidget(LiveDisplay, QWidget):
         from napari_foram.live import DEFAULT_TARGET_COUNT, default_store_path
 
         super().__init__()
+        # Released once (`shutdown`), when the widget closes, leaves its dock or napari
+        # closes; the napari window watched for the last.
+        self._shut = False
+        self._was_docked = False
+        self._watched: QObject | None = None
         self.viewer = napari_viewer
         self.model = model
         self.device = device
@@ -763,6 +768,34 @@ class LiveWidget(LiveDisplay, QWidget):
     def closeEvent(self, event: Any) -> None:  # Qt names it
         """Stop the acquisition, wait for the worker and release the store when the widget
         goes away: no thread of it outlives it."""
+        self.shutdown()
+        super().closeEvent(event)
+
+    def event(self, event: QEvent | None) -> bool:  # Qt names it
+        # napari removes a dock by taking the widget out of it (no close): released then.
+        # Docked, the napari window is watched too: closing napari closes no dock widget.
+        if event is not None and event.type() == QEvent.Type.ParentChange:
+            if self.parent() is None and self._was_docked:
+                self.shutdown()
+            elif self.parent() is not None:
+                self._was_docked = True
+                window = self.window()
+                if window is not None and window is not self and window is not self._watched:
+                    window.installEventFilter(self)
+                    self._watched = window
+        return super().event(event)
+
+    def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:  # Qt
+        if watched is self._watched and event is not None and event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return super().eventFilter(watched, event)
+
+    def shutdown(self) -> None:
+        """What `closeEvent` does (idempotent): the acquisition stopped, the worker
+        joined, the microscope let go and the store's writer lock released."""
+        if self._shut:
+            return
+        self._shut = True
         self._timer.stop()
         self._disconnect_viewer()
         if self.counter is not None:
@@ -776,7 +809,6 @@ class LiveWidget(LiveDisplay, QWidget):
             from napari_foram.classify.predict import set_cpu_threads
 
             set_cpu_threads(self._torch_threads)
-        super().closeEvent(event)
 
 
 def open_live_viewer(title: str, **widget_options: Any) -> LiveWidget:
