@@ -245,6 +245,75 @@ def _check_pixels(p: Path, h: int, w: int, max_megapixels: float | None) -> None
         )
 
 
+#: EXIF / TIFF Orientation (tag 274) -> the stored pixels turned as every viewer shows
+#: them (what Pillow's `ImageOps.exif_transpose` does; 1 is upright).
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda d: d[:, ::-1],
+    3: lambda d: d[::-1, ::-1],
+    4: lambda d: d[::-1],
+    5: lambda d: d.swapaxes(0, 1),
+    6: lambda d: np.rot90(d, -1),
+    7: lambda d: d[::-1, ::-1].swapaxes(0, 1),
+    8: lambda d: np.rot90(d, 1),
+}
+
+
+def upright(data: np.ndarray, orientation: int | None) -> np.ndarray:
+    """`data` (rows, columns[, channels]) turned as its EXIF/TIFF Orientation says it is
+    displayed: a camera held on its side stores the pixels as the sensor read them and
+    writes 6 or 8; coordinates must be those of the picture the user sees. Values other
+    than 2-8 (1, none, nonsense) leave it as it is, and so does a stack of frames (it is
+    refused later, with its own shape)."""
+    turn = _ORIENT.get(int(orientation or 1))
+    if turn is None or data.ndim not in (2, 3):
+        return data
+    return np.ascontiguousarray(turn(data))
+
+
+def _cmyk_to_rgb(data: np.ndarray) -> np.ndarray:
+    """(H, W, 4) CMYK samples (0 = no ink) as (H, W, 3) RGB of the same dtype, the way
+    Pillow converts: each channel (max - ink) x (max - black) / max."""
+    top = float(np.iinfo(data.dtype).max) if data.dtype.kind in "ui" else 1.0
+    ink = data[..., :3].astype(np.float64)
+    black = data[..., 3:4].astype(np.float64)
+    rgb = (top - ink) * (top - black) / top
+    if data.dtype.kind in "ui":
+        return np.clip(np.rint(rgb), 0, top).astype(data.dtype)
+    return rgb.astype(data.dtype)
+
+
+def _pil_facts(raw: bytes) -> tuple[str | None, int]:
+    """(Pillow's mode, EXIF Orientation) from an image's header, or (None, 1) when Pillow
+    cannot tell. JPEG, PNG and TIFF carry the orientation in EXIF or the TIFF tag."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(raw)) as img:
+                orientation = img.getexif().get(0x0112, 1)
+                return img.mode, int(orientation) if isinstance(orientation, int) else 1
+    except Exception:  # not a format Pillow knows, or a broken header: the decoder says
+        return None, 1
+
+
+def _pil_rgb(raw: bytes) -> np.ndarray:
+    """Pillow's own RGB rendering of an image: CMYK JPEGs (plain, Adobe's inverted ones
+    and YCCK, which Pillow and libjpeg decode to CMYK) as the colours they print."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(raw)) as img:
+            return np.asarray(img.convert("RGB"))
+
+
 def _tiff_image(p: Path, raw: bytes, max_megapixels: float | None) -> np.ndarray:
     """The main image of a TIFF as (H, W) or (H, W, C), by its axes (not its shape).
 
@@ -276,7 +345,15 @@ def _tiff_image(p: Path, raw: bytes, max_megapixels: float | None) -> np.ndarray
                 f"holds a stack of images ({what}; axes {axes}): save the one image to "
                 "count (or fuse a z-stack first)",
             )
-        extrasamples = tuple(getattr(series.keyframe, "extrasamples", ()) or ())
+        keyframe = series.keyframe
+        extrasamples = tuple(getattr(keyframe, "extrasamples", ()) or ())
+        # Photometric 5 (separated) with ink set 1 (tag 332, the default) is CMYK: four
+        # inks, not RGB + alpha.
+        tags = keyframe.tags
+        inkset = tags.get(332)
+        cmyk = int(keyframe.photometric) == 5 and (inkset is None or int(inkset.value) == 1)
+        orientation_tag = tags.get(274)
+        orientation = int(orientation_tag.value) if orientation_tag is not None else 1
         with _quiet_logger("tifffile") as messages:
             data = np.asarray(series.asarray())
         if data.size == 0 and messages:
@@ -286,16 +363,18 @@ def _tiff_image(p: Path, raw: bytes, max_megapixels: float | None) -> np.ndarray
     data = data.reshape([n for a, n in zip(axes, shape, strict=True) if a in kept])
     order = [kept.index(a) for a in "YXS" if a in kept]
     data = np.transpose(data, order)
+    if cmyk and data.ndim == 3 and data.shape[2] >= 4:
+        data = _cmyk_to_rgb(data[:, :, :4])  # a fifth sample would be alpha
     if data.ndim == 3 and data.shape[2] == 2:
         # TIFF ExtraSamples: 1 = associated alpha, 2 = unassociated alpha.
         if len(extrasamples) == 1 and int(extrasamples[0]) in (1, 2):
-            return np.ascontiguousarray(data[:, :, 0])
+            return upright(np.ascontiguousarray(data[:, :, 0]), orientation)
         raise _fail(
             p,
             "has 2 channels that are not grey + alpha; save it as grey or RGB "
             "(napari-foram does not guess what 2 channels mean)",
         )
-    return data
+    return upright(data, orientation)
 
 
 def _header_pixels(p: Path, raw: bytes, max_megapixels: float | None) -> None:
@@ -347,6 +426,10 @@ def read_image(path: str | Path, *, max_megapixels: float | None = MAX_MEGAPIXEL
     as grey; any other 2-channel image is refused. Multi-page TIFFs and animated images
     (stacks, time series) are refused with the number of planes: which plane to count
     is not ours to guess. A TIFF's reduced-resolution pages (thumbnails) are ignored.
+    CMYK pictures (JPEG, including Adobe's inverted CMYK and YCCK, and TIFF) are read as
+    RGB. The EXIF / TIFF Orientation tag is honoured: the array is the picture as it is
+    displayed, so every coordinate (detections, crops, stored positions) is in the
+    displayed orientation (`upright`).
     """
     import os
     import stat
@@ -381,14 +464,28 @@ def read_image(path: str | Path, *, max_megapixels: float | None = MAX_MEGAPIXEL
         raise _fail(p, f"cannot read file ({exc.strerror or type(exc).__name__})") from None
     is_tiff = raw[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
     readers: list[Callable[[], Any]] = []
+    mode, orientation = _pil_facts(raw)
+
+    def by_pillow() -> np.ndarray:
+        # imageio hands CMYK over as four channels, which would pass for RGB + alpha
+        # (black as alpha: a CMYK JPEG came out blank); Pillow converts it to RGB. The
+        # picture is turned as displayed (EXIF Orientation) either way.
+        data = (
+            _pil_rgb(raw)
+            if mode == "CMYK"
+            else (iio.imread(raw, extension=suffix) if suffix else iio.imread(raw))
+        )
+        return upright(np.asarray(data), orientation)
+
     if is_tiff or suffix in (".tif", ".tiff"):
         # tifffile keeps 16-bit, planar and multi-page microscope TIFFs intact (and says
-        # which they are); Pillow (through imageio) still reads the JPEG-compressed TIFFs
-        # some cameras write when the optional imagecodecs package is missing.
+        # which they are; it turns CMYK to RGB and the picture as its Orientation tag
+        # says); Pillow (through imageio) still reads the JPEG-compressed TIFFs some
+        # cameras write when the optional imagecodecs package is missing.
         readers.append(lambda: _tiff_image(p, raw, max_megapixels))
     else:
         _header_pixels(p, raw, max_megapixels)
-    readers.append(lambda: iio.imread(raw, extension=suffix) if suffix else iio.imread(raw))
+    readers.append(by_pillow)
     first_error: Exception | None = None
     data = None
     for reader in readers:

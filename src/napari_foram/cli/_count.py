@@ -147,6 +147,8 @@ def detect_cmd(
                 "pixel_size_um": det.pixel_size_um,
                 "min_area_px": round(det.min_area_px, 1),
                 "min_area_rule": det.min_area_rule,
+                # A frame-sized object, a wall over most of the frame: never silent.
+                "warnings": list(det.warnings),
                 "objects": det.to_records(),
             }
         )
@@ -158,6 +160,8 @@ def detect_cmd(
                 typer.echo(
                     f"{r['image']}: {r['count']} specimens (+{r['clipped']} clipped at edges)"
                 )
+                for warning in r["warnings"]:
+                    typer.echo(f"  warning: {warning}")
     if failed:
         raise typer.Exit(1)
 

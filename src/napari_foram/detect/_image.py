@@ -56,8 +56,10 @@ def _otsu(values: np.ndarray) -> float:
     return float(np.argmax(between)) + 0.5
 
 
-def _fill_holes(binary: np.ndarray) -> np.ndarray:
-    """Fill enclosed background (faster than ndi.binary_fill_holes' iterated dilation)."""
+def _fill_holes(binary: np.ndarray, max_size: int | None = None) -> np.ndarray:
+    """Fill enclosed background (faster than ndi.binary_fill_holes' iterated dilation).
+
+    `max_size`: holes of more pixels stay open (None: every hole is filled)."""
     background, n = ndi.label(~binary)
     if n <= 1:
         return binary
@@ -67,6 +69,8 @@ def _fill_holes(binary: np.ndarray) -> np.ndarray:
     enclosed = np.ones(n + 1, dtype=bool)
     enclosed[edge] = False
     enclosed[0] = False
+    if max_size is not None:
+        enclosed &= np.bincount(background.ravel(), minlength=n + 1) <= max_size
     return binary | enclosed[background]
 
 

@@ -212,6 +212,11 @@ class Detections:
         (`auto_min_area_px`).
     pixel_size_um : float or None
         Micrometres per pixel, when known.
+    warnings : list of str
+        What may be wrong with this frame's result, one line each, for the user: an
+        object the size of the frame (a tray wall or lit floor taken for an object; not
+        counted in a camera frame), most of the frame masked as tray wall. Empty when
+        nothing looks wrong. Per frame, not per row: `take` keeps them.
     """
 
     label: np.ndarray
@@ -236,6 +241,7 @@ class Detections:
     min_area_px: float = float(STUDY_MIN_AREA_PX)
     min_area_rule: str = "pixels"
     pixel_size_um: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.label.shape[0])

@@ -62,6 +62,17 @@ def _parse_border(border: bool | str, rng: np.random.Generator) -> tuple[str, ..
     return names
 
 
+#: Looks of the tray wall (`render_tray(border_style=...)`): "metal" the brushed metal
+#: wall of the study's trays (grey ~110-160); "bright" polished metal near saturation;
+#: "dim" a dull or shadowed wall only a few tens of grey levels above the floor, below the
+#: study's fixed wall level; "dark" black anodised metal, darker than the floor, with a
+#: bright rim where its lip catches the lamp. All but "metal" carry a mottled 2-D texture.
+BORDER_STYLES = ("metal", "bright", "dim", "dark")
+#: Surface level (fraction of full scale) and 2-D mottle amplitude of each style.
+_STYLE_LEVEL = {"bright": (0.72, 0.95), "dim": (0.13, 0.26), "dark": (0.008, 0.03)}
+_STYLE_MOTTLE = {"bright": 0.12, "dim": 0.2, "dark": 0.35}
+
+
 def _draw_border(
     frame: np.ndarray,
     interior: np.ndarray,
@@ -69,15 +80,23 @@ def _draw_border(
     rng: np.random.Generator,
     light: Lighting,
     margin: float,
+    style: str = "metal",
+    width_fraction: tuple[float, float] | None = None,
 ) -> None:
-    """Paint the tray's metallic wall along `edges` and mark the floor in `interior`.
+    """Paint the tray's wall along `edges` and mark the floor in `interior`.
 
     The floor is a rounded rectangle, tilted by a degree or two; edges without a wall lie
-    beyond the frame. Only strips along the walled edges are evaluated.
+    beyond the frame. Only strips along the walled edges are evaluated. `style` is one of
+    `BORDER_STYLES`; `width_fraction` the range of each wall's width as a fraction of the
+    frame's shorter side (default 0.05-0.12). The default style and width draw exactly the
+    random numbers they always drew, so earlier renders keep their pixels.
     """
     _, h, w = frame.shape
     m = min(h, w)
     width = {e: rng.uniform(0.05, 0.12) * m for e in edges}
+    if width_fraction is not None:
+        lo, hi = width_fraction
+        width = {e: rng.uniform(lo, hi) * m for e in edges}
     corner = rng.uniform(0.08, 0.3) * m
     tilt = rng.uniform(-0.025, 0.025)
     beyond = corner + abs(tilt) * max(h, w) + 20.0
@@ -109,6 +128,14 @@ def _draw_border(
     lxy = lxy / (np.linalg.norm(lxy) or 1.0)
     lip_amp = rng.uniform(0.3, 0.5)
     phase = rng.uniform(0, 2 * math.pi, 3)
+    mottle_rng: np.random.Generator | None = None
+    if style != "metal":
+        # Drawn after every number the metal wall uses: its renders stay as they were.
+        lo, hi = _STYLE_LEVEL[style]
+        surface *= _F32(rng.uniform(lo, hi) / level)
+        if style == "dark":
+            lip_amp = rng.uniform(0.25, 0.45)  # the rim is what shows of a black wall
+        mottle_rng = np.random.default_rng(rng.integers(2**63))
 
     # Disjoint strips that hold every wall pixel: top and bottom full width, left and
     # right in between; the side strips also hold the rounded corners.
@@ -159,6 +186,12 @@ def _draw_border(
         facing = np.clip(-(nxs * lxy[0] + nys * lxy[1]), 0.0, 1.0)
         val += _F32(lip_amp) * (0.35 + 0.65 * facing) * np.interp(dd, grid, lip)
         val *= np.interp(dd, grid, groove).astype(_F32)
+        if mottle_rng is not None:
+            # Blotches of tarnish and scratches across the wall, a few px to ~40 px.
+            shape2 = (rows.stop - rows.start, cols.stop - cols.start)
+            blot = 0.6 * _unit_noise(mottle_rng, shape2, 12.0)
+            blot += 0.4 * _unit_noise(mottle_rng, shape2, 2.5)
+            val *= np.clip(1.0 + _F32(_STYLE_MOTTLE[style]) * blot[sel], 0.2, None)
         wgt = np.clip(ds + 0.5, 0.0, 1.0)
         sub = frame[:, rows, cols]
         for c in range(3):

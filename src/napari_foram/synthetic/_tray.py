@@ -26,6 +26,7 @@ from napari_foram.synthetic._common import (
     _Shape,
 )
 from napari_foram.synthetic._frame import (
+    BORDER_STYLES,
     _background,
     _composite,
     _draw_border,
@@ -77,6 +78,8 @@ def render_tray(
     class_weights: Sequence[float] | None = None,
     pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM,
     border: bool | str = True,
+    border_style: str = "metal",
+    border_width: tuple[float, float] | None = None,
     touching_pairs: int = 3,
     touching_groups: int = 0,
     group_kinds: Sequence[str] = GROUP_KINDS,
@@ -105,6 +108,13 @@ def render_tray(
     border
         True: the metallic wall along a random choice of edges (one edge, a corner, three
         or all four); False or "none": no wall; or edge names ``"top,left"``, ``"all"``.
+    border_style
+        How the wall looks (`BORDER_STYLES`): "metal" (the study's brushed metal, default),
+        "bright" (polished, near saturation), "dim" (dull, a few tens of grey levels above
+        the floor) or "dark" (black, darker than the floor, with a bright rim).
+    border_width
+        (low, high): each wall's width drawn in this range, as a fraction of the frame's
+        shorter side (default 0.05-0.12).
     touching_pairs
         Pairs of specimens whose masks touch (one resting on the other's edge).
     touching_groups
@@ -151,6 +161,15 @@ def render_tray(
         raise ValueError(f"overexposed_fraction must be in [0, 1], got {overexposed_fraction}")
     if not pixel_size_um > 0:
         raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}")
+    if border_style not in BORDER_STYLES:
+        raise ValueError(f"border_style must be one of {', '.join(BORDER_STYLES)}")
+    if border_width is not None:
+        lo, hi = (float(v) for v in border_width)
+        if not 0.0 < lo <= hi < 0.45:
+            raise ValueError(
+                f"border_width must be (low, high) within (0, 0.45), got {border_width}"
+            )
+        border_width = (lo, hi)
     classes, weights = _check_classes(classes, class_weights)
 
     ss = np.random.SeedSequence(int(seed))
@@ -160,7 +179,16 @@ def render_tray(
     interior = np.ones((h, w), dtype=bool)
     edges = _parse_border(border, rng_border)
     if edges:
-        _draw_border(frame, interior, edges, rng_border, light, margin=6.0)
+        _draw_border(
+            frame,
+            interior,
+            edges,
+            rng_border,
+            light,
+            margin=6.0,
+            style=border_style,
+            width_fraction=border_width,
+        )
     _draw_lint(frame, rng_lint, lint, pixel_size_um)
     _draw_dust(frame, rng_dust, int(h * w / 120_000) + 1)
 
@@ -314,6 +342,7 @@ def render_tray(
         "pixel_size_um": float(pixel_size_um),
         "classes": list(classes),
         "border_edges": list(edges),
+        "border_style": border_style,
         "light": asdict(light),
         "lint": int(lint),
         "requested": n,
