@@ -215,9 +215,10 @@ def bind_model_label(viewer: Any, label: QLabel) -> ActiveModel:
             model.changed.disconnect(update)
 
     update(model)
+    # `update` lets go by itself once the label is gone. No `destroyed` hook: Qt emits it
+    # while the C++ object is half torn down, and touching the signal then crashed the
+    # process (a later test's event loop ran it).
     model.changed.connect(update)
-    with contextlib.suppress(RuntimeError, TypeError):
-        label.destroyed.connect(lambda *_: model.changed.disconnect(update, missing_ok=True))
     return model
 
 
@@ -318,9 +319,7 @@ def bind_model_field(viewer: Any, edit: Any, say: Callable[[str], object]) -> Ac
             model.changed.disconnect(follow, missing_ok=True)
 
     edit.editingFinished.connect(typed)
-    model.changed.connect(follow)
-    with contextlib.suppress(RuntimeError, TypeError):
-        edit.destroyed.connect(lambda *_: model.changed.disconnect(follow, missing_ok=True))
+    model.changed.connect(follow)  # `follow` lets go by itself (see `bind_model_label`)
     if edit.text().strip() not in ("", DEFAULT_MODEL):
         typed()  # a model given to the widget: the active one from now on
     else:
