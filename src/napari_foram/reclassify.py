@@ -197,7 +197,6 @@ def reclassify_sample(
         pred = _predict_from_crops(store, sample_id, predictor, mc_samples, progress, cancel)
     if cancel is not None and cancel():
         raise Cancelled("stopped by the user; the sample is unchanged")
-    _check_finite(pred, info)
     pred = pred.in_classes(names)
     latest = store.provenance(sample_id)
     replaced = {k: latest[k] for k in MODEL_KEYS if k in latest}
@@ -297,15 +296,6 @@ def _predict_from_crops(
         )
     }
     return dataclasses.replace(first, **columns)
-
-
-def _check_finite(pred: Predictions, info: Any) -> None:
-    """A model whose outputs are not finite numbers classifies nothing (one line)."""
-    if not np.all(np.isfinite(pred.mean_probs)):
-        raise ValueError(
-            f"{model_name(info)} gives non-finite probabilities (NaN weights?); "
-            "nothing was changed"
-        )
 
 
 def _padded(counts: list[int], k: int) -> list[int]:

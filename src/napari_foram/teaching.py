@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_foram.defaults import MC_SAMPLES
+from napari_foram.tally import stats
 from napari_foram.tally.stats import REVIEW_CONFIRMED, REVIEW_RELABELLED
 
 if TYPE_CHECKING:
@@ -81,20 +82,14 @@ class LabelSet:
         return h.hexdigest()
 
 
-def labelled_rows(specimens: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def labelled_rows(specimens: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(rows, labels) of the specimens a person labelled: confirmed rows with their
-    predicted class, relabelled rows with the person's class; duplicates left out."""
-    status = specimens["review_status"]
-    keep = ((status == REVIEW_CONFIRMED) | (status == REVIEW_RELABELLED)) & (
-        specimens["duplicate_of"] < 0
-    )
-    rows = np.flatnonzero(keep)
-    labels = np.where(
-        status[rows] == REVIEW_RELABELLED,
-        specimens["reviewed_class"][rows],
-        specimens["class_index"][rows],
-    ).astype(np.int64)
-    return rows, labels
+    predicted class, relabelled rows with the person's class; rows that do not count
+    (duplicates, rejected) left out. Foram review's export uses the same rows."""
+    status = np.asarray(specimens["review_status"])
+    keep = np.isin(status, (REVIEW_CONFIRMED, REVIEW_RELABELLED)) & stats.counted_mask(specimens)
+    rows = np.flatnonzero(keep).astype(np.int64)
+    return rows, stats.final_labels(specimens)[rows].astype(np.int64)
 
 
 def gather_labels(
@@ -109,7 +104,7 @@ def gather_labels(
     ids = list(sample_ids) if sample_ids is not None else store.samples()
     feats, labels, where, reference = [], [], [], []
     for sid in ids:
-        cols = ("review_status", "reviewed_class", "class_index", "duplicate_of")
+        cols = ("review_status", "reviewed_class", "class_index", "duplicate_of")  # counts
         rows, lab = labelled_rows(store.read_specimens(sid, columns=cols))
         if not len(rows):
             continue

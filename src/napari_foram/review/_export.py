@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_foram._progress import ProgressCallback
-from napari_foram.tally import stats
 
-from ._queue import _VALIDATION_COLUMNS, VALIDATED
+from ._queue import _VALIDATION_COLUMNS
 
 if TYPE_CHECKING:
     from napari_foram.tally.store import TallyStore
@@ -58,11 +57,9 @@ def validated_rows(specimens: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.
     ones. Duplicates (another record of a specimen) are left out, so no specimen is in a
     data set twice.
     """
-    status = np.asarray(specimens["review_status"])
-    keep = np.isin(status, VALIDATED) & stats.counted_mask(specimens)
-    rows = np.flatnonzero(keep).astype(np.int64)
-    labels = stats.final_labels(specimens)[rows]
-    return rows, labels.astype(np.int64)
+    from napari_foram.teaching import labelled_rows
+
+    return labelled_rows(specimens)
 
 
 def _check_folder_name(name: str) -> None:
