@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from napari_foram._outputs import read_small_file
+
 __all__ = ["read_pixel_size"]
 
 #: Micrometres per unit, for OME's PhysicalSizeXUnit and ImageJ's unit names.
@@ -146,7 +148,10 @@ def read_pixel_size(path: str | Path) -> float | None:
     for sidecar in (p.with_name(p.stem + "_metadata.txt"), p.with_name("metadata.txt")):
         if sidecar.is_file():
             try:
-                return _micro_manager(json.loads(sidecar.read_text(errors="replace")))
-            except (OSError, ValueError):
+                # Only a regular file of sane size is read (never a FIFO or a huge file
+                # that happens to carry the name).
+                text = read_small_file(sidecar, "Micro-Manager metadata file")
+                return _micro_manager(json.loads(text.decode("utf-8", errors="replace")))
+            except ValueError:
                 return None
     return None

@@ -69,6 +69,17 @@ from ._schema import (
     SampleRecord,
     SpecimenBatch,
 )
+from ._seal import (
+    RESEALING_ATTR,
+    SEAL_ARRAY,
+    create_seal_array,
+    crop_digests,
+    marker_for,
+    resealing_rows,
+    row_seals,
+    seal_rows,
+    sealed_columns,
+)
 from .integrity import QUARANTINE_DIR, read_json, sample_problems
 
 
@@ -444,6 +455,7 @@ class TallyStore:
                 fill_value=0,
                 compressors=_compressor(),
             )
+            create_seal_array(group, 0)
             group.update_attributes({"initialised": True})
             self._root.update_attributes({"updated": now})
             self._groups[sid] = group
@@ -557,7 +569,7 @@ class TallyStore:
             )
             if found:
                 raise self._damage(sample_id, str(found[0]))
-            names = (*_COLUMNS, "crops", *_TALLY_ARRAYS)
+            names = (*_COLUMNS, "crops", SEAL_ARRAY, *_TALLY_ARRAYS)
             # Every row we write holds data, so skip zarr's "is this chunk all fill value?"
             # scan (a full pass over each crop; measured 30 % of the append time).
             arrays = {
@@ -649,9 +661,14 @@ class TallyStore:
             # so every committed row has its crop chunk and a missing one means damage.
             crops = cols["crops"] if cols["crops"] is not None else np.uint8(0)
             writes.append((arrays["crops"], slice(n0, n1), crops))
+            digests = crop_digests(cols["crops"], b)
+            seals = row_seals(
+                sample_id, np.arange(n0, n1), cols, digests, sealed_columns(group.attrs)
+            )
+            writes.append((arrays[SEAL_ARRAY], slice(n0, n1), np.stack([digests, seals], 1)))
             writes.append((arrays["tally_time"], slice(m0, m0 + 1), np.array([time.time()])))
             writes.append((arrays["tally_counts"], slice(m0, m0 + 1), counts[None, :]))
-            grow = dict.fromkeys((*_COLUMNS, "crops"), n1)
+            grow = dict.fromkeys((*_COLUMNS, "crops", SEAL_ARRAY), n1)
             grow.update(tally_time=m0 + 1, tally_counts=m0 + 1)
             _write_rows(arrays, grow, writes)
             # The commit: a single metadata file replaced atomically.
@@ -745,11 +762,15 @@ class TallyStore:
                         f"reviewer_index must be -1 or lie in [0, {n_names}) "
                         "(the sample's reviewers)"
                     )
+            # The rows' seals change with them: say so first, so that a kill between the
+            # writes and the new seals is finished by the next writer, not taken for damage.
+            group.update_attributes({RESEALING_ATTR: marker_for(idx, n)})
             for name, values in prepared.items():
                 arr = arrays[name]
                 # Orthogonal selection writes only the chunks that hold these rows.
                 arr.oindex[idx] = values
-            group.update_attributes({"updated": _now_iso()})
+            seal_rows(arrays, group.attrs, sample_id, idx, crops=prepared.get("crops"))
+            group.update_attributes({"updated": _now_iso(), RESEALING_ATTR: None})
             self._running.pop(sample_id, None)  # recomputed from the columns when needed
 
     def set_review(
@@ -1025,6 +1046,8 @@ class TallyStore:
             writes.append((arrays["tally_time"], slice(m0, m0 + 1), np.array([time.time()])))
             writes.append((arrays["tally_counts"], slice(m0, m0 + 1), counts[None, :]))
             _write_rows(arrays, {"tally_time": m0 + 1, "tally_counts": m0 + 1}, writes)
+            # Under the "reclassifying" marker: a kill before the commit below undoes it all.
+            seal_rows(arrays, group.attrs, sample_id, slice(0, n))
             now = _now_iso()
             history.append(
                 {
@@ -1100,12 +1123,20 @@ class TallyStore:
             for name in _OPTIONAL_COLUMNS:
                 if name not in group:  # a store written before the column existed
                     _create_column(group, name, _counter(group.attrs, "n_committed"), k)
+            if SEAL_ARRAY not in group:  # written before seals: its rows stay unsealed
+                create_seal_array(group, _counter(group.attrs, "n_committed"))
             # write_empty_chunks: the crop chunk zeroed past the end must stay a file.
             arrays = {
                 name: group[name].with_config({"write_empty_chunks": True})
-                for name in (*_COLUMNS, "crops", *_TALLY_ARRAYS)
+                for name in (*_COLUMNS, "crops", SEAL_ARRAY, *_TALLY_ARRAYS)
             }
             n_committed = _counter(group.attrs, "n_committed")
+            unsealed = resealing_rows(group.attrs, n_committed)
+            if group.attrs.get(RESEALING_ATTR) is not None:
+                # A review or repair was killed between its writes and their seals: its
+                # values stand (as before seals existed), sealed now.
+                seal_rows(arrays, group.attrs, entry.name, unsealed)
+                group.update_attributes({RESEALING_ATTR: None})
             # Rows above the counter are either preallocated (never written: frame_index
             # still its fill value, -1) or a batch a killed writer wrote but never
             # committed. Only the second is worth a word, and it is named as such.
@@ -1310,6 +1341,10 @@ def _undo_reclassification(group: Any, sample_id: str) -> None:
             arr[:n, :width] = values
         else:
             arr[:n] = values
+    if SEAL_ARRAY in group:
+        names = (*sealed_columns(group.attrs), "crops", SEAL_ARRAY)
+        arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in names}
+        seal_rows(arrays, group.attrs, sample_id, slice(0, n))
     # The tally row it may have written lies above n_tally: trimmed as any uncommitted row.
     del group[HISTORY_GROUP][snapshot]
     group.update_attributes({"reclassifying": None})

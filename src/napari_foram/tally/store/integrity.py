@@ -29,7 +29,8 @@ from napari_foram.tally import stats
 
 from ._files import _WriterLock, check_root_attrs, read_zarr_json
 from ._kept import PER_CLASS_ARRAYS
-from ._schema import _COLUMNS, _OPTIONAL_COLUMNS, SampleRecord
+from ._schema import _COLUMNS, _OPTIONAL_COLUMNS, _ROWS_PER_CHUNK, SampleRecord
+from ._seal import SEAL_ARRAY, seal_mismatches, seal_rows, sealed_columns
 
 #: Folder inside the store that `repair_store` moves unreadable parts into.
 QUARANTINE_DIR = "quarantine"
@@ -111,6 +112,7 @@ def _expected_arrays(n_classes: int) -> dict[str, tuple[str, tuple[int, ...], st
     for name, (dtype, _, tail) in _COLUMNS.items():
         out[name] = (dtype, tuple(n_classes if t == "K" else int(t) for t in tail), "n_committed")
     out["crops"] = ("uint8", (CROP_SIZE, CROP_SIZE, 3), "n_committed")
+    out[SEAL_ARRAY] = ("uint64", (2,), "n_committed")
     out["tally_time"] = ("float64", (), "n_tally")
     out["tally_counts"] = ("int64", (n_classes,), "n_tally")
     return out
@@ -124,6 +126,7 @@ def sample_problems(
     arrays: Sequence[str] | None = None,
     decode_last_only: Sequence[str] = (),
     optional_chunks: Sequence[str] = (),
+    seals: bool = False,
 ) -> list[Problem]:
     """What is wrong with one sample folder ([] when nothing).
 
@@ -145,6 +148,9 @@ def sample_problems(
         Arrays whose missing chunk files are no problem (they read as fill values):
         ``crops`` for callers that do not need them, since stores written before every
         append stored a crop have no crop chunks for rows stored without one.
+    seals
+        With `decode`, also compare every sealed row with its seal (`_seal.py`): a chunk
+        copied in from another sample or another place decodes well, but fails this.
     """
 
     sid = sample_dir.name
@@ -192,7 +198,7 @@ def sample_problems(
             continue
         rows = counters[counter]
         adir = sample_dir / name
-        if name in _OPTIONAL_COLUMNS and not adir.exists():
+        if name in (*_OPTIONAL_COLUMNS, SEAL_ARRAY) and not adir.exists():
             continue  # a store written before the column existed: read as fill values
         try:
             ameta = read_json(adir / "zarr.json")
@@ -243,7 +249,48 @@ def sample_problems(
                 problems.append(Problem(sid, name, key, f"not decodable ({one_line(exc)})"))
     if decode and (arrays is None or {"class_index", "mean_probs"} <= set(arrays)):
         problems += _prediction_mismatch(sample_dir, counters["n_committed"], problems)
+    if decode and seals and arrays is None and not problems:
+        problems += _seal_problems(sample_dir, counters["n_committed"])
     return problems
+
+
+def _seal_problems(sample_dir: Path, rows: int) -> list[Problem]:
+    """Rows whose values or crop are not those sealed at their place (see `_seal.py`)."""
+    import zarr
+
+    sid = sample_dir.name
+    try:
+        group = zarr.open_group(sample_dir, mode="r", zarr_format=3)
+        bad_crops, bad_rows = seal_mismatches(group, sid, rows)
+    except Exception as exc:  # zarr raises many kinds for unreadable parts
+        return [Problem(sid, SEAL_ARRAY, "", f"cannot compare with the seals ({one_line(exc)})")]
+    found = []
+    if bad_rows.size:
+        first = int(bad_rows[0])
+        found.append(
+            Problem(
+                sid,
+                SEAL_ARRAY,
+                "",
+                f"{bad_rows.size} row(s) do not match their seals (first: row {first}, in "
+                f"chunk c/{first // _ROWS_PER_CHUNK} of the specimen columns); a chunk was "
+                "replaced or copied from another place",
+            )
+        )
+    if bad_crops.size:
+        first = int(bad_crops[0])
+        step = int(group["crops"].chunks[0])
+        found.append(
+            Problem(
+                sid,
+                "crops",
+                "",
+                f"{bad_crops.size} crop(s) do not match their seals (first: row {first}, "
+                f"chunk c/{first // step}/0/0/0); a chunk was replaced or copied from "
+                "another place",
+            )
+        )
+    return found
 
 
 def _prediction_mismatch(sample_dir: Path, rows: int, found: list[Problem]) -> list[Problem]:
@@ -298,7 +345,7 @@ def store_problems(root: Path, *, decode: bool = True) -> tuple[list[Problem], l
         problems.append(Problem("", "samples", "", str(exc)))
     found = sorted(e.name for e in sdir.iterdir() if e.is_dir())
     for sid in found:
-        problems += sample_problems(sdir / sid, n_classes, decode=decode)
+        problems += sample_problems(sdir / sid, n_classes, decode=decode, seals=decode)
     return problems, found
 
 
@@ -390,6 +437,7 @@ def repair_store(root: Path) -> list[str]:
                         values = np.full(n, _COLUMNS[name][1])
                         how = "refilled as unknown"
                     arr[:n] = np.asarray(values, dtype=_COLUMNS[name][0])
+                    _reseal(sample_dir, n)
                     chunks = ", ".join(p.chunk for p in found if p.array == name)
                     done.append(
                         f"sample {sid!r}: {name} {how} (bad chunk(s) {chunks} moved to "
@@ -413,6 +461,18 @@ def repair_store(root: Path) -> list[str]:
     finally:
         lock.release()
     return done
+
+
+def _reseal(sample_dir: Path, n: int) -> None:
+    """Seal the `n` rows of a sample again after a repair rewrote a derivable column."""
+    import zarr
+
+    group = zarr.open_group(sample_dir, mode="r+", zarr_format=3)
+    if SEAL_ARRAY not in group:
+        return
+    names = (*sealed_columns(group.attrs), "crops", SEAL_ARRAY)
+    arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in names}
+    seal_rows(arrays, group.attrs, sample_dir.name, slice(0, n))
 
 
 def format_count(n: int, word: str) -> str:
