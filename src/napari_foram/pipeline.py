@@ -2,15 +2,18 @@
 
 `CountingPipeline.process(frame)` is what the live widget, the tray scan, the batch folder
 runner and the demo all call, one frame at a time, on one worker thread.
+
+The detector is a seam (`Detector`): the pipeline asks it for a frame's specimens and
+their crops, and records what it says about itself. `StudyDetector` (the study's two-pass
+connected-component detector, `napari_foram.detect`) is the default; another detector
+(a learned one, another microscope's segmentation) is one class with the same two methods.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +26,38 @@ from napari_foram.tally.stats import UnsureRule
 if TYPE_CHECKING:
     from napari_foram.classify.predict import Predictions, Predictor
     from napari_foram.tally.store import TallyStore
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the pipeline needs of a detector."""
+
+    def __call__(self, frame: Frame) -> Detections:
+        """The specimens of `frame`, each with its ``CROP_SIZE`` crop (``crops`` set)."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its settings, JSON-ready: kept in the store's provenance as ``"detector"``."""
+        ...
+
+
+@dataclass(frozen=True)
+class StudyDetector:
+    """The study's connected-component detector (`napari_foram.detect.detect`) with
+    `params`, at the frame's pixel size and its camera's bit depth."""
+
+    params: DetectionParams = field(default_factory=DetectionParams)
+
+    def __call__(self, frame: Frame) -> Detections:
+        return detect(
+            frame.image,
+            self.params,
+            pixel_size_um=frame.pixel_size_um,
+            bit_depth=_frame_bit_depth(frame),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.params.to_dict()
 
 
 @dataclass
@@ -110,7 +145,9 @@ class CountingPipeline:
     store, sample_id
         Where counted specimens go; None keeps results in memory only.
     detection
-        Detector settings.
+        Settings of the default detector (`StudyDetector`); ignored with `detector`.
+    detector
+        Finds a frame's specimens (`Detector`); default: `StudyDetector(detection)`.
     mc_samples
         Monte Carlo dropout passes per specimen (1 = deterministic).
     include_clipped
@@ -139,6 +176,7 @@ class CountingPipeline:
         registry: SpecimenRegistry | None = None,
         better_view_ratio: float | None = 1.25,
         keep_features: bool | None = None,
+        detector: Detector | None = None,
     ) -> None:
         if store is not None and not sample_id:
             raise ValueError("a sample_id is needed to write into a store")
@@ -146,6 +184,7 @@ class CountingPipeline:
         self.store = store
         self.sample_id = sample_id
         self.detection = detection or DetectionParams()
+        self.detector: Detector = detector or StudyDetector(self.detection)
         self.mc_samples = int(mc_samples)
         self.include_clipped = include_clipped
         self.registry = registry or SpecimenRegistry()
@@ -247,7 +286,7 @@ class CountingPipeline:
             "model_sha256": info.sha256,
             "class_names": list(info.class_names),
             "mc_samples": self.mc_samples,
-            "detector": self.detection.to_dict(),
+            "detector": self.detector.to_dict(),
             "include_clipped": self.include_clipped,
             "dedup_tolerance_fraction": self.registry.tolerance_fraction,
             **model_provenance(info),
@@ -271,12 +310,9 @@ class CountingPipeline:
         staged = []
         for frame in frames:
             t0 = time.perf_counter()
-            det = detect(
-                frame.image,
-                self.detection,
-                pixel_size_um=frame.pixel_size_um,
-                bit_depth=_frame_bit_depth(frame),
-            )
+            det = self.detector(frame)
+            if det.crops is None:
+                raise ValueError(f"the detector {self.detector!r} cut no crops")
             t1 = time.perf_counter()
             xy, new_rows, new_of, dup_rows, dup_of = self._deduplicate(frame, det)
             better, better_of = self._better_views(det, dup_rows, dup_of)
@@ -292,7 +328,7 @@ class CountingPipeline:
         for st in staged:
             for rows in (st.new_rows, st.better):
                 if len(rows):
-                    assert st.det.crops is not None  # detect() cuts crops unless told not to
+                    assert st.det.crops is not None  # checked when detected
                     crops.append(st.det.crops[rows])
         everything = None
         if crops:
@@ -757,59 +793,6 @@ def _stand_in(frame: Frame, det: Detections, row: int) -> tuple[Frame, Detection
     return crop_frame, one
 
 
-def load_predictor(
-    model: str | Path,
-    *,
-    device: str = "auto",
-    progress: bool | Callable[[int, int, str], None] = True,
-    cpu_threads: int | None = None,
-    precision: str = "auto",
-    download_weights: bool | None = None,
-) -> Predictor:
-    """A predictor from a checkpoint path, or from the demo model when `model` is "demo".
-
-    The demo model is trained on synthetic crops at first use and cached (see
-    `napari_foram.classify.demo_model`); `progress` (a terminal bar when True, or a
-    ``(done, total, message)`` callback) shows that first run, and the first-use
-    measurement of the CPU precision paths (`napari_foram.classify.precision`; with a
-    terminal bar, the choice is then printed to stderr). `download_weights` says whether
-    the demo model's ImageNet weights may be downloaded when not on this machine (None:
-    yes unless ``$NAPARI_FORAM_NO_DOWNLOAD`` says no).
-    """
-    from napari_foram._progress import progress_callback
-    from napari_foram.classify.demo_model import demo_checkpoint
-    from napari_foram.classify.predict import Predictor
-
-    path: str | Path
-    if model == "demo":
-        if callable(progress):
-            path = demo_checkpoint(progress=progress, download=download_weights)
-        else:
-            with progress_callback("training the demo model (first run only)", progress) as cb:
-                path = demo_checkpoint(progress=cb, download=download_weights)
-    else:
-        from napari_foram._outputs import check_input_file
-
-        # A folder or FIFO named as the model is said to be one, before any bar appears.
-        path = check_input_file(model, "checkpoint")
-    if callable(progress):
-        return Predictor.from_checkpoint(
-            path,
-            device=device,
-            cpu_threads=cpu_threads,
-            precision=precision,
-            precision_progress=progress,
-        )
-    with progress_callback("choosing the CPU precision (first run only)", progress) as cb:
-        predictor = Predictor.from_checkpoint(
-            path,
-            device=device,
-            cpu_threads=cpu_threads,
-            precision=precision,
-            precision_progress=cb,
-        )
-    if progress is True:
-        import sys
-
-        print(f"napari-foram: {predictor.precision_choice.describe()}", file=sys.stderr)
-    return predictor
+# Moved to napari_foram.classify.loading (a pipeline does not load models); kept here so
+# that old imports keep working.
+from napari_foram.classify.loading import load_predictor  # noqa: E402, F401

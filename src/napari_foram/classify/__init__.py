@@ -40,6 +40,8 @@ _EXPORTS = {
     "measure_bf16_agreement": "predict",
     "resolve_device": "predict",
     "demo_checkpoint": "demo_model",
+    "checkpoint_file": "loading",
+    "load_predictor": "loading",
     "train_head_on_features": "demo_model",
     "PrecisionChoice": "precision",
     "choose_precision": "precision",
@@ -56,11 +58,13 @@ __all__ = [
     "Predictions",
     "Predictor",
     "build_model",
+    "checkpoint_file",
     "choose_precision",
     "demo_checkpoint",
     "file_sha256",
     "imagenet_weights_path",
     "load_checkpoint",
+    "load_predictor",
     "measure_bf16_agreement",
     "new_classifier",
     "read_model_info",
@@ -88,6 +92,7 @@ if TYPE_CHECKING:
         save_checkpoint,
     )
     from napari_foram.classify.demo_model import demo_checkpoint, train_head_on_features
+    from napari_foram.classify.loading import checkpoint_file, load_predictor
     from napari_foram.classify.model import FORAMNet, build_model
     from napari_foram.classify.precision import PrecisionChoice, choose_precision
     from napari_foram.classify.predict import (

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from napari_foram._versions import software_versions
+from napari_foram.classify.architecture import backbone_named
 from napari_foram.classify.backbone import (
     INPUT_CONVENTIONS,
     RANDOM_BACKBONE,
@@ -191,7 +192,7 @@ class ModelInfo:
             hidden_units=model.hidden_units,
             dropout=model.dropout,
             feature_layout=model.feature_layout,
-            **kwargs,
+            **{"backbone": model.backbone.name, **kwargs},
         )
 
     def _stored_dict(self) -> dict[str, Any]:
@@ -503,6 +504,10 @@ def load_checkpoint(
     if density is not None and density.class_means.shape[0] != info.num_classes:
         raise ValueError(f"{path.name}: the feature density does not fit the class count")
 
+    try:
+        architecture = backbone_named(info.backbone)
+    except ValueError as exc:
+        raise ValueError(f"{path.name}: {exc}") from None
     # Build on the meta device (no memory, no init cost) just to learn the expected shapes.
     with torch.device("meta"):
         skeleton = FORAMNet(
@@ -510,6 +515,7 @@ def load_checkpoint(
             hidden_units=info.hidden_units,
             dropout=info.dropout,
             feature_layout=info.feature_layout,
+            backbone=architecture,
         )
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     if info.head_only:
@@ -541,6 +547,7 @@ def load_checkpoint(
             dropout=info.dropout,
             seed=info.backbone_seed or 0,
             feature_layout=info.feature_layout,
+            backbone=architecture,
         )
         if info.backbone_sha256 and conv_sha256(model) != info.backbone_sha256:
             raise ValueError(

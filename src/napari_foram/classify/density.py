@@ -30,12 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_foram.classify.architecture import CENTRE_MARGIN, VGG16, ConvBackbone
 from napari_foram.classify.rng import seeded
 
 T = TypeVar("T")
-#: Channels of VGG16's last conv block, and cells of its 7 x 7 output grid.
-_CHANNELS = 512
-_CELLS = 49
 #: Default shrinkage of the shared covariance towards its mean variance (0 = none).
 DEFAULT_SHRINKAGE = 0.5
 #: Default share of in-distribution crops an "unsure" rule may flag.
@@ -44,13 +42,17 @@ DEFAULT_FALSE_FLAG_RATE = 0.05
 STATE_PREFIX = "density."
 
 
-def pooling_for(layout: str) -> torch.Tensor:
+def pooling_for(layout: str, backbone: ConvBackbone = VGG16) -> torch.Tensor:
     """The pooling a density uses for a model's feature layout: `pooling_matrix` for the
-    study's flat 25088 values, none (a (0, 49) matrix) for features already pooled."""
-    return pooling_matrix() if layout == "flat" else torch.zeros(0, _CELLS)
+    flat layout (VGG16: the study's 25088 values), none (a (0, H * W) matrix) for
+    features already pooled."""
+    if layout == "flat":
+        return pooling_matrix(backbone)
+    _, h, w = backbone.output_shape
+    return torch.zeros(0, h * w)
 
 
-def columns_for(layout: str) -> torch.Tensor | None:
+def columns_for(layout: str, backbone: ConvBackbone = VGG16) -> torch.Tensor | None:
     """The feature columns a density models for a layout: all of the flat layout's
     (pooled by `pooling_for`); for "pooled", its block-5 whole-image and centre means
     (the last 1024 of `napari_foram.classify.model.POOLED_DIM`): the same statistics the
@@ -59,14 +61,19 @@ def columns_for(layout: str) -> torch.Tensor | None:
     crops, against 0.6 %)."""
     if layout == "flat":
         return None
-    return torch.arange(2 * _CHANNELS, 4 * _CHANNELS)
+    start = 2 * sum(backbone.tap_channels[:-1])  # the last tap's two means
+    return torch.arange(start, start + 2 * backbone.tap_channels[-1])
 
 
-def pooling_matrix() -> torch.Tensor:
-    """(2, 49) pooling weights over the 7 x 7 grid: global mean, and mean of the centre 3 x 3."""
-    centre = torch.zeros(7, 7)
-    centre[2:5, 2:5] = 1.0 / 9.0
-    return torch.stack([torch.full((_CELLS,), 1.0 / _CELLS), centre.flatten()])
+def pooling_matrix(backbone: ConvBackbone = VGG16) -> torch.Tensor:
+    """(2, H * W) pooling weights over the last block's grid: the global mean, and the
+    mean of its centre (VGG16: the middle 3 x 3 of 7 x 7, as the "pooled" layout's)."""
+    _, h, w = backbone.output_shape
+    cut_h, cut_w = round(h * CENTRE_MARGIN), round(w * CENTRE_MARGIN)
+    centre = torch.zeros(h, w)
+    centre[cut_h : h - cut_h, cut_w : w - cut_w] = 1.0
+    centre /= centre.sum()
+    return torch.stack([torch.full((h * w,), 1.0 / (h * w)), centre.flatten()])
 
 
 def pool_features(features: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
@@ -76,7 +83,8 @@ def pool_features(features: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor
     """
     if pooling.shape[0] == 0:
         return features
-    x = features.reshape(-1, _CHANNELS, _CELLS)
+    cells = pooling.shape[1]
+    x = features.reshape(-1, features.shape[1] // cells, cells)
     return torch.einsum("ncs,rs->nrc", x, pooling.to(x)).flatten(1)
 
 
@@ -108,8 +116,8 @@ def fold_pooled_head_into(
     index, first = next((i, m) for i, m in enumerate(proxy) if isinstance(m, nn.Linear))
     with torch.no_grad():
         w = first.weight / sd.to(first.weight)  # (units, R * 512)
-        units = w.shape[0]
-        weight = torch.einsum("urc,rs->ucs", w.view(units, -1, _CHANNELS), pooling.to(w)).reshape(
+        units, channels = w.shape[0], w.shape[1] // pooling.shape[0]
+        weight = torch.einsum("urc,rs->ucs", w.view(units, -1, channels), pooling.to(w)).reshape(
             units, -1
         )
         bias = first.bias - w @ mu.to(w)
@@ -173,11 +181,13 @@ class FeatureDensity(nn.Module):
         columns: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        d = pooling.shape[0] * _CHANNELS if pooling.shape[0] else mean.shape[0]
+        d = int(mean.shape[0]) if mean.ndim == 1 else -1
         if columns is not None and (pooling.shape[0] or columns.shape != (d,)):
             raise ValueError("feature density columns need pooled features, one per dimension")
-        if pooling.shape[1:] != (_CELLS,) or mean.shape != (d,) or scale.shape != (d,):
-            raise ValueError("feature density tensors do not fit VGG16's pooled features")
+        rows = pooling.shape[0] if pooling.ndim == 2 else -1
+        # Pooled means are (pooling rows x channels): d must split into whole channels.
+        if rows < 0 or d < 1 or (rows and d % rows) or scale.shape != (d,):
+            raise ValueError("feature density tensors do not fit each other (pooling, mean)")
         if class_means.ndim != 2 or class_means.shape[1] != d or precision.shape != (d, d):
             raise ValueError("feature density tensors have inconsistent shapes")
         for name, t in (

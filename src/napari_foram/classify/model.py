@@ -44,10 +44,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from napari_foram.classify.architecture import (
+    CENTRE_MARGIN,
+    VGG16,
+    ConvBackbone,
+    flat_dim,
+    pooled_dim,
+)
 from napari_foram.classify.backbone import (
     IMAGENET_FILENAME,
     IMAGENET_URL,
-    VGG16_PLAN,
     BackboneWeights,
     MissingWeightsError,
     file_sha256,
@@ -83,8 +89,8 @@ __all__ = [
 
 #: Side of the square input crop in pixels: the crop size itself (crops are not rescaled).
 INPUT_SIZE = CROP_SIZE
-#: Length of the flattened conv features for a 224 x 224 input: 512 * 7 * 7.
-FEATURE_DIM = 512 * 7 * 7
+#: Length of VGG16's flattened conv features for a 224 x 224 input: 512 * 7 * 7.
+FEATURE_DIM = flat_dim(VGG16)
 #: The study's head: hidden units per dense layer and dropout rate (authors' code).
 DEFAULT_HIDDEN_UNITS: tuple[int, ...] = (512, 64)
 DEFAULT_DROPOUT = 0.2
@@ -93,22 +99,18 @@ FEATURE_LAYOUTS: dict[str, str] = {
     "flat": "VGG16 block 5 output flattened (512 x 7 x 7 = 25088, the study's)",
     "pooled": "conv4_3 and conv5_3 averaged over the image and over its centre (4 x 512)",
 }
-#: Indices in ``vgg16().features`` of the ReLUs after conv4_3 and conv5_3: the "pooled"
-#: layout's taps (measured against block 5 alone and the pooling layers in
-#: docs/benchmarks.md).
-POOLED_TAPS: tuple[int, ...] = (22, 29)
-#: The centre a "pooled" feature also averages over: this share of each side is cut
-#: from each edge (2/7: the middle 3 x 3 of a 7 x 7 grid, as `density` pools block 5).
-CENTRE_MARGIN = 2 / 7
-#: Length of the "pooled" layout's feature vector: whole-image and centre means of 512
+#: Indices in ``vgg16().features`` of the ReLUs after conv4_3 and conv5_3: VGG16's
+#: "pooled" layout taps (`architecture.VGG16Backbone`).
+POOLED_TAPS: tuple[int, ...] = VGG16.taps
+#: Length of VGG16's "pooled" feature vector: whole-image and centre means of 512
 #: channels per tap, in the order (tap 22: mean, centre), (tap 29: mean, centre).
-POOLED_DIM = 2 * 512 * len(POOLED_TAPS)
+POOLED_DIM = pooled_dim(VGG16)
 
 
-def feature_dim(layout: str) -> int:
-    """Length of the feature vector the head of a `layout` reads."""
+def feature_dim(layout: str, backbone: ConvBackbone = VGG16) -> int:
+    """Length of the feature vector the head of a `layout` on `backbone` reads."""
     check_layout(layout)
-    return FEATURE_DIM if layout == "flat" else POOLED_DIM
+    return flat_dim(backbone) if layout == "flat" else pooled_dim(backbone)
 
 
 def check_layout(layout: str) -> str:
@@ -121,29 +123,31 @@ def check_layout(layout: str) -> str:
 
 
 def feature_function(
-    conv: nn.Module, layout: str, offset: int = 0
+    conv: nn.Module, layout: str, offset: int = 0, backbone: ConvBackbone = VGG16
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """(B, 3, S, S) network input -> (B, D) features, through the conv blocks `conv`.
 
     `conv` is ``FORAMNet.conv`` (an ``nn.Sequential``) or, for "flat", any callable with
     its output (e.g. compiled or quantised blocks). `offset`: `conv` holds only the layers
     from that index of ``vgg16().features`` on, and takes their input (fine-tuning runs
-    the frozen layers before it separately); the taps keep their absolute indices.
+    the frozen layers before it separately); the taps (`backbone.taps`) keep their
+    absolute indices.
     """
     check_layout(layout)
     if layout == "flat":
         return lambda x: torch.flatten(conv(x), 1)
     if not isinstance(conv, nn.Sequential):
         raise ValueError("the pooled layout taps the conv blocks: they must be nn.Sequential")
-    if offset > min(POOLED_TAPS):
-        raise ValueError(f"the pooled layout taps layer {min(POOLED_TAPS)}: start at or before it")
-    last = max(POOLED_TAPS)
+    taps = backbone.taps
+    if offset > min(taps):
+        raise ValueError(f"the pooled layout taps layer {min(taps)}: start at or before it")
+    last = max(taps)
 
     def pooled(x: torch.Tensor) -> torch.Tensor:
         parts = []
         for index, layer in enumerate(conv, start=offset):
             x = layer(x)
-            if index in POOLED_TAPS:
+            if index in taps:
                 parts += _tap_means(x)
             if index == last:
                 break
@@ -161,7 +165,7 @@ def _tap_means(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def features_and_pooled(
-    conv: nn.Module, layout: str
+    conv: nn.Module, layout: str, backbone: ConvBackbone = VGG16
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """(B, 3, S, S) input -> (the head's features, the "pooled" features), one pass.
 
@@ -171,7 +175,7 @@ def features_and_pooled(
     block 5's output (the same layers, no second pass); `conv` must then be the plain
     ``nn.Sequential`` (not compiled or quantised).
     """
-    pooled = feature_function(conv, "pooled")
+    pooled = feature_function(conv, "pooled", backbone=backbone)
     if layout == "pooled":
 
         def both_pooled(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +193,7 @@ def features_and_pooled(
         parts = []
         for index, layer in enumerate(conv):
             x = layer(x)
-            if index in POOLED_TAPS:
+            if index in backbone.taps:
                 parts += _tap_means(x)
         return torch.flatten(x, 1), torch.cat([p.float() for p in parts], dim=1)
 
@@ -234,7 +238,10 @@ class FORAMNet(nn.Module):
     feature_layout
         What the head reads (`FEATURE_LAYOUTS`): "flat" (the study) or "pooled".
     conv
-        VGG16 conv blocks to use (shared); default: new ones, randomly initialised.
+        Conv blocks to use (shared); default: new ones of `backbone`, randomly initialised.
+    backbone
+        The architecture of the conv blocks (`architecture.ConvBackbone`; VGG16, the
+        study's): it fixes the head's input width and the "pooled" layout's taps.
 
     Attributes
     ----------
@@ -262,6 +269,7 @@ class FORAMNet(nn.Module):
         dropout: float = DEFAULT_DROPOUT,
         feature_layout: str = "flat",
         conv: nn.Sequential | None = None,
+        backbone: ConvBackbone = VGG16,
     ) -> None:
         super().__init__()
         hidden_units = tuple(int(u) for u in hidden_units)
@@ -277,8 +285,9 @@ class FORAMNet(nn.Module):
         self.feature_layout = check_layout(feature_layout)
         # Given conv blocks are used as they are (shared, not copied): a new head on an
         # existing backbone, e.g. one taught on a store's kept features.
-        self.conv = _vgg16_conv_blocks() if conv is None else conv
-        width = feature_dim(feature_layout)
+        self.backbone = backbone
+        self.conv = backbone.conv_blocks() if conv is None else conv
+        width = feature_dim(feature_layout, backbone)
         layers: list[nn.Module] = [nn.Flatten()]
         if feature_layout == "pooled":
             layers.append(Standardize(width))
@@ -296,11 +305,11 @@ class FORAMNet(nn.Module):
     @property
     def feature_dim(self) -> int:
         """D, the length of the feature vector the head reads."""
-        return feature_dim(self.feature_layout)
+        return feature_dim(self.feature_layout, self.backbone)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The head's input features, (N, 3, 224, 224) -> (N, D)."""
-        return feature_function(self.conv, self.feature_layout)(x)
+        return feature_function(self.conv, self.feature_layout, backbone=self.backbone)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) for preprocessed crops (N, 3, 224, 224)."""
@@ -319,29 +328,6 @@ class FORAMNet(nn.Module):
         return out
 
 
-def _vgg16_conv_blocks() -> nn.Sequential:
-    """torchvision's VGG16 ``features`` module (same layer indices, so its keys load).
-
-    Built here rather than with ``torchvision.models.vgg16()`` because that also allocates
-    the 120 M-parameter ImageNet classifier, which we would throw away.
-    """
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for item in VGG16_PLAN:
-        if item == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            assert isinstance(item, int)
-            conv = nn.Conv2d(in_channels, item, kernel_size=3, padding=1)
-            # torchvision's VGG initialisation (He normal, fan_out), so "none" matches it.
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            assert conv.bias is not None
-            nn.init.zeros_(conv.bias)
-            layers += [conv, nn.ReLU(inplace=True)]
-            in_channels = item
-    return nn.Sequential(*layers)
-
-
 def build_model(
     num_classes: int,
     *,
@@ -351,6 +337,7 @@ def build_model(
     seed: int = 0,
     download: bool | None = None,
     feature_layout: str = "flat",
+    backbone: ConvBackbone = VGG16,
 ) -> FORAMNet:
     """A `FORAMNet` with its backbone weights loaded; the head is freshly initialised.
 
@@ -389,6 +376,7 @@ def build_model(
         seed=seed,
         download=download,
         feature_layout=feature_layout,
+        backbone=backbone,
     )
     return model
 
@@ -402,10 +390,17 @@ def build_model_with_weights(
     seed: int = 0,
     download: bool | None = None,
     feature_layout: str = "flat",
+    backbone: ConvBackbone = VGG16,
 ) -> tuple[FORAMNet, BackboneWeights | None]:
     """`build_model`, also returning what the backbone weights are (None for "none")."""
     weights = None
     if str(backbone_weights) != "none":
+        if backbone.name != VGG16.name:
+            # Where pretrained weights come from is known for VGG16 (`classify.backbone`).
+            raise ValueError(
+                f"pretrained weights for backbone {backbone.name!r} are not known here; "
+                "use backbone_weights='none' or a full checkpoint"
+            )
         weights = resolve_backbone(backbone_weights, download=download)
     with seeded(seed):
         model = FORAMNet(
@@ -413,6 +408,7 @@ def build_model_with_weights(
             hidden_units=hidden_units,
             dropout=dropout,
             feature_layout=feature_layout,
+            backbone=backbone,
         )
     if weights is not None:
         try:

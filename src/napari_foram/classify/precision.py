@@ -721,7 +721,7 @@ def calibrate(
     ref = reference(model, info, batch_size)
     conv = ref.model.conv
     paths_run = ["fp32", *wanted]
-    features = feature_function(conv, getattr(ref.model, "feature_layout", "flat"))
+    features = feature_function(conv, ref.model.feature_layout, backbone=ref.model.backbone)
     runners = {p: conv_runner(features, p) for p in paths_run if p != "int8"}
     ranges = None
     if "int8" in paths_run:

@@ -70,6 +70,7 @@ def _fresh_model(
             hidden_units=config.hidden_units,
             dropout=config.dropout,
             feature_layout=config.feature_layout,
+            backbone=base.backbone,
         )
     model.conv.load_state_dict(base.conv.state_dict())
     if config.init_head:
