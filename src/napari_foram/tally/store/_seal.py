@@ -5,7 +5,7 @@ decodes well and passes zstd's checksum: the checksum says the bytes are the byt
 were written, not where they belong. A seal does. Each sample keeps an array
 ``row_seal`` of two 64-bit digests per row:
 
-- column 0 digests the row's crop (its 224 x 224 x 3 bytes);
+- column 0 digests the row's crop (CRC-32 and Adler-32 of its 224 x 224 x 3 bytes);
 - column 1 digests the sample id, the row index, the row's value in every specimen
   column (the list is kept in the sample attribute ``row_seal_columns``, so a column
   added later does not change what old seals cover) and column 0.
@@ -25,6 +25,7 @@ the marker, `check` skips those rows and the next writer reseals them.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,13 +83,21 @@ def _digest(*parts: bytes) -> int:
     return value or 1  # 0 is reserved for "not sealed"
 
 
+def _crop_digest(crop: np.ndarray) -> int:
+    # CRC-32 and Adler-32 side by side (64 bits): three times faster than blake2b on a
+    # 150 kB crop, which made sealing half of an append's time. The row seal (blake2b)
+    # binds this digest to its place; this one only has to tell crops apart.
+    data = memoryview(np.ascontiguousarray(crop, dtype=np.uint8)).cast("B")
+    value = (zlib.crc32(data) << 32) | zlib.adler32(data)
+    return value or 1
+
+
 def crop_digests(crops: np.ndarray | None, n: int) -> np.ndarray:
     """Digest of each crop (`n` rows of zeros when there are no crops: what is stored)."""
     if crops is None:
-        zero = _digest(bytes(CROP_SIZE * CROP_SIZE * 3))
+        zero = _crop_digest(np.zeros((CROP_SIZE, CROP_SIZE, 3), np.uint8))
         return np.full(n, zero, dtype=np.uint64)
-    data = np.ascontiguousarray(crops, dtype=np.uint8)
-    return np.array([_digest(c.tobytes()) for c in data], dtype=np.uint64)
+    return np.array([_crop_digest(c) for c in crops], dtype=np.uint64)
 
 
 def _trailing_width(values: np.ndarray) -> np.ndarray:
