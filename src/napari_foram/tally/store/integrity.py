@@ -259,6 +259,7 @@ def _seal_problems(sample_dir: Path, rows: int) -> list[Problem]:
     import zarr
 
     sid = sample_dir.name
+    group: Any
     try:
         group = zarr.open_group(sample_dir, mode="r", zarr_format=3)
         bad_crops, bad_rows = seal_mismatches(group, sid, rows)
@@ -467,7 +468,7 @@ def _reseal(sample_dir: Path, n: int) -> None:
     """Seal the `n` rows of a sample again after a repair rewrote a derivable column."""
     import zarr
 
-    group = zarr.open_group(sample_dir, mode="r+", zarr_format=3)
+    group: Any = zarr.open_group(sample_dir, mode="r+", zarr_format=3)
     if SEAL_ARRAY not in group:
         return
     names = (*sealed_columns(group.attrs), "crops", SEAL_ARRAY)
