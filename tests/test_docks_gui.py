@@ -109,3 +109,59 @@ def test_no_thread_outlives_a_closed_widget(
         assert widget.runner.threads() == [], type(widget).__name__
     leftover = [n for n in _our_threads(before) if n.startswith("napari-foram")]
     assert leftover == [], leftover
+
+
+#: Every dock napari.yaml lists, as a user opens them one after another (issue 27).
+ALL_DOCKS = (
+    "Foram live",
+    "Batch folders",
+    "Foram review",
+    "Foram tally",
+    "Detection preview",
+    "Train classifier",
+)
+#: Ours among them: they shrink into a scroll area.
+OUR_DOCKS = ("Foram review", "Foram tally", "Detection preview")
+#: The least height each of them asks for (px): a title and a scrolled strip.
+OUR_MIN_HEIGHT = 110
+
+
+def _open_docks(viewer, qtbot, names) -> dict[str, object]:
+    window = viewer.window
+    window.resize(*SCREEN)
+    opened = {}
+    for name in names:
+        _, widget = window.add_plugin_dock_widget("napari-foram", name)
+        opened[name] = getattr(widget, "native", widget)  # magicgui wraps a QWidget
+        qtbot.wait(100)
+    window.resize(*SCREEN)
+    qtbot.wait(300)
+    return opened
+
+
+def test_review_tally_and_detection_shrink_and_scroll(make_napari_viewer, qtbot):
+    """Issue 27: Foram tally needed about 563 px with no scrolling; review 330."""
+    viewer = make_napari_viewer(show=True)
+    opened = _open_docks(viewer, qtbot, OUR_DOCKS)
+    main = viewer.window._qt_window
+    assert main.width() <= SCREEN[0] and main.height() <= SCREEN[1], main.size()
+    for name, native in opened.items():
+        assert native.minimumSizeHint().height() <= OUR_MIN_HEIGHT, name
+        area = native.findChild(QScrollArea)
+        assert area is not None, name
+        # The contents are taller than the least the dock keeps: they scroll.
+        assert area.widget().minimumSizeHint().height() > OUR_MIN_HEIGHT, name
+
+
+@pytest.mark.xfail(
+    reason="Foram live, Batch folders and Train classifier (other owners' files) still "
+    "keep 160-200 px each: six docks in one column need more than 768 px",
+    strict=False,
+)
+def test_every_dock_open_keeps_a_laptop_window(make_napari_viewer, qtbot):
+    """Issue 27: with every dock open napari grew to 1366 x 1036 on a 1366 x 768 screen."""
+    viewer = make_napari_viewer(show=True)
+    opened = _open_docks(viewer, qtbot, ALL_DOCKS)
+    main = viewer.window._qt_window
+    heights = {name: native.minimumSizeHint().height() for name, native in opened.items()}
+    assert main.width() <= SCREEN[0] and main.height() <= SCREEN[1], (main.size(), heights)

@@ -114,8 +114,9 @@ def test_reader_opens_a_store_into_layers(store_path):
     assert reader is not None
     layers = reader(str(store_path))
     names = [kw["name"] for _, kw, _ in layers]
-    # S2 was counted without a stage: crops but no map of positions.
-    assert names == ["S1 crops", "S1 specimens", "S2 crops"]
+    # S2 was counted without a stage: crops but no map of positions. Last, the legend
+    # of the specimens' colours (issue 27).
+    assert names == ["S1 crops", "S1 specimens", "S2 crops", "run legend"]
 
     crops, crops_kw, kind = layers[0]
     assert kind == "image" and crops_kw["rgb"]
@@ -172,7 +173,12 @@ def test_reader_skips_a_damaged_sample(tmp_path, store_path):
 def test_viewer_opens_a_store_with_the_plugin(make_napari_viewer, store_path):
     viewer = make_napari_viewer()
     viewer.open(str(store_path), plugin="napari-foram")
-    assert [layer.name for layer in viewer.layers] == ["S1 crops", "S1 specimens", "S2 crops"]
+    assert [layer.name for layer in viewer.layers] == [
+        "S1 crops",
+        "S1 specimens",
+        "S2 crops",
+        "run legend",
+    ]
     assert viewer.layers["S1 crops"].rgb
     assert len(viewer.layers["S1 specimens"].data) == 7
     assert viewer.layers["S1 specimens"].features["class"].tolist()[1] == "agglutinated_benthic"

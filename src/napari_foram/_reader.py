@@ -77,9 +77,36 @@ def get_reader(
         A path, or a list of paths (every one must be a tally store).
     """
     paths = _paths(path)
-    if not paths or not all(is_tally_store(p) for p in paths):
+    if not paths:
+        return None
+    if len(paths) == 1 and not is_tally_store(paths[0]):
+        store = enclosing_store(paths[0])
+        if store is not None:
+            # A part of a store (its samples/X folder) dropped: say which to open.
+            part = Path(paths[0]).relative_to(store).as_posix()
+            return _refuse(f"{part} is part of the tally store {store}: open {store} instead")
+        return None
+    if not all(is_tally_store(p) for p in paths):
         return None
     return read_tally_stores
+
+
+def enclosing_store(path: str | os.PathLike[str], levels: int = 4) -> Path | None:
+    """The tally store `path` lies inside (a folder up to `levels` above it), or None."""
+    here = Path(path)
+    for parent in list(here.parents)[:levels]:
+        if is_tally_store(parent):
+            return parent
+    return None
+
+
+def _refuse(reason: str) -> ReaderFunction:
+    """A reader that says, as napari's message, why it reads nothing."""
+
+    def refuse(_path: Any) -> list[LayerData]:
+        raise ValueError(reason)
+
+    return refuse
 
 
 def read_tally_stores(path: str | Sequence[str]) -> list[LayerData]:
@@ -126,7 +153,55 @@ def store_layer_data(path: str | os.PathLike[str]) -> list[LayerData]:
                 layers.extend(_sample_layers(store, sid, classes))
             except (ValueError, OSError, LookupError, TypeError) as exc:
                 _warn_damaged(path, sid, one_line(exc))
-        return layers
+        legend = _legend_layer(store, layers)
+        return [*layers, legend] if legend is not None else layers
+
+
+#: Suffix of the legend layer's name (a store's name then this).
+LEGEND_SUFFIX = " legend"
+
+
+def _legend_layer(store: Any, layers: list[LayerData]) -> LayerData | None:
+    """Which colour is which class (and the unsure grey), as a column of labelled
+    markers to the right of the specimens (napari has no legend for a Points layer).
+    None when the store has no specimens layer."""
+    from napari_foram.tally.export import UNSURE_COLOUR, UNSURE_LABEL, class_colour
+
+    points = [data for data, _kwargs, kind in layers if kind == "points"]
+    if not points:
+        return None
+    yx = np.concatenate(points)
+    low, high = yx.min(axis=0), yx.max(axis=0)
+    extent = float(max(high - low)) or 1000.0
+    classes = list(store.class_names)
+    names = [*(c.replace("_", " ") for c in classes), UNSURE_LABEL]
+    colours = [*(class_colour(c, k) for k, c in enumerate(classes)), UNSURE_COLOUR]
+    # One row per entry, a 25th of the specimens' extent apart: the rows stay apart on
+    # screen at the zoom that shows every specimen. Left of the specimens, with room
+    # for the names (drawn to the right of each marker) before the first specimen.
+    step = extent / 25.0
+    rows = np.arange(len(names), dtype=np.float64)
+    data = np.column_stack([low[0] + rows * step, np.full(len(names), low[1] - 10 * step)])
+    name = f"{Path(store.path).name.removesuffix('.zarr')}{LEGEND_SUFFIX}"
+    return (
+        data,
+        {
+            "name": name,
+            "features": {"entry": names},
+            "size": step * 0.6,
+            "face_color": np.array(colours),
+            "border_color": np.array(colours),
+            "text": {
+                "string": "{entry}",
+                "size": 9,
+                "color": "white",
+                "anchor": "upper_left",
+                "translation": [0.0, step * 0.5],
+            },
+            "metadata": {"store": str(store.path), "legend": True},
+        },
+        "points",
+    )
 
 
 def _warn_damaged(path: str | os.PathLike[str], sid: str, why: str) -> None:

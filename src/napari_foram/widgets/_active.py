@@ -9,9 +9,10 @@ open for writing, and the events that tell the others what changed.
 - Writers: a store has one writer at a time (the writer lock). A widget that holds one
   open registers it here (`register_writer`), so that labelling on the canvas writes
   through it instead of failing to open a second writer (`open_writer`).
-- `Hub.labelled` (specimens labelled on the canvas) and `Hub.recounted` (samples
-  classified again): the review widget counts labels for its auto-retrain, the tally
-  widget re-reads its table, the live widget its counts.
+- `Hub.labelled` (specimens labelled on the canvas), `Hub.recounted` (samples
+  classified again) and `Hub.reviewed` (verdicts Foram review wrote: accept, relabel,
+  dubious, reject, undo, a class added): the review widget counts labels for its
+  auto-retrain, the tally widget re-reads its table, the live widget its counts.
 
 Signals are emitted on the GUI thread only: background work reports through its widget's
 `Runner`, whose handler (on the GUI thread) then updates the hub.
@@ -144,6 +145,8 @@ class Hub:
 
     labelled = Signal(object)  # labelling.LabelOutcome
     recounted = Signal(object, object)  # store path, sample ids (list[str])
+    #: Foram review wrote to a store (its keys and buttons): store path, sample ids.
+    reviewed = Signal(object, object)
 
     def __init__(self) -> None:
         self.model = ActiveModel()

@@ -65,11 +65,36 @@ class _DockScroll(QScrollArea):
     def __init__(self, height_hint: int) -> None:
         super().__init__()
         self._height_hint = height_hint
+        self._asked = False
 
     def sizeHint(self) -> QSize:
         content = self.widget()
         width = content.sizeHint().width() + 20 if content is not None else DOCK_WIDTH_HINT
         return QSize(min(width, DOCK_WIDTH_HINT), self._height_hint)
+
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        if not self._asked:
+            # Qt gives a dock added below another only its minimum height; the minimum
+            # is small (every dock of the plugin fits a 768 px screen), so the dock asks
+            # once for its hint, which Qt grants from the space the others can spare.
+            self._asked = True
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._ask_for_room)
+
+    def _ask_for_room(self) -> None:
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        try:
+            dock = self.parentWidget()
+            while dock is not None and not isinstance(dock, QDockWidget):
+                dock = dock.parentWidget()
+            main = dock.parentWidget() if dock is not None else None
+            if isinstance(main, QMainWindow) and dock is not None and not dock.isFloating():
+                main.resizeDocks([dock], [self._height_hint], Qt.Orientation.Vertical)
+        except RuntimeError:  # closed before the event loop came back
+            pass
 
 
 def scrolling(content: QWidget, height_hint: int = 360, min_height: int = 160) -> QScrollArea:
@@ -98,6 +123,22 @@ def scroll_layout(widget: QWidget, height_hint: int = 360, min_height: int = 160
     layout = QVBoxLayout(inner)
     layout.setContentsMargins(4, 4, 4, 4)  # every pixel of a narrow dock for its fields
     return layout
+
+
+def scroll_container(
+    outer: Any, body: Any, height_hint: int = 360, min_height: int = 120
+) -> QScrollArea:
+    """Put magicgui container `body` inside `outer` (a magicgui container napari docks)
+    in a scroll area: magicgui's own ``scrollable=True`` is lost when napari docks the
+    container (it takes ``.native``, the widget inside the scroll area). `body` stays a
+    child of `outer` for magicgui, so napari's ``reset_choices`` still reaches it."""
+    outer.append(body)
+    layout = outer.native.layout()
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.removeWidget(body.native)
+    area = scrolling(body.native, height_hint, min_height)
+    layout.addWidget(area)
+    return area
 
 
 class Section(QWidget):

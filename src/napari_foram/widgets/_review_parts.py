@@ -8,11 +8,11 @@ import math
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QRectF, Qt
-from qtpy.QtGui import QColor, QFont, QImage, QKeyEvent, QPainter, QPen, QPixmap
-from qtpy.QtWidgets import QDoubleSpinBox, QSizePolicy, QWidget
+from qtpy.QtCore import QEvent, QRectF, Qt
+from qtpy.QtGui import QColor, QFont, QFontMetrics, QImage, QKeyEvent, QPainter, QPen, QPixmap
+from qtpy.QtWidgets import QDoubleSpinBox, QSizePolicy, QToolTip, QWidget
 
-from napari_foram.widgets.layers import class_colour
+from napari_foram.tally.export import class_colour
 
 #: Side of the crop shown in the widget (px): the 224 px crop, enlarged.
 CROP_DISPLAY_PX = 256
@@ -71,6 +71,10 @@ class ProbabilityBars(QWidget):
     """
 
     ROW_PX = 22
+    #: Width of the "0.93 +- 0.04" column (px).
+    VALUE_PX = 92
+    #: The bars keep at least this much of the width (px); the names get the rest.
+    MIN_BAR_PX = 40
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -80,6 +84,64 @@ class ProbabilityBars(QWidget):
         self.predicted = -1
         self.reviewed = -1
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setMouseTracking(True)
+
+    # ------------------------------------------------------------------ the names
+    def full_name(self, k: int) -> str:
+        """Row `k`'s whole text: key number, class name (spaces for underscores) and the
+        mark of a class a person gave."""
+        mark = " \u2714" if k == self.reviewed else ""
+        return f"{k + 1} {self.class_names[k].replace('_', ' ')}{mark}"
+
+    def label_width(self) -> int:
+        """Pixels for the names: as wide as the longest needs (bold), within what the
+        bars and values leave."""
+        bold = QFont(self.font())
+        bold.setBold(True)
+        metrics = QFontMetrics(bold)
+        need = max(
+            (metrics.horizontalAdvance(self.full_name(k)) for k in range(len(self.class_names))),
+            default=0,
+        )
+        room = max(40, self.width() - self.VALUE_PX - self.MIN_BAR_PX - 4)
+        return min(need + 6, room, int(self.width() * 0.6))
+
+    def shown_name(self, k: int) -> str:
+        """Row `k`'s text as drawn: elided in the middle where the dock is too narrow
+        (the tooltip has it whole; species names such as Globigerinoides_ruber_white
+        were clipped at the right)."""
+        font = QFont(self.font())
+        font.setBold(k == self.predicted)
+        return QFontMetrics(font).elidedText(
+            self.full_name(k), Qt.TextElideMode.ElideMiddle, self.label_width()
+        )
+
+    def row_at(self, y: float) -> int:
+        """The class row at height `y` (px), or -1."""
+        k = int((y - 4) // self.ROW_PX)
+        return k if 0 <= k < len(self.class_names) and y >= 4 else -1
+
+    def tooltip_at(self, y: float) -> str:
+        """The tooltip of the row at height `y`: its whole name and its probability."""
+        k = self.row_at(y)
+        if k < 0:
+            return ""
+        text = self.full_name(k)
+        if k < self.probs.size and math.isfinite(float(self.probs[k])):
+            sd = float(self.sd[k]) if k < self.sd.size else 0.0
+            text += f": p = {float(self.probs[k]):.2f} \u00b1 {sd:.2f}"
+        return text
+
+    def event(self, event: QEvent | None) -> bool:
+        if event is not None and event.type() == QEvent.Type.ToolTip:
+            pos = event.pos()  # type: ignore[attr-defined]
+            text = self.tooltip_at(pos.y())
+            if text:
+                QToolTip.showText(event.globalPos(), text, self)  # type: ignore[attr-defined]
+            else:
+                QToolTip.hideText()
+            return True
+        return super().event(event)
 
     def set_values(
         self,
@@ -102,8 +164,8 @@ class ProbabilityBars(QWidget):
         try:
             painter.setRenderHint(QPainter.RenderHint.Antialiasing)
             width = self.width()
-            label_w = min(170, int(width * 0.45))
-            value_w = 92
+            label_w = self.label_width()
+            value_w = self.VALUE_PX
             bar_x = label_w + 4
             bar_w = max(10, width - bar_x - value_w)
             text = self.palette().windowText().color()
@@ -115,11 +177,10 @@ class ProbabilityBars(QWidget):
                 sd = float(self.sd[k]) if k < self.sd.size else 0.0
                 painter.setFont(bold if k == self.predicted else normal)
                 painter.setPen(text)
-                mark = " \u2714" if k == self.reviewed else ""
                 painter.drawText(
                     QRectF(0, top, label_w, self.ROW_PX),
                     int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft),
-                    f"{k + 1} {name}{mark}",
+                    self.shown_name(k),
                 )
                 painter.setPen(QPen(QColor(128, 128, 128)))
                 painter.drawRect(QRectF(bar_x, top + 4, bar_w, self.ROW_PX - 8))

@@ -16,7 +16,7 @@ from magicgui.widgets import (
 )
 
 from napari_foram.detect import DetectionParams, detect, split_lines
-from napari_foram.widgets._qt import Runner, close_with
+from napari_foram.widgets._qt import Runner, close_with, scroll_container
 
 if TYPE_CHECKING:
     import napari
@@ -28,6 +28,47 @@ CENTROIDS_LAYER = "specimen centres"
 SPLITS_LAYER = "split lines"
 #: Quiet time (ms) after the last change before the detector runs again.
 DEBOUNCE_MS = 250
+#: The preview's own layers: kept above every image (a frame added later hid them).
+PREVIEW_LAYERS = (DETECTIONS_LAYER, SPLITS_LAYER, CENTROIDS_LAYER)
+WHOLE_COLOUR = (0.0, 1.0, 0.4, 1.0)
+CLIPPED_COLOUR = (1.0, 0.6, 0.0, 1.0)
+
+
+def auto_threshold_text(params: DetectionParams | None = None) -> str:
+    """What the automatic threshold is, in a few words (`detect.auto_threshold`)."""
+    p = params or DetectionParams()
+    if p.threshold_method == "otsu":
+        return "Otsu's two-class level"
+    return f"tray floor + {p.background_k:g} robust SD"
+
+
+def auto_threshold_tooltip(params: DetectionParams | None = None) -> str:
+    p = params or DetectionParams()
+    if p.threshold_method == "otsu":
+        return "the grey level of Otsu's two-class split of the tray floor's pixels"
+    return (
+        f"the tray floor's median grey level plus {p.background_k:g} robust standard "
+        f"deviations (MAD), at least {p.background_min_margin:g} grey levels above the "
+        "floor and at most Otsu's level: a tray is mostly empty floor, so dark grains a "
+        "few tens of grey levels above it are still found"
+    )
+
+
+def legend_html() -> str:
+    """What the preview's marks mean (the colours of `draw_detections`)."""
+
+    def dot(rgba: tuple[float, ...], shape: str = "&#9679;") -> str:
+        hex_colour = "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
+        return f'<span style="color:{hex_colour}">{shape}</span>'
+
+    return " &nbsp; ".join(
+        [
+            f"{dot(WHOLE_COLOUR)}&nbsp;whole specimen (counted)",
+            f"{dot(CLIPPED_COLOUR)}&nbsp;clipped by the frame edge or tray border",
+            f"{dot((1.0, 0.0, 0.0, 1.0), '&#9472;')}&nbsp;split line",
+            "tinted areas: detected objects",
+        ]
+    )
 
 
 def frame_data(viewer: napari.Viewer, image_layer: napari.layers.Image) -> np.ndarray:
@@ -101,7 +142,7 @@ def draw_detections(
         **_units(image_layer),
     )
     # Green: whole specimens (counted); orange: clipped by the frame edge or tray border.
-    colours = np.where(det.clipped[:, None], [[1.0, 0.6, 0.0, 1.0]], [[0.0, 1.0, 0.4, 1.0]])
+    colours = np.where(det.clipped[:, None], [CLIPPED_COLOUR], [WHOLE_COLOUR])
     centres = np.asarray(det.centroid, dtype=float).reshape(-1, 2)
     points: dict[str, Any] = {"scale": image_scale, "translate": image_translate}
     if len(centres):
@@ -122,10 +163,26 @@ def draw_detections(
         opacity=1.0,
         **_units(image_layer),
     )
+    keep_marks_on_top(viewer)
+    how = f", {auto_threshold_text(det.params)}" if det.params.threshold is None else ""
     return (
         f"{int(det.whole.sum())} specimens, {int(det.clipped.sum())} clipped; "
-        f"threshold {det.threshold:.1f} (at 1/{scale} scale); {min_area_text(det)}"
+        f"threshold {det.threshold:.1f}{how} (at 1/{scale} scale); {min_area_text(det)}"
     )
+
+
+def keep_marks_on_top(viewer: napari.Viewer) -> bool:
+    """Move the preview's layers above every other layer (an image added after them
+    hid them); True when something moved."""
+    layers = viewer.layers
+    mine = [i for i, layer in enumerate(layers) if layer.name in PREVIEW_LAYERS]
+    if not mine:
+        return False
+    others = [i for i, layer in enumerate(layers) if layer.name not in PREVIEW_LAYERS]
+    if not others or max(others) < min(mine):
+        return False
+    layers.move_multiple(mine, len(layers))
+    return True
 
 
 def image_transform(
@@ -164,13 +221,15 @@ class DetectionWidget(Container):
         from qtpy.QtCore import QTimer
         from qtpy.QtWidgets import QSizePolicy
 
-        super().__init__(scrollable=False)
+        super().__init__(scrollable=False, labels=False)
         viewer = napari_viewer
         self._viewer = viewer
         # A ComboBox of the viewer's image layers (napari registers the type with magicgui).
         image_choice: Any = create_widget(annotation="napari.layers.Image", label="image")
         self._image = image_choice
-        self._auto = CheckBox(value=True, label="automatic threshold (Otsu)")
+        # Named as the detector computes it (issue 27: it said Otsu, the default is not).
+        self._auto = CheckBox(value=True, label=f"automatic threshold ({auto_threshold_text()})")
+        self._auto.tooltip = auto_threshold_tooltip()
         self._threshold = FloatSlider(value=120.0, min=0, max=255, label="threshold")
         # 0 = automatic: from the pixel size when given, else from the image.
         self._min_area = SpinBox(
@@ -201,7 +260,13 @@ class DetectionWidget(Container):
             self._border,
             self._split,
         )
-        self.extend([*controls, self.result])
+        self.legend = Label(value=legend_html())
+        self.legend.native.setWordWrap(True)
+        self.legend.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.legend.native.setMinimumWidth(60)
+        # In one scroll area: the dock shrinks with the window (a 768 px screen).
+        self.body = Container(widgets=[*controls, self.legend, self.result])
+        self.scroll_area = scroll_container(self, self.body, height_hint=420, min_height=100)
         # Short labels and a narrow minimum: the dock leaves the canvas half a laptop screen.
         for w in controls:
             w.native.setMinimumWidth(60)
@@ -222,11 +287,30 @@ class DetectionWidget(Container):
         # The layer list changes after construction: keep the choices current.
         viewer.layers.events.inserted.connect(image_choice.reset_choices)
         viewer.layers.events.removed.connect(image_choice.reset_choices)
+        # An image added later would cover the marks: lift them once it is in (after
+        # the insertion has finished, not inside napari's own event).
+        self._lift_timer = QTimer(self.native)
+        self._lift_timer.setSingleShot(True)
+        self._lift_timer.setInterval(0)
+        self._lift_timer.timeout.connect(self._lift_marks)
+        viewer.layers.events.inserted.connect(self._on_inserted)
         close_with(self.native, self.runner)  # no detector thread outlives the widget
         self.update_preview()  # at once when opened on an image
 
+    def _on_inserted(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and getattr(layer, "name", None) in PREVIEW_LAYERS:
+            return
+        self._lift_timer.start()  # dies with the widget (a timer of its own)
+
+    def _lift_marks(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(RuntimeError, ValueError, IndexError):  # viewer closing
+            keep_marks_on_top(self._viewer)
+
     def _sync_threshold(self, *_: object) -> None:
-        """The threshold slider only counts without Otsu: greyed out in Otsu mode."""
+        """The threshold slider only counts when set by hand: greyed out otherwise."""
         self._threshold.enabled = not self._auto.value
 
     def params(self) -> DetectionParams:

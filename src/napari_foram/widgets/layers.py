@@ -6,6 +6,7 @@ and the tests show the same thing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -77,14 +78,105 @@ def zoomed_in(shown: list[Shown], zoom: float) -> bool:
 
 def labels_for(shown: list[Shown], zoom: float, selected: Collection[int] = ()) -> list[str]:
     """The text beside each specimen: all when zoomed in far enough to read them
-    (`zoomed_in`), else only the uncertain, unsure and selected ones."""
+    (`zoomed_in`), else only the uncertain, unsure and selected ones. A specimen the
+    model's unsure rule puts in no class reads "unsure", never a class it is not given."""
+    from napari_foram.tally.export import UNSURE_LABEL
+
     everyone = zoomed_in(shown, zoom)
     return [
-        f"{s.name.replace('_', ' ')} {s.probability:.2f}"
+        (UNSURE_LABEL if s.unsure else f"{s.name.replace('_', ' ')} {s.probability:.2f}")
         if everyone or s.uncertain or s.unsure or i in selected
         else ""
         for i, s in enumerate(shown)
     ]
+
+
+# ----------------------------------------------------------------------------- labels
+#: Point text size (napari's text ``size``) of the specimens layers.
+LABEL_TEXT_SIZE = 8
+#: A label's box on screen, per character and per line, in multiples of the text size:
+#: generous, so two labels judged apart never touch (napari draws text at a fixed
+#: screen size, whatever the zoom).
+LABEL_CHAR_WIDTH = 1.0
+LABEL_LINE_HEIGHT = 1.8
+#: Labels are laid out again once the zoom has changed by this factor.
+RELABEL_ZOOM_FACTOR = 1.1
+#: Feature columns of a managed specimens layer: the text each point would like to
+#: show, and the text it shows (blank where it would cover another).
+WANTED_LABEL = "label_wanted"
+SHOWN_LABEL = "label"
+
+
+def uncluttered(
+    yx: np.ndarray,
+    texts: list[str],
+    zoom: float,
+    priority: np.ndarray | None = None,
+    text_size: float = LABEL_TEXT_SIZE,
+    sizes: np.ndarray | float = 0.0,
+) -> list[str]:
+    """`texts` with those blanked that would overlap a label already placed, so that
+    no two labels drawn at `zoom` (screen px per world unit) cover each other.
+
+    Labels are placed in `priority` order (higher first; ties keep their order): e.g.
+    selected, then unsure, then the rest. Each label is a box of its text's width and
+    one line's height beside its point, in screen pixels; napari anchors it at the
+    corner of its point's box, so points of different `sizes` (world units) shift their
+    labels apart by up to the difference of their radii: that much more room is kept.
+    """
+    n = len(texts)
+    out = [""] * n
+    if n == 0 or not math.isfinite(zoom) or zoom <= 0:
+        return out
+    pts = np.asarray(yx, dtype=np.float64).reshape(-1, 2) * zoom  # screen px
+    radius = np.broadcast_to(np.asarray(sizes, dtype=np.float64), (n,)) * zoom / 2.0
+    order = np.arange(n) if priority is None else np.argsort(-np.asarray(priority), kind="stable")
+    line = LABEL_LINE_HEIGHT * text_size
+    char = LABEL_CHAR_WIDTH * text_size
+    spread = float(np.ptp(radius)) if n else 0.0
+    band_px = line + spread
+    rows: dict[int, list[tuple[float, float, float, float]]] = {}  # band -> (y, x0, x1, r)
+    for i in order:
+        text = texts[i]
+        if not text or not np.isfinite(pts[i]).all():
+            continue
+        y, x0, r = float(pts[i, 0]), float(pts[i, 1]), float(radius[i])
+        x1 = x0 + char * len(text)
+        band = math.floor(y / band_px)
+        clash = any(
+            abs(y - oy) < line + abs(r - orad)
+            and x0 - abs(r - orad) < ox1
+            and ox0 < x1 + abs(r - orad)
+            for b in (band - 1, band, band + 1)
+            for oy, ox0, ox1, orad in rows.get(b, ())
+        )
+        if clash:
+            continue
+        rows.setdefault(band, []).append((y, x0, x1, r))
+        out[i] = text
+    return out
+
+
+def _template_texts(template: str, features: dict[str, Any], n: int) -> list[str]:
+    """Each point's text from a napari text template ("{class} {probability:.2f}")."""
+    texts = []
+    for i in range(n):
+        row = {k: _item(v, i) for k, v in features.items()}
+        if isinstance(row.get("class"), str):
+            row["class"] = row["class"].replace("_", " ")
+        try:
+            texts.append(template.format(**row))
+        except (KeyError, ValueError, IndexError, TypeError):
+            texts.append("")
+    return texts
+
+
+def _item(values: Any, i: int) -> Any:
+    try:
+        value = values[i]
+    except (IndexError, KeyError, TypeError):
+        return ""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def show_specimen_circles(
@@ -102,7 +194,43 @@ def show_specimen_circles(
 ) -> None:
     """The specimens' circles, Points layer `name`: updated in place when it exists
     (removing a Points layer with text and adding it again, once per file, crashed
-    napari/vispy: issue 15), else added (with no points only when `add_empty`)."""
+    napari/vispy: issue 15), else added (with no points only when `add_empty`).
+
+    `text` is the ``"{label}"`` column (the caller made the labels: the live view), or a
+    template such as ``"{class} {probability:.2f}"``: then the labels are made here
+    (issue 27, the batch canvas). When the layer's points are rows of a store (a
+    `labelling` target: the store reader's layers, Batch folders' file), the store's
+    unsure rule decides: the specimens it calls unsure are drawn in the unsure colour and
+    labelled "unsure" (`labelling.restyle`, as after a canvas label). Labels never cover
+    each other (`uncluttered`, laid out again as the zoom changes).
+    """
+    managed = text != "{" + SHOWN_LABEL + "}"
+    features = dict(features)
+    if managed:
+        features[WANTED_LABEL] = _template_texts(text, features, len(yx))
+        features[SHOWN_LABEL] = [""] * len(yx)  # laid out below, once sizes are known
+        features.setdefault("unsure", np.zeros(len(yx), dtype=bool))
+        text = "{" + SHOWN_LABEL + "}"
+    _draw_circles(viewer, yx, features, sizes, colours, name, text, units, metadata, add_empty)
+    if managed and name in viewer.layers:
+        layer = viewer.layers[name]
+        apply_store_rule(viewer, layer)
+        relayout_labels(viewer, layer)
+        _follow_zoom(viewer, name)
+
+
+def _draw_circles(
+    viewer: napari.Viewer,
+    yx: np.ndarray,
+    features: dict[str, Any],
+    sizes: np.ndarray,
+    colours: np.ndarray,
+    name: str,
+    text: str,
+    units: str | None,
+    metadata: dict[str, Any] | None,
+    add_empty: bool,
+) -> None:
     if name in viewer.layers:
         # Each setter refreshes the layer (~5 ms here); napari has no public way to
         # batch them, and hiding the layer meanwhile costs a whole canvas redraw.
@@ -129,6 +257,96 @@ def show_specimen_circles(
         metadata=metadata or {},
         **({"units": units} if units else {}),
     )
+
+
+def apply_store_rule(viewer: Any, layer: Any) -> int:
+    """Colour `layer`'s points from their store rows (`labelling.restyle`: the class
+    each counts as, the unsure colour where the store's unsure rule says so) and mark
+    the unsure ones in the features (``unsure``; their label reads "unsure"). The number
+    of unsure points; 0 when the layer's points are no store's rows or the store cannot
+    be read (the layer keeps its look)."""
+    from napari_foram.tally import stats
+    from napari_foram.tally.export import UNSURE_LABEL
+    from napari_foram.tally.store import TallyStore
+    from napari_foram.widgets import labelling
+
+    n = len(layer.data)
+    target = labelling.target_of(viewer, layer)
+    if target is None or n == 0:
+        return 0
+    try:
+        # Read-only, beside any writer (a batch run still writing the store).
+        with TallyStore.open(target.store_path, mode="r") as store:
+            rows = labelling.rows_of(store, target, layer)
+            labelling.restyle(layer, store, target.sample_id, rows)
+            data = store.read_specimens(target.sample_id)
+            unsure_rows = stats.unsure_mask(data, store.unsure_rule(target.sample_id))
+    except (ValueError, OSError, LookupError, TypeError):
+        return 0
+    unsure = np.zeros(n, dtype=bool)
+    found = (rows >= 0) & (rows < len(unsure_rows))
+    unsure[found] = unsure_rows[rows[found]]
+    features = layer.features.copy()
+    features["unsure"] = unsure
+    if WANTED_LABEL in features:
+        wanted = list(features[WANTED_LABEL])
+        features[WANTED_LABEL] = [
+            UNSURE_LABEL if u else w for u, w in zip(unsure, wanted, strict=True)
+        ]
+    layer.features = features
+    return int(unsure.sum())
+
+
+def relayout_labels(viewer: Any, layer: Any) -> None:
+    """Show the wanted labels of a managed layer that fit at the current zoom (selected
+    points first, then unsure ones), all once a typical specimen is big enough."""
+    if WANTED_LABEL not in layer.features or not len(layer.data):
+        return
+    zoom = viewer_zoom(viewer)
+    wanted = [str(t) for t in layer.features[WANTED_LABEL]]
+    priority = np.zeros(len(wanted))
+    if "unsure" in layer.features:
+        priority += np.asarray(layer.features["unsure"], dtype=float)
+    for i in layer.selected_data:
+        if 0 <= int(i) < len(priority):
+            priority[int(i)] += 2.0
+    # Laid out for a zoom a little further out than now: small zoom-outs keep them apart.
+    shown = uncluttered(
+        layer.data, wanted, zoom / RELABEL_ZOOM_FACTOR, priority, sizes=np.ravel(layer.size)
+    )
+    features = layer.features.copy()
+    features[SHOWN_LABEL] = shown
+    layer.features = features
+    layer.metadata = {**layer.metadata, "labels_zoom": zoom}
+
+
+def _follow_zoom(viewer: Any, name: str) -> None:
+    """Lay out layer `name`'s labels again as the zoom changes (once per viewer and
+    layer name; the layer may be replaced meanwhile)."""
+    import weakref
+
+    from napari_foram.widgets._active import hub, unwrap
+
+    viewer = unwrap(viewer)  # napari hands plugins a new proxy each time: keep the viewer
+    followed = hub(viewer).extras.setdefault("zoom_labelled_layers", set())
+    if name in followed:
+        return
+    followed.add(name)
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None else viewer.camera
+    ref = weakref.ref(viewer)
+
+    def on_zoom(_event: Any = None) -> None:
+        owner = ref()
+        if owner is None or name not in owner.layers:
+            return
+        layer = owner.layers[name]
+        last = float(layer.metadata.get("labels_zoom", 0.0) or 0.0)
+        zoom = viewer_zoom(owner)
+        if last <= 0 or not (last / RELABEL_ZOOM_FACTOR < zoom < last * RELABEL_ZOOM_FACTOR):
+            relayout_labels(owner, layer)
+
+    camera.events.zoom.connect(on_zoom)
 
 
 def update_specimen_layers(
@@ -394,3 +612,89 @@ def matplotlib_screenshot(results: list[FrameResult], names: list[str], path: Pa
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- crop grids
+#: Longest side (px) of a sample's crop grid: more crops are shown smaller (every
+#: `step`-th pixel), so that thousands of crops stay one modest image.
+CROP_GRID_MAX_PX = 4096
+#: Gap between the frame (or the layers already shown) and the crop grids, in crops.
+CROP_GRID_GAP = 0.5
+
+
+def crop_grid(crops: Any, max_px: int = CROP_GRID_MAX_PX) -> tuple[np.ndarray, int, int]:
+    """The crops (n, h, w, 3) as one picture in rows of `columns`: (the picture, columns,
+    step), where `step` is the pixel stride the crops were shown at (1: whole size)."""
+    n, h, w = (int(v) for v in crops.shape[:3])
+    columns = max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / columns))
+    step = max(1, math.ceil(max(columns * w, rows * h) / max_px))
+    th, tw = -(-h // step), -(-w // step)
+    grid = np.zeros((rows * th, columns * tw, *crops.shape[3:]), dtype=np.uint8)
+    block = 256  # crops read at a time (a lazy stack reads chunk by chunk)
+    for start in range(0, n, block):
+        part = np.asarray(crops[start : start + block, ::step, ::step])
+        for j, tile in enumerate(part):
+            r, c = divmod(start + j, columns)
+            grid[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
+    return grid, columns, step
+
+
+def crop_tile_centre(layer: Any, index: int) -> tuple[float, float] | None:
+    """World (y, x) of the centre of crop `index` of a crop-grid layer, or None."""
+    grid = dict(layer.metadata or {}).get("grid")
+    if not grid or not 0 <= index < int(grid["n"]):
+        return None
+    r, c = divmod(index, int(grid["columns"]))
+    side = float(grid["tile_px"])
+    sy, sx = (float(v) for v in np.asarray(layer.scale)[-2:])
+    ty, tx = (float(v) for v in np.asarray(layer.translate)[-2:])
+    return ty + (r + 0.5) * side * sy, tx + (c + 0.5) * side * sx
+
+
+def show_crop_grids(
+    viewer: napari.Viewer, store: str | Path, *, visible: bool = True
+) -> list[str]:
+    """Each sample's stored crops as one grid picture ("<sample> crops"), to the right of
+    what the viewer shows already (a frame): not a stack at the origin over the frame's
+    corner with a dims slider of its own (issue 27). Made again in place when it exists;
+    the layer names. The layer's metadata is the reader's (one entry per crop) plus
+    ``grid`` (columns, tile size), so `crop_tile_centre` finds a crop."""
+    from napari_foram._reader import store_layer_data
+
+    images = [(d, k) for d, k, kind in store_layer_data(store) if kind == "image"]
+    # Right of everything shown except our own grids (their place is kept).
+    ours = {k["name"] for _d, k in images}
+    others = [layer for layer in viewer.layers if layer.name not in ours]
+    left, top = 0.0, 0.0
+    if others:
+        extents = np.array([np.asarray(layer.extent.world)[:, -2:] for layer in others])
+        top = float(extents[:, 0, 0].min())
+        left = float(extents[:, 1, 1].max())
+    names: list[str] = []
+    y = top
+    for data, kwargs in images:
+        tile = int(data.shape[1])
+        grid, columns, step = crop_grid(data)
+        left_edge = left + CROP_GRID_GAP * tile
+        metadata = {
+            **kwargs.get("metadata", {}),
+            "grid": {"columns": columns, "tile_px": -(-tile // step), "n": int(data.shape[0])},
+        }
+        name = kwargs["name"]
+        place = {"scale": (float(step), float(step)), "translate": (y, left_edge)}
+        if name in viewer.layers and viewer.layers[name].ndim == 2:
+            layer = viewer.layers[name]
+            layer.data = grid
+            layer.metadata = metadata
+            layer.scale, layer.translate = place["scale"], place["translate"]
+            layer.visible = visible
+        else:
+            if name in viewer.layers:  # an old stack of the same name
+                viewer.layers.remove(name)
+            viewer.add_image(
+                grid, name=name, rgb=True, metadata=metadata, visible=visible, **place
+            )
+        y += grid.shape[0] * step + CROP_GRID_GAP * tile
+        names.append(name)
+    return names

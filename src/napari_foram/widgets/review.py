@@ -53,7 +53,11 @@ from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtGui import QKeyEvent
 from qtpy.QtOpenGLWidgets import QOpenGLWidget
 from qtpy.QtWidgets import (
+    QAbstractButton,
+    QAbstractItemView,
+    QAbstractSlider,
     QAbstractSpinBox,
+    QApplication,
     QCheckBox,
     QComboBox,
     QFileDialog,
@@ -113,8 +117,18 @@ MEASURE_LABELS = {
 }
 
 
+#: Controls that own the keyboard while focused: Enter on them is theirs (or nothing),
+#: never "accept" (issue 27: Enter on a dropdown or a checkbox accepted the specimen).
+CONTROL_TYPES = (QComboBox, QAbstractButton, QAbstractSpinBox, QAbstractItemView, QAbstractSlider)
+_ENTER_KEYS = (int(Qt.Key.Key_Return), int(Qt.Key.Key_Enter))
+
+
 def _inside_a_box(edit: QLineEdit) -> bool:
     return isinstance(edit.parent(), (QAbstractSpinBox, QComboBox))
+
+
+def _is_enter(event: QKeyEvent) -> bool:
+    return int(event.key()) in _ENTER_KEYS
 
 
 def _one_line(text: object) -> str:
@@ -274,9 +288,10 @@ class ReviewWidget(QWidget):
         out_layout.addWidget(self.result_label)
 
         # The dock scrolls and its settings fold away: it fits a 1366 x 768 screen beside
-        # Foram live, the crop first in view (issue 15).
-        # The crop and its buttons in view (on a 768 px screen beside Foram live too).
-        layout = scroll_layout(self, height_hint=460, min_height=330)
+        # Foram live, the crop first in view (issue 15). It asks for room for the crop
+        # and its buttons but can shrink far below it: with every dock of the plugin
+        # open, a larger minimum made napari's window taller than the screen (issue 27).
+        layout = scroll_layout(self, height_hint=460, min_height=100)
         layout.addLayout(form)
         self.model_label = ModelLabel(napari_viewer)
         layout.addWidget(self.model_label)
@@ -306,6 +321,11 @@ class ReviewWidget(QWidget):
         edits = [e for e in self.findChildren(QLineEdit) if not _inside_a_box(e)]
         for field in [*edits, *self.findChildren(QAbstractSpinBox)]:
             field.installEventFilter(self)
+        # Dropdowns, checkboxes and buttons keep Enter too: it is theirs (or nothing),
+        # not "accept" (Qt passes a key a control ignores on to this widget).
+        for control in self.findChildren(QWidget):
+            if isinstance(control, CONTROL_TYPES) and not isinstance(control, QAbstractSpinBox):
+                control.installEventFilter(self)
         self._canvases: list[QOpenGLWidget] = []
         # Labels given on the canvas carry this reviewer's name; they write through
         # this widget's store when it holds it.
@@ -413,6 +433,10 @@ class ReviewWidget(QWidget):
             self.session.class_names = self._store.class_names
             self.session.refresh()
         self._show()
+        if self.store_path is not None:
+            hub(self.viewer).reviewed.emit(
+                self.store_path, self._store.samples() if self._store else []
+            )
 
     def open_sample(self, sample_id: str) -> None:
         """Review `sample_id` of the open store."""
@@ -484,11 +508,19 @@ class ReviewWidget(QWidget):
         if event is None:
             return
         action = key_action(event)
-        if action is not None:
+        if action is not None and not (_is_enter(event) and self._control_has_focus()):
             self.do(action)
             event.accept()
         else:
             super().keyPressEvent(event)
+
+    def _control_has_focus(self) -> bool:
+        """Whether one of this widget's controls (a dropdown, a checkbox, a button, a spin
+        box, a text field) has the keyboard: Enter is then that control's, not "accept"."""
+        focus = QApplication.focusWidget()
+        if focus is None or focus is self or focus is self.crop_label:
+            return False
+        return self.isAncestorOf(focus) and isinstance(focus, (*CONTROL_TYPES, QLineEdit))
 
     def showEvent(self, event: Any) -> None:
         super().showEvent(event)
@@ -505,6 +537,14 @@ class ReviewWidget(QWidget):
     def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:
         if not isinstance(event, QKeyEvent) or event.type() != QEvent.Type.KeyPress:
             return super().eventFilter(watched, event)
+        if isinstance(watched, CONTROL_TYPES) and not isinstance(watched, QAbstractSpinBox):
+            if not _is_enter(event) or key_action(event) is None:
+                return False  # other keys: the control's, else the review's (A, 1..9...)
+            # Enter: the control's own meaning (a button or checkbox has none in Qt),
+            # then stopped before it reaches this widget as "accept".
+            watched.event(event)
+            event.accept()
+            return True
         if isinstance(watched, (QLineEdit, QAbstractSpinBox)):
             if key_action(event) is None:
                 return False
@@ -566,6 +606,9 @@ class ReviewWidget(QWidget):
             self._show()
             return False
         self._show()
+        if action not in ("next", "previous") and self.store_path is not None:
+            # The store changed: Foram tally (and any other listener) re-reads it.
+            hub(self.viewer).reviewed.emit(self.store_path, [session.sample_id])
         return True
 
     def _done_text(self, action: str, row: int, reviewed_class: int) -> str:
@@ -661,6 +704,18 @@ class ReviewWidget(QWidget):
             return None
         layer = self.viewer.layers[wanted]
         layer.visible = True
+        if wanted.endswith("crops") and "grid" in layer.metadata:
+            # Batch folders shows the crops as a grid beside the frame: centre the crop.
+            from napari_foram.widgets.layers import crop_tile_centre
+
+            centre = crop_tile_centre(layer, row)
+            if centre is not None:
+                camera, canvas = camera_and_canvas(self.viewer)
+                side = float(layer.metadata["grid"]["tile_px"]) * float(layer.scale[-1])
+                camera.center = centre
+                camera.zoom = min(canvas) / max(3 * side, 1e-6)
+                self.message.setText(f"no stage position: crop {row} of the {wanted!r} grid")
+                return wanted
         if wanted.endswith("crops"):
             self.viewer.layers.selection.active = layer
             self.viewer.dims.set_current_step(0, row)

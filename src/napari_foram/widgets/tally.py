@@ -16,6 +16,8 @@ import numpy as np
 from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Table
 
+from napari_foram.widgets._qt import scroll_container
+
 if TYPE_CHECKING:
     import napari
     import napari.viewer
@@ -104,7 +106,12 @@ class TallyWidget(Container):
         self._store_edit = FileEdit(
             mode=FileDialogMode.EXISTING_DIRECTORY, label="store", nullable=True
         )
-        self._sample = ComboBox(label="sample", choices=[])
+        #: The samples of the store as last read (the dropdown's choices).
+        self._samples: list[str] = []
+        # Choices given as a function: napari calls `reset_choices` on a docked magicgui
+        # widget whenever a layer is added or removed, and a plain list would be reset
+        # to the (empty) one given here (issue 27: the dropdown emptied, the table stayed).
+        self._sample = ComboBox(label="sample", choices=self._sample_choices)
         self._refresh_button = PushButton(text="Refresh")
         self.table = Table(value={"data": [], "index": [], "columns": list(TABLE_COLUMNS)})
         self.table.read_only = True
@@ -126,8 +133,10 @@ class TallyWidget(Container):
         # The active model of the viewer's widgets (its card as the tooltip).
         self.model_label = Label(value="")
         self.model_label.native.setWordWrap(True)
-        self.extend(
-            [
+        #: Everything the dock shows, in one scroll area (`_qt.scroll_container`): the
+        #: dock shrinks with the window instead of making it taller (issue 27: ~563 px).
+        self.body = Container(
+            widgets=[
                 self.model_label,
                 Container(widgets=[self._store_edit, self._sample], labels=True),
                 self._refresh_button,
@@ -137,8 +146,10 @@ class TallyWidget(Container):
                 self._export_csv_button,
                 self._export_plot_button,
                 self.message,
-            ]
+            ],
+            labels=False,
         )
+        self.scroll_area = scroll_container(self, self.body, height_hint=520, min_height=100)
         #: The last `stats.sample_summary` shown (None before a sample is shown).
         self.summary: dict[str, Any] | None = None
         self.class_names: list[str] = []
@@ -160,6 +171,10 @@ class TallyWidget(Container):
         state = hub(viewer)  # bound methods: psygnal holds them weakly
         state.labelled.connect(self._on_labelled)
         state.recounted.connect(self._on_recounted)
+        state.reviewed.connect(self._on_recounted)  # Foram review's verdicts
+
+    def _sample_choices(self, _widget: Any = None) -> list[str]:
+        return list(self._samples)
 
     def _on_labelled(self, outcome: Any) -> None:
         self._on_recounted(outcome.store_path)
@@ -197,7 +212,7 @@ class TallyWidget(Container):
         canvas = FigureCanvasQTAgg(figure)
         canvas.setMinimumHeight(150)
         # Added after every magicgui widget, so magicgui's own indices stay right.
-        self.native.layout().addWidget(canvas)
+        self.body.native.layout().addWidget(canvas)
         return figure, canvas
 
     def _draw_chart(self, sample_id: str | None) -> None:
@@ -318,7 +333,7 @@ class TallyWidget(Container):
         """Re-read the store: the sample list, then the chosen sample's tally."""
         store = self._open()
         if store is None:
-            self._sample.choices = []
+            self._set_samples([])
             self._clear()
             return
         with store:
@@ -327,7 +342,7 @@ class TallyWidget(Container):
         current = self.sample_id
         # Changing the choices may emit `changed`; block it so a refresh reads once.
         with self._sample.changed.blocked():
-            self._sample.choices = samples
+            self._set_samples(samples)
             if samples:
                 self._sample.value = current if current in samples else samples[0]
         if not samples:
@@ -335,6 +350,10 @@ class TallyWidget(Container):
             self._clear()
             return
         self._show_sample()
+
+    def _set_samples(self, samples: list[str]) -> None:
+        self._samples = list(samples)
+        self._sample.reset_choices()
 
     def _show_sample(self, *_: object) -> None:
         sid = self.sample_id
