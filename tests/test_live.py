@@ -368,3 +368,93 @@ def test_stage_failure_mid_scan_then_resume_gives_ground_truth(predictor, tmp_pa
 
     # The stage is fixed: reopen the store and scan again; nothing is counted twice.
     _rescan_reaches_the_truth(predictor, world, path, committed)
+
+
+NINE = DemoScan(
+    rows=3, cols=3, camera_shape=(300, 400), overlap_fraction=0.4, specimens=8, touching_pairs=0
+)
+
+
+def _nine_field_scan(predictor, tmp_path):
+    """A store with sample "S1", a pipeline into it and a simulated 3 x 3 tray."""
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.tally.store import SampleRecord, TallyStore
+
+    world = make_demo_world(13, NINE)
+    tray = SimulatedTray(world, camera_shape=NINE.camera_shape, seed=2)
+    store = TallyStore.create(tmp_path / "stop.zarr", classes=CLASSES)
+    store.add_sample(SampleRecord("S1"))
+    pipeline = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
+    return world, tray, store, pipeline, CountingSession(pipeline)
+
+
+def test_stop_processes_no_queued_field_and_says_what_was_counted(predictor, tmp_path):
+    """Issue 27.7: Stop while field k is in flight used to work through every field
+    already imaged (all 9). Now the store holds fields <= k (+ at most the one in
+    flight), and the report says how far the scan got and what it counted."""
+    _world, tray, store, pipeline, session = _nine_field_scan(predictor, tmp_path)
+    seen: list[int] = []
+    waiting: list[float] = []
+    clicked = threading.Event()
+
+    def on_result(result) -> None:
+        seen.append(result.frame.index)
+        if len(seen) == 2 and not clicked.is_set():
+            clicked.set()
+            # The camera is far ahead of the classifier: fields wait in the queue.
+            waiting.append(session.stats()["backlog"])
+            # The click comes from another thread (the GUI), while the worker goes on.
+            threading.Thread(target=session.stop).start()
+
+    report = session.scan(tray.core, tray.grid_sequence(3, 3, 0.4), on_result=on_result)
+    assert clicked.is_set() and waiting[0] >= 1
+    assert report.frames_processed == len(seen) <= 3  # field 2, at most the one in flight
+    assert report.fields_planned == 9
+    counted = store.n_specimens("S1")
+    assert counted == report.specimens_counted == pipeline.specimens_counted
+    assert report.error == (
+        f"stopped after field {len(seen)} of 9: {counted} specimen{'s' * (counted != 1)} counted"
+    )
+    rows = store.read_specimens("S1")
+    assert set(np.asarray(rows["frame_index"]).tolist()) <= set(seen)
+    assert report.frames_dropped >= 1  # imaged, not counted: scanning again images them
+    assert session.mode == "idle" and not tray.core.mda.is_running()
+    store.close()
+
+
+def test_pause_holds_the_queued_fields_and_resume_counts_each_once(predictor, tmp_path):
+    """Issue 27.7: Pause used to stop only the camera; the worker went on through the
+    fields already queued. Now they wait, and resume processes them: nothing lost,
+    nothing counted twice."""
+    world, tray, store, pipeline, session = _nine_field_scan(predictor, tmp_path)
+    seen: list[int] = []
+    paused = threading.Event()
+
+    def on_result(result) -> None:
+        seen.append(result.frame.index)
+        if len(seen) == 1:
+            session.pause()  # while the first field is still in the worker's hands
+            paused.set()
+
+    outcome: dict = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(
+            report=session.scan(tray.core, tray.grid_sequence(3, 3, 0.4), on_result=on_result)
+        )
+    )
+    thread.start()
+    assert paused.wait(120)
+    deadline = time.monotonic() + 60
+    while session.stats()["backlog"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert session.stats()["backlog"] >= 1  # imaged fields are waiting
+    time.sleep(1.5)  # time enough to process a waiting field, had the worker gone on
+    assert len(seen) == 1 and session.stats()["processed"] == 1
+    session.resume()
+    thread.join(180)
+    report = outcome["report"]
+    assert report.error is None and report.frames_processed == 9 == len(set(seen))
+    truth = len(_whole_truth(world))
+    assert store.n_specimens("S1") == pipeline.specimens_counted == truth > 0
+    store.close()

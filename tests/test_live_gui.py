@@ -253,3 +253,86 @@ def test_live_widget_releases_its_store_when_its_dock_goes(
         warnings.simplefilter("error")  # no "stale lock" taken over
         with TallyStore.open(store, mode="a") as again:
             assert "S1" in again.samples()
+
+
+def test_closing_napari_releases_the_store(make_napari_viewer, qtbot, tmp_path, random_checkpoint):
+    """Issue 27.2: closing napari (viewer.close) releases the store's writer lock: the
+    next writer opens it without taking over a stale lock."""
+    import warnings
+
+    from napari_foram.tally.store import TallyStore
+
+    viewer = make_napari_viewer()
+    from napari_foram.widgets.live import LiveWidget
+
+    store = tmp_path / "closed.zarr"
+    # Not handed to qtbot: napari deletes it with the window, qtbot would close it again.
+    widget = LiveWidget(
+        viewer,
+        model=random_checkpoint,
+        store_path=store,
+        camera_shape=(486, 648),
+        device="cpu",
+        mc_samples=1,
+        specimens=8,
+    )
+    viewer.window.add_dock_widget(widget, name="Foram live")
+    widget.connect_microscope()
+    qtbot.waitUntil(lambda: "connect" in widget.last_outcome, timeout=120_000)
+    widget.sample_fields["sample_id"].setText("S1")
+    widget.start_sample()
+    viewer.close()
+    qtbot.waitUntil(lambda: widget.counter is None, timeout=30_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "took over a stale lock" warning fails here
+        with TallyStore.open(store, mode="a") as again:
+            assert "S1" in again.samples()
+
+
+def test_stop_in_the_widget_counts_no_field_after_the_one_in_flight(
+    make_napari_viewer, qtbot, tmp_path, random_checkpoint
+):
+    """Issue 27.7 in the widget: Stop pressed while field k is in flight leaves fields
+    <= k (+ at most the one in flight) in the store, and the status says so."""
+    viewer = make_napari_viewer()
+    widget = _small_widget(viewer, qtbot, random_checkpoint, tmp_path / "stop.zarr")
+    widget.overlap.setValue(0.45)
+    widget.connect_microscope()
+    qtbot.waitUntil(lambda: "connect" in widget.last_outcome, timeout=120_000)
+    widget.sample_fields["sample_id"].setText("STOP-1")
+    widget.start_sample()
+    widget.start_scan()  # 3 x 3 fields
+    counter = widget.counter
+    qtbot.waitUntil(lambda: counter.stats()["processed"] >= 2, timeout=120_000)
+    at_stop = counter.stats()["processed"]
+    widget.stop_button.click()
+    qtbot.waitUntil(lambda: "scan" in widget.last_outcome, timeout=120_000)
+    report = widget.last_outcome["scan"]
+    assert report.frames_processed <= at_stop + 1 < 9
+    rows = counter.store.read_specimens("STOP-1")
+    assert int(np.asarray(rows["frame_index"]).max(initial=-1)) <= at_stop
+    stored = counter.store.n_specimens("STOP-1")
+    assert widget.status_label.text().startswith(
+        f"scan stopped after field {report.frames_processed} of 9: {stored} specimen"
+    )
+    widget.close()
+
+
+def test_failed_connect_clears_the_old_microscope(
+    make_napari_viewer, qtbot, tmp_path, random_checkpoint
+):
+    """Issue 27.10: after a failed connect no read-out of the old microscope stays."""
+    viewer = make_napari_viewer()
+    widget = _small_widget(viewer, qtbot, random_checkpoint, tmp_path / "a.zarr")
+    widget.connect_microscope()
+    qtbot.waitUntil(lambda: "connect" in widget.last_outcome, timeout=120_000)
+    assert "um/px" in widget.camera_label.text() and widget.controls.exposure is not None
+    widget.last_outcome.pop("connect")
+    widget.config_path.setText(str(tmp_path / "missing.cfg"))  # chooses the configuration
+    widget.connect_microscope()
+    qtbot.waitUntil(lambda: "connect" in widget.last_outcome, timeout=120_000)
+    assert widget.counter is None
+    text = widget.camera_label.text()
+    assert text.startswith("not connected:") and "missing.cfg" in text and "\n" not in text
+    assert "um/px" not in text and widget.controls.exposure is None
+    widget.close()

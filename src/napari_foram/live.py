@@ -24,6 +24,7 @@ from napari_foram.detect import DetectionParams
 if TYPE_CHECKING:
     from napari_foram.acquire import MicroscopeCapabilities
     from napari_foram.classify.predict import Predictor
+    from napari_foram.frames import Frame
     from napari_foram.pipeline import CountingPipeline, FrameResult
     from napari_foram.session import CountingSession, ScanReport, SimulatedTray
     from napari_foram.tally.stats import UnsureRule
@@ -190,6 +191,62 @@ class LiveCounter:
         if self.core is None:
             raise ValueError("no microscope: connect the simulated one or a configuration")
         return self.core
+
+    def mm_core(self) -> Any:
+        """The connected Micro-Manager core (a `CMMCorePlus`; `UniMMCore` for the
+        simulated microscope), for pymmcore-widgets' controls; None before connecting."""
+        return self.core
+
+    def viewing_live(self) -> bool:
+        """Whether a view-only live stream (pymmcore-widgets' Live) runs on the core:
+        nothing of it is counted."""
+        core = self.core
+        if core is None or self.busy:
+            return False
+        with suppress(Exception):
+            return bool(core.isSequenceRunning())
+        return False
+
+    def stop_viewing(self) -> None:
+        """End a view-only live stream: counting needs the camera."""
+        if self.viewing_live():
+            with suppress(Exception):
+                self.core.stopSequenceAcquisition()
+
+    def viewed_frame(self) -> Frame | None:
+        """The camera's newest picture from a view-only snap or live stream, as a
+        `Frame` placed where the stage stands (None if there is none); never counted."""
+        from napari_foram.acquire import (
+            camera_bit_depth,
+            camera_pixel_affine,
+            camera_pixel_size_um,
+        )
+        from napari_foram.frames import Frame
+
+        core = self.core
+        if core is None:
+            return None
+        try:
+            if core.isSequenceRunning():
+                if core.getRemainingImageCount() == 0:
+                    return None
+                image = np.asarray(core.getLastImage())
+            else:
+                image = np.asarray(core.getImage())
+        except Exception:  # no picture yet, or the camera went away
+            return None
+        stage = None
+        with suppress(Exception):
+            x, y = core.getXYPosition()
+            stage = (float(x), float(y))
+        return Frame(
+            image=image,
+            stage_xy_um=stage,
+            pixel_size_um=camera_pixel_size_um(core),
+            source="view only (not counted)",
+            metadata={"bit_depth": camera_bit_depth(core)},
+            pixel_affine=camera_pixel_affine(core),
+        )
 
     def frame_shape(self) -> tuple[int, ...]:
         """Shape of the frames the connected camera delivers."""

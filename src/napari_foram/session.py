@@ -46,7 +46,8 @@ class ScanReport:
     frames_processed
         Frames that went through the pipeline.
     frames_dropped
-        Frames dropped by the queue (always 0 for a tray scan).
+        Frames dropped by the queue: live preview's stale frames; for a tray scan only
+        the fields imaged but not yet processed when the user stopped it.
     error
         One-line reason the scan ended early (camera failure, stop request), or None.
     seconds
@@ -63,6 +64,8 @@ class ScanReport:
     error: str | None
     seconds: float
     pending_partials: int = 0
+    fields_planned: int = 0
+    specimens_counted: int = 0
 
 
 class CountingSession:
@@ -90,6 +93,7 @@ class CountingSession:
         self.queue_size = max(queue_size, self.max_batch)
         self._stop_requested = False
         self._stop_event = threading.Event()
+        self._discarded_at_stop = 0  # fields imaged but dropped by the running scan's stop
         self._core: Any = None
         self._queue: Any = None
         self._mode = "idle"
@@ -109,21 +113,35 @@ class CountingSession:
         return self._paused
 
     def stop(self) -> None:
-        """Ask the running acquisition to stop; frames already taken are still processed
-        (a scan) or dropped (live preview)."""
+        """Ask the running acquisition to stop now (any thread): the field being
+        processed finishes and is stored; the fields imaged but still queued are
+        dropped, not processed (a scan started again images them again), and the camera
+        stops after the field it is on."""
         from napari_foram.acquire import cancel_scan
 
         self._stop_requested = True
         self._stop_event.set()
+        queue = self._queue
+        if queue is not None and self._mode == "scan":
+            # Before the cancel: a producer blocked on a full queue wakes up (its put
+            # raises QueueClosed, which `scan` takes for the stop), and the worker ends
+            # after the batch in its hands instead of working through the backlog.
+            self._discarded_at_stop += queue.discard_pending()
+            queue.close("stopped by the user")
         if self._core is not None and self._mode == "scan":
             cancel_scan(self._core)
 
     def pause(self, paused: bool = True) -> None:
-        """Pause (or resume) a running tray scan after the field being imaged."""
+        """Pause (or resume) a running tray scan (any thread): the camera stops after the
+        field it is on and the worker after the field it is processing; the fields
+        imaged meanwhile wait in the queue and are processed, in order, on resume."""
         from napari_foram.acquire import pause_scan
 
         if self._core is None or self._mode != "scan":
             raise ValueError("no tray scan is running")
+        queue = self._queue
+        if queue is not None:
+            queue.hold(paused)
         pause_scan(self._core, paused)
         self._paused = bool(paused)
 
@@ -256,17 +274,21 @@ class CountingSession:
         from napari_foram.acquire import (
             FrameQueue,
             ProcessingWorker,
+            QueueClosed,
             run_scan,
+            sequence_xy_positions,
             sequence_z_planes,
         )
 
         self._stop_requested = False
         self._stop_event.clear()
-        self._core, self._mode, self._paused = core, "scan", False
+        self._discarded_at_stop = 0
         t0 = time.perf_counter()
         queue: FrameQueue[Frame] = FrameQueue(maxsize=self.queue_size, policy="scan")
         self._queue = queue
-        processed = 0
+        self._core, self._mode, self._paused = core, "scan", False
+        processed = counted = 0
+        planned = len(sequence_xy_positions(sequence)) or 1
 
         from napari_foram.focus import ZStackAssembler
 
@@ -274,7 +296,7 @@ class CountingSession:
         assembler = ZStackAssembler(sequence_z_planes(sequence), fused.append)
 
         def handle(frames: list[Frame]) -> None:
-            nonlocal processed
+            nonlocal processed, counted
             for frame in frames:
                 assembler.add(frame)  # passes single planes through; fuses full stacks
             ready, fused[:] = list(fused), []
@@ -282,11 +304,23 @@ class CountingSession:
                 return
             for result in self.pipeline.process_many(ready):
                 processed += 1
+                counted += len(result.new_rows)
                 self._processed_one()
                 if on_result is not None:
                     on_result(result)
                 if progress is not None:
                     progress(processed, f"frame {result.frame.index}: {len(result.new_rows)} new")
+
+        def take(frame: Frame) -> None:
+            if self._stop_requested:
+                self._discarded_at_stop += 1  # imaged after Stop: not counted
+                return
+            try:
+                queue.put(frame)
+            except QueueClosed:
+                if not self._stop_requested:
+                    raise  # the worker failed: run_scan stops and says why
+                self._discarded_at_stop += 1
 
         worker = ProcessingWorker(queue, batch_handler=handle, max_batch=self.max_batch)
         worker.start()
@@ -296,7 +330,7 @@ class CountingSession:
             acquired = run_scan(
                 core,
                 sequence,
-                on_frame=queue.put,
+                on_frame=take,
                 hardware_sequencing=hardware_sequencing,
                 save_to=save_to,
             )
@@ -307,12 +341,18 @@ class CountingSession:
         assembler.flush()  # drops a stack a failure or a stop left incomplete
         error = acquired.error
         if error is None and self._stop_requested:
-            error = "stopped by the user"
+            # What the user needs after Stop: how far the scan got, what it counted.
+            fields = processed
+            error = (
+                f"stopped after field {fields} of {planned}: "
+                f"{counted} specimen{'s' * (counted != 1)} counted"
+            )
         pending = 0
         if error is None and not acquired.cancelled:
             # The whole tray was imaged: specimens only ever seen cut by a field edge
             # are counted once now.
             for result in self.pipeline.finish():
+                counted += len(result.new_rows)
                 if on_result is not None:
                     on_result(result)
         else:
@@ -322,10 +362,12 @@ class CountingSession:
         return ScanReport(
             frames_acquired=acquired.frames_delivered,
             frames_processed=processed,
-            frames_dropped=queue.dropped,
+            frames_dropped=queue.dropped + self._discarded_at_stop,
             error=error,
             seconds=time.perf_counter() - t0,
             pending_partials=pending,
+            fields_planned=planned,
+            specimens_counted=counted,
         )
 
 

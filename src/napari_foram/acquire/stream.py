@@ -63,6 +63,7 @@ class FrameQueue(Generic[T]):
         self._cond = threading.Condition()
         self._closed = False
         self._close_reason = ""
+        self._held = False
         self.put_count = 0
         self.dropped = 0
 
@@ -74,6 +75,22 @@ class FrameQueue(Generic[T]):
     def closed(self) -> bool:
         """True once `close` was called."""
         return self._closed
+
+    @property
+    def held(self) -> bool:
+        """True while `hold` keeps consumers waiting."""
+        return self._held
+
+    def hold(self, held: bool = True) -> None:
+        """Keep consumers waiting (`get` returns nothing) until released; puts go on.
+
+        A paused scan holds its queue: the fields already imaged wait here instead of
+        being processed, and release continues with them in order. Closing the queue
+        releases it (a stop must not leave the worker waiting).
+        """
+        with self._cond:
+            self._held = bool(held)
+            self._cond.notify_all()
 
     def put(self, item: T, timeout: float | None = None) -> None:
         """Add `item` (producer side).
@@ -122,8 +139,8 @@ class FrameQueue(Generic[T]):
         """
         with self._cond:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while not self._items:
-                if self._closed:
+            while not self._items or (self._held and not self._closed):
+                if self._closed and not self._items:
                     raise QueueClosed(self._close_reason or "queue is closed")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -145,7 +162,7 @@ class FrameQueue(Generic[T]):
         first = self.get(timeout)
         with self._cond:
             items = [first]
-            while self._items and len(items) < max_items:
+            while self._items and len(items) < max_items and not self._held:
                 items.append(self._items.popleft())
             self._cond.notify_all()
             return items

@@ -112,8 +112,11 @@ class LiveDisplay:
         self._activity.update(done, total, f"Foram live {text}")
 
     def _show_frame(self, result: FrameResult) -> None:
-        """Show one frame in the live-frame layer, where it lies on the tray."""
-        frame = result.frame
+        """Show one counted frame in the live-frame layer, where it lies on the tray."""
+        self._show_camera_frame(result.frame)
+
+    def _show_camera_frame(self, frame: Frame) -> None:
+        """Show one frame (counted, or a view-only one) where it lies on the tray."""
         image, step_px = self._display_image(frame)
         corner = frame.pixel_to_stage_um(0, 0)
         translate = (corner[1], corner[0]) if corner is not None else (0.0, 0.0)

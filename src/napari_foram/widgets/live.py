@@ -16,22 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QProgressBar,
-    QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -44,15 +34,15 @@ from napari_foram.pipeline import prediction_columns
 from napari_foram.reasons import one_line
 from napari_foram.tally import stats
 from napari_foram.widgets._active import ModelLabel
+from napari_foram.widgets._live_controls import CameraControls
 from napari_foram.widgets._live_display import FRAME_LAYER, OVERVIEW_LAYER, LiveDisplay
+from napari_foram.widgets._live_forms import LiveForms
 from napari_foram.widgets._qt import (
     ActivityProgress,
     ClassLegend,
     Runner,
     Section,
     scroll_layout,
-    spin,
-    with_browse,
 )
 from napari_foram.widgets.layers import (
     SPECIMENS_LAYER,
@@ -71,14 +61,17 @@ if TYPE_CHECKING:
     from napari_foram.live import LiveCounter
     from napari_foram.pipeline import FrameResult
 
-#: The table row of the specimens worth a person's look (`stats.uncertain_mask`; the
+#: The table row of the specimens worth a person's look (`stats.unreviewed_high_entropy_mask`; the
 #: tally's and the CSV's ``n_uncertain``), marked by red squares on the canvas.
 UNCERTAIN_ROW = "uncertain (to review)"
 #: Redraw period (ms): results arriving faster are drawn together.
 REDRAW_MS = 250
+#: The read-outs with no microscope connected.
+NO_CAMERA = "no camera yet"
+NO_RATE = "0.0 frames/s | backlog 0 | dropped 0"
 
 
-class LiveWidget(LiveDisplay, QWidget):
+class LiveWidget(LiveDisplay, LiveForms, QWidget):
     """Count specimens at the microscope, live, into a tally store."""
 
     def __init__(
@@ -98,14 +91,16 @@ class LiveWidget(LiveDisplay, QWidget):
         adapter_path: str | Path | None = None,
         download_weights: bool | None = None,
     ) -> None:
-        from napari_foram.live import DEFAULT_TARGET_COUNT, default_store_path
-
         super().__init__()
         # Released once (`shutdown`), when the widget closes, leaves its dock or napari
         # closes; the napari window watched for the last.
         self._shut = False
         self._was_docked = False
         self._watched: QObject | None = None
+        # `viewer.close()` deletes the docked widget without a close event: the store's
+        # writer lock and the microscope are let go then too (issue 27). A lambda, not
+        # a bound method: Qt calls it after the widget's C++ half is gone.
+        self.destroyed.connect(lambda *_: self._release())
         self.viewer = napari_viewer
         self.model = model
         self.device = device
@@ -144,189 +139,28 @@ class LiveWidget(LiveDisplay, QWidget):
         self.runner.on("status", self._set_status)
         self.runner.on("finished", self._on_finished)
 
-        # Microscope
-        self.source = QComboBox()
-        self.source.addItems(
-            [
-                "Simulated tray",
-                "Micro-Manager configuration",
-                # The core napari-micromanager / pymmcore-gui opened (CMMCorePlus.instance()).
-                "Micro-Manager already open in this napari",
-            ]
-        )
-        # Long entries may not widen the dock: the box shows what fits, the list all.
-        self.source.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
-        )
-        self.source.setMinimumContentsLength(14)
-        self.config_path = QLineEdit(str(config or ""))
-        self.config_path.setPlaceholderText("MMConfig.cfg")
-        if config:
-            self.source.setCurrentIndex(1)
-        self.adapter_path = QLineEdit(str(adapter_path or ""))
-        self.adapter_path.setPlaceholderText("default: $MICROMANAGER_PATH or `mmcore use`")
-        self.adapter_path.setToolTip(
-            "Micro-Manager's installation folder (its device adapters, mmgr_dal_*)"
-        )
-        self.seed = spin(QSpinBox(), 0, 1_000_000, seed)
-        self.store_path = QLineEdit(str(store_path or default_store_path()))
-        self.mc = spin(QSpinBox(), 1, 1000, mc_samples)
-        self.target = spin(QSpinBox(), 1, 100_000, DEFAULT_TARGET_COUNT)
-        self.connect_button = QPushButton("Connect")
-        self.connect_button.clicked.connect(self.connect_microscope)
-        scope_form = QFormLayout()
-        # In a narrow dock a label goes above its field instead of pushing it off.
-        scope_form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
-        scope_form.addRow("microscope", self.source)
-        scope_form.addRow("configuration", with_browse(self.config_path, self._browse_config))
-        scope_form.addRow("adapter folder", with_browse(self.adapter_path, self._browse_adapters))
-        # Raw frames of the next tray scan, for audits and recounts (blank: not kept).
-        self.raw_path = QLineEdit()
-        self.raw_path.setPlaceholderText("keep raw frames: scan.ome.zarr (optional)")
-        scope_form.addRow("raw frames", self.raw_path)
-        scope_form.addRow("tray seed", self.seed)
-        scope_form.addRow("tally store", self.store_path)
-        scope_form.addRow("MC dropout passes", self.mc)
-        scope_form.addRow("target count", self.target)
-        # The demo model stands on ImageNet VGG16: a first run fetches torchvision's
-        # weights (528 MB) unless told not to, here, by the caller or by the environment.
-        # The box starts ticked without reading the environment (that needs torch, which
-        # this widget loads only when it connects); ticked but not chosen passes "no
-        # choice", so $NAPARI_FORAM_NO_DOWNLOAD still decides, and a click is a choice.
         self._download_choice = download_weights
-        self.download_weights = QCheckBox("download weights if missing")
-        self.download_weights.setChecked(download_weights is not False)
-        self.download_weights.setToolTip(
-            "The demo model stands on ImageNet VGG16 features. Weights not on this machine "
-            "($NAPARI_FORAM_VGG16_WEIGHTS or torch hub's cache) are downloaded by "
-            "torchvision (528 MB, once, checksum checked) unless this box is unticked or "
-            "$NAPARI_FORAM_NO_DOWNLOAD=1 is set; without them, or offline, the demo model "
-            "falls back to a random backbone (far less accurate) and says so."
-        )
-        self.download_weights.toggled.connect(self._choose_download)
-        connect_row = QHBoxLayout()
-        connect_row.addWidget(self.connect_button)
-        connect_row.addWidget(self.download_weights)
-        scope_form.addRow(connect_row)
-        scope_box = QWidget()
-        scope_box.setLayout(scope_form)
-
-        # Sample record: what a count sheet asks for, before counting starts. Two fields
-        # per row keep the widget short enough for a laptop screen.
-        self.sample_fields: dict[str, QLineEdit] = {}
-        sample_grid = QGridLayout()
-        for i, (name, label) in enumerate(
-            [
-                ("sample_id", "sample id *"),
-                ("site_hole", "site / hole"),
-                ("core", "core"),
-                ("section", "section"),
-                ("interval_top_cm", "top (cm)"),
-                ("interval_bottom_cm", "bottom (cm)"),
-                ("depth", "depth"),
-                ("depth_unit", "depth unit"),
-                ("size_fraction_um", "fraction (um)"),
-                ("split_factor", "split factor"),
-                ("dry_weight_g", "dry weight (g)"),
-                ("operator", "operator"),
-                ("notes", "notes"),
-            ]
-        ):
-            edit = QLineEdit()
-            self.sample_fields[name] = edit
-            edit.setMinimumWidth(50)  # the dock may be narrow: fields shrink, never cut
-            row, col = divmod(i, 2)
-            sample_grid.addWidget(QLabel(label), row, 2 * col)
-            sample_grid.addWidget(edit, row, 2 * col + 1)
-        self.sample_fields["depth_unit"].setText("mbsf")
-        self.sample_fields["split_factor"].setText("1")
-        self.sample_button = QPushButton("Start counting this sample")
-        self.sample_button.clicked.connect(self.start_sample)
-        sample_layout = QVBoxLayout()
-        sample_layout.addLayout(sample_grid)
-        sample_layout.addWidget(self.sample_button)
-        sample_box = QWidget()
-        sample_box.setLayout(sample_layout)
-
-        # Acquisition
-        self.rows = spin(QSpinBox(), 1, 50, 3)
-        self.cols = spin(QSpinBox(), 1, 50, 3)
-        self.overlap = spin(QDoubleSpinBox(), 0.0, 0.6, 0.25, step=0.05)
-        self.z_planes = spin(QSpinBox(), 1, 50, 1)
-        self.z_planes.setToolTip(
-            "focal planes per field, fused into one sharp image before counting"
-        )
-        grid = QGridLayout()  # two rows of two: narrow enough for a laptop's dock
-        for i, (label, box) in enumerate(
-            (
-                ("rows", self.rows),
-                ("cols", self.cols),
-                ("overlap", self.overlap),
-                ("z planes", self.z_planes),
-            )
-        ):
-            grid.addWidget(QLabel(label), i // 2, 2 * (i % 2))
-            grid.addWidget(box, i // 2, 2 * (i % 2) + 1)
-        self.snap_button = QPushButton("Snap")
-        self.snap_button.clicked.connect(self.snap)
-        self.live_button = QPushButton("Live")
-        self.live_button.clicked.connect(self.start_live)
-        self.scan_button = QPushButton("Scan tray")
-        self.scan_button.clicked.connect(self.start_scan)
-        self.pause_button = QPushButton("Pause")
-        self.pause_button.setCheckable(True)
-        self.pause_button.toggled.connect(self._toggle_pause)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.clicked.connect(self.stop)
-        buttons = QGridLayout()  # two rows: narrow enough for a laptop's dock
-        for i, b in enumerate(
-            (self.snap_button, self.live_button, self.scan_button, self.pause_button)
-        ):
-            buttons.addWidget(b, i // 2, i % 2)
-        buttons.addWidget(self.stop_button, 2, 0, 1, 2)
-        acq_layout = QVBoxLayout()
-        acq_layout.addLayout(grid)
-        acq_layout.addLayout(buttons)
-        acq_box = QGroupBox("Acquire")
-        acq_box.setLayout(acq_layout)
-
-        # Read-outs
-        self.camera_label = QLabel("no camera yet")  # camera, pixel size, bit depth
-        self.camera_label.setWordWrap(True)
-        self.rate_label = QLabel("0.0 frames/s | backlog 0 | dropped 0")
-        self.scan_bar = QProgressBar()  # fields done of the running scan, time left
-        self.scan_bar.setFormat("scan: no scan running")
-        self.scan_bar.setValue(0)
-        self.target_bar = QProgressBar()
-        self.target_bar.setFormat("%v of %m forams")
-        self.status_label = QLabel("connect a microscope to start")
-        self.status_label.setWordWrap(True)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["class", "count", "% of forams"])
-        header = self.table.verticalHeader()
-        if header is not None:
-            header.setVisible(False)
-        self.table.setMinimumHeight(120)
-        columns = self.table.horizontalHeader()
-        if columns is not None:  # three short columns share the dock's width
-            columns.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.legend = ClassLegend()
+        self._store_shown: Path | None = None  # the store whose layers are on the canvas
+        # pymmcore-widgets' camera and stage controls, bound to each microscope connected.
+        self.controls = CameraControls(on_view_frame=lambda: self.runner.emit("view"))
+        self.runner.on("view", self._show_viewed)
 
         # Sections fold away and the whole dock scrolls: it fits a 1366 x 768 screen
         # beside other docks (issue 15), where it used to force napari's window taller.
         layout = scroll_layout(self, height_hint=300)
         layout.addWidget(ModelLabel(napari_viewer))
         self.sections = {
-            "microscope": Section("Microscope", scope_box),
-            "sample": Section("Sample", sample_box),
+            "microscope": Section(
+                "Microscope",
+                self._build_microscope(config, adapter_path, seed, store_path, mc_samples),
+            ),
+            "controls": Section("Camera and stage", self.controls, expanded=False),
+            "sample": Section("Sample", self._build_sample()),
         }
-        for w in (*self.sections.values(), acq_box):
+        for w in self.sections.values():
             layout.addWidget(w)
-        for w in (self.camera_label, self.rate_label, self.scan_bar, self.target_bar):
-            layout.addWidget(w)
-        layout.addWidget(self.status_label)
-        layout.addWidget(self.table)
-        layout.addWidget(self.legend)
+        layout.addWidget(self._build_acquire())
+        self._build_readouts(layout)
         layout.addStretch(1)
 
         self._labels_zoomed = False
@@ -339,6 +173,48 @@ class LiveWidget(LiveDisplay, QWidget):
         from napari_foram.widgets._live_teach import connect_live
 
         connect_live(self)  # the active model, canvas labels of its specimens
+
+    def _build_readouts(self, layout: QVBoxLayout) -> None:
+        """Camera line, rates, progress, status, the class table and its legend."""
+        self.camera_label = QLabel(NO_CAMERA)  # camera, pixel size, bit depth
+        self.camera_label.setWordWrap(True)
+        self.rate_label = QLabel(NO_RATE)
+        self.scan_bar = QProgressBar()  # fields done of the running scan, time left
+        self.scan_bar.setFormat("scan: no scan running")
+        self.scan_bar.setValue(0)
+        self.target_bar = QProgressBar()
+        self.target_bar.setFormat("%v of %m forams")
+        self.status_label = QLabel("connect a microscope to start")
+        self.status_label.setWordWrap(True)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["class", "count", "% forams"])
+        header = self.table.verticalHeader()
+        if header is not None:
+            header.setVisible(False)
+        columns = self.table.horizontalHeader()
+        if columns is not None:  # the class names get the width the numbers leave
+            columns.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+            for col in (1, 2):
+                columns.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
+        # Every row shown (the dock scrolls, not the table): `_fit_table`.
+        self.table.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table.setWordWrap(True)
+        self.legend = ClassLegend()
+        for w in (self.camera_label, self.rate_label, self.scan_bar, self.target_bar):
+            layout.addWidget(w)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.table)
+        layout.addWidget(self.legend)
+        self._fit_table()
+
+    def _fit_table(self) -> None:
+        """The table as tall as its rows: no inner scrolling, no clipped row."""
+        self.table.resizeRowsToContents()
+        header = self.table.horizontalHeader()
+        height = (header.height() if header is not None else 24) + 2 * self.table.frameWidth()
+        height += sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        self.table.setFixedHeight(max(height, 60))
 
     # ------------------------------------------------------------------ actions
     def connect_microscope(self) -> None:
@@ -457,7 +333,10 @@ class LiveWidget(LiveDisplay, QWidget):
             self._set_status("connect a microscope first")
             return
         try:
-            record = SampleRecord(**self._record_fields())
+            # The core's one parser of a sample record (text to numbers, checks).
+            record = SampleRecord.from_dict(
+                {name: edit.text() for name, edit in self.sample_fields.items()}
+            )
             held = self.counter.start_sample(record)
         except (ValueError, TypeError) as exc:
             self._set_status(f"sample not started: {exc}")
@@ -496,6 +375,7 @@ class LiveWidget(LiveDisplay, QWidget):
         self._show_live_frame()
         counter = self._counter_with_sample()
         if counter is not None:
+            counter.stop_viewing()  # counting needs the camera
             self._run("snap", lambda: self._emit_result(counter.snap()))
 
     def start_live(self) -> None:
@@ -503,6 +383,7 @@ class LiveWidget(LiveDisplay, QWidget):
         self._show_live_frame()
         counter = self._counter_with_sample()
         if counter is not None:
+            counter.stop_viewing()
             self._run("live", lambda: counter.live(on_result=self._emit_result))
 
     def start_scan(self) -> None:
@@ -510,6 +391,7 @@ class LiveWidget(LiveDisplay, QWidget):
         counter = self._counter_with_sample()
         if counter is None:
             return
+        counter.stop_viewing()
         rows, cols = int(self.rows.value()), int(self.cols.value())
         overlap, z_planes = float(self.overlap.value()), int(self.z_planes.value())
         try:
@@ -575,24 +457,21 @@ class LiveWidget(LiveDisplay, QWidget):
             return None
         return self.counter
 
-    def _record_fields(self) -> dict[str, Any]:
-        numbers = {"interval_top_cm", "interval_bottom_cm", "depth", "dry_weight_g"}
-        out: dict[str, Any] = {}
-        for name, edit in self.sample_fields.items():
-            text = edit.text().strip()
-            if name in numbers:
-                out[name] = float(text) if text else None
-            elif name == "split_factor":
-                out[name] = float(text) if text else 1.0
-            else:
-                out[name] = text
-        return out
-
-    def _browse_config(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Micro-Manager configuration", "", "*.cfg")
-        if path:
-            self.config_path.setText(path)
+    def _config_chosen(self, path: str) -> None:
+        if path.strip():
             self.source.setCurrentIndex(1)
+
+    def _load_configuration(self) -> None:
+        """pymmcore-widgets' Load: count with the configuration file's microscope."""
+        self.source.setCurrentIndex(1)
+        self.connect_microscope()
+
+    def _show_viewed(self) -> None:
+        """A view-only snap (pymmcore-widgets' Snap): shown, not counted."""
+        frame = self.counter.viewed_frame() if self.counter is not None else None
+        if frame is not None and not self.runner.busy():
+            self._mosaic = None
+            self._show_camera_frame(frame)
 
     def _browse_adapters(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Micro-Manager installation folder")
@@ -616,11 +495,8 @@ class LiveWidget(LiveDisplay, QWidget):
         if what == "scan":
             self._scan_total = 0
             self._activity.close()
-        if what == "connect" and self.counter is not None:
-            # Done with: folded, so the sample form and the read-outs fit a laptop dock.
-            self.sections["microscope"].toggle.setChecked(False)
-            self.camera_label.setText(camera_line(self.counter.microscope_info))
-            self.legend.set_classes(list(self.counter.store.class_names), uncertain=True)
+        if what == "connect":
+            self._connected(outcome)
         if self.counter is not None and self.counter.sample_id is not None:
             self._reload_tally()  # the worker is done: the store is quiet
             self._refresh_tally()
@@ -628,6 +504,12 @@ class LiveWidget(LiveDisplay, QWidget):
         self.pause_button.setChecked(False)
         if isinstance(outcome, Exception):
             self._set_status(f"{what} failed: {one_line(outcome)}")
+        elif what == "scan" and str(getattr(outcome, "error", "")).startswith("stopped after"):
+            pending = getattr(outcome, "pending_partials", 0)
+            self._set_status(
+                f"scan {getattr(outcome, 'error', '')}"
+                + (f"; {pending} edge-cut specimens await the rest of the scan" if pending else "")
+            )
         elif isinstance(outcome, str):
             self._set_status(outcome)
         elif hasattr(outcome, "frames_processed"):
@@ -645,6 +527,39 @@ class LiveWidget(LiveDisplay, QWidget):
         follow, self._after_connect = self._after_connect, None
         if what == "connect" and follow is not None and self.counter is not None:
             follow()
+
+    def _connected(self, outcome: object) -> None:
+        """After a connect: the new microscope's read-outs and controls, or, when it
+        failed, none of the old one's (it is let go before connecting)."""
+        counter = self.counter
+        if counter is None or isinstance(outcome, Exception):
+            why = f"not connected: {one_line(outcome)}" if isinstance(outcome, Exception) else ""
+            self.camera_label.setText(why or NO_CAMERA)
+            self.rate_label.setText(NO_RATE)
+            self.controls.unbind(why or "no microscope connected")
+            self.table.setRowCount(0)
+            self.target_bar.setValue(0)
+            self._fit_table()
+            return
+        # Done with: folded, so the sample form and the read-outs fit a laptop dock.
+        self.sections["microscope"].toggle.setChecked(False)
+        self.camera_label.setText(camera_line(counter.microscope_info))
+        self.legend.set_classes(list(counter.store.class_names), uncertain=True)
+        self.controls.bind(counter.mm_core())
+        store = Path(counter.store.path).resolve()
+        if self._store_shown is not None and store != self._store_shown:
+            self._forget_layers()  # the previous store's specimens are not this one's
+        self._store_shown = store
+
+    def _forget_layers(self) -> None:
+        """Remove the layers of the store counted before (specimens, frame, overview)."""
+        for name in (SPECIMENS_LAYER, UNCERTAIN_LAYER, FRAME_LAYER, OVERVIEW_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self._shown, self._mosaic, self._overview_key = [], None, None
+        self._tally, self._n_unsure, self._n_uncertain = {}, 0, 0
+        self.table.setRowCount(0)
+        self._fit_table()
 
     def _update_buttons(self) -> None:
         running = self.runner.busy()
@@ -664,6 +579,7 @@ class LiveWidget(LiveDisplay, QWidget):
             self.z_planes.setToolTip(no_z[0] if no_z else "")
         self.stop_button.setEnabled(running)
         self.pause_button.setEnabled(running)
+        self.controls.set_counting(running)
 
     def _redraw(self, everything: bool = False) -> None:
         """Draw what arrived since the last redraw: the newest frame, new specimens.
@@ -673,6 +589,11 @@ class LiveWidget(LiveDisplay, QWidget):
         both now (at the end of an acquisition).
         """
         counter = self.counter
+        if counter is not None and not self.runner.busy() and counter.viewing_live():
+            frame = counter.viewed_frame()  # pymmcore-widgets' Live: shown, not counted
+            if frame is not None:
+                self._mosaic = None
+                self._show_camera_frame(frame)
         if counter is not None:
             s = counter.stats()
             self.rate_label.setText(
@@ -704,7 +625,7 @@ class LiveWidget(LiveDisplay, QWidget):
                 else np.zeros(len(p.class_index), dtype=bool)
             )
             # New rows are unreviewed: the tally's rule for "uncertain" is entropy alone.
-            uncertain_rows = stats.uncertain_mask(p.entropy)
+            uncertain_rows = stats.unreviewed_high_entropy_mask(p.entropy)
             for j, row in enumerate(r.new_rows):
                 x, y = r.sample_xy_um[row]
                 if not np.isfinite(x):  # no stage position: place it in frame pixels
@@ -763,7 +684,10 @@ class LiveWidget(LiveDisplay, QWidget):
         for row, cells in enumerate(rows):
             for col, value in enumerate(cells):
                 text = str(value).replace("_", " ") if col == 0 else str(value)
-                self.table.setItem(row, col, QTableWidgetItem(text))
+                item = QTableWidgetItem(text)
+                item.setToolTip(text)
+                self.table.setItem(row, col, item)
+        self._fit_table()
 
     def closeEvent(self, event: Any) -> None:  # Qt names it
         """Stop the acquisition, wait for the worker and release the store when the widget
@@ -795,13 +719,21 @@ class LiveWidget(LiveDisplay, QWidget):
         joined, the microscope let go and the store's writer lock released."""
         if self._shut:
             return
-        self._shut = True
         self._timer.stop()
         self._disconnect_viewer()
+        self._activity.close()
+        self.controls.unbind()
+        self._release()
+
+    def _release(self) -> None:
+        """The part of `shutdown` that needs no Qt object of the widget: it also runs
+        when napari deletes the widget without closing it (`viewer.close()`)."""
+        if self._shut:
+            return
+        self._shut = True
         if self.counter is not None:
             self.counter.stop()
         self.runner.close(30)
-        self._activity.close()
         if self.counter is not None:
             self.counter.close()
             self.counter = None
