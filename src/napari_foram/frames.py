@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -524,3 +525,15 @@ def read_image(path: str | Path, *, max_megapixels: float | None = MAX_MEGAPIXEL
     except ValueError as exc:
         raise _fail(p, str(exc)) from None
     return data
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    """Sort key that orders embedded numbers by value: ``tray2`` before ``tray10``.
+
+    Case-insensitive first, the text itself breaking ties, so the order is total and the
+    same on every platform.
+    """
+    parts = re.split(r"(\d+)", text.lower())
+    # re.split with a group alternates text and digit runs, so position i always holds the
+    # same kind in every key and int/str are never compared.
+    return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), text)

@@ -13,6 +13,11 @@ Three ways of imaging, one pipeline:
 Whoever owns the session gets every `FrameResult` through a callback, on the worker
 thread; `stats()` (processed, dropped, backlog, frames per second) is safe to poll from
 any thread, e.g. a GUI timer.
+
+Where frames come from is a seam (`FrameSource`): a Micro-Manager core (given as it is,
+it is wrapped in `acquire.sources.MicroManagerSource`), a saved scan, a folder of images
+or any camera outside Micro-Manager whose class has the same six methods
+(`acquire.sources`).
 """
 
 from __future__ import annotations
@@ -23,16 +28,92 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from napari_foram.defaults import CAMERA_SHAPE
 from napari_foram.mosaic import Mosaic
 from napari_foram.reasons import one_line
 
 if TYPE_CHECKING:
+    from pymmcore_plus import CMMCorePlus
+
     from napari_foram.frames import Frame
     from napari_foram.pipeline import CountingPipeline, FrameResult
     from napari_foram.synthetic import TrayRender
+
+
+class FrameStream(Protocol):
+    """A running live stream (`FrameSource.stream`)."""
+
+    @property
+    def frames_delivered(self) -> int: ...
+
+    @property
+    def error(self) -> BaseException | str | None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Acquisition(Protocol):
+    """How an acquisition (`FrameSource.acquire`) ended."""
+
+    @property
+    def frames_delivered(self) -> int: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def cancelled(self) -> bool: ...
+
+
+@runtime_checkable
+class FrameSource(Protocol):
+    """Where a counting session's frames come from (`acquire.sources` has a Micro-Manager
+    core's, a saved scan's and a folder's)."""
+
+    def snap(self, index: int = 0) -> Frame:
+        """One frame, now."""
+        ...
+
+    def stream(self, emit: Callable[[Frame], None]) -> FrameStream:
+        """A live stream handing each new frame to `emit` (on its own thread) once started."""
+        ...
+
+    def acquire(
+        self,
+        plan: Any,
+        emit: Callable[[Frame], None],
+        *,
+        hardware_sequencing: bool = False,
+        save_to: str | Path | None = None,
+    ) -> Acquisition:
+        """Take the frames of `plan` (a tray scan), each handed to `emit` in order on the
+        calling thread; `emit` blocking holds the acquisition."""
+        ...
+
+    def layout(self, plan: Any) -> tuple[int, int]:
+        """(fields, focal planes per field) of `plan`."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the running `acquire` after the frame in hand (any thread)."""
+        ...
+
+    def pause(self, paused: bool) -> None:
+        """Hold (or release) the running `acquire` between frames (any thread)."""
+        ...
+
+
+def frame_source(source: FrameSource | CMMCorePlus | Any) -> FrameSource:
+    """`source` itself when it is a `FrameSource`; a Micro-Manager core wrapped as one."""
+    if isinstance(source, FrameSource):
+        return source
+    from napari_foram.acquire.sources import MicroManagerSource
+
+    return MicroManagerSource(source)
 
 
 @dataclass(frozen=True)
@@ -94,7 +175,7 @@ class CountingSession:
         self._stop_requested = False
         self._stop_event = threading.Event()
         self._discarded_at_stop = 0  # fields imaged but dropped by the running scan's stop
-        self._core: Any = None
+        self._source: FrameSource | None = None
         self._queue: Any = None
         self._mode = "idle"
         self._paused = False
@@ -117,8 +198,6 @@ class CountingSession:
         processed finishes and is stored; the fields imaged but still queued are
         dropped, not processed (a scan started again images them again), and the camera
         stops after the field it is on."""
-        from napari_foram.acquire import cancel_scan
-
         self._stop_requested = True
         self._stop_event.set()
         queue = self._queue
@@ -128,21 +207,19 @@ class CountingSession:
             # after the batch in its hands instead of working through the backlog.
             self._discarded_at_stop += queue.discard_pending()
             queue.close("stopped by the user")
-        if self._core is not None and self._mode == "scan":
-            cancel_scan(self._core)
+        if self._source is not None and self._mode == "scan":
+            self._source.cancel()
 
     def pause(self, paused: bool = True) -> None:
         """Pause (or resume) a running tray scan (any thread): the camera stops after the
         field it is on and the worker after the field it is processing; the fields
         imaged meanwhile wait in the queue and are processed, in order, on resume."""
-        from napari_foram.acquire import pause_scan
-
-        if self._core is None or self._mode != "scan":
+        if self._source is None or self._mode != "scan":
             raise ValueError("no tray scan is running")
         queue = self._queue
         if queue is not None:
             queue.hold(paused)
-        pause_scan(self._core, paused)
+        self._source.pause(paused)
         self._paused = bool(paused)
 
     def resume(self) -> None:
@@ -167,13 +244,12 @@ class CountingSession:
         self._processed += 1
         self._done_times.append(time.perf_counter())
 
-    def snap(self, core: Any, *, index: int = 0) -> FrameResult:
-        """Take one frame on `core` and count it now (in the calling thread)."""
-        from napari_foram.acquire import snap_frame
-
+    def snap(self, source: FrameSource | CMMCorePlus, *, index: int = 0) -> FrameResult:
+        """Take one frame from `source` (a `FrameSource` or a Micro-Manager core) and count
+        it now (in the calling thread)."""
         self._mode = "snap"
         try:
-            result = self.pipeline.process(snap_frame(core, index=index))
+            result = self.pipeline.process(frame_source(source).snap(index))
         finally:
             self._mode = "idle"
         self._processed_one()
@@ -181,7 +257,7 @@ class CountingSession:
 
     def live(
         self,
-        core: Any,
+        source: FrameSource | CMMCorePlus,
         *,
         max_frames: int | None = None,
         max_seconds: float | None = None,
@@ -196,13 +272,14 @@ class CountingSession:
         purpose. ``frames_dropped`` in the report says how many. A specimen that stays in
         view is counted once (the pipeline de-duplicates in sample coordinates).
         """
-        from napari_foram.acquire import FrameQueue, LiveStream, ProcessingWorker
+        from napari_foram.acquire import FrameQueue, ProcessingWorker
 
+        frames = frame_source(source)
         self._stop_requested = False
         self._stop_event.clear()
         t0 = time.perf_counter()
         queue: FrameQueue[Frame] = FrameQueue(maxsize=queue_size, policy="live")
-        self._queue, self._core, self._mode = queue, core, "live"
+        self._queue, self._source, self._mode = queue, frames, "live"
         processed = 0
         enough = threading.Event()
 
@@ -218,7 +295,7 @@ class CountingSession:
                 self._stop_event.set()
 
         worker = ProcessingWorker(queue, batch_handler=handle, max_batch=self.max_batch)
-        stream = LiveStream(core, queue.put)
+        stream = frames.stream(queue.put)
         error: str | None = None
         worker.start()
         try:
@@ -234,7 +311,7 @@ class CountingSession:
             except Exception as exc:  # the camera failed while streaming: say so
                 error = one_line(exc)
             worker.stop(drain=False)  # live: what is left is stale, not worth counting
-            self._core, self._mode = None, "idle"
+            self._source, self._mode = None, "idle"
         if error is None and self._stop_requested and not enough.is_set():
             error = "stopped by the user"
         return ScanReport(
@@ -247,7 +324,7 @@ class CountingSession:
 
     def scan(
         self,
-        core: Any,
+        source: FrameSource | CMMCorePlus,
         sequence: Any,
         *,
         on_result: Callable[[FrameResult], None] | None = None,
@@ -255,7 +332,8 @@ class CountingSession:
         hardware_sequencing: bool = False,
         save_to: str | Path | None = None,
     ) -> ScanReport:
-        """Acquire `sequence` on `core`, process every frame, return when all are done.
+        """Acquire `sequence` from `source` (a `FrameSource`, or a Micro-Manager core),
+        process every frame, return when all are done.
 
         `save_to` keeps the raw frames (a new ``*.ome.zarr`` folder, see
         `acquire.run_scan`); `count_saved_scan` recounts them later.
@@ -271,29 +349,23 @@ class CountingSession:
         detection; `frames_processed` then counts fused fields. A stack left incomplete
         by a failure or a stop is dropped (its field is imaged again on resume).
         """
-        from napari_foram.acquire import (
-            FrameQueue,
-            ProcessingWorker,
-            QueueClosed,
-            run_scan,
-            sequence_xy_positions,
-            sequence_z_planes,
-        )
+        from napari_foram.acquire import FrameQueue, ProcessingWorker, QueueClosed
 
+        frames = frame_source(source)
         self._stop_requested = False
         self._stop_event.clear()
         self._discarded_at_stop = 0
         t0 = time.perf_counter()
         queue: FrameQueue[Frame] = FrameQueue(maxsize=self.queue_size, policy="scan")
         self._queue = queue
-        self._core, self._mode, self._paused = core, "scan", False
+        self._source, self._mode, self._paused = frames, "scan", False
         processed = counted = 0
-        planned = len(sequence_xy_positions(sequence)) or 1
+        planned, z_planes = frames.layout(sequence)
 
         from napari_foram.focus import ZStackAssembler
 
         fused: list[Frame] = []
-        assembler = ZStackAssembler(sequence_z_planes(sequence), fused.append)
+        assembler = ZStackAssembler(z_planes, fused.append)
 
         def handle(frames: list[Frame]) -> None:
             nonlocal processed, counted
@@ -325,18 +397,14 @@ class CountingSession:
         worker = ProcessingWorker(queue, batch_handler=handle, max_batch=self.max_batch)
         worker.start()
         try:
-            # run_scan calls on_frame on this thread, synchronously: with the "scan"
+            # The source calls `take` on this thread, synchronously: with the "scan"
             # policy a full queue holds the stage until the worker catches up.
-            acquired = run_scan(
-                core,
-                sequence,
-                on_frame=take,
-                hardware_sequencing=hardware_sequencing,
-                save_to=save_to,
+            acquired = frames.acquire(
+                sequence, take, hardware_sequencing=hardware_sequencing, save_to=save_to
             )
         finally:
             worker.stop(drain=True)
-            self._core, self._mode, self._paused = None, "idle", False
+            self._source, self._mode, self._paused = None, "idle", False
         worker.raise_if_failed()
         assembler.flush()  # drops a stack a failure or a stop left incomplete
         error = acquired.error
@@ -378,46 +446,21 @@ def count_saved_scan(
     on_result: Callable[[FrameResult], None] | None = None,
 ) -> ScanReport:
     """Recount a tray scan saved with ``scan(..., save_to=...)`` (OME-Zarr) through
-    `pipeline`, exactly as the live scan counted it: the frames in the order they were
-    taken, at their stage positions (so overlapping fields count each specimen once),
-    z-stacks fused, and the specimens only ever seen cut by a field edge counted at the
-    end. Runs in the calling thread."""
-    from napari_foram.acquire import read_saved_scan
-    from napari_foram.focus import ZStackAssembler
+    `pipeline`, exactly as the live scan counted it: a session's scan of the saved frames
+    (`acquire.sources.SavedScanSource`), in the order they were taken, at their stage
+    positions (so overlapping fields count each specimen once), z-stacks fused, and the
+    specimens only ever seen cut by a field edge counted at the end."""
+    from napari_foram.acquire.sources import SavedScanSource
 
-    t0 = time.perf_counter()
-    scan = read_saved_scan(path)
+    source = SavedScanSource(path)
     store, sample_id = pipeline.store, pipeline.sample_id
     if store is not None and sample_id is not None:
         # The recount's provenance names the frames it came from, as the live count's does.
         store.set_provenance(
             sample_id,
-            {**pipeline.provenance(), "source": "saved scan", "raw_frames": str(scan.path)},
+            {**pipeline.provenance(), "source": "saved scan", "raw_frames": str(source.scan.path)},
         )
-    fused: list[Frame] = []
-    assembler = ZStackAssembler(scan.z_planes, fused.append)
-    read = processed = 0
-    for frame in scan.frames():
-        read += 1
-        assembler.add(frame)
-        if not fused:
-            continue  # a z-stack still filling
-        for result in pipeline.process_many(fused):
-            processed += 1
-            if on_result is not None:
-                on_result(result)
-        fused.clear()
-    assembler.flush()
-    for result in pipeline.finish():
-        if on_result is not None:
-            on_result(result)
-    return ScanReport(
-        frames_acquired=read,
-        frames_processed=processed,
-        frames_dropped=0,
-        error=None,
-        seconds=time.perf_counter() - t0,
-    )
+    return CountingSession(pipeline).scan(source, None, on_result=on_result)
 
 
 class SimulatedTray:
