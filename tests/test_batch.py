@@ -194,6 +194,89 @@ def test_killed_run_resumes_to_the_uninterrupted_result(local_run, trays, checkp
     _same_store(store, local_run[0])  # same rows, crops, files: nothing counted twice
 
 
+def test_stop_mid_classification_drops_the_file_in_flight_and_a_rerun_counts_the_rest(
+    local_run, trays, checkpoint, tmp_path
+):
+    """Stop set while the second task (S1/tray10.jpg) is being classified: the run ends
+    before another layer of VGG16 runs, nothing of that file reaches the store, the first
+    task's two files stay; a rerun counts the four left and ends equal to an
+    uninterrupted run (no file counted twice)."""
+    import threading
+
+    import torch
+
+    folder, truth = trays
+    store = tmp_path / "stopped.zarr"
+    stop = threading.Event()
+    events: list[tuple[str, str]] = []
+    layers_after_stop = []
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        events.append(("progress", message))
+        if message.endswith("detecting and classifying") and "tray10" in message:
+            stop.set()
+
+    def on_file(line, result) -> None:
+        events.append(("file", line.file))
+
+    def count_layer(module, args, output) -> None:
+        if stop.is_set() and not list(module.children()):  # a layer, not a container
+            layers_after_stop.append(type(module).__name__)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count_layer)
+    try:
+        report = run_batch(
+            _config(folder, store, checkpoint), progress=progress, on_file=on_file, stop=stop
+        )
+    finally:
+        hook.remove()
+    assert stop.is_set() and report.interrupted
+    assert layers_after_stop == []  # no layer of the classifier ran once stop was set
+    # Order: the first task's files committed, then tray10 began and was dropped.
+    files = [name for kind, name in events if kind == "file"]
+    assert files == ["S1/tray1.png", "S1/tray2.tif"]
+    began = events.index(("progress", "S1/tray10.jpg: detecting and classifying"))
+    assert all(kind == "progress" for kind, _ in events[began:])
+    assert report.abandoned == ["S1/tray10.jpg"]
+    assert report.not_counted == ["S1/tray10.jpg", "S2/a.png", "S2/b.tif", "S2/c.png"]
+    assert "4 file(s) left for the next run (1 dropped in flight" in report.summary_line()
+    saved = json.loads(Path(report.report_json).read_text())
+    assert saved["interrupted"] and saved["abandoned"] == ["S1/tray10.jpg"]
+    with TallyStore.open(store) as tally:
+        assert [f["file"] for f in tally.processed_files("S1").values()] == files
+        assert tally.samples() == ["S1"]  # S2 never began
+        kept = int(tally.counts("S1").sum())
+    assert report.samples["S1"] == {"new": kept, "total": kept}
+
+    resumed = run_batch(_config(folder, store, checkpoint))
+    assert not resumed.interrupted and resumed.not_counted == []
+    processed = [f.file for f in resumed.files if f.status == "processed"]
+    assert processed == report.not_counted
+    assert [f.file for f in resumed.files if f.status == "skipped"] == files
+    assert {sid: s["total"] for sid, s in resumed.samples.items()} == truth
+    _same_store(store, local_run[0])
+
+
+def test_stop_before_counting_writes_nothing(trays, checkpoint, tmp_path):
+    import threading
+
+    folder, _ = trays
+    store = tmp_path / "never.zarr"
+    stop = threading.Event()
+    stages: list[tuple[int, int, str]] = []
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        stages.append((done, total, message))
+        stop.set()  # at the first status line
+
+    report = run_batch(_config(folder, store, checkpoint), progress=progress, stop=stop)
+    assert stages == [(0, 0, "reading the folder")]  # a stage: no file count yet
+    assert report.interrupted and report.abandoned == []
+    assert len(report.not_counted) == 6
+    assert not store.exists()
+    assert Path(report.report_json).is_file()
+
+
 # ----------------------------------------------------------------------------- odd files
 def test_odd_files_are_reported_and_the_good_ones_counted(checkpoint, tmp_path):
     folder = tmp_path / "odd"
@@ -380,9 +463,12 @@ def test_batch_widget_counts_a_folder(make_napari_viewer, qtbot, checkpoint, tmp
     assert len(viewer.layers[SPECIMENS_LAYER].data) == counts[1]
     assert viewer.layers["S1 crops"].data.shape == (sum(counts), 224, 224, 3)
     table = widget.table
-    assert [table.item(0, c).text() for c in range(4)] == ["S1", "2", str(sum(counts)), "0"]
+    # This run's files, their specimens, bad files; the store's total apart.
+    assert [table.item(0, c).text() for c in range(5)] == [
+        "S1", "2", str(sum(counts)), "0", str(sum(counts))
+    ]  # fmt: skip
     assert widget.progress_bar.value() == widget.progress_bar.maximum() == 2
-    assert "2 files processed" in widget.status_label.text()
+    assert f"2 file(s) counted in this run ({sum(counts)} specimens)" in widget.status_label.text()
 
     # Browse back to the first file: read from the store on a background thread.
     assert widget.frames.count() == 2

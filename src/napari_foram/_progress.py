@@ -2,6 +2,7 @@
 
 Core functions take ``progress: Callable[[int, int, str], None] | None`` and know nothing
 about terminals or Qt; the CLI passes a rich progress bar, widgets pass a signal emitter.
+A call with ``total`` 0 names a stage whose size is not known yet (the message only).
 """
 
 from __future__ import annotations
@@ -52,10 +53,16 @@ def progress_callback(description: str, enabled: bool = True) -> Iterator[Progre
     task: list[Any] = []
 
     def update(done: int, total: int, message: str = "") -> None:
+        # total <= 0: a stage before the count is known (loading a model, hashing
+        # files): the message changes, the bar pulses.
+        known = total > 0
         if not task:
             bar.start()
-            task.append(bar.add_task(description, total=total, message=message))
-        bar.update(task[0], completed=done, total=total, message=message)
+            task.append(bar.add_task(description, total=total if known else None, message=message))
+        if known:
+            bar.update(task[0], completed=done, total=total, message=message)
+        else:
+            bar.update(task[0], message=message)
 
     try:
         yield update

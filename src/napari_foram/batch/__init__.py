@@ -29,6 +29,11 @@ Odd files (corrupt, empty, not an image, too small, too large) are listed in the
 with a one-line reason and never stop the run; 16-bit and RGBA images are converted, as
 `napari_foram.frames` defines.
 
+Stopping: a stop event set during a run ends it within a layer of the classifier; the
+task under way is dropped whole (nothing of it reaches the store, whose commit counter
+moves only with a whole task), what was committed stays, and the report lists the files
+left for the next run.
+
 Scale-out: with a `dask.distributed` client (a `LocalCluster` of worker processes, or an
 existing scheduler), workers read, detect and classify (each builds its `Predictor` once
 and keeps it); results come back to this process, which commits them in the same fixed
@@ -73,6 +78,8 @@ from ._tasks import (
     ChunkTask,
     FileResult,
     ModelRef,
+    StepCallback,
+    TaskCancelled,
     cached_predictor,
     run_chunk,
     warm_up,
@@ -96,6 +103,8 @@ __all__ = [
     "FrameView",
     "ModelRef",
     "SourceFile",
+    "StepCallback",
+    "TaskCancelled",
     "cached_predictor",
     "default_report_paths",
     "file_sha256",

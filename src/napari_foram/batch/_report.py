@@ -36,6 +36,12 @@ class BatchReport:
         store}`` for every sample the store holds from this folder.
     interrupted
         Stopped (Ctrl-C, the stop event) before every file was done; run again to resume.
+    not_counted
+        Files of an interrupted run neither committed nor reported bad: the next run
+        counts them (plan order).
+    abandoned
+        Of those, the files whose reading or classification was under way when the run
+        stopped: their work was dropped and nothing of them written.
     seconds
         Wall time of the run.
     notes
@@ -55,6 +61,8 @@ class BatchReport:
     files: list[FileReport] = field(default_factory=list)
     samples: dict[str, dict[str, int]] = field(default_factory=dict)
     interrupted: bool = False
+    not_counted: list[str] = field(default_factory=list)
+    abandoned: list[str] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     damaged_samples: dict[str, str] = field(default_factory=dict)
@@ -87,6 +95,10 @@ class BatchReport:
         if self.count("bad"):
             # Said apart, so that a run that finished is not read as a complete count.
             line += f"; incomplete: {self.count('bad')} bad file(s) not counted (see the report)"
+        if self.interrupted:
+            line += f"; {len(self.not_counted)} file(s) left for the next run"
+            if self.abandoned:
+                line += f" ({len(self.abandoned)} dropped in flight, nothing of them written)"
         return ("interrupted: " if self.interrupted else "") + line
 
     def to_dict(self) -> dict[str, Any]:

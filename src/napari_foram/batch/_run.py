@@ -37,7 +37,16 @@ from ._plan import (
     plan_batch,
 )
 from ._report import BatchReport, _now_iso, default_report_paths
-from ._tasks import ChunkTask, FileResult, ModelRef, concat_specimens, run_chunk
+from ._tasks import (
+    ChunkTask,
+    FileResult,
+    ModelRef,
+    StepCallback,
+    TaskCancelled,
+    cached_predictor,
+    concat_specimens,
+    run_chunk,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -202,6 +211,13 @@ def _refuse_frame_name(path: Path, folder: Path, what: str) -> None:
         )
 
 
+def _done_message(line: FileReport) -> str:
+    """The status line of a file just committed."""
+    if line.status == "processed":
+        return f"{line.file}: counted, {line.n_specimens} specimen(s)"
+    return f"{line.file}: {line.status} ({line.reason})" if line.reason else line.file
+
+
 #: Called after each file is done: its report line, and what the worker made of it
 #: (None for files skipped without reading).
 FileCallback = Callable[[FileReport, FileResult | None], None]
@@ -334,13 +350,21 @@ class _Writer:
 
 
 def _triage(
-    plan: BatchPlan, store: TallyStore, damaged: dict[str, str]
+    plan: BatchPlan,
+    store: TallyStore,
+    damaged: dict[str, str],
+    stop: threading.Event | None = None,
+    step: StepCallback | None = None,
 ) -> tuple[dict[str, list[SourceFile]], dict[str, FileReport]]:
     """Hash every file; what is left to do per sample, and the report lines of the files
-    settled already (empty, unreadable, same bytes as another, already in the store)."""
+    settled already (empty, unreadable, same bytes as another, already in the store).
+
+    Hashing a large folder takes a while: `step` hears every file, and a set `stop`
+    ends it (`TaskCancelled`) before anything is written."""
     todo: dict[str, list[SourceFile]] = {sid: [] for sid in plan.records}
     settled: dict[str, FileReport] = {}
     samples = set(store.samples())
+    n_files, checked = len(plan.files), 0
     for sid in plan.records:
         if sid in damaged:
             # A damaged sample is never written to (writing could lose what is left of
@@ -352,6 +376,11 @@ def _triage(
         done = store.processed_files(sid) if sid in samples else {}
         seen: dict[str, str] = {}
         for f in plan.files_of(sid):
+            if stop is not None and stop.is_set():
+                raise TaskCancelled("stopped")
+            checked += 1
+            if step is not None:
+                step(f"checking the files against the store: {checked}/{n_files}")
             try:
                 st = f.path.stat()
                 # A FIFO or a device (e.g. a link to /dev/zero) is never read: hashing it
@@ -434,17 +463,28 @@ def _tasks(
 
 
 def _run_local(
-    tasks: Iterable[ChunkTask], stop: threading.Event
+    tasks: Iterable[ChunkTask],
+    stop: threading.Event,
+    abandoned: list[str],
+    step: StepCallback | None = None,
 ) -> Generator[tuple[ChunkTask, list[FileResult]], None, None]:
-    """Tasks one after another in this process, until `stop` is set."""
+    """Tasks one after another in this process, until `stop` is set.
+
+    A task under way when `stop` is set gives up (`run_chunk`), within a layer of the
+    classifier; its files go to `abandoned` and nothing of them is committed."""
     for task in tasks:
         if stop.is_set():
             return
-        yield task, run_chunk(task)
+        try:
+            results = run_chunk(task, stop=stop, step=step)
+        except TaskCancelled:
+            abandoned.extend(f.name for f in task.files)
+            return
+        yield task, results
 
 
 def _run_dask(
-    client: Client, tasks: list[ChunkTask], stop: threading.Event
+    client: Client, tasks: list[ChunkTask], stop: threading.Event, abandoned: list[str]
 ) -> Generator[tuple[ChunkTask, list[FileResult]], None, None]:
     """Tasks on a Dask cluster, results yielded in task order.
 
@@ -468,6 +508,8 @@ def _run_dask(
             while not future.done() and not stop.wait(0.2):
                 pass
             if stop.is_set():
+                # Tasks under way are cancelled on the workers: nothing of them is kept.
+                abandoned.extend(f.name for t, _ in running for f in t.files)
                 return
             running.popleft()
             results = future.result()
@@ -570,13 +612,18 @@ def run_batch(
     config
         What to run (see `BatchConfig`).
     progress
-        ``progress(done, total, message)`` after each file (files left to do at the
-        start); also reports the demo model's first-run training.
+        ``progress(done, total, message)``: with ``total`` 0, a stage before counting
+        (reading the model, the demo model's first-run training, hashing the files,
+        starting workers); then after each file (``total``: files left to do at the
+        start), and what the file under way is at (reading, classifying).
     on_file
         Called after each file with its report line and the worker's result (on the
         thread that runs the batch).
     stop
-        Set it to stop after the task being committed; what is committed stays.
+        Set it to stop: a task under way in this process gives up within a layer of the
+        classifier (Dask tasks under way are cancelled) and nothing of it is written;
+        what was committed before stays. The report lists the files left
+        (``not_counted``), those dropped in flight among them (``abandoned``).
     client
         A Dask client to use instead of what `config` asks for (kept open).
 
@@ -603,23 +650,48 @@ def run_batch(
         if progress is not None:
             progress(done, total, message)
 
-    def training(done: int, total: int, message: str = "") -> None:
-        notify(done, total, f"demo model: {message}")
+    def stage(message: str) -> None:
+        """A status line before the files are counted (no file count yet), and the
+        point where a stop set meanwhile ends the run: nothing is written before it."""
+        if stop.is_set():
+            raise TaskCancelled("stopped")
+        notify(0, 0, message)
 
+    def training(done: int, total: int, message: str = "") -> None:
+        stage(f"demo model: {message}")
+
+    def calibrating(done: int, total: int, message: str = "") -> None:
+        # A first-use calibration of the CPU paths (cached after): stoppable too.
+        stage(f"measuring the CPU's compute paths (first use): {message}")
+
+    stage("reading the folder")
     plan = plan_batch(config.folder, config.samples_csv)
     config.check_outputs(plan)
-    checkpoint = resolve_checkpoint(config.model, progress=training)
-    info = read_model_info(checkpoint)
-    ref = ModelRef(str(checkpoint), file_sha256(checkpoint))
-    report = BatchReport(
-        str(plan.folder), str(config.store), str(config.model), ref.sha256, started=_now_iso()
-    )
+    report = BatchReport(str(plan.folder), str(config.store), str(config.model), "")
+    report.started = _now_iso()
     report.files.extend(plan.ignored)
-    # The compute path, decided here once (a first-use CPU calibration runs once, not in
-    # every worker) and handed to the workers, so the provenance says what counted.
-    precision = choice_for_checkpoint(
-        checkpoint, device=config.device, precision=config.precision, progress=notify
-    ).path
+    try:
+        stage("reading the model")
+        checkpoint = resolve_checkpoint(config.model, progress=training)
+        info = read_model_info(checkpoint)
+        ref = ModelRef(str(checkpoint), file_sha256(checkpoint))
+        report.model_sha256 = ref.sha256
+        # The compute path, decided here once (a first-use CPU calibration runs once, not
+        # in every worker) and handed to the workers, so the provenance says what counted.
+        stage("choosing the compute path")
+        precision = choice_for_checkpoint(
+            checkpoint,
+            device=config.device,
+            precision=config.precision,
+            progress=calibrating,
+        ).path
+    except TaskCancelled:
+        # Stopped before the store was opened: nothing written, everything left to do.
+        report.interrupted = True
+        report.not_counted = [f.name for f in plan.files]
+        report.seconds = round(time.perf_counter() - t_start, 3)
+        report.write(*config.report_paths())
+        return report
     config = dataclasses.replace(config, precision=precision)
     provenance = {
         "source": "batch folder",
@@ -635,13 +707,16 @@ def run_batch(
         **model_provenance(info),
         "classify_precision": precision,
     }
+    notify(0, 0, "opening the store")
     store = _open_store(Path(config.store), list(info.class_names))
     new: dict[str, int] = {}
+    todo: dict[str, list[SourceFile]] = {}
+    abandoned: list[str] = []
     finished = False  # the loop ended without an error (interrupted or not)
     try:
         # Checked once per run (it stats every chunk file of every sample).
         damaged = store.damaged_samples()
-        todo, settled = _triage(plan, store, damaged)
+        todo, settled = _triage(plan, store, damaged, stop, lambda message: notify(0, 0, message))
         for sid in plan.records:
             if sid in damaged:
                 report.damaged_samples[sid] = damaged[sid]
@@ -652,7 +727,6 @@ def run_batch(
                 )
         total = sum(len(v) for v in todo.values())
         done = 0
-        notify(0, total, f"{total} files to count, {len(settled)} settled already")
         writer = _Writer(store, plan, provenance, report, stop)
         # Lines of files settled without reading go in the report in plan order.
         report.files.extend(settled[f.name] for f in plan.files if f.name in settled)
@@ -660,9 +734,28 @@ def run_batch(
             for f in plan.files:
                 if f.name in settled:
                     on_file(settled[f.name], None)
+
+        def step(message: str) -> None:
+            notify(done, total, message)
+
+        if total and not config.workers and not config.scheduler and client is None:
+            # Loaded here, with a status line, rather than unannounced in the first file.
+            stage("loading the model")
+            cached_predictor(ref, config.device, None, config.precision)
+        elif total and client is None:
+            stage(
+                f"starting {config.workers} Dask workers"
+                if config.workers
+                else f"connecting to the Dask scheduler at {config.scheduler}"
+            )
         with _dask_client(config, client) as (dask, threads):
             tasks = _tasks(plan, todo, config, ref, threads)
-            results = _run_local(tasks, stop) if dask is None else _run_dask(dask, tasks, stop)
+            notify(0, total, f"{total} files to count, {len(settled)} settled already")
+            results = (
+                _run_local(tasks, stop, abandoned, step)
+                if dask is None
+                else _run_dask(dask, tasks, stop, abandoned)
+            )
             try:
                 for task, file_results in results:
                     lines = writer.commit(task, file_results)
@@ -672,17 +765,24 @@ def run_batch(
                         done += 1
                         if on_file is not None:
                             on_file(line, result)
-                        notify(done, total, line.file)
+                        notify(done, total, _done_message(line))
                     if stop.is_set():
                         break
             finally:
                 results.close()  # a Dask window cancels the futures it still holds
         report.interrupted = done < total
         finished = True
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TaskCancelled):
         report.interrupted = finished = True
     finally:
         try:
+            reported = {line.file for line in report.files}
+            report.abandoned = abandoned
+            if report.interrupted:
+                left = [f.name for files in todo.values() for f in files]
+                # Stopped before the triage ended: every file not settled is left.
+                left = left or [f.name for f in plan.files]
+                report.not_counted = [name for name in left if name not in reported]
             stored = set(store.samples())
             for sid in plan.records:
                 if sid in stored and sid not in report.damaged_samples:

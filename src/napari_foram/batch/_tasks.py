@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,45 @@ log = logging.getLogger("napari_foram.batch")
 
 
 # ----------------------------------------------------------------------------- workers
+class TaskCancelled(Exception):
+    """The run was stopped while this task ran: its results are dropped, never committed."""
+
+
+#: ``step(message)``: what a task in this process is doing now (reading a file, detecting,
+#: classifying), for a status line between its files' commits.
+StepCallback = Callable[[str], None]
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise TaskCancelled("stopped")
+
+
+@contextlib.contextmanager
+def _stoppable(predictor: Predictor, stop: threading.Event | None) -> Iterator[None]:
+    """Make the classifier give up within one layer once `stop` is set.
+
+    A conv batch of 16 crops takes seconds on a busy CPU and a task's crops tens of
+    batches: waiting for the call to end would keep Cancel waiting that long. A forward
+    pre-hook on each of the model's modules raises `TaskCancelled` instead. The hooks
+    live while this task holds the predictor lock, so they never stop another caller;
+    nothing of a cancelled task reaches the store.
+    """
+    if stop is None:
+        yield
+        return
+
+    def check(module: Any, args: Any) -> None:
+        _check_stop(stop)
+
+    handles = [m.register_forward_pre_hook(check) for m in predictor.model.modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """A checkpoint as workers find it: path, and the SHA-256 it must have."""
@@ -273,7 +314,12 @@ def _specimens_of(out: FrameResult) -> SpecimenBatch | None:
     )
 
 
-def run_chunk(task: ChunkTask) -> list[FileResult]:
+def run_chunk(
+    task: ChunkTask,
+    *,
+    stop: threading.Event | None = None,
+    step: StepCallback | None = None,
+) -> list[FileResult]:
     """Read, detect and classify a task's files (what a worker runs); one result per file.
 
     The readable files go through `CountingPipeline.process_many` together, so their
@@ -281,17 +327,25 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
     gets an error and is left out. Should the pipeline fail on the batch, each file is
     tried alone so that one odd image cannot sink the others; when every file fails
     alone too, the failure is systematic (model, device) and is raised.
+
+    `stop` (runs in this process): once set, the task gives up between files or within
+    one layer of the classifier and raises `TaskCancelled`. `step` hears what the task
+    is doing (reading, detecting, classifying) for a status line.
     """
     from napari_foram.frames import Frame
     from napari_foram.pipeline import CountingPipeline
 
+    say = step or (lambda message: None)
+    _check_stop(stop)
     if len(task.files) == 1 and is_saved_scan_source(task.files[0]):
-        return [_recount_saved_scan(task)]
+        return [_recount_saved_scan(task, stop, say)]
     t0 = time.perf_counter()
     results: list[FileResult] = []
     frames: list[Frame] = []
     owners: list[FileResult] = []
     for i, file in enumerate(task.files):
+        _check_stop(stop)
+        say(f"{file.name}: reading")
         result, image = _load(file, task)
         results.append(result)
         if image is not None:
@@ -303,7 +357,10 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
     if not frames:
         return results
     predictor = cached_predictor(task.model, task.device, task.torch_threads, task.precision)
-    with _PREDICT_LOCK, seeded(task.seed, predictor.device):
+    _check_stop(stop)
+    names = ", ".join(owner.file.name for owner in owners)
+    say(f"{names}: detecting and classifying")
+    with _PREDICT_LOCK, seeded(task.seed, predictor.device), _stoppable(predictor, stop):
         # A fresh pipeline per task: without stage positions it keeps no state that
         # matters between frames, and a task must not depend on what ran before it.
         pipeline = CountingPipeline(
@@ -312,12 +369,16 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
         outs: list[FrameResult | None]
         try:
             outs = list(pipeline.process_many(frames))
+        except TaskCancelled:
+            raise
         except Exception as exc:  # isolate the culprit; re-raised if systematic
             log.warning("task of %d files failed (%s); trying them one by one", len(frames), exc)
             outs = []
             for frame, owner in zip(frames, owners, strict=True):
                 try:
                     outs.append(pipeline.process(frame))
+                except TaskCancelled:
+                    raise
                 except Exception as one:  # reported as this file's reason
                     owner.error = f"processing failed ({type(one).__name__}: {one_line(one)})"
                     outs.append(None)
@@ -341,7 +402,9 @@ def run_chunk(task: ChunkTask) -> list[FileResult]:
     return results
 
 
-def _recount_saved_scan(task: ChunkTask) -> FileResult:
+def _recount_saved_scan(
+    task: ChunkTask, stop: threading.Event | None, say: StepCallback
+) -> FileResult:
     """Count a tray scan saved as OME-Zarr as the live scan counted it: its fields in the
     order they were taken, at their stage positions, each specimen once
     (`napari_foram.session.count_saved_scan`); one result, all its specimens."""
@@ -356,8 +419,9 @@ def _recount_saved_scan(task: ChunkTask) -> FileResult:
         return result
     predictor = cached_predictor(task.model, task.device, task.torch_threads, task.precision)
     outs: list[FrameResult] = []
+    say(f"{file.name}: counting the saved scan")
     try:
-        with _PREDICT_LOCK, seeded(task.seed, predictor.device):
+        with _PREDICT_LOCK, seeded(task.seed, predictor.device), _stoppable(predictor, stop):
             pipeline = CountingPipeline(
                 predictor, detection=task.detection, mc_samples=task.mc_samples, keep_features=True
             )
