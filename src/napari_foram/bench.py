@@ -439,7 +439,7 @@ def bench_batch(
     import imageio.v3 as iio
     from distributed import Client, LocalCluster
 
-    from napari_foram.batch import BatchConfig, ModelRef, file_sha256, run_batch, warm_up
+    from napari_foram.batch import BatchConfig, ModelRef, path_sha256, run_batch, warm_up
     from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
     from napari_foram.classify.model import build_model
     from napari_foram.synthetic import CLASSES, render_tray
@@ -458,7 +458,7 @@ def bench_batch(
         model = build_model(len(CLASSES), backbone_weights="none", seed=0)
         checkpoint = root / "model.safetensors"
         save_checkpoint(checkpoint, model, ModelInfo.for_model(model, CLASSES))
-        ref = ModelRef(str(checkpoint.resolve()), file_sha256(checkpoint))
+        ref = ModelRef(str(checkpoint.resolve()), path_sha256(checkpoint))
         folder = root / "trays"
         (folder / "S1").mkdir(parents=True)
         for i in range(n_images):

@@ -71,6 +71,7 @@ def _view(
     classes: list[str],
 ) -> FrameView:
     """A FrameView from specimen columns; the image is read from `path` if it is there."""
+    from napari_foram.detect import equivalent_diameter
     from napari_foram.frames import read_image
 
     image = None
@@ -84,7 +85,7 @@ def _view(
         np.column_stack([columns["centroid_y"], columns["centroid_x"]])
         .astype(float)
         .reshape(-1, 2),
-        2.0 * np.sqrt(np.asarray(columns["area_px"], dtype=np.float64) / np.pi),
+        equivalent_diameter(np.asarray(columns["area_px"], dtype=np.float64)),
         np.asarray(columns["class_index"], dtype=np.int64),
         probs.max(axis=1) if len(probs) else np.zeros(0),
         classes,

@@ -10,9 +10,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from napari_foram.frames import IMAGE_SUFFIXES
+from napari_foram.frames import IMAGE_SUFFIXES, natural_key
 
 if TYPE_CHECKING:
     from napari_foram.tally.store import SampleRecord
@@ -128,18 +128,6 @@ class BatchPlan:
     def files_of(self, sample_id: str) -> list[SourceFile]:
         """The candidate files of one sample, in order."""
         return [f for f in self.files if f.sample_id == sample_id]
-
-
-def natural_key(text: str) -> tuple[Any, ...]:
-    """Sort key that orders embedded numbers by value: ``tray2`` before ``tray10``.
-
-    Case-insensitive first, the text itself breaking ties, so the order is total and the
-    same on every platform.
-    """
-    parts = re.split(r"(\d+)", text.lower())
-    # re.split with a group alternates text and digit runs, so position i always holds the
-    # same kind in every key and int/str are never compared.
-    return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), text)
 
 
 def safe_sample_id(name: str) -> str:
@@ -371,7 +359,7 @@ def _plan_from_sheet(
     return BatchPlan(root, records, files, ignored)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def path_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 hex digest of a file's bytes (read in 1 MB blocks); of a folder (a saved
     scan), of its files' relative names and bytes in name order."""
     digest = hashlib.sha256()

@@ -32,8 +32,8 @@ from ._plan import (
     FileReport,
     SourceFile,
     _is_image_name,
-    file_sha256,
     is_saved_scan_source,
+    path_sha256,
     plan_batch,
 )
 from ._report import BatchReport, _now_iso, default_report_paths
@@ -227,15 +227,10 @@ def resolve_checkpoint(
     model: str | os.PathLike[str], progress: ProgressCallback | None = None
 ) -> Path:
     """The checkpoint file of `model`: a path, or the cached demo model for "demo"
-    (trained at first use, reporting through `progress`)."""
-    if str(model) == "demo":
-        from napari_foram.classify.demo_model import demo_checkpoint
+    (trained at first use, reporting through `progress`): `classify.loading.checkpoint_file`."""
+    from napari_foram.classify.loading import checkpoint_file
 
-        return Path(demo_checkpoint(progress=progress)).resolve()
-    from napari_foram._outputs import check_input_file
-
-    # A folder or a FIFO is said to be one (a FIFO's read would block the run).
-    return check_input_file(Path(model).expanduser(), "checkpoint").resolve()
+    return checkpoint_file(model, progress)
 
 
 @contextlib.contextmanager
@@ -390,7 +385,7 @@ def _triage(
                     settled[f.name] = FileReport(f.name, sid, "bad", why)
                     continue
                 size = st.st_size
-                digest = file_sha256(f.path) if size else ""
+                digest = path_sha256(f.path) if size else ""
             except FileNotFoundError:
                 settled[f.name] = FileReport(f.name, sid, "bad", "no such file")
                 continue
@@ -674,7 +669,7 @@ def run_batch(
         stage("reading the model")
         checkpoint = resolve_checkpoint(config.model, progress=training)
         info = read_model_info(checkpoint)
-        ref = ModelRef(str(checkpoint), file_sha256(checkpoint))
+        ref = ModelRef(str(checkpoint), path_sha256(checkpoint))
         report.model_sha256 = ref.sha256
         # The compute path, decided here once (a first-use CPU calibration runs once, not
         # in every worker) and handed to the workers, so the provenance says what counted.

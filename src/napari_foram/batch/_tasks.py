@@ -24,8 +24,8 @@ from ._plan import (
     DEFAULT_MAX_MEGAPIXELS,
     DEFAULT_MIN_SIDE_PX,
     SourceFile,
-    file_sha256,
     is_saved_scan_source,
+    path_sha256,
 )
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ def _load(file: SourceFile, task: ChunkTask) -> tuple[FileResult, np.ndarray | N
         return result, None
     result.shape = tuple(int(s) for s in image.shape)
     problem = _size_problem(image.shape, task.min_side_px, task.max_megapixels)
-    if problem is None and file_sha256(file.path) != file.sha256:
+    if problem is None and path_sha256(file.path) != file.sha256:
         problem = "changed while the batch ran; run again to count it"
     if problem:
         result.error = problem
@@ -414,7 +414,7 @@ def _recount_saved_scan(
     t0 = time.perf_counter()
     file = task.files[0]
     result = FileResult(file)
-    if file_sha256(file.path) != file.sha256:
+    if path_sha256(file.path) != file.sha256:
         result.error = "changed while the batch ran; run again to count it"
         return result
     predictor = cached_predictor(task.model, task.device, task.torch_threads, task.precision)

@@ -58,14 +58,9 @@ class FineTuneResult:
 def resolve_model(model: str | os.PathLike[str], progress: ProgressCallback | None = None) -> Path:
     """The checkpoint file of `model`: a path, or the cached demo model for "demo"
     (trained at first use, reporting through `progress`)."""
-    if str(model) == "demo":
-        from napari_foram.classify.demo_model import demo_checkpoint
+    from napari_foram.classify.loading import checkpoint_file
 
-        return Path(demo_checkpoint(progress=progress))
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise ValueError(f"checkpoint not found: {path}")
-    return path
+    return checkpoint_file(model, progress)
 
 
 def default_checkpoint_path(store_path: str | os.PathLike[str]) -> Path:

@@ -60,6 +60,7 @@ from napari_foram.widgets.layers import (
     class_colour,
     contrast_limits,
     display_uint8,
+    show_crop_grids,
     show_specimen_circles,
 )
 
@@ -703,7 +704,7 @@ class BatchWidget(QWidget):
             self._forget_other_store(self._store_path)
             self._list_frames()
         try:
-            names = show_crops(self.viewer, self._store_path, visible=visible)
+            names = show_crop_grids(self.viewer, self._store_path, visible=visible)
         except (ValueError, OSError) as exc:
             self._say(f"cannot read the store: {exc}")
             return []
