@@ -49,6 +49,11 @@ def test_each_command_explains_itself(name, capsys):
         (["detect", "x.png", "--min-area", "lots"], 2, "Invalid value for '--min-area'"),
         (["classify", "x.png", "--device", "tpu"], 1, "--device must be"),
         (["bench", "--device", "gpu9"], 1, "--device must be"),
+        (
+            ["export", "none.zarr", "-o", "x.csv", "--format", "pivot"],
+            1,
+            "--format must be one of wide, long, specimens, not 'pivot'",
+        ),
     ],
 )
 def test_bad_arguments_give_one_line_and_nonzero_exit(argv, code, fragment, capsys):

@@ -49,7 +49,7 @@ def test_tray_scan_with_small_overlap_counts_ground_truth(predictor, overlap):
     counted = np.array([r.sample_xy_um[i] for r in results for i in r.new_rows])
     assert len(counted) == len(truth) == pipeline.specimens_counted
     # And each true specimen is matched by exactly one count.
-    from napari_foram.evaluation import match_points
+    from napari_foram.point_matching import match_points
 
     truth_xy = np.array([tray.world_px_to_um(*s.centroid_yx) for s in truth])
     m = match_points(counted, truth_xy, np.array([s.diameter_um / 2 for s in truth]))

@@ -197,18 +197,18 @@ def test_mosaic_splitter_equals_one_object_at_a_time(kind, monkeypatch):
     `_object_parts` (one object alone) gives: the same number, pixel for pixel but for
     at most a few exact ties of the flooding order, on trays with touching groups in
     colour, grey and inverted (dark on light)."""
-    from napari_foram.detect import _split
+    from napari_foram.detect import _fine_split
     from napari_foram.synthetic import render_tray
 
     seen = []
-    real = _split._objects_parts
+    real = _fine_split._objects_parts
 
     def recorded(*args):
         found = real(*args)
         seen.append((args, found))
         return found
 
-    monkeypatch.setattr(_split, "_objects_parts", recorded)
+    monkeypatch.setattr(_fine_split, "_objects_parts", recorded)
     compared = 0
     for seed in (4242, 4247):
         tray = render_tray(seed, n_specimens=60, touching_pairs=3, touching_groups=6)
@@ -222,7 +222,7 @@ def test_mosaic_splitter_equals_one_object_at_a_time(kind, monkeypatch):
         ((img, labels, boxes, *rest), found) = seen[0]
         assert len(boxes) > 10
         for (i, sl), parts in zip(boxes, found, strict=True):
-            alone = _split._object_parts(img, labels[sl] == i, sl, *rest)
+            alone = _fine_split._object_parts(img, labels[sl] == i, sl, *rest)
             assert (alone is None) == (parts is None)
             if alone is not None and parts is not None:
                 assert alone.max() == parts.max()
@@ -274,8 +274,9 @@ def test_synthetic_touching_groups_are_mostly_split_and_planktics_kept_whole():
 def test_bead_chain_tests_stay_whole_through_their_wall(monkeypatch):
     """A Reophax-like uniserial test (chambers in a row, grooved sutures) is one
     specimen: its chambers, cut apart at the body level, join again through the wall
-    (`_split.WALL_LEVEL`). Without that cue some are cut, so the test can fail."""
-    from napari_foram.detect import _split
+    (`_part_rules.WALL_LEVEL`, which `_fine_split` applies). Without that cue some are
+    cut, so the test can fail."""
+    from napari_foram.detect import _fine_split
     from napari_foram.synthetic import render_tray
 
     trays = [
@@ -307,7 +308,7 @@ def test_bead_chain_tests_stay_whole_through_their_wall(monkeypatch):
     assert n >= 10
     assert cut == 0
     # Only the parts themselves count as wall: chambers cut apart stay apart.
-    monkeypatch.setattr(_split, "WALL_LEVEL", 1.0)
+    monkeypatch.setattr(_fine_split, "WALL_LEVEL", 1.0)
     assert chains_cut()[1] >= 1
 
 
@@ -404,7 +405,7 @@ def test_holes_do_not_split_a_specimen():
 
 # ------------------------------------------------------------------ synthetic trays
 def _score_trays(seeds, **params):
-    from napari_foram.evaluation import match_points
+    from napari_foram.point_matching import match_points
     from napari_foram.synthetic import render_tray
 
     totals = {"truth": 0, "found": 0, "matched": 0, "false": 0, "pairs": 0, "pairs_found": 0}

@@ -26,9 +26,9 @@ from napari_foram.acquire.simulated import (
 )
 from napari_foram.demo import DemoScan, make_demo_world
 from napari_foram.detect import detect
-from napari_foram.evaluation import match_points
 from napari_foram.focus import ZStackAssembler, focus_measure, fuse_stack
 from napari_foram.frames import Frame
+from napari_foram.point_matching import match_points
 from napari_foram.synthetic import TrayRender
 
 CAM = (486, 648)  # one field = the whole demo world

@@ -337,3 +337,67 @@ def test_comparison_script_skips_cleanly_without_real_data(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("skipped:") and not out.exists()
+
+
+#: Digests of renders recorded before `render_tray` was split into its parts (issue 28):
+#: the split must not change a pixel, a label or a line of the truth.
+RECORDED_RENDERS = [
+    (
+        1,
+        {"shape": (400, 500), "n_specimens": 20},
+        "22d6e33d4ca9952351ed4bcc5675e88d442118e767177e77f8edc6c8bc93a812",
+    ),
+    (
+        7,
+        {"shape": (600, 700), "n_specimens": 30, "touching_groups": 6},
+        "63a885bce4f0f7f15a9a107bafc9d66be59e0d3792f1ec478214cad14470ed09",
+    ),
+    (
+        3,
+        {"shape": (300, 300), "n_specimens": 15, "border": False, "clipped": True},
+        "808bdcc8da4ef1af7ebb33da80eec272ee8068b99e20139c045411fd5857a419",
+    ),
+    (
+        5,
+        {
+            "shape": (500, 400),
+            "n_specimens": 25,
+            "touching_groups": 7,
+            "group_kinds": ["pale_pair", "small_large", "deep_planktic"],
+            "border_style": "dark",
+            "border_width": (0.1, 0.2),
+        },
+        "a6af99d9f8b5348319ed9dc64924d8f83f49730e8f71fe2429350bcc9fe6dabd",
+    ),
+]
+
+
+def render_digest(t) -> str:
+    """SHA-256 of a render's pixels, labels, truth and meta (as recorded)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(t.image.tobytes())
+    h.update(t.labels.tobytes())
+    truth = [s.__dict__ for s in t.specimens]
+    h.update(json.dumps(truth, default=str, sort_keys=True).encode())
+    h.update(json.dumps(t.meta, default=str, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(("seed", "kwargs", "digest"), RECORDED_RENDERS)
+def test_render_tray_gives_the_recorded_pixels_and_truth(seed, kwargs, digest):
+    assert render_digest(render_tray(seed, **kwargs)) == digest
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "3", None])
+def test_every_renderer_refuses_a_bad_seed_alike(seed):
+    from napari_foram.synthetic_ood import render_ood_crop
+
+    for render in (
+        lambda: render_tray(seed, shape=(128, 128), n_specimens=1),
+        lambda: render_crop("planktic", seed),
+        lambda: render_ood_crop("ostracod", seed),
+    ):
+        with pytest.raises(ValueError, match=r"^seed must be a non-negative integer, got "):
+            render()

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from napari_foram.detect import detect
-from napari_foram.evaluation import match_points
 from napari_foram.frames import read_image, upright
+from napari_foram.point_matching import match_points
 from napari_foram.synthetic import render_tray
 
 # ------------------------------------------------------------------------- tray walls

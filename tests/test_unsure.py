@@ -135,6 +135,18 @@ def test_a_reviewed_specimen_is_never_unsure() -> None:
     assert np.flatnonzero(unsure_mask(fresh, MI_RULE)).tolist() == [0, 1, 2, 3, 5]
 
 
+def test_unsure_and_high_entropy_are_two_rules() -> None:
+    """`unsure_mask` applies the model's rule (here mutual information) to counted rows;
+    `unreviewed_high_entropy_mask` flags any unreviewed row for a look by its entropy."""
+    d = _specimens()
+    d["entropy"] = np.where(np.arange(10) >= 5, 1.0, 0.1)  # high entropy: rows 5-9
+    status = d["review_status"]
+    assert np.flatnonzero(unsure_mask(d, MI_RULE)).tolist() == [0]
+    look = stats.unreviewed_high_entropy_mask(d["entropy"], status, threshold=0.5)
+    assert np.flatnonzero(look).tolist() == [6, 7, 8, 9]  # row 5 is relabelled: settled
+    assert stats.n_uncertain(d, 0.5) == 4
+
+
 # ----------------------------------------------------------------------------- summary
 def test_sample_summary_without_a_rule_is_unchanged() -> None:
     d = _specimens()

@@ -315,9 +315,11 @@ def _sample_layers(store: Any, sid: str, classes: list[str]) -> list[LayerData]:
 
 def _point_sizes(store: Any, sid: str, area_px: np.ndarray, yx: np.ndarray) -> Any:
     """Marker diameters in um: the specimen's size when the pixel size is recorded."""
+    from napari_foram.detect import equivalent_diameter
+
     pixel_um = store.latest_provenance(sid, "pixel_size_um")
     if isinstance(pixel_um, (int, float)) and math.isfinite(pixel_um) and pixel_um > 0:
-        diameter_um = 2.0 * np.sqrt(np.asarray(area_px, dtype=np.float64) / np.pi) * pixel_um
+        diameter_um = equivalent_diameter(np.asarray(area_px, dtype=np.float64)) * pixel_um
         return np.maximum(_POINT_SCALE * diameter_um, pixel_um)
     # Unknown pixel size: a marker a fiftieth of the spread of the specimens.
     extent = float(np.ptp(yx, axis=0).max()) if len(yx) > 1 else 0.0

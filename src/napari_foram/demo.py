@@ -25,7 +25,7 @@ from napari_foram.defaults import MC_SAMPLES
 
 # The scene lives in core (the live counter builds it too); re-exported for the app's users.
 from napari_foram.demo_scene import DemoScan, make_demo_world
-from napari_foram.evaluation import match_points
+from napari_foram.point_matching import match_points
 
 if TYPE_CHECKING:
     from napari_foram.classify.predict import Predictor
@@ -53,7 +53,7 @@ def compare_with_truth(
 
     A counted specimen matches a true one when its centre lies inside half the true
     specimen's diameter; each true specimen matches at most once, closest pairs first
-    (`napari_foram.evaluation.match_points`).
+    (`napari_foram.point_matching.match_points`).
     """
     truth = [s for s in world.specimens if not s.clipped]
     truth_xy = np.array([world_px_to_um(*s.centroid_yx) for s in truth]).reshape(-1, 2)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from napari_foram.defaults import MC_SAMPLES
-from napari_foram.detect import DetectionParams, Detections, detect
+from napari_foram.detect import DetectionParams, Detections, detect, equivalent_diameter
 from napari_foram.frames import Frame
 from napari_foram.tally.dedup import SpecimenRegistry
 from napari_foram.tally.stats import UnsureRule
@@ -234,7 +234,7 @@ class CountingPipeline:
                 "provenance: cannot resume it without counting its specimens twice"
             )
         pixel_um = float(pixel_size)
-        diam = np.sqrt(4 * rows["area_px"][known] / np.pi) * pixel_um
+        diam = equivalent_diameter(rows["area_px"][known]) * pixel_um
         # Extents in sample coordinates from each box around its centroid, so that a cut
         # view of a long specimen is still recognised as part of it (`covers`).
         bbox = rows["bbox"][known].astype(float)

@@ -28,6 +28,7 @@ from napari_foram.synthetic import (
     _Shape,
     _unit_noise,
     centred_crop,
+    check_seed,
 )
 
 __all__ = ["OOD_KINDS", "render_ood_crop", "render_ood_set"]
@@ -567,12 +568,6 @@ def _check_kind(kind: str) -> int:
     return OOD_KINDS.index(kind)
 
 
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
 def render_ood_crop(
     kind: str, seed: int, *, size: int = 224, pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
 ) -> np.ndarray:
@@ -601,7 +596,7 @@ def render_ood_crop(
         Unknown kind, negative or non-integer seed, size under 32, pixel size not positive.
     """
     k = _check_kind(kind)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 32:
         raise ValueError(f"size must be an integer >= 32, got {size!r}")
     if not pixel_size_um > 0:
@@ -642,7 +637,7 @@ def render_ood_set(n_per_kind: int, seed: int = 0) -> tuple[np.ndarray, list[str
         or n_per_kind < 0
     ):
         raise ValueError(f"n_per_kind must be a non-negative integer, got {n_per_kind!r}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     crops = np.zeros((int(n_per_kind) * len(OOD_KINDS), 224, 224, 3), dtype=np.uint8)
     kinds: list[str] = []
     for i in range(int(n_per_kind)):

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_foram.classify.architecture import pooled_dim
 from napari_foram.classify.backbone import convention_affine
 from napari_foram.classify.checkpoint import ModelInfo, load_checkpoint
 from napari_foram.classify.model import (
-    POOLED_DIM,
     FORAMNet,
     feature_function,
     features_and_pooled,
@@ -50,6 +50,7 @@ from napari_foram.classify.precision import (
     decide_precision,
     int8_conv_for,
 )
+from napari_foram.defaults import MC_SAMPLES
 
 #: Default crops per forward pass.
 DEFAULT_BATCH_CPU = 16
@@ -469,7 +470,9 @@ class Predictor:
         path = self.precision_choice.path
         self.dtype = torch.bfloat16 if path == "bf16" else torch.float32
         layout = self.model.feature_layout
-        conv: Callable[[torch.Tensor], torch.Tensor] = feature_function(self.model.conv, layout)
+        conv: Callable[[torch.Tensor], torch.Tensor] = feature_function(
+            self.model.conv, layout, backbone=self.model.backbone
+        )
         int8 = None
         if path == "int8":
             if layout != "flat":
@@ -492,7 +495,7 @@ class Predictor:
         self._with_pooled: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
         self._with_pooled = None
         if path != "int8":
-            both = features_and_pooled(self.model.conv, layout)
+            both = features_and_pooled(self.model.conv, layout, self.model.backbone)
 
             def with_pooled(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 with self.autocast():
@@ -581,7 +584,7 @@ class Predictor:
                 "backbone_sha256": info.backbone_sha256 or conv_sha256(self.model),
                 "input_convention": info.input_convention,
                 "layout": "pooled",
-                "dim": POOLED_DIM,
+                "dim": pooled_dim(self.model.backbone),
                 "backbone": info.backbone_id or info.backbone_weights,
                 "backbone_weights": info.backbone_weights,
                 "backbone_seed": info.backbone_seed,
@@ -591,7 +594,7 @@ class Predictor:
     def predict(
         self,
         crops: Crops,
-        mc_samples: int = 100,
+        mc_samples: int = MC_SAMPLES,
         seed: int | None = None,
         *,
         keep_features: bool = False,
@@ -603,7 +606,8 @@ class Predictor:
         crops
             (N, 224, 224, 3) uint8 RGB crops, or a list of (224, 224, 3) uint8 crops.
         mc_samples
-            Stochastic head passes per crop (the study: 100). 0 or 1: one deterministic
+            Stochastic head passes per crop: `defaults.MC_SAMPLES` (30) unless asked, the
+            project's one default (the study used 100). 0 or 1: one deterministic
             pass with dropout off (variance 0, vote = argmax).
         seed
             Mixed into every crop's dropout key (None: 0). The masks of a crop depend
@@ -634,14 +638,18 @@ class Predictor:
                 parts.append(self._predict_features(f, n, keys))
         out = self._assemble(parts, n)
         if keep:
-            feats = torch.cat(kept).numpy() if kept else np.zeros((0, POOLED_DIM), np.float32)
+            feats = (
+                torch.cat(kept).numpy()
+                if kept
+                else np.zeros((0, pooled_dim(self.model.backbone)), np.float32)
+            )
             out = dataclasses.replace(out, kept_features=feats.astype(np.float32, copy=False))
         return out
 
     def predict_features(
         self,
         features: torch.Tensor,
-        mc_samples: int = 100,
+        mc_samples: int = MC_SAMPLES,
         seed: int | None = None,
         keys: np.ndarray | None = None,
     ) -> Predictions:

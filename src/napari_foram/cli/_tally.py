@@ -68,11 +68,11 @@ def export(
     `napari-foram check STORE --repair` first, which sets such samples aside.
     """
     from napari_foram._outputs import check_distinct, check_output_file
-    from napari_foram.tally.export import export_csv, plot_tally
+    from napari_foram.tally.export import EXPORT_FORMATS, export_csv, plot_tally
     from napari_foram.tally.store import TallyStore
 
-    if fmt not in ("wide", "long", "specimens"):
-        raise CommandError(f"--format must be wide, long or specimens, not {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise CommandError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
     # Nothing is written inside a tally store (the one read included): -o
     # STORE/zarr.json would replace the store's own metadata.
     check_output_file(output, "count sheet")
@@ -82,7 +82,7 @@ def export(
         check_output_file(plot, "plot")
         check_distinct([(output, "count sheet"), (plot, "plot")])
     with TallyStore.open(store, mode="r") as tally:
-        export_csv(tally, output, fmt=fmt, model=model)  # type: ignore[arg-type]  # checked above
+        export_csv(tally, output, fmt=fmt, model=model)
         typer.echo(f"wrote {output}")
         if plot is not None:
             plot_tally(tally, plot)

@@ -7,7 +7,7 @@ labels connected components and keeps those of at least `min_area_px` (1024 px i
 study). Touching specimens, one component, are then separated (`split_touching`): the few
 components that can hold two round parts are looked at again on a finer grid cut from the
 full-resolution frame, and split at narrow necks, at middling necks between parts of
-different colour, and never across a planktic's compact whorl (`_split_fine`).
+different colour, and never across a planktic's compact whorl (`_fine_split`).
 
 Speed: both passes run on a strided, downscaled copy of the frame (`work_scale`, 4 for a
 5 MP frame) because detecting a 60-200 px specimen needs far fewer pixels than the camera
@@ -20,14 +20,10 @@ must be used at the magnification it was trained at (the checkpoint records noth
 from __future__ import annotations
 
 from napari_foram.defaults import CROP_SIZE
-from napari_foram.detect._core import (
-    auto_min_area_px,
-    auto_threshold,
-    auto_work_scale,
-    cut_crops,
-    detect,
-    find_border_mask,
-)
+from napari_foram.detect._core import auto_min_area_px, auto_threshold, auto_work_scale, detect
+from napari_foram.detect._crops import cut_crops
+from napari_foram.detect._fine_split import auto_split_scale
+from napari_foram.detect._necks import split_at_necks
 from napari_foram.detect._params import (
     AUTO_MIN_AREA_FLOOR_PX,
     AUTO_MIN_AREA_FRACTION,
@@ -35,8 +31,10 @@ from napari_foram.detect._params import (
     STUDY_MIN_AREA_UM2,
     DetectionParams,
     Detections,
+    equivalent_diameter,
 )
-from napari_foram.detect._split import auto_split_scale, split_at_necks, split_lines
+from napari_foram.detect._split_marks import split_lines
+from napari_foram.detect._wall import find_border_mask
 
 __all__ = [
     "AUTO_MIN_AREA_FLOOR_PX",
@@ -52,6 +50,7 @@ __all__ = [
     "auto_work_scale",
     "cut_crops",
     "detect",
+    "equivalent_diameter",
     "find_border_mask",
     "split_at_necks",
     "split_lines",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -25,6 +25,24 @@ AUTO_MIN_AREA_FRACTION = 0.2
 
 #: ... never below this (px, a 10 x 10 speck) and never above the study's 1024 px.
 AUTO_MIN_AREA_FLOOR_PX = 100.0
+
+
+#: Images no longer than this on either side may be pictures of one specimen (the largest
+#: side `pictures` takes whole) rather than camera frames of a tray.
+PICTURE_MAX_SIDE = 1024
+
+
+@overload
+def equivalent_diameter(area: float) -> float: ...
+@overload
+def equivalent_diameter(area: np.ndarray) -> np.ndarray: ...
+def equivalent_diameter(area: float | np.ndarray) -> float | np.ndarray:
+    """Diameter of the disc with the same area, sqrt(4 area / pi): the one size rule for
+    objects (`Detections.equivalent_diameter_px`, the splitter's grid, specimen sizes in
+    micrometres). Pixels from px^2, micrometres from um^2; a float for a number, a
+    float64 array for an array."""
+    diameter = np.sqrt(4.0 * np.asarray(area, dtype=np.float64) / np.pi)
+    return diameter if diameter.ndim else float(diameter)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from napari_foram.synthetic._common import (
 from napari_foram.synthetic._common import _colour as _colour
 from napari_foram.synthetic._common import _Shape as _Shape
 from napari_foram.synthetic._common import _unit_noise as _unit_noise
+from napari_foram.synthetic._common import check_seed as check_seed
 from napari_foram.synthetic._crops import centred_crop as centred_crop
 from napari_foram.synthetic._crops import render_crop, write_synth
 from napari_foram.synthetic._shapes import _polygon_sd as _polygon_sd

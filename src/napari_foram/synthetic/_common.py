@@ -228,6 +228,14 @@ class _Layer:
         return self.mask.shape[0]
 
 
+def check_seed(seed: object) -> int:
+    """A renderer's seed as an int: a non-negative integer (numpy's too, not a bool), else
+    a one-line ValueError. The one seed check of every renderer."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 def _check_class(class_name: str, classes: Sequence[str] = CLASSES) -> int:
     if class_name not in CLASSES:
         raise ValueError(f"unknown class {class_name!r}; expected one of {', '.join(CLASSES)}")

@@ -17,6 +17,7 @@ from napari_foram.synthetic._common import (
     Lighting,
     _check_class,
     _Shape,
+    check_seed,
 )
 from napari_foram.synthetic._frame import _background, _composite, _draw_dust, _draw_lint, _finish
 from napari_foram.synthetic._specimen import _render_layer
@@ -45,8 +46,7 @@ def render_crop(
         (size, size, 3) uint8 RGB, the specimen's centre of mass at the crop centre.
     """
     k = _check_class(class_name)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed(seed)
     if size < 32:
         raise ValueError(f"size must be >= 32, got {size}")
     return centred_crop(np.random.SeedSequence([int(seed), k]), class_name, size, pixel_size_um)

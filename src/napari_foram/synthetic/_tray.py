@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,12 @@ from napari_foram.synthetic._common import (
     MIN_FRAME_SIDE,
     SPECIMEN_GAP_UM,
     Lighting,
+    SpecimenTruth,
     TrayRender,
     _check_class,
     _Layer,
     _Shape,
+    check_seed,
 )
 from napari_foram.synthetic._frame import (
     BORDER_STYLES,
@@ -136,10 +138,121 @@ def render_tray(
     TrayRender
         Image, labels and ground truth measured on the labels.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    seed = check_seed(seed)
+    h, w, group_kinds, border_width = _check_tray_args(
+        shape,
+        n_specimens,
+        touching_pairs,
+        touching_groups,
+        group_kinds,
+        lint,
+        overexposed_fraction,
+        pixel_size_um,
+        border_style,
+        border_width,
+    )
+    classes, weights = _check_classes(classes, class_weights)
+
+    ss = np.random.SeedSequence(seed)
+    rng_bg, rng_border, rng_plan, rng_place, rng_lint, rng_noise, rng_dust, spec_ss = _spawn(ss)
+    light = Lighting.random(rng_bg)
+    frame = _background((h, w), rng_bg)
+    interior = np.ones((h, w), dtype=bool)
+    edges = _parse_border(border, rng_border)
+    if edges:
+        _draw_border(
+            frame,
+            interior,
+            edges,
+            rng_border,
+            light,
+            margin=6.0,
+            style=border_style,
+            width_fraction=border_width,
+        )
+    _draw_lint(frame, rng_lint, lint, pixel_size_um)
+    _draw_dust(frame, rng_dust, int(h * w / 120_000) + 1)
+
+    plan = _plan_specimens(
+        ss,
+        rng_plan,
+        int(n_specimens),
+        classes,
+        weights,
+        overexposed_fraction,
+        touching_pairs,
+        touching_groups,
+        group_kinds,
+        free=[e for e in _EDGES if e not in edges] if clipped else [],
+    )
+    max_d = _largest_diameter(interior, pixel_size_um)
+    _size_groups(plan, classes, pixel_size_um, max_d)
+    spec_rngs = [np.random.default_rng(s) for s in spec_ss.spawn(plan.n)]
+
+    def layer_for(i: int) -> _Layer:
+        return _render_layer(
+            classes[int(plan.class_of[i])],
+            spec_rngs[i],
+            diameter_px=plan.diameter_of.get(i),
+            pixel_size_um=pixel_size_um,
+            light=light,
+            overexposed=bool(plan.over[i]),
+            max_diameter_px=max_d,
+            builder=plan.builder_of.get(i),
+        )
+
+    gap = max(round(SPECIMEN_GAP_UM / pixel_size_um), 4)
+    placed, n_unplaced = _place_items(plan, layer_for, interior, rng_place, gap)
+    labels = np.zeros((h, w), dtype=np.int32)
+    painted, group_ids = _paint(frame, labels, placed, plan, classes)
+    image = _finish(
+        frame,
+        rng_noise,
+        vignette=rng_noise.uniform(0.12, 0.3),
+        exposure=rng_noise.uniform(0.92, 1.08),
+    )
+    labels, truth = _truth(labels, image, painted, group_ids, classes)
+    meta = {
+        "seed": seed,
+        "shape": [h, w],
+        "pixel_size_um": float(pixel_size_um),
+        "classes": list(classes),
+        "border_edges": list(edges),
+        "border_style": border_style,
+        "light": asdict(light),
+        "lint": int(lint),
+        "requested": plan.n,
+        "placed": len(truth),
+        "unplaced": n_unplaced,
+        "touching_pairs": plan.n_pairs,
+        "clipped_planned": plan.n_clip,
+        "groups": group_ids,
+    }
+    return TrayRender(
+        image=image,
+        labels=labels,
+        specimens=truth,
+        pixel_size_um=float(pixel_size_um),
+        classes=classes,
+        seed=seed,
+        meta=meta,
+    )
+
+
+def _check_tray_args(
+    shape: tuple[int, int],
+    n_specimens: int,
+    touching_pairs: int,
+    touching_groups: int,
+    group_kinds: Sequence[str],
+    lint: int,
+    overexposed_fraction: float,
+    pixel_size_um: float,
+    border_style: str,
+    border_width: tuple[float, float] | None,
+) -> tuple[int, int, tuple[str, ...], tuple[float, float] | None]:
+    """`render_tray`'s arguments checked (one-line ValueError): (rows, columns, group
+    kinds, border width)."""
     try:
         h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
@@ -170,30 +283,44 @@ def render_tray(
                 f"border_width must be (low, high) within (0, 0.45), got {border_width}"
             )
         border_width = (lo, hi)
-    classes, weights = _check_classes(classes, class_weights)
+    return h, w, group_kinds, border_width
 
-    ss = np.random.SeedSequence(int(seed))
-    rng_bg, rng_border, rng_plan, rng_place, rng_lint, rng_noise, rng_dust, spec_ss = _spawn(ss)
-    light = Lighting.random(rng_bg)
-    frame = _background((h, w), rng_bg)
-    interior = np.ones((h, w), dtype=bool)
-    edges = _parse_border(border, rng_border)
-    if edges:
-        _draw_border(
-            frame,
-            interior,
-            edges,
-            rng_border,
-            light,
-            margin=6.0,
-            style=border_style,
-            width_fraction=border_width,
-        )
-    _draw_lint(frame, rng_lint, lint, pixel_size_um)
-    _draw_dust(frame, rng_dust, int(h * w / 120_000) + 1)
 
-    # The plan: classes, pairs, clipped ones, over-exposure, one generator per specimen.
-    n = int(n_specimens)
+@dataclass
+class _SpecimenPlan:
+    """What each of a tray's specimens 0..n-1 will be, before any is drawn.
+
+    Specimens 0..2 n_pairs-1 form the touching pairs, then come the groups' members,
+    then the `n_clip` placed across a free frame edge, then the rest.
+    """
+
+    n: int
+    class_of: np.ndarray  # (n,) index into the classes
+    over: np.ndarray  # (n,) bool, over-exposed
+    n_pairs: int
+    groups: list[tuple[str, list[int]]]  # (kind, members)
+    n_grouped: int  # specimens in pairs and groups
+    free: list[str]  # frame edges without a wall, for clipped specimens
+    n_clip: int
+    rng_group: np.random.Generator | None
+    kind_of: dict[int, str] = field(default_factory=dict)  # first member -> group kind
+    diameter_of: dict[int, float] = field(default_factory=dict)  # px, overrides
+    builder_of: dict[int, Callable[..., _Shape]] = field(default_factory=dict)
+
+
+def _plan_specimens(
+    ss: np.random.SeedSequence,
+    rng_plan: np.random.Generator,
+    n: int,
+    classes: tuple[str, ...],
+    weights: np.ndarray,
+    overexposed_fraction: float,
+    touching_pairs: int,
+    touching_groups: int,
+    group_kinds: tuple[str, ...],
+    free: list[str],
+) -> _SpecimenPlan:
+    """Classes, pairs, groups, clipped ones and over-exposure of the specimens."""
     class_of = rng_plan.choice(len(classes), size=n, p=weights) if n else np.zeros(0, int)
     over = rng_plan.random(n) < overexposed_fraction
     n_pairs = min(int(touching_pairs), n // 2)
@@ -213,72 +340,68 @@ def render_tray(
         groups.append((kind, list(range(next_free, next_free + k))))
         next_free += k
     n_grouped = next_free
-    free = [e for e in _EDGES if e not in edges]
     n_clip = 0
-    if clipped and free and n - n_grouped > 0:
+    if free and n - n_grouped > 0:
         n_clip = min(max(1, round(0.06 * n)), n - n_grouped)
-    spec_rngs = [np.random.default_rng(s) for s in spec_ss.spawn(n)]
-    # Largest specimen that still fits comfortably inside the tray floor.
+    return _SpecimenPlan(n, class_of, over, n_pairs, groups, n_grouped, free, n_clip, rng_group)
+
+
+def _largest_diameter(interior: np.ndarray, pixel_size_um: float) -> float:
+    """Largest specimen (px) that still fits comfortably inside the tray floor."""
     rows_in = np.flatnonzero(interior.any(1))
     cols_in = np.flatnonzero(interior.any(0))
     floor = min(rows_in.size, cols_in.size) if rows_in.size and cols_in.size else 0
-    max_d = min(MAX_SPECIMEN_UM / pixel_size_um, 0.6 * floor)
-    gap = max(round(SPECIMEN_GAP_UM / pixel_size_um), 4)
-    occupied = np.zeros((h, w), dtype=bool)
-    labels = np.zeros((h, w), dtype=np.int32)
+    return min(MAX_SPECIMEN_UM / pixel_size_um, 0.6 * floor)
 
-    # Per-specimen overrides of the groups: diameter (px) and shape builder.
-    diameter_of: dict[int, float] = {}
-    builder_of: dict[int, Callable[..., _Shape]] = {}
-    kind_of: dict[int, str] = {}
-    for kind, members in groups:
-        kind_of[members[0]] = kind
+
+def _size_groups(
+    plan: _SpecimenPlan, classes: tuple[str, ...], pixel_size_um: float, max_d: float
+) -> None:
+    """The groups' overrides of their members' class, exposure, size and shape builder."""
+    rng_group = plan.rng_group
+    for kind, members in plan.groups:
+        plan.kind_of[members[0]] = kind
         assert rng_group is not None
         if kind == "pale_pair":
-            pale = [c for c in _PALE if c in classes] or [classes[int(class_of[members[0]])]]
+            pale = [c for c in _PALE if c in classes] or [classes[int(plan.class_of[members[0]])]]
             cls = classes.index(pale[int(rng_group.integers(len(pale)))])
-            class_of[members] = cls
-            over[members] = False
+            plan.class_of[members] = cls
+            plan.over[members] = False
         elif kind == "deep_planktic" and "planktic" in classes:
-            class_of[members[0]] = classes.index("planktic")
-            builder_of[members[0]] = functools.partial(_shape_planktic, deep=True)
+            plan.class_of[members[0]] = classes.index("planktic")
+            plan.builder_of[members[0]] = functools.partial(_shape_planktic, deep=True)
         elif kind == "small_large":
-            big, small = (_SIZE_UM[classes[int(class_of[i])]] for i in members)
-            diameter_of[members[0]] = min(
+            big, small = (_SIZE_UM[classes[int(plan.class_of[i])]] for i in members)
+            plan.diameter_of[members[0]] = min(
                 big[1] * rng_group.uniform(0.85, 1.0) / pixel_size_um, max_d
             )
-            diameter_of[members[1]] = small[0] * rng_group.uniform(1.0, 1.15) / pixel_size_um
+            plan.diameter_of[members[1]] = small[0] * rng_group.uniform(1.0, 1.15) / pixel_size_um
 
-    def layer_for(i: int) -> _Layer:
-        return _render_layer(
-            classes[int(class_of[i])],
-            spec_rngs[i],
-            diameter_px=diameter_of.get(i),
-            pixel_size_um=pixel_size_um,
-            light=light,
-            overexposed=bool(over[i]),
-            max_diameter_px=max_d,
-            builder=builder_of.get(i),
-        )
 
+def _place_items(
+    plan: _SpecimenPlan,
+    layer_for: Callable[[int], _Layer],
+    interior: np.ndarray,
+    rng_place: np.random.Generator,
+    gap: int,
+) -> tuple[list[tuple[_Item, int, int]], int]:
+    """Render every item (a pair, a group, a clipped or a free specimen) and place it:
+    ((item, row, column) of those placed, in placement order; specimens left out)."""
     jobs: list[tuple[list[int], str | None]] = []
-    for p in range(n_pairs):
+    for p in range(plan.n_pairs):
         jobs.append(([2 * p, 2 * p + 1], None))
-    for _, members in groups:
+    for _, members in plan.groups:
         jobs.append((members, None))
-    for c in range(n_clip):
-        jobs.append(([n_grouped + c], free[int(rng_place.integers(len(free)))]))
-    for i in range(n_grouped + n_clip, n):
+    for c in range(plan.n_clip):
+        jobs.append(([plan.n_grouped + c], plan.free[int(rng_place.integers(len(plan.free)))]))
+    for i in range(plan.n_grouped + plan.n_clip, plan.n):
         jobs.append(([i], None))
-
-    placed: list[tuple[_Item, int, int]] = []
-    unplaced: list[int] = []
 
     def make_item(members: list[int]) -> _Item:
         layers = [layer_for(i) for i in members]
-        if members[0] in kind_of:
-            assert rng_group is not None
-            return _group(kind_of[members[0]], members, layers, rng_group, gap)
+        if members[0] in plan.kind_of:
+            assert plan.rng_group is not None
+            return _group(plan.kind_of[members[0]], members, layers, plan.rng_group, gap)
         if len(members) == 2:
             return _touching_pair(members[0], layers[0], members[1], layers[1], rng_place, gap)
         return _single(members[0], layers[0], gap)
@@ -288,6 +411,9 @@ def render_tray(
     order = sorted(
         range(len(jobs)), key=lambda k: (jobs[k][1] is not None, -int(items[k].mask.sum()))
     )
+    occupied = np.zeros(interior.shape, dtype=bool)
+    placed: list[tuple[_Item, int, int]] = []
+    n_unplaced = 0
     for k in order:
         members, edge = jobs[k]
         pos = None
@@ -298,69 +424,64 @@ def render_tray(
                 placed.append((item, *pos))
                 break
         if pos is None:
-            unplaced.extend(members)
+            n_unplaced += len(members)
+    return placed, n_unplaced
 
-    # Paint in placement order; ids 1..n in that order.
-    plan: dict[int, dict[str, Any]] = {}
+
+def _paint(
+    frame: np.ndarray,
+    labels: np.ndarray,
+    placed: list[tuple[_Item, int, int]],
+    plan: _SpecimenPlan,
+    classes: tuple[str, ...],
+) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
+    """Composite the placed items onto `frame` and `labels`, ids 1..n in placement
+    order: (what each id is, the groups' kinds and ids)."""
+    painted: dict[int, dict[str, Any]] = {}
     next_id = 1
     group_ids: list[dict[str, Any]] = []
     for item, y, x in placed:
         first = item.members[0][0]
-        if first in kind_of:
+        if first in plan.kind_of:
             group_ids.append(
-                {"kind": kind_of[first], "ids": list(range(next_id, next_id + len(item.members)))}
+                {
+                    "kind": plan.kind_of[first],
+                    "ids": list(range(next_id, next_id + len(item.members))),
+                }
             )
         for i, layer, dy, dx in item.members:
             _composite(frame, labels, layer, y + dy, x + dx, next_id)
-            plan[next_id] = {
-                "class_name": classes[int(class_of[i])],
+            painted[next_id] = {
+                "class_name": classes[int(plan.class_of[i])],
                 "diameter_um": layer.diameter_um,
                 "overexposed": layer.overexposed,
                 "morph": layer.morph,
             }
             next_id += 1
+    return painted, group_ids
 
-    image = _finish(
-        frame,
-        rng_noise,
-        vignette=rng_noise.uniform(0.12, 0.3),
-        exposure=rng_noise.uniform(0.92, 1.08),
-    )
-    truth = _measure(labels, image, plan, classes)
-    if len(truth) != next_id - 1:  # a specimen hidden entirely (never seen): renumber
-        remap = np.zeros(next_id, dtype=np.int32)
+
+def _truth(
+    labels: np.ndarray,
+    image: np.ndarray,
+    painted: dict[int, dict[str, Any]],
+    group_ids: list[dict[str, Any]],
+    classes: tuple[str, ...],
+) -> tuple[np.ndarray, list[SpecimenTruth]]:
+    """Ground truth measured on the labels; specimens hidden entirely (never seen) are
+    dropped and the rest renumbered 1..n (`group_ids` follow). (labels, truth)."""
+    n_painted = len(painted)
+    truth = _measure(labels, image, painted, classes)
+    if len(truth) != n_painted:
+        remap = np.zeros(n_painted + 1, dtype=np.int32)
         for new, t in enumerate(truth, start=1):
             remap[t.id] = new
-            plan[new] = plan[t.id] if new != t.id else plan[new]
+            painted[new] = painted[t.id] if new != t.id else painted[new]
         labels = remap[labels]
         for grp in group_ids:
             grp["ids"] = [int(remap[k]) for k in grp["ids"] if remap[k]]
-        truth = _measure(labels, image, {k: plan[k] for k in range(1, len(truth) + 1)}, classes)
-    meta = {
-        "seed": int(seed),
-        "shape": [h, w],
-        "pixel_size_um": float(pixel_size_um),
-        "classes": list(classes),
-        "border_edges": list(edges),
-        "border_style": border_style,
-        "light": asdict(light),
-        "lint": int(lint),
-        "requested": n,
-        "placed": len(truth),
-        "unplaced": len(unplaced),
-        "touching_pairs": n_pairs,
-        "clipped_planned": n_clip,
-        "groups": group_ids,
-    }
-    return TrayRender(
-        image=image,
-        labels=labels,
-        specimens=truth,
-        pixel_size_um=float(pixel_size_um),
-        classes=classes,
-        seed=int(seed),
-        meta=meta,
-    )
+        truth = _measure(labels, image, {k: painted[k] for k in range(1, len(truth) + 1)}, classes)
+    return labels, truth
 
 
 def _spawn(ss: np.random.SeedSequence) -> tuple[Any, ...]:

@@ -18,10 +18,11 @@ import csv
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -203,16 +204,18 @@ class ClassifiedBy:
         return str(entry.get("model_sha256", "")), entry.get("mc_samples")
 
 
-def _write_csv(out_path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def _write_csv(out_path: Path, table: Sequence[Column], rows: Sequence[Any]) -> None:
+    """Write a count sheet: the table's column names, then each row's values read by its
+    columns (so header and rows cannot drift apart)."""
     tmp = out_path.with_name(out_path.name + ".part")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         # Written whole, then renamed: a crash never leaves a half count sheet under the name.
         with tmp.open("w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow([safe_text(h) for h in header])
+            writer.writerow([safe_text(name) for name, _ in table])
             for row in rows:
-                writer.writerow([_cell(v) for v in row])
+                writer.writerow([_cell(value(row)) for _, value in table])
         tmp.replace(out_path)
     except OSError as exc:
         with contextlib.suppress(OSError):  # never leave a .part beside the sheet
@@ -246,7 +249,7 @@ def export_csv(
     store: TallyStore,
     out_path: str | os.PathLike[str],
     *,
-    fmt: Literal["wide", "long", "specimens"] = "wide",
+    fmt: str = "wide",
     samples: Sequence[str] | None = None,
     uncertain_entropy: float = stats.DEFAULT_UNCERTAIN_ENTROPY,
     target: int = stats.DEFAULT_TARGET,
@@ -306,11 +309,10 @@ def export_csv(
     expected counts still use every counted specimen's probabilities. In the specimens
     layout, ``unsure`` (1/0) marks them; their ``class`` column keeps the predicted class.
     """
-    if fmt not in ("wide", "long", "specimens"):
-        raise ValueError(f"fmt must be 'wide', 'long' or 'specimens', got {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(map(repr, EXPORT_FORMATS))}, got {fmt!r}")
     out = Path(out_path)
     classes = store.class_names
-    slugs = _slugs(classes)
     ids = check_samples_readable(store, samples)
     view: Any = store if model is None else ClassifiedBy(store, model)
     known = set(store.samples())
@@ -319,148 +321,241 @@ def export_csv(
         raise ValueError(f"no sample(s) {', '.join(map(repr, missing))} in {store.path}")
     export_date = datetime.now(timezone.utc).isoformat(timespec="seconds")
     version = str(store.attrs.get("software", {}).get("napari_foram", ""))
-    forams = stats.foram_mask(classes)
 
     if fmt == "specimens":
-        header = [
-            "sample_id", "row", "frame_index", "stage_x_um", "stage_y_um", "centroid_y",
-            "centroid_x", "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col",
-            "area_px", "predicted_class", "class", "counted",
-            *[f"prob_{s}" for s in slugs], *[f"var_{s}" for s in slugs],
-            "entropy", "mutual_information", "vote_fraction", "review_status",
-            "reviewed_class", "review_time", "duplicate_of", "reviewer", "unsure",
-            "feature_distance",
-        ]  # fmt: skip
-        rows: list[list[Any]] = []
+        specimens: list[_SpecimenRow] = []
         for sid in ids:
             d = view.read_specimens(sid)
-            labels = stats.final_labels(d)
-            unsure = stats.unsure_mask(d, view.unsure_rule(sid))
-            reviewers, who = store.reviewers(sid), d["reviewer_index"]
-            for i in range(len(d["row"])):
-                review_time = float(d["review_time"][i])
-                rows.append(
-                    [
-                        sid,
-                        d["row"][i],
-                        d["frame_index"][i],
-                        d["stage_x_um"][i],
-                        d["stage_y_um"][i],
-                        d["centroid_y"][i],
-                        d["centroid_x"][i],
-                        *d["bbox"][i].tolist(),
-                        d["area_px"][i],
-                        classes[int(d["class_index"][i])],
-                        classes[labels[i]] if labels[i] >= 0 else "",
-                        bool(labels[i] >= 0),
-                        *d["mean_probs"][i],
-                        *d["variance"][i],
-                        d["entropy"][i],
-                        d["mutual_information"][i],
-                        d["vote_fraction"][i],
-                        _status_name(int(d["review_status"][i])),
-                        classes[int(d["reviewed_class"][i])]
-                        if d["reviewed_class"][i] >= 0
-                        else "",
-                        datetime.fromtimestamp(review_time, timezone.utc).isoformat(
-                            timespec="seconds"
-                        )
-                        if math.isfinite(review_time)
-                        else "",
-                        d["duplicate_of"][i],
-                        reviewers[who[i]] if who[i] >= 0 else "",
-                        bool(unsure[i]),
-                        d["feature_distance"][i],
-                    ]
-                )
-        _write_csv(out, header, rows)
+            sample = _SpecimenSample(
+                sid,
+                d,
+                stats.final_labels(d),
+                stats.unsure_mask(d, view.unsure_rule(sid)),
+                store.reviewers(sid),
+            )
+            specimens.extend(_SpecimenRow(sample, i) for i in range(len(d["row"])))
+        _write_csv(out, _specimen_table(classes), specimens)
         return out
 
     summaries = []
     for sid in ids:
-        record = store.sample_record(sid)
         summary = view.sample_summary(sid, target=target, z=z, uncertain_entropy=uncertain_entropy)
-        model_id = _model_id(store, sid) if model is None else view.model_id(sid)
-        summaries.append((sid, record.to_dict(), summary, model_id))
-
+        sha, mc = _model_id(store, sid) if model is None else view.model_id(sid)
+        summaries.append(_SampleRow(store.sample_record(sid).to_dict(), summary, sha, mc))
     if fmt == "long":
-        header = [
-            *RECORD_COLUMNS[:9], "class", "count", "is_foram", "pct", "pct_low", "pct_high",
-            "expected", "expected_sd", "total_forams", "n_reviewed", "n_dubious",
-            "model_sha256", "export_date", "unsure",
-        ]  # fmt: skip
-        rows = []
-        for _, rec, s, (sha, _mc) in summaries:
-            for j, name in enumerate(classes):
-                rows.append(
-                    [
-                        *(rec[c] for c in RECORD_COLUMNS[:9]),
-                        name,
-                        s["counts"][j],
-                        bool(forams[j]),
-                        s["pct"][j],
-                        s["pct_low"][j],
-                        s["pct_high"][j],
-                        s["expected"][j],
-                        s["expected_sd"][j],
-                        s["total_forams"],
-                        s["n_reviewed"],
-                        s["n_dubious"],
-                        sha,
-                        export_date,
-                        s["n_unsure"],
-                    ]
-                )
-        _write_csv(out, header, rows)
-        return out
-
-    foram_slugs = [s for s, f in zip(slugs, forams, strict=True) if f]
-    header = [
-        *RECORD_COLUMNS,
-        *[f"count_{s}" for s in slugs],
-        "total_objects",
-        "total_forams",
-        *[c for s in foram_slugs for c in (f"pct_{s}", f"pct_{s}_low", f"pct_{s}_high")],
-        *[c for s in slugs for c in (f"expected_{s}", f"expected_{s}_sd")],
-        "specimens_per_gram", "pb_ratio", "planktic_pct_of_pb", "n_uncertain", "uncertain_entropy",
-        "n_reviewed", "n_dubious", "n_duplicates", "n_rejected", "n_rows", "target", "progress",
-        "model_sha256", "mc_samples", "software_version", "export_date",
-        "unsure", "unsure_measure", "unsure_threshold",
-    ]  # fmt: skip
-    rows = []
-    foram_idx = np.flatnonzero(forams)
-    for _, rec, s, (sha, mc) in summaries:
-        rows.append(
-            [
-                *(rec[c] for c in RECORD_COLUMNS),
-                *s["counts"],
-                s["total_objects"],
-                s["total_forams"],
-                *[v for j in foram_idx for v in (s["pct"][j], s["pct_low"][j], s["pct_high"][j])],
-                *[v for j in range(len(classes)) for v in (s["expected"][j], s["expected_sd"][j])],
-                s["per_gram"],
-                s["pb_ratio"],
-                s["pct_planktic"],
-                s["n_uncertain"],
-                float(uncertain_entropy),
-                s["n_reviewed"],
-                s["n_dubious"],
-                s["n_duplicates"],
-                s["n_rejected"],
-                s["n_rows"],
-                s["target"],
-                s["progress"],
-                sha,
-                mc if isinstance(mc, (int, float)) else (str(mc) if mc is not None else None),
-                version,
-                export_date,
-                s["n_unsure"],
-                s["unsure_rule"].get("measure"),
-                s["unsure_rule"].get("threshold"),
-            ]
-        )
-    _write_csv(out, header, rows)
+        class_rows = [_ClassRow(s, j) for s in summaries for j in range(len(classes))]
+        _write_csv(out, _long_table(classes, export_date), class_rows)
+    else:
+        _write_csv(out, _wide_table(classes, uncertain_entropy, version, export_date), summaries)
     return out
+
+
+#: The CSV layouts of `export_csv`, in the order the CLI and the widgets offer them.
+EXPORT_FORMATS: tuple[str, ...] = ("wide", "long", "specimens")
+
+#: One column of a count sheet: its name and how a row's value is read.
+Column = tuple[str, Callable[[Any], Any]]
+
+
+@dataclass(frozen=True)
+class _SampleRow:
+    """A sample as the wide layout writes it (one row)."""
+
+    record: dict[str, Any]  # `SampleRecord.to_dict`
+    summary: dict[str, Any]  # `TallyStore.sample_summary`
+    sha: str  # the model(s) that classified it (`_model_id`)
+    mc: Any  # their MC passes as the provenance records them
+
+
+@dataclass(frozen=True)
+class _ClassRow:
+    """One class of a sample (a row of the long layout)."""
+
+    sample: _SampleRow
+    j: int  # class index
+
+
+@dataclass(frozen=True)
+class _SpecimenSample:
+    """What every specimen row of one sample shares."""
+
+    sample_id: str
+    d: dict[str, np.ndarray]  # the sample's columns (`TallyStore.read_specimens`)
+    labels: np.ndarray  # `stats.final_labels`: counted class or -1
+    unsure: np.ndarray  # `stats.unsure_mask`
+    reviewers: list[str]
+
+
+@dataclass(frozen=True)
+class _SpecimenRow:
+    """One specimen (a row of the specimens layout)."""
+
+    sample: _SpecimenSample
+    i: int  # row within the sample
+
+    def col(self, name: str) -> Any:
+        return self.sample.d[name][self.i]
+
+
+def _wide_table(
+    classes: Sequence[str], uncertain_entropy: float, version: str, export_date: str
+) -> list[Column]:
+    """The wide layout's columns (see `export_csv`): one row per `_SampleRow`."""
+    slugs = _slugs(classes)
+    forams = np.flatnonzero(stats.foram_mask(classes)).tolist()
+
+    def summary(key: str) -> Callable[[_SampleRow], Any]:
+        return lambda r: r.summary[key]
+
+    def per_class(key: str, j: int) -> Callable[[_SampleRow], Any]:
+        return lambda r: r.summary[key][j]
+
+    def mc_cell(r: _SampleRow) -> Any:
+        mc = r.mc
+        return mc if isinstance(mc, (int, float)) else (str(mc) if mc is not None else None)
+
+    return [
+        *_record_columns(RECORD_COLUMNS, lambda r: r.record),
+        *[(f"count_{s}", per_class("counts", j)) for j, s in enumerate(slugs)],
+        ("total_objects", summary("total_objects")),
+        ("total_forams", summary("total_forams")),
+        *[
+            (f"pct_{slugs[j]}{end}", per_class(f"pct{end}", j))
+            for j in forams
+            for end in ("", "_low", "_high")
+        ],
+        *[
+            (f"expected_{s}{end}", per_class(f"expected{end}", j))
+            for j, s in enumerate(slugs)
+            for end in ("", "_sd")
+        ],
+        ("specimens_per_gram", summary("per_gram")),
+        ("pb_ratio", summary("pb_ratio")),
+        ("planktic_pct_of_pb", summary("pct_planktic")),
+        ("n_uncertain", summary("n_uncertain")),
+        ("uncertain_entropy", lambda r: float(uncertain_entropy)),
+        ("n_reviewed", summary("n_reviewed")),
+        ("n_dubious", summary("n_dubious")),
+        ("n_duplicates", summary("n_duplicates")),
+        ("n_rejected", summary("n_rejected")),
+        ("n_rows", summary("n_rows")),
+        ("target", summary("target")),
+        ("progress", summary("progress")),
+        ("model_sha256", lambda r: r.sha),
+        ("mc_samples", mc_cell),
+        ("software_version", lambda r: version),
+        ("export_date", lambda r: export_date),
+        ("unsure", summary("n_unsure")),
+        ("unsure_measure", lambda r: r.summary["unsure_rule"].get("measure")),
+        ("unsure_threshold", lambda r: r.summary["unsure_rule"].get("threshold")),
+    ]
+
+
+def _long_table(classes: Sequence[str], export_date: str) -> list[Column]:
+    """The long layout's columns (see `export_csv`): one row per `_ClassRow`."""
+    forams = stats.foram_mask(classes)
+
+    def summary(key: str) -> Callable[[_ClassRow], Any]:
+        return lambda r: r.sample.summary[key]
+
+    def of_class(key: str) -> Callable[[_ClassRow], Any]:
+        return lambda r: r.sample.summary[key][r.j]
+
+    return [
+        *_record_columns(RECORD_COLUMNS[:9], lambda r: r.sample.record),
+        ("class", lambda r: classes[r.j]),
+        ("count", of_class("counts")),
+        ("is_foram", lambda r: bool(forams[r.j])),
+        ("pct", of_class("pct")),
+        ("pct_low", of_class("pct_low")),
+        ("pct_high", of_class("pct_high")),
+        ("expected", of_class("expected")),
+        ("expected_sd", of_class("expected_sd")),
+        ("total_forams", summary("total_forams")),
+        ("n_reviewed", summary("n_reviewed")),
+        ("n_dubious", summary("n_dubious")),
+        ("model_sha256", lambda r: r.sample.sha),
+        ("export_date", lambda r: export_date),
+        ("unsure", summary("n_unsure")),
+    ]
+
+
+def _specimen_table(classes: Sequence[str]) -> list[Column]:
+    """The specimens layout's columns (see `export_csv`): one row per `_SpecimenRow`."""
+    slugs = _slugs(classes)
+
+    def column(name: str) -> Callable[[_SpecimenRow], Any]:
+        return lambda r: r.col(name)
+
+    def bbox(k: int) -> Callable[[_SpecimenRow], Any]:
+        return lambda r: r.col("bbox")[k]
+
+    def per_class(name: str, j: int) -> Callable[[_SpecimenRow], Any]:
+        return lambda r: r.col(name)[j]
+
+    def counted_class(r: _SpecimenRow) -> str:
+        label = r.sample.labels[r.i]
+        return classes[label] if label >= 0 else ""
+
+    def reviewed_class(r: _SpecimenRow) -> str:
+        k = r.col("reviewed_class")
+        return classes[int(k)] if k >= 0 else ""
+
+    def review_time(r: _SpecimenRow) -> str:
+        t = float(r.col("review_time"))
+        if not math.isfinite(t):
+            return ""
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+    def reviewer(r: _SpecimenRow) -> str:
+        who = r.col("reviewer_index")
+        return r.sample.reviewers[who] if who >= 0 else ""
+
+    return [
+        ("sample_id", lambda r: r.sample.sample_id),
+        *[
+            (name, column(name))
+            for name in (
+                "row",
+                "frame_index",
+                "stage_x_um",
+                "stage_y_um",
+                "centroid_y",
+                "centroid_x",
+            )
+        ],
+        *[
+            (f"bbox_{end}", bbox(k))
+            for k, end in enumerate(("min_row", "min_col", "max_row", "max_col"))
+        ],
+        ("area_px", column("area_px")),
+        ("predicted_class", lambda r: classes[int(r.col("class_index"))]),
+        ("class", counted_class),
+        ("counted", lambda r: bool(r.sample.labels[r.i] >= 0)),
+        *[(f"prob_{s}", per_class("mean_probs", j)) for j, s in enumerate(slugs)],
+        *[(f"var_{s}", per_class("variance", j)) for j, s in enumerate(slugs)],
+        ("entropy", column("entropy")),
+        ("mutual_information", column("mutual_information")),
+        ("vote_fraction", column("vote_fraction")),
+        ("review_status", lambda r: _status_name(int(r.col("review_status")))),
+        ("reviewed_class", reviewed_class),
+        ("review_time", review_time),
+        ("duplicate_of", column("duplicate_of")),
+        ("reviewer", reviewer),
+        ("unsure", lambda r: bool(r.sample.unsure[r.i])),
+        ("feature_distance", column("feature_distance")),
+    ]
+
+
+def _record_columns(
+    names: Sequence[str], record_of: Callable[[Any], dict[str, Any]]
+) -> list[Column]:
+    """Columns of sample record fields, read from each row's record."""
+
+    def field(name: str) -> Callable[[Any], Any]:
+        return lambda r: record_of(r)[name]
+
+    return [(name, field(name)) for name in names]
 
 
 def _status_name(code: int) -> str:

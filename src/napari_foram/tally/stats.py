@@ -384,7 +384,7 @@ def foram_mask(
     return np.array([normalise_class_name(x) not in excluded for x in class_names], dtype=bool)
 
 
-def uncertain_mask(
+def unreviewed_high_entropy_mask(
     entropy: np.ndarray,
     review_status: np.ndarray | None = None,
     threshold: float = DEFAULT_UNCERTAIN_ENTROPY,
@@ -393,7 +393,9 @@ def uncertain_mask(
     (nats) and not reviewed yet (reviewed rows are settled).
 
     The one rule behind every "uncertain" a user sees: the live view's red squares, the
-    tally's and the CSV's ``n_uncertain``.
+    tally's and the CSV's ``n_uncertain``. Not `unsure_mask`, which applies a model's own
+    unsure rule (any measure, its calibrated threshold) and takes specimens out of the
+    class counts; this one only asks for a look and changes no count.
     """
     mask = np.asarray(entropy, dtype=np.float64) > threshold
     if review_status is not None:
@@ -404,9 +406,12 @@ def uncertain_mask(
 def n_uncertain(
     specimens: Mapping[str, np.ndarray], threshold: float = DEFAULT_UNCERTAIN_ENTROPY
 ) -> int:
-    """Counted specimens that are `uncertain_mask` (unreviewed, entropy above `threshold`)."""
+    """Counted specimens that are `unreviewed_high_entropy_mask` (entropy above
+    `threshold`, not reviewed)."""
     status = specimens.get("review_status")
-    mask = counted_mask(specimens) & uncertain_mask(specimens["entropy"], status, threshold)
+    mask = counted_mask(specimens) & unreviewed_high_entropy_mask(
+        specimens["entropy"], status, threshold
+    )
     return int(mask.sum())
 
 

@@ -8,7 +8,7 @@ seeds 0..R-1 on the same split:
 
 - phase 1: the Table-1 head on frozen conv features (`train.train_head`);
 - phase 2 (optional): VGG16 blocks 4-5 and the head on augmented crops
-  (`train.fine_tune`, the study's augmentation);
+  (`train.fine_tune_conv`, the study's augmentation);
 - after each phase, on the held-out crops: deterministic accuracy, MC dropout (N passes)
   mean +- sd of the per-pass accuracies, majority vote, accuracy of the mean
   probabilities, ECE (`evaluate.evaluate_predictions`);
@@ -48,7 +48,7 @@ from napari_foram.training.train import (
     _fresh_model,
     build_base_model,
     compute_features,
-    fine_tune,
+    fine_tune_conv,
     train_head,
 )
 
@@ -264,7 +264,7 @@ def run_arm(
         say(f"{arm.name} run {r + 1}/{repeats}: head {run['phase1']['accuracy']:.3f}")
         if arm.fine_tune:
             t2 = time.perf_counter()
-            phase2 = fine_tune(
+            phase2 = fine_tune_conv(
                 model,
                 data.train.crops,
                 y,

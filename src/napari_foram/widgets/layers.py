@@ -39,7 +39,7 @@ class Shown(NamedTuple):
     x: float
     name: str
     probability: float
-    uncertain: bool  # `stats.uncertain_mask`: worth a person's look (red square)
+    uncertain: bool  # `stats.unreviewed_high_entropy_mask`: worth a person's look (red square)
     diameter_um: float
     unsure: bool  # the model's unsure rule: in no class (grey)
 
@@ -558,11 +558,11 @@ def show_results(
                 units="um",
             )
     data, features, colours = specimen_points(results, class_names)
-    from napari_foram.tally.stats import uncertain_mask
+    from napari_foram.tally.stats import unreviewed_high_entropy_mask
 
     # The same rule as the live view: at tray zoom only the specimens worth a look are
     # labelled (every label overlapped its neighbours); hovering shows any in the status bar.
-    uncertain = uncertain_mask(np.asarray(features["entropy"], dtype=float))
+    uncertain = unreviewed_high_entropy_mask(np.asarray(features["entropy"], dtype=float))
     features["label"] = [
         f"{c.replace('_', ' ')} {p:.2f}" if u else ""
         for c, p, u in zip(features["class"], features["probability"], uncertain, strict=True)

@@ -21,7 +21,7 @@ Phase 1 -- feature extraction (always)
     crops (augmenting would mean recomputing the conv features every epoch, which is
     what phase 2 pays for anyway).
 
-Phase 2 -- fine-tuning (``fine_tune=True``)
+Phase 2 -- fine-tuning (``fine_tune=True``, `fine_tune_conv`)
     The last two conv blocks (VGG16 block 4 and 5: ``conv[17:]``) are unfrozen and trained
     together with the head at a tiny learning rate (the paper: 1e-7), on crops augmented
     afresh per image and batch as in the study: horizontal flip, rotation by a multiple of
@@ -55,7 +55,7 @@ from ._config import (
     TrainingOutcome,
 )
 from ._head import (
-    fine_tune,
+    fine_tune_conv,
     train_head,
 )
 from ._model import (
@@ -86,7 +86,7 @@ __all__ = [
     "build_base_model",
     "check_trainable",
     "compute_features",
-    "fine_tune",
+    "fine_tune_conv",
     "fit_unsure_rule",
     "fold_standardisation",
     "grid_configs",

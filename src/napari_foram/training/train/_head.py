@@ -166,7 +166,7 @@ def _model_scores(
     return float((out.argmax(1) == y).float().mean()), float(nn.functional.cross_entropy(out, y))
 
 
-def fine_tune(
+def fine_tune_conv(
     model: FORAMNet,
     crops: np.ndarray,
     labels: np.ndarray,

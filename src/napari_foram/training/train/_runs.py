@@ -23,7 +23,7 @@ from napari_foram.training.data import (
 )
 
 from ._config import DEFAULT_GRID, RunResult, TrainConfig
-from ._head import fine_tune, train_head
+from ._head import fine_tune_conv, train_head
 from ._model import _fresh_model, compute_features
 
 
@@ -48,7 +48,7 @@ def train_run(
     phase2 = None
     test_feats = features[split["test"]]
     if config.fine_tune and not phase1["interrupted"]:
-        phase2 = fine_tune(
+        phase2 = fine_tune_conv(
             model,
             data.crops,
             labels,
