@@ -120,8 +120,8 @@ ALL_DOCKS = (
     "Detection preview",
     "Train classifier",
 )
-#: Ours among them: they shrink into a scroll area.
-OUR_DOCKS = ("Foram review", "Foram tally", "Detection preview")
+#: All of them shrink into a scroll area.
+OUR_DOCKS = ALL_DOCKS
 #: The least height each of them asks for (px): a title and a scrolled strip.
 OUR_MIN_HEIGHT = 110
 
@@ -153,11 +153,6 @@ def test_review_tally_and_detection_shrink_and_scroll(make_napari_viewer, qtbot)
         assert area.widget().minimumSizeHint().height() > OUR_MIN_HEIGHT, name
 
 
-@pytest.mark.xfail(
-    reason="Foram live, Batch folders and Train classifier (other owners' files) still "
-    "keep 160-200 px each: six docks in one column need more than 768 px",
-    strict=False,
-)
 def test_every_dock_open_keeps_a_laptop_window(make_napari_viewer, qtbot):
     """Issue 27: with every dock open napari grew to 1366 x 1036 on a 1366 x 768 screen."""
     viewer = make_napari_viewer(show=True)

@@ -97,7 +97,7 @@ class _DockScroll(QScrollArea):
             pass
 
 
-def scrolling(content: QWidget, height_hint: int = 360, min_height: int = 160) -> QScrollArea:
+def scrolling(content: QWidget, height_hint: int = 360, min_height: int = 90) -> QScrollArea:
     """`content` in a vertical scroll area: a dock taller than the screen scrolls instead
     of forcing napari's window (and every other dock) taller. `height_hint` is the height
     it asks for, `min_height` the least it keeps when docks share a column (Qt gives a
@@ -114,7 +114,7 @@ def scrolling(content: QWidget, height_hint: int = 360, min_height: int = 160) -
     return area
 
 
-def scroll_layout(widget: QWidget, height_hint: int = 360, min_height: int = 160) -> QVBoxLayout:
+def scroll_layout(widget: QWidget, height_hint: int = 360, min_height: int = 90) -> QVBoxLayout:
     """Give `widget` one scroll area filling it; the layout to put its contents in."""
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)

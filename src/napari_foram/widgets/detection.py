@@ -266,7 +266,7 @@ class DetectionWidget(Container):
         self.legend.native.setMinimumWidth(60)
         # In one scroll area: the dock shrinks with the window (a 768 px screen).
         self.body = Container(widgets=[*controls, self.legend, self.result])
-        self.scroll_area = scroll_container(self, self.body, height_hint=420, min_height=100)
+        self.scroll_area = scroll_container(self, self.body, height_hint=420, min_height=90)
         # Short labels and a narrow minimum: the dock leaves the canvas half a laptop screen.
         for w in controls:
             w.native.setMinimumWidth(60)

@@ -291,7 +291,7 @@ class ReviewWidget(QWidget):
         # Foram live, the crop first in view (issue 15). It asks for room for the crop
         # and its buttons but can shrink far below it: with every dock of the plugin
         # open, a larger minimum made napari's window taller than the screen (issue 27).
-        layout = scroll_layout(self, height_hint=460, min_height=100)
+        layout = scroll_layout(self, height_hint=460, min_height=90)
         layout.addLayout(form)
         self.model_label = ModelLabel(napari_viewer)
         layout.addWidget(self.model_label)

@@ -149,7 +149,7 @@ class TallyWidget(Container):
             ],
             labels=False,
         )
-        self.scroll_area = scroll_container(self, self.body, height_hint=520, min_height=100)
+        self.scroll_area = scroll_container(self, self.body, height_hint=520, min_height=90)
         #: The last `stats.sample_summary` shown (None before a sample is shown).
         self.summary: dict[str, Any] | None = None
         self.class_names: list[str] = []

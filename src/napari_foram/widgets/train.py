@@ -173,7 +173,7 @@ class TrainWidget(QWidget):
         self.card.setMaximumHeight(150)
         self.card.setLineWrapMode(QPlainTextEdit.LineWrapMode.WidgetWidth)
 
-        layout = scroll_layout(self, height_hint=420, min_height=200)
+        layout = scroll_layout(self, height_hint=420)
         layout.addWidget(ModelLabel(napari_viewer))
         layout.addLayout(form)
         layout.addWidget(self.make_active_check)
