@@ -31,8 +31,8 @@ SCAN = DemoScan(
 
 
 def _scan_and_match(predictor, tray, world):
-    from napari_foram.evaluation import match_points
     from napari_foram.pipeline import CountingPipeline
+    from napari_foram.point_matching import match_points
     from napari_foram.session import CountingSession
 
     pipeline = CountingPipeline(predictor, mc_samples=1)
@@ -155,7 +155,8 @@ def test_saved_scan_recounted_gives_the_live_tally(random_predictor, random_chec
     classes = list(random_predictor.info.class_names)
     store = open_or_create_store(tmp_path / "live.zarr", classes)
     counter = LiveCounter(random_predictor, store, mc_samples=1)
-    # pymmcore-plus 0.18's writers take monochrome frames: a 12-bit mono camera.
+    # A 12-bit mono camera: its frames go through pymmcore-plus's own data sink (a colour
+    # camera's through the adapter's writer: tests/test_rgb_raw.py).
     counter.connect_simulated(
         SimulatedScope(
             seed=3,

@@ -9,8 +9,8 @@ touches these three files only:
   paths, one-line errors), sharing a core opened elsewhere, the configuration check
   (`microscope_capabilities`), snaps, scan planning, the pixel-size affine transform.
 * ``_mm_devices``: the simulated microscope's Python devices (`create_simulated_core`).
-* ``_mm_scan``: tray scans (MDA, raw frames saved through pymmcore-plus's data sink) and
-  live streams.
+* ``_mm_scan``: tray scans (MDA; raw frames saved through pymmcore-plus's data sink, a
+  colour camera's through ome-writers, which that sink uses) and live streams.
 
 pymmcore-plus / useq APIs used here
 -----------------------------------
@@ -229,9 +229,11 @@ def release_core(core: CMMCorePlus) -> None:
         core.unloadAllDevices()
 
 
-def shared_core() -> CMMCorePlus:
-    """The process-wide core that napari-micromanager or pymmcore-gui opened
-    (``CMMCorePlus.instance()``), to count with the microscope they already control.
+def shared_core(core: CMMCorePlus | None = None) -> CMMCorePlus:
+    """The core another tool opened, to count with the microscope it already controls:
+    `core` when given (napari-micromanager 0.3 opened from napari's menu keeps a core of
+    its own, ``MainWindow.core``), else the process-wide ``CMMCorePlus.instance()``
+    (pymmcore-gui, or napari-micromanager given ``mmcore=CMMCorePlus.instance()``).
 
     Raises
     ------
@@ -239,7 +241,7 @@ def shared_core() -> CMMCorePlus:
         No microscope is loaded there (``instance()`` creates an empty core when none
         exists: that is no microscope to share).
     """
-    core = CMMCorePlus.instance()
+    core = CMMCorePlus.instance() if core is None else core
     loaded = [d for d in core.getLoadedDevices() if d != "Core"]
     if not loaded or not core.getCameraDevice():
         raise ValueError(
@@ -464,8 +466,15 @@ def snap_frame(core: CMMCorePlus, *, index: int = 0) -> Frame:
     Raises
     ------
     AcquisitionError
-        One line, when the camera fails.
+        One line, when the camera fails, or when an acquisition (MDA) runs on the core:
+        another tool's (napari-micromanager's) scan holds the camera, and a snap in
+        between its events would change what it images.
     """
+    if core.mda.is_running():
+        raise AcquisitionError(
+            "the camera is busy: an acquisition (MDA) is running on this core; "
+            "snap when it has ended"
+        )
     try:
         core.snapImage()
         image = core.getImage()

@@ -9,7 +9,11 @@ handled synchronously in the MDA thread), ``pymmcore_plus.mda.MDAEngine`` (subcl
 ``exec_single_event``, ``setup_event``, so that a failed snap or a failed stage move is
 reported instead of only logged), ``startContinuousSequenceAcquisition``,
 ``stopSequenceAcquisition``, ``isSequenceRunning``, ``getRemainingImageCount``,
-``popNextImage`` and ``useq.MDASequence``.
+``popNextImage`` and ``useq.MDASequence``. Raw frames of colour cameras go through
+ome-writers itself (pymmcore-plus's sink takes monochrome frames only):
+``ome_writers.useq_to_acquisition_settings``, ``AcquisitionSettings``, ``Dimension``,
+``Channel``, ``create_stream`` and the stream's ``append``, ``skip``, ``get_metadata``,
+``update_metadata`` and ``close``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,14 @@ from typing import Any
 
 import numpy as np
 import useq
+from ome_writers import (
+    AcquisitionSettings,
+    Channel,
+    Dimension,
+    OmeZarrFormat,
+    create_stream,
+    useq_to_acquisition_settings,
+)
 from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.mda import MDAEngine, mda_listeners_connected
 
@@ -166,6 +178,118 @@ class _ScanEngine(MDAEngine):
         yield from payloads
 
 
+#: The colour planes of an RGB camera's raw frames, with the colours viewers give them.
+#: OME-NGFF 0.5 has no interleaved RGB axis (a channel axis must come before the space
+#: axes), so a colour frame is kept as a channel axis "c" of these three planes;
+#: `acquire.saved` puts them back together as the (H, W, 3) frame the count saw.
+RGB_CHANNELS = (("R", (255, 0, 0)), ("G", (0, 255, 0)), ("B", (0, 0, 255)))
+
+
+def _event_key(event: useq.MDAEvent) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(event.index.items()))
+
+
+class _RgbRawWriter:
+    """Raw frames of a colour camera as OME-Zarr, laid out as pymmcore-plus's sink lays
+    out monochrome ones (`acquire.saved` reads both).
+
+    pymmcore-plus 0.18's sink asks ome-writers for 2-D frames of the camera's dtype (a
+    Python RGB camera's is "uint0") and fails on the first (H, W, 3) image. This writer
+    drives ome-writers itself: the sink's dimensions for the sequence (one image per
+    field, z planes), plus a channel axis "c" of three planes before y and x (stored
+    c, z, y, x: OME-NGFF's order), red, green and blue in its "omero" metadata. Each
+    frame's planes carry its ``frame_metadata`` (stage position, exposure, time) and
+    every image pymmcore-plus's summary metadata (pixel size, pixel format, affine
+    transform), under the keys the sink uses.
+
+    Called from the MDA thread only, in event order. A field the scan skipped (a failed
+    snap) is skipped in the file too, so every later frame lands in its own field.
+    """
+
+    def __init__(self, core: CMMCorePlus, sequence: useq.MDASequence, path: Path) -> None:
+        self.path = path
+        self.pixel_size_um = _pixel_size_or_none(core)
+        self.sequence = sequence
+        self.summary: Mapping[str, Any] | None = None
+        self._stream: Any = None
+        self._ordinal = {_event_key(e): i for i, e in enumerate(sequence)}
+        self._next = 0  # ordinal of the next event the file expects
+        # Checked now, not at the first frame: a plan the layout cannot hold stops the
+        # scan before the stage moves.
+        self._dimensions(core.getImageHeight(), core.getImageWidth())
+
+    def _dimensions(self, height: int, width: int) -> dict[str, Any]:
+        try:
+            plan = useq_to_acquisition_settings(
+                self.sequence,
+                image_width=width,
+                image_height=height,
+                pixel_size_um=self.pixel_size_um,
+            )
+        except NotImplementedError as exc:
+            raise ValueError(
+                f"raw frames of this scan cannot be laid out as OME-Zarr: {one_line(exc)}"
+            ) from exc
+        dims = list(plan["dimensions"])
+        colours = [Channel.model_validate({"name": n, "color": rgb}) for n, rgb in RGB_CHANNELS]
+        colour_axis = {"name": "c", "type": "channel", "count": 3, "chunk_size": 1}
+        dims.insert(len(dims) - 2, Dimension.model_validate({**colour_axis, "coords": colours}))
+        return {"dimensions": dims, "plate": plan["plate"]}
+
+    def sequence_started(self, summary: Mapping[str, Any]) -> None:
+        self.summary = summary
+
+    def write(
+        self,
+        image: np.ndarray,
+        event: useq.MDAEvent,
+        meta: Mapping[str, Any],
+        stage_xy_um: tuple[float, float] | None,
+    ) -> None:
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"an RGB camera delivered a frame of shape {image.shape}")
+        if self._stream is None:
+            self._open(image)
+        ordinal = self._ordinal.get(_event_key(event), self._next)
+        if ordinal > self._next:
+            self._stream.skip(frames=3 * (ordinal - self._next))
+        plane_meta: dict[str, Any] = {
+            "delta_t": float(meta.get("runner_time_ms") or 0.0) / 1000,
+            "exposure_time": float(meta.get("exposure_ms") or 0.0) / 1000,
+        }
+        if stage_xy_um is not None:
+            plane_meta["position_x"], plane_meta["position_y"] = stage_xy_um
+        z = (meta.get("position") or {}).get("z", event.z_pos)
+        if z is not None:
+            plane_meta["position_z"] = float(z)
+        for c in range(3):
+            self._stream.append(np.ascontiguousarray(image[..., c]), frame_metadata=plane_meta)
+        self._next = max(self._next, ordinal + 1)
+
+    def _open(self, first: np.ndarray) -> None:
+        settings = AcquisitionSettings(
+            root_path=str(self.path),
+            format=OmeZarrFormat(),
+            dtype=str(first.dtype),
+            **self._dimensions(first.shape[0], first.shape[1]),
+        )
+        self._stream = create_stream(settings)
+        if self.summary is not None:
+            summary = dict(self.summary)
+            sequence = summary.get("mda_sequence")
+            if isinstance(sequence, useq.MDASequence):
+                summary["mda_sequence"] = sequence.model_dump(mode="json", exclude_unset=True)
+            attrs = self._stream.get_metadata()
+            for image_attrs in attrs.values():
+                image_attrs.setdefault("pymmcore_plus", {})["summary_metadata"] = summary
+            self._stream.update_metadata(attrs)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.close()
+
+
 class _FrameHandler:
     """frameReady handler for one run: builds Frames, calls on_frame, keeps counts."""
 
@@ -176,8 +300,10 @@ class _FrameHandler:
         progress: Callable[[int, int], None] | None,
         total: int,
         engine: _ScanEngine,
+        raw_writer: _RgbRawWriter | None = None,
     ) -> None:
         self.core = core
+        self.raw_writer = raw_writer
         self.on_frame = on_frame
         self.progress = progress
         self.total = total
@@ -189,6 +315,10 @@ class _FrameHandler:
         self.bit_depth = camera_bit_depth(core)  # once per run: a device call
         self.pixel_affine = camera_pixel_affine(core)
         self.source = _source(core)
+
+    def sequenceStarted(self, sequence: useq.MDASequence, meta: Mapping) -> None:
+        if self.raw_writer is not None:
+            self.raw_writer.sequence_started(meta)
 
     def frameReady(self, img: np.ndarray, event: useq.MDAEvent, meta: Mapping) -> None:
         if self.handler_error is not None:
@@ -226,6 +356,13 @@ class _FrameHandler:
                 },
                 pixel_affine=self.pixel_affine,
             )
+            if self.raw_writer is not None:
+                try:
+                    self.raw_writer.write(image, event, meta, stage)
+                except Exception as exc:
+                    self.handler_error = f"saving the raw frames failed: {one_line(exc)}"
+                    self.core.mda.cancel()
+                    return
             self.on_frame(frame)
             self.delivered += 1
             if self.progress is not None:
@@ -270,7 +407,9 @@ def run_scan(
         Keep the raw frames: a new ``*.ome.zarr`` folder (see `acquire.saved`), written by
         pymmcore-plus's data sink (ome-writers) with every frame's stage position and the
         camera's pixel size and affine transform (`acquire.saved` reads the OME-Zarr
-        back). Monochrome cameras only: pymmcore-plus 0.18's sink cannot write RGB.
+        back). Colour cameras' frames are written by `_RgbRawWriter` (ome-writers, the
+        same layout with a channel axis "c" of red, green and blue): pymmcore-plus
+        0.18's sink takes monochrome frames only.
 
     Returns
     -------
@@ -291,12 +430,19 @@ def run_scan(
         raise ValueError(f"max_failed_frames must be >= 0, got {max_failed_frames}")
     if core.mda.is_running():
         raise ValueError("an acquisition is already running on this core")
-    output = None if save_to is None else _raw_output(core, save_to)
+    output: str | None = None
+    raw_writer: _RgbRawWriter | None = None
+    if save_to is not None:
+        raw_path = _raw_path(save_to)
+        if core.getNumberOfComponents() == 1:
+            output = str(raw_path)  # pymmcore-plus's own sink
+        else:
+            raw_writer = _RgbRawWriter(core, sequence, raw_path)
     total = sum(1 for _ in sequence)
     engine = _ScanEngine(
         core, max_failed_frames=max_failed_frames, hardware_sequencing=hardware_sequencing
     )
-    handler = _FrameHandler(core, on_frame, progress, total, engine)
+    handler = _FrameHandler(core, on_frame, progress, total, engine, raw_writer)
     error: str | None = None
     t0 = time.perf_counter()
     # Our engine only for this run: a core shared with other tools keeps its own engine.
@@ -312,6 +458,11 @@ def run_scan(
     finally:
         if previous_engine is not None:
             core.mda.set_engine(previous_engine)
+        if raw_writer is not None:
+            try:
+                raw_writer.close()
+            except Exception as exc:
+                error = error or f"saving the raw frames failed: {one_line(exc)}"
     elapsed = time.perf_counter() - t0
     if handler.handler_error is not None:
         error = handler.handler_error
@@ -338,7 +489,7 @@ def run_scan(
     )
 
 
-def _raw_output(core: CMMCorePlus, save_to: str | Path) -> str:
+def _raw_path(save_to: str | Path) -> Path:
     """Check a raw-frame destination before the scan starts (one-line ValueError)."""
     from napari_foram.acquire.saved import RAW_SUFFIXES
 
@@ -349,14 +500,7 @@ def _raw_output(core: CMMCorePlus, save_to: str | Path) -> str:
         raise ValueError(f"{path} exists: raw frames are never overwritten, choose a new name")
     if not path.parent.is_dir():
         raise ValueError(f"{path.parent}: no such folder for the raw frames")
-    # The sink derives its pixel type from bytes per pixel / components: RGB cameras
-    # (4 components, or a Python camera's 3) fail inside the scan; refuse them here.
-    if core.getNumberOfComponents() != 1:
-        raise ValueError(
-            "raw frames of an RGB camera cannot be saved: pymmcore-plus 0.18's OME writers "
-            "take monochrome frames only"
-        )
-    return str(path)
+    return path
 
 
 def cancel_scan(core: CMMCorePlus) -> None:
