@@ -150,13 +150,13 @@ class LiveCounter:
         self.microscope_info = {"microscope": "Micro-Manager", "config": str(path)}
         self._check_microscope()
 
-    def connect_shared(self) -> None:
+    def connect_shared(self, core: Any = None) -> None:
         """Use the microscope napari-micromanager or pymmcore-gui already opened in this
-        process (``CMMCorePlus.instance()``). Its configuration is theirs: closing this
-        counter leaves it loaded and unchanged."""
+        process: `core` (napari-micromanager's window's), else ``CMMCorePlus.instance()``.
+        Its configuration is theirs: closing this counter leaves it loaded and unchanged."""
         from napari_foram.acquire import shared_core
 
-        core = shared_core()
+        core = shared_core(core)
         self._disconnect()
         self.core, self.tray, self.core_is_shared = core, None, True
         config = ""
@@ -198,55 +198,25 @@ class LiveCounter:
         return self.core
 
     def viewing_live(self) -> bool:
-        """Whether a view-only live stream (pymmcore-widgets' Live) runs on the core:
-        nothing of it is counted."""
-        core = self.core
-        if core is None or self.busy:
-            return False
-        with suppress(Exception):
-            return bool(core.isSequenceRunning())
-        return False
+        """Whether a view-only live view (pymmcore-widgets' Live) runs on the core: nothing
+        of it is counted (another tool's acquisition is not one)."""
+        from napari_foram.acquire import view_stream_running
+
+        return self.core is not None and not self.busy and view_stream_running(self.core)
 
     def stop_viewing(self) -> None:
-        """End a view-only live stream: counting needs the camera."""
+        """End a view-only live view: counting needs the camera."""
+        from napari_foram.acquire import stop_view_stream
+
         if self.viewing_live():
-            with suppress(Exception):
-                self.core.stopSequenceAcquisition()
+            stop_view_stream(self.core)
 
     def viewed_frame(self) -> Frame | None:
-        """The camera's newest picture from a view-only snap or live stream, as a
-        `Frame` placed where the stage stands (None if there is none); never counted."""
-        from napari_foram.acquire import (
-            camera_bit_depth,
-            camera_pixel_affine,
-            camera_pixel_size_um,
-        )
-        from napari_foram.frames import Frame
+        """The camera's newest picture from a view-only snap or live view, as a `Frame`
+        placed where the stage stands (None if there is none); never counted."""
+        from napari_foram.acquire import viewed_frame
 
-        core = self.core
-        if core is None:
-            return None
-        try:
-            if core.isSequenceRunning():
-                if core.getRemainingImageCount() == 0:
-                    return None
-                image = np.asarray(core.getLastImage())
-            else:
-                image = np.asarray(core.getImage())
-        except Exception:  # no picture yet, or the camera went away
-            return None
-        stage = None
-        with suppress(Exception):
-            x, y = core.getXYPosition()
-            stage = (float(x), float(y))
-        return Frame(
-            image=image,
-            stage_xy_um=stage,
-            pixel_size_um=camera_pixel_size_um(core),
-            source="view only (not counted)",
-            metadata={"bit_depth": camera_bit_depth(core)},
-            pixel_affine=camera_pixel_affine(core),
-        )
+        return None if self.core is None else viewed_frame(self.core)
 
     def frame_shape(self) -> tuple[int, ...]:
         """Shape of the frames the connected camera delivers."""
@@ -393,7 +363,13 @@ class LiveCounter:
                 {
                     **self.store.provenance(self.sample_id),
                     "raw_frames": str(Path(save_raw).resolve()),
-                    "raw_frames_writer": "pymmcore-plus (ome-writers)",
+                    # Colour frames go through the adapter's own writer (the sink's
+                    # writes mono frames only).
+                    "raw_frames_writer": (
+                        "napari-foram (ome-writers)"
+                        if len(self.frame_shape()) == 3
+                        else "pymmcore-plus (ome-writers)"
+                    ),
                 },
             )
         return session.scan(

@@ -496,6 +496,46 @@ def snap_frame(core: CMMCorePlus, *, index: int = 0) -> Frame:
     )
 
 
+def view_stream_running(core: CMMCorePlus) -> bool:
+    """Whether a continuous camera stream that no acquisition (MDA) owns runs on `core`:
+    a view-only live view (pymmcore-widgets' Live). A stream under an MDA -- a
+    hardware-sequenced scan of napari-micromanager's -- is not one: stopping it would cut
+    that scan short."""
+    try:
+        return bool(core.isSequenceRunning()) and not core.mda.is_running()
+    except Exception:  # a core mid-unload: no stream
+        return False
+
+
+def stop_view_stream(core: CMMCorePlus) -> None:
+    """End a view-only live view (`view_stream_running`); anything else is left alone."""
+    if view_stream_running(core):
+        with suppress(Exception):
+            core.stopSequenceAcquisition()
+
+
+def viewed_frame(core: CMMCorePlus) -> Frame | None:
+    """The camera's newest picture from a view-only snap or live view, as a `Frame` at the
+    stage's position (None when there is none yet); for showing, never for counting."""
+    try:
+        if core.isSequenceRunning():
+            if core.getRemainingImageCount() == 0:
+                return None
+            image = np.asarray(core.getLastImage())
+        else:
+            image = np.asarray(core.getImage())
+    except Exception:  # no picture yet, or the camera went away
+        return None
+    return Frame(
+        image=image,
+        stage_xy_um=_stage_xy_or_none(core),
+        pixel_size_um=_pixel_size_or_none(core),
+        source="view only (not counted)",
+        metadata={"bit_depth": camera_bit_depth(core)},
+        pixel_affine=camera_pixel_affine(core),
+    )
+
+
 # -------------------------------------------------------------------------- planning
 def tray_scan_sequence(
     core: CMMCorePlus,

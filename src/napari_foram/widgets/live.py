@@ -223,6 +223,9 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
 
         simulated = self.source.currentIndex() == 0
         shared = self.source.currentIndex() == 2
+        # napari-micromanager opened from the Plugins menu keeps a core of its own, not
+        # CMMCorePlus.instance(): the one its window in this viewer holds is the shared one.
+        shared_core = _micromanager_core(self.viewer) if shared else None
         config = self.config_path.text().strip()
         adapters = self.adapter_path.text().strip() or None
         if self.source.currentIndex() == 1 and not config:
@@ -294,7 +297,7 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
                 if simulated:
                     counter.connect_simulated(scope)
                 elif shared:
-                    counter.connect_shared()  # left loaded and unchanged on close
+                    counter.connect_shared(shared_core)  # left loaded and unchanged on close
                 else:
                     counter.connect_config(config, adapter_path=adapters)
             except Exception:
@@ -753,3 +756,14 @@ def open_live_viewer(title: str, **widget_options: Any) -> LiveWidget:
     widget = LiveWidget(viewer, **widget_options)
     viewer.window.add_dock_widget(widget, name="Foram live", area="right")
     return widget
+
+
+def _micromanager_core(viewer: Any) -> Any:
+    """The core of napari-micromanager's window docked in `viewer` (None without one)."""
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if window is None:
+        return None
+    for child in window.findChildren(QWidget):
+        if type(child).__module__.startswith("napari_micromanager") and hasattr(child, "core"):
+            return child.core
+    return None
