@@ -19,11 +19,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_foram.synthetic import TrayRender
+if TYPE_CHECKING:
+    from napari_foram.synthetic import TrayRender
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_TRAY = Path("rcos_trays/sediment_gravel/DSC_0049.png")

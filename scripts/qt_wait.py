@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import QApplication
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float) -> None:

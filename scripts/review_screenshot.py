@@ -24,8 +24,9 @@ from qt_wait import settle
 from qtpy.QtCore import Qt
 from qtpy.QtTest import QTest
 
+from napari_foram.classify.loading import load_predictor
 from napari_foram.frames import Frame
-from napari_foram.pipeline import CountingPipeline, load_predictor
+from napari_foram.pipeline import CountingPipeline
 from napari_foram.synthetic import render_tray
 from napari_foram.tally import SampleRecord, TallyStore
 from napari_foram.widgets.review import ReviewWidget

@@ -62,7 +62,8 @@ class HeadOnFeatures:
 
     def fit_predict(self, rows: np.ndarray) -> tuple[np.ndarray, list[int]] | None:
         """(probabilities of every row, store class index per model class), or None
-        while fewer than two classes have two labels."""
+        while fewer than two classes have two labels.
+        """
         import torch
 
         from napari_foram.teaching import LabelSet, teach

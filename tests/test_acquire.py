@@ -521,7 +521,8 @@ def test_importing_acquire_does_not_import_pymmcore_plus():
 # ------------------------------------------------------------------ bit depth
 def _digitised(window: np.ndarray, bits: int, gain: float = 1.0) -> np.ndarray:
     """What a noise-free `bits`-bit camera makes of an 8-bit world window: the same
-    float32 steps as `SimulatedMicroscope.snap_into`, so the comparison can be exact."""
+    float32 steps as `SimulatedMicroscope.snap_into`, so the comparison can be exact.
+    """
     top = 2**bits - 1
     signal = window.astype(np.float32) * np.float32(gain) * np.float32(top / 255.0)
     return np.clip(signal + np.float32(0.5), 0, top).astype(np.uint16)

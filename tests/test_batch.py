@@ -200,7 +200,8 @@ def test_stop_mid_classification_drops_the_file_in_flight_and_a_rerun_counts_the
     """Stop set while the second task (S1/tray10.jpg) is being classified: the run ends
     before another layer of VGG16 runs, nothing of that file reaches the store, the first
     task's two files stay; a rerun counts the four left and ends equal to an
-    uninterrupted run (no file counted twice)."""
+    uninterrupted run (no file counted twice).
+    """
     import threading
 
     import torch
@@ -481,7 +482,8 @@ def test_batch_widget_counts_a_folder(make_napari_viewer, qtbot, checkpoint, tmp
 
 def test_counts_do_not_depend_on_files_per_task(local_run, trays, checkpoint, tmp_path):
     """MC-dropout masks belong to each specimen, so cutting the folder into tasks of 1 or
-    of 4 files gives the uninterrupted run's store exactly (MC statistics included)."""
+    of 4 files gives the uninterrupted run's store exactly (MC statistics included).
+    """
     folder, _ = trays
     reference = _export_rows(local_run[1].export_csv)
     for per_task in (1, 4, 16):

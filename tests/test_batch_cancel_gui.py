@@ -34,7 +34,8 @@ SHOTS_ENV = "NAPARI_FORAM_SHOTS"
 def trays(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """20 real-size frames in two samples, two specimens each (VGG16 costs ~0.3 s a
     crop on two cores); TIFF, so writing and reading them is quick. The truth: the
-    specimens rendered."""
+    specimens rendered.
+    """
     folder = tmp_path_factory.mktemp("cancel") / "trays"
     truth = 0
     for i in range(N_FILES):

@@ -21,7 +21,8 @@ N_FILES = 50
 
 def _folder(root: Path) -> Path:
     """50 files in two samples; one in five holds a specimen (VGG16 costs ~0.2 s a crop
-    on two cores), the rest are empty trays of varied kind and shape."""
+    on two cores), the rest are empty trays of varied kind and shape.
+    """
     folder = root / "trays"
     for sample in ("S1", "S2"):
         (folder / sample).mkdir(parents=True)

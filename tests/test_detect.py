@@ -97,7 +97,8 @@ def test_neck_splitter_separates_touching_keeps_chambers_whole():
 def dome_frame(domes, shape=(700, 900), floor=(22, 20, 18)):
     """RGB frame of lit domes (row, col, radius, (r, g, b)); later ones lie over earlier
     ones. Each is brightest at its centre and falls to a third at its rim, as a test seen
-    from above, so touching domes meet in a dark crease."""
+    from above, so touching domes meet in a dark crease.
+    """
     img = np.empty((*shape, 3), np.float32)
     img[:] = floor
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
@@ -170,7 +171,8 @@ def test_splitter_watershed_and_maxima_match_the_library_calls():
     maximum (float64 on both sides, NumPy's fast `ufunc.at`) give what
     `skimage.segmentation.watershed` and a float32 `np.maximum.at` give, ties included
     (distances rounded to whole pixels), so that the faster path cannot change a count;
-    a scikit-image that moves the kernel fails here, not in a count."""
+    a scikit-image that moves the kernel fails here, not in a count.
+    """
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
 
@@ -196,7 +198,8 @@ def test_mosaic_splitter_equals_one_object_at_a_time(kind, monkeypatch):
     """`_objects_parts` (every candidate in one mosaic) gives each object the parts that
     `_object_parts` (one object alone) gives: the same number, pixel for pixel but for
     at most a few exact ties of the flooding order, on trays with touching groups in
-    colour, grey and inverted (dark on light)."""
+    colour, grey and inverted (dark on light).
+    """
     from napari_foram.detect import _fine_split
     from napari_foram.synthetic import render_tray
 
@@ -233,7 +236,8 @@ def test_mosaic_splitter_equals_one_object_at_a_time(kind, monkeypatch):
 
 def test_known_limits_of_the_splitter():
     """What it does not separate (docs/usage.md, Detection choices), so a change in
-    either direction is noticed."""
+    either direction is noticed.
+    """
     # Three of one colour in a tight triangle look like a planktic's last whorl.
     r = 45
     triangle = [(250, 300, r, WHITE), (250, 390, r, WHITE), (250 + 1.732 * r, 345, r, WHITE)]
@@ -275,7 +279,8 @@ def test_bead_chain_tests_stay_whole_through_their_wall(monkeypatch):
     """A Reophax-like uniserial test (chambers in a row, grooved sutures) is one
     specimen: its chambers, cut apart at the body level, join again through the wall
     (`_part_rules.WALL_LEVEL`, which `_fine_split` applies). Without that cue some are
-    cut, so the test can fail."""
+    cut, so the test can fail.
+    """
     from napari_foram.detect import _fine_split
     from napari_foram.synthetic import render_tray
 
@@ -470,7 +475,8 @@ def test_real_gravel_tray_at_other_magnifications(realdata):
     """The same real tray resampled to 0.5-2x its size, at default settings (no pixel
     size): the minimum follows the image. At half size a lit patch of floor crosses the
     threshold and runs off the frame; it once made the minimum swallow every grain (0
-    counted), so it is left out of the size rule. Bands from the hand count (~25)."""
+    counted), so it is left out of the size rule. Bands from the hand count (~25).
+    """
     from PIL import Image
 
     from napari_foram.frames import read_image
@@ -490,7 +496,8 @@ def test_real_bone_fragments_are_at_most_once_cut_apart(realdata):
     chromaticity are two specimens) cut three of them on DSC_0049. At the default 0.04
     one fragment of DSC_0050 is cut: its halves differ by 0.041 at a pass of 0.71, as two
     touching synthetic specimens do (0.040 at 0.71, seed 4250), which that rule must
-    separate; docs/benchmarks.md. So: at most one cut per tray."""
+    separate; docs/benchmarks.md. So: at most one cut per tray.
+    """
     from napari_foram.frames import read_image
 
     for name, cuts in (("DSC_0049.png", 0), ("DSC_0050.png", 1)):
@@ -504,7 +511,8 @@ def test_real_bone_fragments_are_at_most_once_cut_apart(realdata):
 def test_real_forams_touching_in_a_row_and_a_pair_are_counted_apart(realdata):
     """The real Ammonia picture, cut out and laid ten times on its own tray floor at a
     fifth of its size (~230 px across): three touching in a row, a touching pair and
-    five apart. Hand count by construction: 10 (7 without the splitter)."""
+    five apart. Hand count by construction: 10 (7 without the splitter).
+    """
     from scipy import ndimage as ndi
 
     from napari_foram.frames import read_image

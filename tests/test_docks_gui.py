@@ -1,7 +1,8 @@
 """The plugin's docks on a laptop screen (issue 15): Foram live needed 642 x 758 px and
 Foram review 460 x 827 px with no scrolling; docked together they forced napari's window
 1,679 px tall. Now both fit a 1366 x 768 window, the canvas keeps at least half its width,
-and nothing is cut off (every dock's contents fit the width it is given)."""
+and nothing is cut off (every dock's contents fit the width it is given).
+"""
 
 from __future__ import annotations
 
@@ -67,7 +68,8 @@ def test_no_thread_outlives_a_closed_widget(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):
     """Every widget's background work goes through one `Runner`; closing the widget
-    stops and joins it (the batch widget used to leave a fire-and-forget thread)."""
+    stops and joins it (the batch widget used to leave a fire-and-forget thread).
+    """
     import threading
 
     import imageio.v3 as iio

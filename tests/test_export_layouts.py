@@ -63,7 +63,8 @@ SPECIMENS = [
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three samples: one with an unsure rule, every review status, a duplicate and two
-    reviewers; one with another model; one empty."""
+    reviewers; one with another model; one empty.
+    """
     path = tmp_path_factory.mktemp("layouts") / "s.zarr"
     rng = np.random.default_rng(3)
     with TallyStore.create(path, classes=CLASSES) as store:
@@ -112,7 +113,8 @@ def read(path: Path) -> tuple[list[str], list[list[str]]]:
 
 def same(cell: str, value: object) -> bool:
     """A cell holds `value`: missing and non-finite as '', numbers exactly (the shortest
-    form reads back as the same number in its own precision), text formula-safe."""
+    form reads back as the same number in its own precision), text formula-safe.
+    """
     if value is None or (isinstance(value, (float, np.floating)) and not np.isfinite(value)):
         return cell == ""
     if isinstance(value, (bool, np.bool_)):

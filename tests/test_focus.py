@@ -24,7 +24,7 @@ from napari_foram.acquire.simulated import (
     defocus_blur,
     height_map_from_labels,
 )
-from napari_foram.demo import DemoScan, make_demo_world
+from napari_foram.demo_scene import DemoScan, make_demo_world
 from napari_foram.detect import detect
 from napari_foram.focus import ZStackAssembler, focus_measure, fuse_stack
 from napari_foram.frames import Frame

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from napari_foram.demo import DemoScan, make_demo_world
+from napari_foram.demo_scene import DemoScan, make_demo_world
 from napari_foram.synthetic import CLASSES
 
 pytestmark = pytest.mark.acquisition
@@ -38,14 +38,16 @@ def _whole_truth(world):
 
 def _rescan_reaches_the_truth(predictor, world, path, committed: int) -> None:
     """Reopen a store left by a failed scan of GRID and scan its sample "S1" again with
-    working hardware: the stored specimens are known, the rest are counted, none twice."""
+    working hardware: the stored specimens are known, the rest are counted, none twice.
+    """
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
     from napari_foram.tally.store import TallyStore
 
     store = TallyStore.open(path, mode="a")
     assert store.n_specimens("S1") == committed
-    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1)
+    tray = SimulatedMicroscopeRig(world, camera_shape=GRID.camera_shape, seed=1)
     resumed = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
     assert resumed.specimens_resumed == committed
     report = CountingSession(resumed).scan(tray.core, tray.grid_sequence(2, 2, 0.4))
@@ -56,11 +58,12 @@ def _rescan_reaches_the_truth(predictor, world, path, committed: int) -> None:
 
 
 def test_live_preview_over_100_frames_counts_each_specimen_once(predictor):
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
 
     world = make_demo_world(5, FIELD)
-    tray = SimulatedTray(world, camera_shape=FIELD.camera_shape, seed=4)  # noisy camera
+    tray = SimulatedMicroscopeRig(world, camera_shape=FIELD.camera_shape, seed=4)  # noisy camera
     pipeline = CountingPipeline(predictor, mc_samples=1)
     session = CountingSession(pipeline)
     seen: list = []
@@ -79,11 +82,12 @@ def test_live_preview_over_100_frames_counts_each_specimen_once(predictor):
 
 
 def test_live_preview_stops_on_request(predictor):
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
 
     world = make_demo_world(5, FIELD)
-    tray = SimulatedTray(world, camera_shape=FIELD.camera_shape, seed=4)
+    tray = SimulatedMicroscopeRig(world, camera_shape=FIELD.camera_shape, seed=4)
     session = CountingSession(CountingPipeline(predictor, mc_samples=1))
     timer = threading.Timer(1.5, session.stop)
     timer.start()
@@ -97,11 +101,12 @@ def test_live_preview_stops_on_request(predictor):
 
 @pytest.mark.parametrize("hardware_sequencing", [False, True])
 def test_tray_scan_counts_ground_truth_with_and_without_sequencing(predictor, hardware_sequencing):
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
 
     world = make_demo_world(11, GRID)
-    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1)
+    tray = SimulatedMicroscopeRig(world, camera_shape=GRID.camera_shape, seed=1)
     pipeline = CountingPipeline(predictor, mc_samples=1)
     report = CountingSession(pipeline).scan(
         tray.core, tray.grid_sequence(2, 2, 0.4), hardware_sequencing=hardware_sequencing
@@ -113,11 +118,12 @@ def test_tray_scan_counts_ground_truth_with_and_without_sequencing(predictor, ha
 
 def test_pause_holds_the_stage_and_resume_finishes_the_scan(predictor):
     from napari_foram.acquire import simulated_microscope
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
 
     world = make_demo_world(11, GRID)
-    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1)
+    tray = SimulatedMicroscopeRig(world, camera_shape=GRID.camera_shape, seed=1)
     scope = simulated_microscope(tray.core)
     assert scope is not None
     pipeline = CountingPipeline(predictor, mc_samples=1)
@@ -148,15 +154,18 @@ def test_pause_holds_the_stage_and_resume_finishes_the_scan(predictor):
 
 
 def test_camera_failure_mid_scan_then_resume_gives_ground_truth(predictor, tmp_path):
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     world = make_demo_world(11, GRID)
     path = tmp_path / "scan.zarr"
     store = TallyStore.create(path, classes=CLASSES)
     store.add_sample(SampleRecord("S1"))
-    failing = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1, fail_after_frames=2)
+    failing = SimulatedMicroscopeRig(
+        world, camera_shape=GRID.camera_shape, seed=1, fail_after_frames=2
+    )
     pipeline = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
     report = CountingSession(pipeline).scan(failing.core, failing.grid_sequence(2, 2, 0.4))
     assert report.error and "\n" not in report.error and report.frames_processed == 2
@@ -169,11 +178,12 @@ def test_camera_failure_mid_scan_then_resume_gives_ground_truth(predictor, tmp_p
 
 
 def test_snap_counts_one_frame(predictor):
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
 
     world = make_demo_world(5, FIELD)
-    tray = SimulatedTray(world, camera_shape=FIELD.camera_shape, seed=4)
+    tray = SimulatedMicroscopeRig(world, camera_shape=FIELD.camera_shape, seed=4)
     session = CountingSession(CountingPipeline(predictor, mc_samples=1))
     result = session.snap(tray.core)
     assert len(result.new_rows) == len(_whole_truth(world))
@@ -183,11 +193,14 @@ def test_snap_counts_one_frame(predictor):
 
 def test_tray_scan_with_z_stacks_fuses_each_field_and_counts_ground_truth(predictor):
     from napari_foram.acquire import simulated_microscope
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
 
     world = make_demo_world(11, GRID)
-    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1, thick_specimens=True)
+    tray = SimulatedMicroscopeRig(
+        world, camera_shape=GRID.camera_shape, seed=1, thick_specimens=True
+    )
     pipeline = CountingPipeline(predictor, mc_samples=1)
     results: list = []
     report = CountingSession(pipeline).scan(
@@ -232,11 +245,14 @@ def test_live_command_headless_scans_and_resumes(tmp_path):
 # ------------------------------------------------------------------ bit depth
 def _grid_scan(predictor, bit_depth):
     """Scan the GRID tray with a `bit_depth` camera; what was counted, and where."""
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
 
     world = make_demo_world(11, GRID)
-    tray = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1, bit_depth=bit_depth)
+    tray = SimulatedMicroscopeRig(
+        world, camera_shape=GRID.camera_shape, seed=1, bit_depth=bit_depth
+    )
     pipeline = CountingPipeline(predictor, mc_samples=1)
     results: list = []
     report = CountingSession(pipeline).scan(
@@ -275,14 +291,16 @@ def test_tray_scan_counts_the_same_specimens_at_every_bit_depth(
 
 def test_dim_16_bit_frame_is_detected_as_dim_by_the_pipeline(predictor):
     from napari_foram.acquire import snap_frame
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.detect import detect
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import SimulatedTray
 
     world = make_demo_world(5, FIELD)
     results = {}
     for bits in (8, 16):
-        tray = SimulatedTray(world, camera_shape=FIELD.camera_shape, noise=False, bit_depth=bits)
+        tray = SimulatedMicroscopeRig(
+            world, camera_shape=FIELD.camera_shape, noise=False, bit_depth=bits
+        )
         tray.core.setExposure(2.0)  # a fifth of the nominal 10 ms: the data fit 14 bits
         frame = snap_frame(tray.core)
         results[bits] = CountingPipeline(predictor, mc_samples=1).process(frame)
@@ -300,10 +318,10 @@ def test_dim_16_bit_frame_is_detected_as_dim_by_the_pipeline(predictor):
 
 
 def test_simulated_scope_mono_12_bit_counts_ground_truth(predictor, tmp_path):
-    from napari_foram.live import LiveCounter, SimulatedScope
+    from napari_foram.microscope import MicroscopeCounter, SimulatedMicroscopeSettings
     from napari_foram.tally.store import SampleRecord, TallyStore
 
-    scope = SimulatedScope(
+    scope = SimulatedMicroscopeSettings(
         seed=11,
         camera_shape=GRID.camera_shape,
         rows=2,
@@ -315,22 +333,22 @@ def test_simulated_scope_mono_12_bit_counts_ground_truth(predictor, tmp_path):
         mono=True,
     )
     store = TallyStore.create(tmp_path / "m.zarr", classes=CLASSES)
-    counter = LiveCounter(predictor, store, mc_samples=1)
+    counter = MicroscopeCounter(predictor, store, mc_samples=1)
     counter.connect_simulated(scope)
     assert counter.frame_shape() == GRID.camera_shape  # one component: grey
     assert counter.microscope_info["bit_depth"] == 12
     assert counter.microscope_info["colour"] == "mono"
     rgb = make_demo_world(11, GRID).image.astype(float)
-    assert counter.tray is not None
+    assert counter.rig is not None
     luma = rgb @ [0.299, 0.587, 0.114]
-    assert np.abs(counter.tray.world.image - luma).max() <= 0.51
+    assert np.abs(counter.rig.world.image - luma).max() <= 0.51
     counter.start_sample(SampleRecord("M1"))
     frames: list = []
     report = counter.scan(2, 2, 0.4, on_result=lambda r: frames.append(r.frame))
     assert report.error is None
     assert all(f.image.dtype == np.uint16 and f.image.ndim == 2 for f in frames[:4])
     assert all(f.metadata["bit_depth"] == 12 for f in frames[:4])
-    assert counter.progress()[0] == len(_whole_truth(counter.tray.world))
+    assert counter.progress()[0] == len(_whole_truth(counter.rig.world))
     counter.close()
 
 
@@ -346,15 +364,18 @@ def test_live_command_accepts_bit_depth_and_mono(capsys):
 
 # --------------------------------------------------------------- stage failure
 def test_stage_failure_mid_scan_then_resume_gives_ground_truth(predictor, tmp_path):
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     world = make_demo_world(11, GRID)
     path = tmp_path / "scan.zarr"
     store = TallyStore.create(path, classes=CLASSES)
     store.add_sample(SampleRecord("S1"))
-    failing = SimulatedTray(world, camera_shape=GRID.camera_shape, seed=1, fail_after_moves=2)
+    failing = SimulatedMicroscopeRig(
+        world, camera_shape=GRID.camera_shape, seed=1, fail_after_moves=2
+    )
     pipeline = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
     t0 = time.perf_counter()
     report = CountingSession(pipeline).scan(failing.core, failing.grid_sequence(2, 2, 0.4))
@@ -377,12 +398,13 @@ NINE = DemoScan(
 
 def _nine_field_scan(predictor, tmp_path):
     """A store with sample "S1", a pipeline into it and a simulated 3 x 3 tray."""
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     world = make_demo_world(13, NINE)
-    tray = SimulatedTray(world, camera_shape=NINE.camera_shape, seed=2)
+    tray = SimulatedMicroscopeRig(world, camera_shape=NINE.camera_shape, seed=2)
     store = TallyStore.create(tmp_path / "stop.zarr", classes=CLASSES)
     store.add_sample(SampleRecord("S1"))
     pipeline = CountingPipeline(predictor, store=store, sample_id="S1", mc_samples=1)
@@ -392,7 +414,8 @@ def _nine_field_scan(predictor, tmp_path):
 def test_stop_processes_no_queued_field_and_says_what_was_counted(predictor, tmp_path):
     """Issue 27.7: Stop while field k is in flight used to work through every field
     already imaged (all 9). Now the store holds fields <= k (+ at most the one in
-    flight), and the report says how far the scan got and what it counted."""
+    flight), and the report says how far the scan got and what it counted.
+    """
     _world, tray, store, pipeline, session = _nine_field_scan(predictor, tmp_path)
     seen: list[int] = []
     waiting: list[float] = []
@@ -426,7 +449,8 @@ def test_stop_processes_no_queued_field_and_says_what_was_counted(predictor, tmp
 def test_pause_holds_the_queued_fields_and_resume_counts_each_once(predictor, tmp_path):
     """Issue 27.7: Pause used to stop only the camera; the worker went on through the
     fields already queued. Now they wait, and resume processes them: nothing lost,
-    nothing counted twice."""
+    nothing counted twice.
+    """
     world, tray, store, pipeline, session = _nine_field_scan(predictor, tmp_path)
     seen: list[int] = []
     paused = threading.Event()

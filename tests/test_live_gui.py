@@ -92,7 +92,7 @@ def test_live_widget_scans_counts_and_never_stalls(
     # Layers and tally follow the store.
     counter = widget.counter
     stored = counter.store.n_specimens("U1308A-12H-3")
-    truth = [s for s in counter.tray.world.specimens if not s.clipped]
+    truth = [s for s in counter.rig.world.specimens if not s.clipped]
     assert stored == len(truth) > 0
     assert len(viewer.layers[SPECIMENS_LAYER].data) == stored
     assert np.isfinite(viewer.layers[SPECIMENS_LAYER].data).all()
@@ -166,7 +166,8 @@ def test_live_widget_explains_what_is_missing(make_napari_viewer, qtbot, tmp_pat
 
 def test_live_widget_downloads_weights_unless_told_not_to(make_napari_viewer, qtbot, tmp_path):
     """The demo model's first run fetches ImageNet VGG16 by default; `napari-foram demo
-    --no-download-weights` arrives unticked; the tooltip names the variable's opt-out."""
+    --no-download-weights` arrives unticked; the tooltip names the variable's opt-out.
+    """
     from napari_foram.widgets.live import LiveWidget
 
     viewer = make_napari_viewer()
@@ -209,7 +210,8 @@ def test_overview_gets_every_field_when_results_pile_up(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):
     """On a busy machine several fields arrive between two redraws: each must be pasted
-    into the tray overview, not just the newest (the others would stay black)."""
+    into the tray overview, not just the newest (the others would stay black).
+    """
     from napari_foram.widgets.live import OVERVIEW_LAYER
 
     viewer = make_napari_viewer()
@@ -232,7 +234,8 @@ def test_live_widget_releases_its_store_when_its_dock_goes(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):
     """The next writer of the store must not find a lock of a widget that is gone (it
-    would take it over as "stale" and trim rows: issue 26, 27)."""
+    would take it over as "stale" and trim rows: issue 26, 27).
+    """
     import warnings
 
     from napari_foram.tally.store import TallyStore
@@ -257,7 +260,8 @@ def test_live_widget_releases_its_store_when_its_dock_goes(
 
 def test_closing_napari_releases_the_store(make_napari_viewer, qtbot, tmp_path, random_checkpoint):
     """Issue 27.2: closing napari (viewer.close) releases the store's writer lock: the
-    next writer opens it without taking over a stale lock."""
+    next writer opens it without taking over a stale lock.
+    """
     import warnings
 
     from napari_foram.tally.store import TallyStore
@@ -293,7 +297,8 @@ def test_stop_in_the_widget_counts_no_field_after_the_one_in_flight(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):
     """Issue 27.7 in the widget: Stop pressed while field k is in flight leaves fields
-    <= k (+ at most the one in flight) in the store, and the status says so."""
+    <= k (+ at most the one in flight) in the store, and the status says so.
+    """
     viewer = make_napari_viewer()
     widget = _small_widget(viewer, qtbot, random_checkpoint, tmp_path / "stop.zarr")
     widget.overlap.setValue(0.45)

@@ -1,6 +1,7 @@
 """Foram live's microscope controls are pymmcore-widgets' own (issue 29), bound to the
 connected core: exposure, stage, ROI on the simulated microscope; the configuration
-loader connects a real C++ demo configuration; reconnecting rebinds them."""
+loader connects a real C++ demo configuration; reconnecting rebinds them.
+"""
 
 from __future__ import annotations
 

@@ -77,7 +77,8 @@ def viewer(make_napari_viewer):
     QWidget in for napari-console's QtConsole (no IPython kernel in tests);
     napari-micromanager pushes its names (``mmcore``, ``MDASequence``) into the console
     and would fail on the stand-in with "'QWidget' object has no attribute 'push'", so
-    the stand-in takes them and drops them, as nothing reads them here."""
+    the stand-in takes them and drops them, as nothing reads them here.
+    """
     v = make_napari_viewer()
     console = v.window._qt_viewer.console
     if console is not None and not hasattr(console, "push"):
@@ -278,7 +279,8 @@ def test_napari_micromanager_from_the_plugins_menu_is_found_in_the_viewer(
 ):
     """What napari's Plugins menu does (``MainWindow(viewer)``): napari-micromanager
     0.3.1 makes a private core, not ``CMMCorePlus.instance()``; Foram live's shared
-    source finds its window in the viewer and counts with that core."""
+    source finds its window in the viewer and counts with that core.
+    """
     from napari_micromanager import MainWindow
 
     core, _ = shared_core

@@ -99,7 +99,8 @@ def test_a_missing_part_turns_off_what_needs_it_with_one_sentence(core):
 def _live_command(*args: str, env: dict[str, str] | None = None):
     """`napari-foram live` in a fresh process: a process that has loaded the demo adapter
     once finds it again by name wherever it is told to look (the dynamic loader keeps
-    it), so a wrong path only shows in a process of its own, as for a user."""
+    it), so a wrong path only shows in a process of its own, as for a user.
+    """
     import subprocess
     import sys
 
@@ -349,7 +350,8 @@ def test_colour_scan_with_the_cli_recounted_by_batch_gives_the_live_tally(
 ):
     """`live --config` on a colour camera's configuration with `--save-raw`; the saved
     scan recounted gives the same specimens at the same places, and `batch` of it the
-    live tally and number of specimens."""
+    live tally and number of specimens.
+    """
     from test_rgb_raw import _check_recounts, _live_and_recounts
 
     # The lab's configuration of a colour camera: the demo one, started in 32bitRGB
@@ -376,7 +378,7 @@ def test_counter_on_a_core_opened_elsewhere_leaves_its_configuration_alone(
 ):
     from pymmcore_plus import CMMCorePlus
 
-    from napari_foram.live import LiveCounter, open_or_create_store
+    from napari_foram.microscope import MicroscopeCounter, open_or_create_store
     from napari_foram.tally.store import SampleRecord
 
     # What napari-micromanager does: the process-wide core, loaded by the user there.
@@ -391,7 +393,7 @@ def test_counter_on_a_core_opened_elsewhere_leaves_its_configuration_alone(
             shared.getExposure(),
         )
         store = open_or_create_store(tmp_path / "s.zarr", list(random_predictor.info.class_names))
-        counter = LiveCounter(random_predictor, store, mc_samples=1)
+        counter = MicroscopeCounter(random_predictor, store, mc_samples=1)
         counter.connect_shared()
         assert counter.core is shared and counter.capabilities is not None
         assert counter.capabilities.can_scan
@@ -407,7 +409,7 @@ def test_counter_on_a_core_opened_elsewhere_leaves_its_configuration_alone(
 
 
 def test_disconnect_and_reconnect_leaks_no_threads(random_predictor, tmp_path):
-    from napari_foram.live import LiveCounter, open_or_create_store
+    from napari_foram.microscope import MicroscopeCounter, open_or_create_store
     from napari_foram.tally.store import SampleRecord
 
     def threads() -> list[str]:
@@ -418,7 +420,7 @@ def test_disconnect_and_reconnect_leaks_no_threads(random_predictor, tmp_path):
         ]
 
     store = open_or_create_store(tmp_path / "s.zarr", list(random_predictor.info.class_names))
-    counter = LiveCounter(random_predictor, store, mc_samples=1)
+    counter = MicroscopeCounter(random_predictor, store, mc_samples=1)
     counts = []
     for i in range(3):
         counter.connect_config(DEMO_CFG, adapter_path=ADAPTERS)

@@ -241,7 +241,8 @@ def test_classify_carries_on_past_bad_files(random_checkpoint, tmp_path, capsys)
 def test_batch_reports_into_a_folder_and_names_non_utf8_files(random_checkpoint, tmp_path, capsys):
     """`--report DIR` writes the report in DIR; a file name that is not UTF-8 is counted
     and reported (escaped), with no half-written report left behind; a report path under
-    a file is refused before anything is counted."""
+    a file is refused before anything is counted.
+    """
     from napari_foram.synthetic import render_tray
 
     folder = tmp_path / "trays" / "S1"

@@ -80,7 +80,8 @@ def test_colour_scan_saved_as_ome_zarr_reads_back_frame_for_frame(tmp_path, bit_
 
 def test_mono_and_colour_scans_share_one_layout(tmp_path):
     """The same tray with a mono camera (pymmcore-plus's sink) and a colour one (ours):
-    the same fields, positions and metadata keys; only the colour axis differs."""
+    the same fields, positions and metadata keys; only the colour axis differs.
+    """
     from napari_foram.acquire import (
         create_simulated_core,
         read_saved_scan,
@@ -162,9 +163,10 @@ def _live_and_recounts(tmp_path, live_args: list[str], model) -> dict:
     """`live ... --save-raw X.ome.zarr --store A`; the saved scan recounted in this
     process (`session.count_saved_scan`, what `batch` runs) into C; then `batch` of a
     folder whose sample S1 holds X into B. Returns the live and batch JSON, the three
-    stores' S1 rows and B's tally."""
+    stores' S1 rows and B's tally.
+    """
     from napari_foram.classify.predict import Predictor
-    from napari_foram.live import open_or_create_store
+    from napari_foram.microscope import open_or_create_store
     from napari_foram.pipeline import CountingPipeline
     from napari_foram.session import count_saved_scan
     from napari_foram.tally.store import SampleRecord, TallyStore
@@ -189,7 +191,15 @@ def _live_and_recounts(tmp_path, live_args: list[str], model) -> dict:
     (folder / "S1").mkdir(parents=True)
     raw.rename(folder / "S1" / raw.name)
     batch = _cli("batch", str(folder), "--store", str(tmp_path / "B.zarr"), "--json", *common)
-    rows = {}
+    # The saved scan given as the batch itself: one sample named after it.
+    direct = _cli(
+        "batch", str(folder / "S1" / raw.name), "--store", str(tmp_path / "D.zarr"), "--json",
+        *common,
+    )  # fmt: skip
+    assert list(direct["samples"]) == ["X"], direct["samples"]
+    with TallyStore.open(tmp_path / "D.zarr") as store:
+        direct_rows = store.read_specimens("X", columns=COLUMNS)
+    rows = {"D": direct_rows}
     for name in ("A", "B", "C"):
         with TallyStore.open(tmp_path / f"{name}.zarr") as store:
             rows[name] = store.read_specimens("S1", columns=COLUMNS)
@@ -201,7 +211,8 @@ def _live_and_recounts(tmp_path, live_args: list[str], model) -> dict:
 
 def _same_specimens(rows_a, rows_b) -> None:
     """The same specimens at the same sample positions, seen in the same view (size in
-    pixels) and classified alike."""
+    pixels) and classified alike.
+    """
 
     def table(rows):
         t = np.column_stack([rows[c] for c in COLUMNS])
@@ -225,6 +236,10 @@ def _check_recounts(runs: dict) -> None:
     assert "4 fields" in line["reason"]
     assert batch["samples"]["S1"]["total"] == live["specimens"]
     assert runs["batch_tally"] == live["tally"]
+    # Specimen for specimen too (positions, the view kept, classes): batch recounts into a
+    # scratch store, as the live count writes into its own, so sharper views win alike.
+    _same_specimens(runs["rows"]["A"], runs["rows"]["B"])
+    _same_specimens(runs["rows"]["A"], runs["rows"]["D"])
 
 
 def test_live_colour_scan_saved_raw_and_recounted_by_batch_gives_the_live_tally(

@@ -90,10 +90,10 @@ def test_every_mounting_maps_each_pixel_to_its_place_on_the_tray(rotation, mirro
 
 def test_mirrored_camera_turned_90_degrees_counts_every_specimen_once(random_predictor):
     from napari_foram.acquire import camera_frame_shape, microscope_capabilities
-    from napari_foram.session import SimulatedTray
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
 
     world = make_demo_world(11, SCAN)
-    tray = SimulatedTray(
+    tray = SimulatedMicroscopeRig(
         world, camera_shape=SENSOR, seed=1, mount_rotation_deg=90, mount_mirror=True
     )
     assert camera_frame_shape(tray.core)[:2] == SENSOR
@@ -107,10 +107,10 @@ def test_mirrored_camera_turned_90_degrees_counts_every_specimen_once(random_pre
 
 
 def test_the_same_camera_read_as_upright_miscounts(random_predictor):
-    from napari_foram.session import SimulatedTray
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
 
     world = make_demo_world(11, SCAN)
-    tray = SimulatedTray(
+    tray = SimulatedMicroscopeRig(
         world, camera_shape=SENSOR, seed=1, mount_rotation_deg=90, mount_mirror=True
     )
     # The lab forgot the calibration: Micro-Manager's default (identity) transform.
@@ -147,18 +147,22 @@ def test_saved_z_stack_scan_reads_back_plane_by_plane(tmp_path):
 
 
 def test_saved_scan_recounted_gives_the_live_tally(random_predictor, random_checkpoint, tmp_path):
-    from napari_foram.live import LiveCounter, SimulatedScope, open_or_create_store
+    from napari_foram.microscope import (
+        MicroscopeCounter,
+        SimulatedMicroscopeSettings,
+        open_or_create_store,
+    )
     from napari_foram.pipeline import CountingPipeline
     from napari_foram.session import count_saved_scan
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     classes = list(random_predictor.info.class_names)
     store = open_or_create_store(tmp_path / "live.zarr", classes)
-    counter = LiveCounter(random_predictor, store, mc_samples=1)
+    counter = MicroscopeCounter(random_predictor, store, mc_samples=1)
     # A 12-bit mono camera: its frames go through pymmcore-plus's own data sink (a colour
     # camera's through the adapter's writer: tests/test_rgb_raw.py).
     counter.connect_simulated(
-        SimulatedScope(
+        SimulatedMicroscopeSettings(
             seed=3,
             camera_shape=(400, 500),
             rows=2,

@@ -23,7 +23,8 @@ from napari_foram.synthetic import render_tray
 @dataclass(frozen=True)
 class BrightestOnlyDetector:
     """A real alternative detector: the study's, then only the `keep` largest objects
-    (e.g. a user who counts the large fraction)."""
+    (e.g. a user who counts the large fraction).
+    """
 
     keep: int = 3
 

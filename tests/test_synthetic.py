@@ -142,7 +142,8 @@ def test_touching_groups_have_their_truth(grouped):
 
 def test_groups_leave_other_renders_unchanged():
     """Groups draw from their own generator: a tray without them is the same as before
-    they existed, and a grouped tray is reproducible."""
+    they existed, and a grouped tray is reproducible.
+    """
     a = render_tray(3, shape=SMALL, n_specimens=6)
     b = render_tray(3, shape=SMALL, n_specimens=6, touching_groups=0)
     assert np.array_equal(a.image, b.image)

@@ -27,7 +27,8 @@ from napari_foram.synthetic import render_tray
 
 def _score(render, det) -> tuple[int, int, int, int]:
     """(specimens seen whole, counted, counted that match one of them, detections that
-    match one of them but were flagged as artifacts)."""
+    match one of them but were flagged as artifacts).
+    """
     truth = [s for s in render.specimens if not s.clipped]
     centres = np.array([s.centroid_yx for s in truth]).reshape(-1, 2)
     radius = np.array([max(10.0, np.sqrt(s.area_px / np.pi)) for s in truth])
@@ -71,7 +72,8 @@ def test_tray_wall_is_masked_and_specimens_are_counted(style, edges, seed):
 def _dim_wall_frame(gaps: list[int], rng: np.random.Generator) -> tuple[np.ndarray, list]:
     """A 1500 x 2000 frame: dark floor (~16), a dull textured wall along the left edge
     (grey ~45, under the study's 70), and discs of radius 50 at `gaps` px from the wall,
-    plus three discs far from it. Returns the frame and the discs' centres."""
+    plus three discs far from it. Returns the frame and the discs' centres.
+    """
     h, w, wall = 1500, 2000, 320
     from scipy import ndimage as ndi
 
@@ -104,7 +106,8 @@ def test_specimens_beside_a_dull_wall_count_and_those_touching_it_do_not():
 
 def test_a_ring_left_unmasked_does_not_swallow_the_floor():
     """Without a wall pass (--no-border) a ring all round a camera frame stays one
-    object, flagged and warned about, and its hole -- the tray floor -- is not filled."""
+    object, flagged and warned about, and its hole -- the tray floor -- is not filled.
+    """
     rng = np.random.default_rng(1)
     h, w = 1500, 2000
     img = 16 + 2.0 * rng.standard_normal((h, w))
@@ -162,7 +165,8 @@ def test_an_object_filling_a_tray_frame_is_not_a_specimen_and_is_reported():
 
 def test_an_object_taken_for_the_floor_is_reported():
     """Over half the frame: its grey becomes the "floor", nothing is found -- and the
-    warning says why the frame came out empty."""
+    warning says why the frame came out empty.
+    """
     for shape in ((1500, 2000), (400, 400)):
         det = detect(_disc_frame(shape, 0.7), crops=False)
         assert int(det.whole.sum()) == 0
@@ -217,7 +221,8 @@ def test_real_tray_frames_count_as_before(realdata: Path):
 @pytest.fixture
 def tray_rgb() -> np.ndarray:
     """A real tray frame when the shared images are there (as `conftest.realdata`
-    finds them), else a synthetic one: these tests run on a user's checkout too."""
+    finds them), else a synthetic one: these tests run on a user's checkout too.
+    """
     env = os.environ.get("NAPARI_FORAM_REALDATA")
     root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
     path = root / "rcos_trays" / "sediment_gravel" / "DSC_0049.png"
@@ -284,7 +289,8 @@ def test_every_exif_orientation_reads_as_displayed(tmp_path: Path):
 
 def test_exif_orientation_6_gives_displayed_coordinates(tmp_path: Path, tray_rgb: np.ndarray):
     """A picture stored sideways with orientation 6 (shown turned 90 degrees clockwise)
-    detects as the same picture physically turned and saved without EXIF."""
+    detects as the same picture physically turned and saved without EXIF.
+    """
     from PIL import Image
 
     shown = np.ascontiguousarray(np.rot90(tray_rgb, -1))

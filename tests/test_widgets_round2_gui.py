@@ -1,7 +1,8 @@
 """Issue 27 ("the widgets as a microscopist meets them, round 2"), part A: Enter on a
 control of Foram review, Foram tally's dropdown and its following the review, the unsure
 rule and uncluttered labels on the batch canvas, Detection preview's marks, its wording
-and legend, the store reader's choice and legend, long class names and crop grids."""
+and legend, the store reader's choice and legend, long class names and crop grids.
+"""
 
 from __future__ import annotations
 

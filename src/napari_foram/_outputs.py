@@ -21,8 +21,11 @@ import json
 import os
 import stat
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 #: Root attribute "schema" of a tally store: the value of
 #: `napari_foram.tally.store._schema.SCHEMA_NAME`, repeated here because that package
@@ -45,7 +48,8 @@ def _first_existing_parent(path: Path) -> Path:
 
 def _probe_writable(folder: Path, label: Path) -> None:
     """ValueError unless a file can be created in `folder` (a real attempt: permission
-    bits say nothing about read-only mounts or ACLs)."""
+    bits say nothing about read-only mounts or ACLs).
+    """
     probe = folder / f".napari-foram-probe-{uuid.uuid4().hex}"
     try:
         probe.write_bytes(b"")
@@ -220,7 +224,8 @@ def check_output_dir(
 
 def check_distinct(outputs: Iterable[tuple[PathLike | None, str]]) -> None:
     """ValueError if two of the (path, what) outputs of one command are the same file
-    (the later one would replace the earlier)."""
+    (the later one would replace the earlier).
+    """
     seen: dict[Path, str] = {}
     for path, what in outputs:
         if path is None:

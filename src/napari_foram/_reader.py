@@ -164,7 +164,8 @@ LEGEND_SUFFIX = " legend"
 def _legend_layer(store: Any, layers: list[LayerData]) -> LayerData | None:
     """Which colour is which class (and the unsure grey), as a column of labelled
     markers to the right of the specimens (napari has no legend for a Points layer).
-    None when the store has no specimens layer."""
+    None when the store has no specimens layer.
+    """
     from napari_foram.tally.export import UNSURE_COLOUR, UNSURE_LABEL, class_colour
 
     points = [data for data, _kwargs, kind in layers if kind == "points"]
@@ -217,7 +218,8 @@ def _warn_damaged(path: str | os.PathLike[str], sid: str, why: str) -> None:
 class _SafeCrops:
     """A zarr crops array cut to the committed rows, read by dask: a chunk that cannot
     be decoded reads as black crops and is logged (napari calls this while drawing,
-    where an exception would be a traceback, not a reason)."""
+    where an exception would be a traceback, not a reason).
+    """
 
     def __init__(self, arr: Any, n: int, label: str) -> None:
         self._arr = arr

@@ -53,13 +53,15 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_foram._progress import ProgressCallback
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from napari_foram._progress import ProgressCallback
 
 
 def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -299,7 +301,8 @@ def bench_classification(device: str, quick: bool, precision: str = "auto") -> d
 
     def paired(slow: str, fast: str) -> float:
         """Median over the batches that timed both of time(slow) / time(fast): ratios
-        within a batch share its load, which the side variants' few batches need."""
+        within a batch share its load, which the side variants' few batches need.
+        """
         both = [at[slow, b] / at[fast, b] for (v, b) in at if v == slow and (fast, b) in at]
         return statistics.median(both)
 
@@ -339,7 +342,7 @@ def bench_classification(device: str, quick: bool, precision: str = "auto") -> d
 
 
 def synthetic_crops(n: int, rng: np.random.Generator, distinct: int = 64) -> np.ndarray:
-    """n crops of the four synthetic classes (cycled), for timing and precision checks;
+    """N crops of the four synthetic classes (cycled), for timing and precision checks;
     up to `distinct` different ones (then repeated).
 
     Real-looking crops rather than noise, so precision agreement is measured on inputs
@@ -355,7 +358,7 @@ def synthetic_crops(n: int, rng: np.random.Generator, distinct: int = 64) -> np.
 
 
 def resident_mb() -> float:
-    """This process's resident memory now, in MB (Linux /proc; peak RSS elsewhere)."""
+    """The resident memory of this process now, in MB (Linux /proc; peak RSS elsewhere)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -526,8 +529,9 @@ def bench_pipeline(device: str, quick: bool, precision: str = "auto") -> dict[st
     through `CountingSession.scan` (MDA, queue, worker, detection, de-duplication,
     classification, Zarr store).
     """
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
     from napari_foram.synthetic import CLASSES, render_tray
     from napari_foram.tally.store import SampleRecord, TallyStore
 
@@ -544,7 +548,7 @@ def bench_pipeline(device: str, quick: bool, precision: str = "auto") -> dict[st
         touching_pairs=0,
         border=False,
     )
-    tray = SimulatedTray(world, camera_shape=camera, seed=1, noise=True)
+    tray = SimulatedMicroscopeRig(world, camera_shape=camera, seed=1, noise=True)
     with tempfile.TemporaryDirectory() as tmp:
         store = TallyStore.create(Path(tmp) / "bench.zarr", classes=list(CLASSES))
         store.add_sample(SampleRecord("BENCH"))
@@ -571,9 +575,9 @@ def bench_soak(n_frames: int = 10_000, precision: str = "auto") -> dict[str, Any
     the steady state of a long session. Resident memory is sampled after the first
     1,000 frames and at the end.
     """
-    from napari_foram.demo_scene import DemoScan, make_demo_world
+    from napari_foram.demo_scene import DemoScan, SimulatedMicroscopeRig, make_demo_world
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
     from napari_foram.synthetic import CLASSES
     from napari_foram.tally.store import SampleRecord, TallyStore
 
@@ -586,7 +590,7 @@ def bench_soak(n_frames: int = 10_000, precision: str = "auto") -> dict[str, Any
         touching_pairs=0,
     )
     world = make_demo_world(3, plan)
-    tray = SimulatedTray(world, camera_shape=plan.camera_shape, seed=2)
+    tray = SimulatedMicroscopeRig(world, camera_shape=plan.camera_shape, seed=2)
     tray.core.setExposure(1.0)  # the soak tests the pipeline, not the camera's exposure
     predictor = _random_predictor("cpu", precision)
     per_scan = plan.rows * plan.cols
@@ -629,7 +633,8 @@ def bench_training(quick: bool = False) -> dict[str, Any]:
     synthetic crops (100 per class; ``quick``: 40) written as PNG files -- reading, VGG16
     features, cross-validation, calibration, learning curve, density, saving. On ImageNet
     weights when they are found, else a random backbone (same cost). The issue's budget:
-    400 images in <= 3 min on 2 CPU cores."""
+    400 images in <= 3 min on 2 CPU cores.
+    """
     import tempfile
 
     import imageio.v3 as iio

@@ -22,6 +22,7 @@ MC_SAMPLES = 30
 
 def default_cache_dir() -> Path:
     """Where napari-foram keeps what it computes once per machine (the demo model, the
-    CPU precision decisions): ``$NAPARI_FORAM_CACHE`` or ``~/.cache/napari-foram``."""
+    CPU precision decisions): ``$NAPARI_FORAM_CACHE`` or ``~/.cache/napari-foram``.
+    """
     env = os.environ.get("NAPARI_FORAM_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "napari-foram"

@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,14 +23,17 @@ import numpy as np
 from napari_foram.defaults import MC_SAMPLES
 
 # The scene lives in core (the live counter builds it too); re-exported for the app's users.
-from napari_foram.demo_scene import DemoScan, make_demo_world
+from napari_foram.demo_scene import DemoScan
 from napari_foram.point_matching import match_points
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from napari_foram.classify.predict import Predictor
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.mosaic import Mosaic
     from napari_foram.pipeline import CountingPipeline, FrameResult
-    from napari_foram.session import CountingSession, ScanReport, SimulatedTray
+    from napari_foram.session import CountingSession, ScanReport
     from napari_foram.synthetic import TrayRender
     from napari_foram.tally.store import TallyStore
 
@@ -100,7 +102,8 @@ def compare_with_truth(
 
 def model_summary(info: Any) -> dict[str, Any]:
     """What the summary says about the classifier: its backbone (ImageNet or random, by
-    name and digest), input convention, held-out accuracy and unsure rule."""
+    name and digest), input convention, held-out accuracy and unsure rule.
+    """
     return {
         "backbone": info.backbone_id or info.backbone_weights,
         "backbone_sha256": info.backbone_sha256,
@@ -120,7 +123,7 @@ class DemoRun:
 
     predictor: Predictor
     world: TrayRender
-    microscope: SimulatedTray
+    microscope: SimulatedMicroscopeRig
     store: TallyStore
     store_path: Path
     pipeline: CountingPipeline
@@ -130,6 +133,7 @@ class DemoRun:
 
     @property
     def class_names(self) -> list[str]:
+        """The model's classes, in its output order."""
         return list(self.predictor.info.class_names)
 
     def scan(
@@ -164,20 +168,24 @@ def prepare_demo_run(
     """Model, synthetic tray, simulated microscope, a fresh store and the pipeline.
 
     `model` is a checkpoint path, or "demo" for the demo model (trained on synthetic crops
-    at first use, then cached; `download_weights` as in `napari_foram.pipeline.load_predictor`).
+    at first use, then cached; `download_weights` as in
+    `napari_foram.classify.loading.load_predictor`).
     """
-    from napari_foram.pipeline import CountingPipeline, load_predictor
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.classify.loading import load_predictor
+    from napari_foram.demo_scene import SimulatedMicroscopeSettings
+    from napari_foram.microscope import MicroscopeCounter
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     scan = scan or DemoScan()
     predictor = load_predictor(model, progress=progress, download_weights=download_weights)
-    world = make_demo_world(seed, scan)
-    microscope = SimulatedTray(world, camera_shape=scan.camera_shape, seed=seed)
     store_path = Path(store_path)
     store_path.parent.mkdir(parents=True, exist_ok=True)
     store = TallyStore.create(store_path, classes=predictor.info.class_names, overwrite=True)
-    store.add_sample(
+    # The same wiring as Foram live and `napari-foram live --simulate`: one microscope
+    # counter, connected to the simulated microscope over the demo's tray.
+    counter = MicroscopeCounter(predictor, store, mc_samples=mc_samples)
+    counter.connect_simulated(SimulatedMicroscopeSettings.for_scan(seed, scan))
+    counter.start_sample(
         SampleRecord(
             sample_id=DEMO_SAMPLE_ID,
             site_hole="SIM-1",
@@ -196,19 +204,17 @@ def prepare_demo_run(
             notes=f"synthetic tray, seed {seed}",
         )
     )
-    pipeline = CountingPipeline(
-        predictor, store=store, sample_id=DEMO_SAMPLE_ID, mc_samples=mc_samples
-    )
-    store.set_provenance(DEMO_SAMPLE_ID, {**pipeline.provenance(), **microscope.describe()})
+    rig, pipeline, session = counter.rig, counter.pipeline, counter.session
+    assert rig is not None and pipeline is not None and session is not None
     return DemoRun(
         predictor=predictor,
-        world=world,
-        microscope=microscope,
+        world=rig.world,
+        microscope=rig,
         store=store,
         store_path=store_path,
         pipeline=pipeline,
-        session=CountingSession(pipeline),
-        mosaic=microscope.mosaic(),
+        session=session,
+        mosaic=rig.mosaic(),
         scan_plan=scan,
     )
 
@@ -355,7 +361,8 @@ def run_demo_gui(
 ) -> None:
     """Open napari with the Foram live widget docked and the simulated scan running
     (`download_weights` sets the widget's "download weights" box; None: ticked unless
-    ``$NAPARI_FORAM_NO_DOWNLOAD`` says no)."""
+    ``$NAPARI_FORAM_NO_DOWNLOAD`` says no).
+    """
     import napari
 
     from napari_foram.widgets.live import open_live_viewer

@@ -39,12 +39,13 @@ import math
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_foram.frames import Frame
+if TYPE_CHECKING:
+    from napari_foram.frames import Frame
 
 __all__ = [
     "DEFAULT_BLEND_SIZE",

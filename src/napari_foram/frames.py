@@ -10,15 +10,17 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_foram.reasons import one_line
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 #: File suffixes that `read_image` accepts (lower case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -80,7 +82,8 @@ class Frame:
     def upright_image(self) -> np.ndarray:
         """The image turned as the stage sees it (rows along stage y, columns along x): a
         camera mounted at a multiple of 90 degrees and/or mirrored (`pixel_affine`) undone
-        by flips and a transpose (views, no copy). Other angles: the image as it is."""
+        by flips and a transpose (views, no copy). Other angles: the image as it is.
+        """
         if self.pixel_affine is None:
             return self.image
         a, b, c, d = self.pixel_affine
@@ -207,7 +210,8 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 @contextmanager
 def _quiet_logger(name: str) -> Iterator[list[str]]:
     """Collect a library logger's messages instead of letting them reach stderr (they
-    would add lines to our one-line error reports); yields the list of messages."""
+    would add lines to our one-line error reports); yields the list of messages.
+    """
     logger = logging.getLogger(name)
     messages: list[str] = []
 
@@ -264,7 +268,8 @@ def upright(data: np.ndarray, orientation: int | None) -> np.ndarray:
     displayed: a camera held on its side stores the pixels as the sensor read them and
     writes 6 or 8; coordinates must be those of the picture the user sees. Values other
     than 2-8 (1, none, nonsense) leave it as it is, and so does a stack of frames (it is
-    refused later, with its own shape)."""
+    refused later, with its own shape).
+    """
     turn = _ORIENT.get(int(orientation or 1))
     if turn is None or data.ndim not in (2, 3):
         return data
@@ -273,7 +278,8 @@ def upright(data: np.ndarray, orientation: int | None) -> np.ndarray:
 
 def _cmyk_to_rgb(data: np.ndarray) -> np.ndarray:
     """(H, W, 4) CMYK samples (0 = no ink) as (H, W, 3) RGB of the same dtype, the way
-    Pillow converts: each channel (max - ink) x (max - black) / max."""
+    Pillow converts: each channel (max - ink) x (max - black) / max.
+    """
     top = float(np.iinfo(data.dtype).max) if data.dtype.kind in "ui" else 1.0
     ink = data[..., :3].astype(np.float64)
     black = data[..., 3:4].astype(np.float64)
@@ -285,7 +291,8 @@ def _cmyk_to_rgb(data: np.ndarray) -> np.ndarray:
 
 def _pil_facts(raw: bytes) -> tuple[str | None, int]:
     """(Pillow's mode, EXIF Orientation) from an image's header, or (None, 1) when Pillow
-    cannot tell. JPEG, PNG and TIFF carry the orientation in EXIF or the TIFF tag."""
+    cannot tell. JPEG, PNG and TIFF carry the orientation in EXIF or the TIFF tag.
+    """
     import io
     import warnings
 
@@ -303,7 +310,8 @@ def _pil_facts(raw: bytes) -> tuple[str | None, int]:
 
 def _pil_rgb(raw: bytes) -> np.ndarray:
     """Pillow's own RGB rendering of an image: CMYK JPEGs (plain, Adobe's inverted ones
-    and YCCK, which Pillow and libjpeg decode to CMYK) as the colours they print."""
+    and YCCK, which Pillow and libjpeg decode to CMYK) as the colours they print.
+    """
     import io
     import warnings
 

@@ -76,7 +76,8 @@ def _border_colour(rgb: np.ndarray) -> np.ndarray:
 
 def fit_to_window(rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """(size, size, 3) uint8: `rgb` scaled so its longer side is `size`, centred, padded
-    with its border colour. A picture already `size` x `size` is returned unchanged."""
+    with its border colour. A picture already `size` x `size` is returned unchanged.
+    """
     from skimage.transform import resize
 
     rgb = to_rgb_uint8(rgb)

@@ -44,11 +44,13 @@ class Detector(Protocol):
 @dataclass(frozen=True)
 class StudyDetector:
     """The study's connected-component detector (`napari_foram.detect.detect`) with
-    `params`, at the frame's pixel size and its camera's bit depth."""
+    `params`, at the frame's pixel size and its camera's bit depth.
+    """
 
     params: DetectionParams = field(default_factory=DetectionParams)
 
     def __call__(self, frame: Frame) -> Detections:
+        """The specimens `detect` finds in `frame` with `params`, each with its crop."""
         return detect(
             frame.image,
             self.params,
@@ -57,6 +59,7 @@ class StudyDetector:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """`params`, JSON-ready (`DetectionParams.to_dict`)."""
         return self.params.to_dict()
 
 
@@ -255,7 +258,8 @@ class CountingPipeline:
 
     def _record_provenance(self, frame: Frame) -> None:
         """Before the first rows: make sure the sample's provenance names this model, these
-        settings and the pixel size (resuming needs it), adding an entry if not."""
+        settings and the pixel size (resuming needs it), adding an entry if not.
+        """
         assert self.store is not None and self.sample_id is not None
         self._provenance_checked = True
         # A model that knows classes the store does not: the store's list grows (old
@@ -387,7 +391,8 @@ class CountingPipeline:
         self, frame: Frame, det: Detections
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
         """Sample coordinates of every detection; the new rows and their registry entries
-        (None: not registered, no position); the rows already counted and their entries."""
+        (None: not registered, no position); the rows already counted and their entries.
+        """
         n = len(det)
         xy = np.full((n, 2), np.nan)
         for i, (cy, cx) in enumerate(det.centroid):
@@ -416,7 +421,8 @@ class CountingPipeline:
         self, *, store_rows: np.ndarray | None = None, sharpness: np.ndarray | None = None
     ) -> None:
         """Extend the per-specimen book (store row, view sharpness) to the registry's new
-        entries, so that entry i of the registry is entry i of the book."""
+        entries, so that entry i of the registry is entry i of the book.
+        """
         grow = len(self.registry) - self._store_row.size
         if grow <= 0:
             return
@@ -600,7 +606,8 @@ class CountingPipeline:
     def _keep_features(self, store_rows: np.ndarray, pred: Predictions) -> None:
         """Keep the specimens' pooled features in the store (see `tally.store._kept`), so
         that they can be classified again without the backbone. Features of another
-        backbone than the sample's are not mixed in (`features_not_kept` counts them)."""
+        backbone than the sample's are not mixed in (`features_not_kept` counts them).
+        """
         assert self.store is not None and self.sample_id is not None
         if pred.kept_features is None or not len(store_rows):
             self.features_not_kept += len(store_rows)
@@ -629,7 +636,8 @@ def model_unsure_rule(info: Any) -> dict[str, Any]:
 def model_provenance(info: Any) -> dict[str, Any]:
     """What a sample's provenance records about the model besides its file digest: which
     backbone (name, conv-tensor digest) and input convention it classifies with, and its
-    unsure rule when it has one (no key otherwise, so old models' records are unchanged)."""
+    unsure rule when it has one (no key otherwise, so old models' records are unchanged).
+    """
     out: dict[str, Any] = {
         "backbone": getattr(info, "backbone_id", "") or getattr(info, "backbone_weights", ""),
         "backbone_sha256": getattr(info, "backbone_sha256", ""),
@@ -643,7 +651,8 @@ def model_provenance(info: Any) -> dict[str, Any]:
 
 def prediction_columns(pred: Predictions) -> dict[str, np.ndarray]:
     """The store columns a classification fills (see `specimen_columns`), e.g. to apply
-    an unsure rule (`stats.UnsureRule.above`) to predictions not stored yet."""
+    an unsure rule (`stats.UnsureRule.above`) to predictions not stored yet.
+    """
     return {
         "class_index": pred.class_index,
         "mean_probs": pred.mean_probs,
@@ -670,7 +679,8 @@ def specimen_columns(
     frame: Frame, det: Detections, rows: np.ndarray, pred: Predictions
 ) -> dict[str, np.ndarray]:
     """Store columns of detections `rows` of `frame` with their classification `pred`
-    (everything a specimen row holds but its stage position and review)."""
+    (everything a specimen row holds but its stage position and review).
+    """
     assert det.crops is not None  # the pipeline's detector always cuts crops
     return {
         "frame_index": np.full(len(rows), frame.index, dtype=np.int64),
@@ -749,7 +759,8 @@ def _box_um(frame: Frame, bbox: np.ndarray) -> tuple[float, float, float, float]
 
 def _pixels_um(frame: Frame, det: Detections, row: int) -> np.ndarray:
     """(k, 2) sample coordinates (x_um, y_um) of detection `row`'s pixels, one point per
-    pixel of the label image at the detector's working scale."""
+    pixel of the label image at the detector's working scale.
+    """
     s = det.work_scale
     r0, c0, r1, c1 = (int(v) // s for v in det.bbox[row])
     rr, cc = np.nonzero(det.labels[r0 : r1 + 1, c0 : c1 + 1] == det.label[row])
@@ -768,7 +779,8 @@ def _pixels_um(frame: Frame, det: Detections, row: int) -> np.ndarray:
 
 def _stand_in(frame: Frame, det: Detections, row: int) -> tuple[Frame, Detections]:
     """The crop of detection `row` as a small frame of its own, and that one detection in
-    it, placed so that sample coordinates stay right."""
+    it, placed so that sample coordinates stay right.
+    """
     assert det.crops is not None
     size = det.crops.shape[1]
     cy, cx = det.centroid[row]
@@ -791,8 +803,3 @@ def _stand_in(frame: Frame, det: Detections, row: int) -> tuple[Frame, Detection
         pixel_affine=frame.pixel_affine,
     )
     return crop_frame, one
-
-
-# Moved to napari_foram.classify.loading (a pipeline does not load models); kept here so
-# that old imports keep working.
-from napari_foram.classify.loading import load_predictor  # noqa: E402, F401

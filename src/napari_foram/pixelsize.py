@@ -42,7 +42,8 @@ _PRINT_DPI = (72, 96, 100, 150, 180, 200, 240, 300, 350, 400, 600, 720, 1200)
 
 def _plausible(value: float | None) -> float | None:
     """Keep sizes a microscope for 0.1-1 mm specimens could give (1 nm to 50 um per
-    pixel): coarser and a specimen would be a few pixels."""
+    pixel): coarser and a specimen would be a few pixels.
+    """
     if value is None or not (1e-3 <= value <= 50.0):
         return None
     return float(value)

@@ -1,6 +1,7 @@
 """Matching found specimen centres to true ones, one to one, closest pairs first
 (`match_points`): how detections and counts are scored against ground truth (synthetic
-trays, hand-marked frames). Not `training.evaluate`, which scores a classifier."""
+trays, hand-marked frames). Not `training.evaluate`, which scores a classifier.
+"""
 
 from __future__ import annotations
 
@@ -27,18 +28,22 @@ class PointMatch:
 
     @property
     def matched(self) -> int:
+        """Found centres matched to a true specimen."""
         return int((self.truth_of_found >= 0).sum())
 
     @property
     def missed(self) -> int:
+        """True specimens no found centre matched."""
         return self.n_truth - self.matched
 
     @property
     def false(self) -> int:
+        """Found centres matched to no true specimen (false detections)."""
         return int((self.truth_of_found < 0).sum())
 
     @property
     def recall(self) -> float:
+        """Matched true specimens as a fraction of all of them (1.0 when there are none)."""
         return self.matched / self.n_truth if self.n_truth else 1.0
 
     @property

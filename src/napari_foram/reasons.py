@@ -11,7 +11,8 @@ from __future__ import annotations
 
 def one_line(exc: BaseException | str) -> str:
     """`exc` as one line: an OSError as "FILE: reason", else its message's first line,
-    else its type's name ("" for an empty string)."""
+    else its type's name ("" for an empty string).
+    """
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         return f"{where}{exc.strerror}"

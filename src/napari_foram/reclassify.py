@@ -24,17 +24,18 @@ their classes); the store never maps one model's column onto another's by positi
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_foram._progress import ProgressCallback
 from napari_foram.defaults import MC_SAMPLES
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from napari_foram._progress import ProgressCallback
     from napari_foram.classify.predict import Predictions, Predictor
     from napari_foram.tally.store import TallyStore
 
@@ -76,9 +77,11 @@ class ReclassifyReport:
 
     @property
     def seconds_per_specimen(self) -> float:
+        """Wall time per reclassified specimen (`seconds` over `rows`)."""
         return self.seconds / max(self.rows, 1)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report, JSON-ready (what ``napari-foram reclassify --json`` prints)."""
         return {
             "sample_id": self.sample_id,
             "rows": self.rows,
@@ -112,7 +115,8 @@ def sample_features(
 ) -> tuple[np.ndarray, str]:
     """(n, D) pooled features of every committed row in the predictor's feature space,
     and where they came from ("kept", "crops" or "kept+crops"). Rows without kept
-    features are computed from their crops and kept (when the predictor can)."""
+    features are computed from their crops and kept (when the predictor can).
+    """
     import torch
 
     from napari_foram.tally.store._kept import same_space
@@ -155,7 +159,8 @@ def predict_from_features(
     predictor: Predictor, features: np.ndarray, mc_samples: int = MC_SAMPLES
 ) -> Predictions:
     """A "pooled" model's predictions from pooled features (dropout keys hashed from the
-    features: the same answer wherever the features came from)."""
+    features: the same answer wherever the features came from).
+    """
     import torch
 
     if predictor.info.feature_layout != "pooled":

@@ -25,54 +25,67 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from napari_foram.defaults import CAMERA_SHAPE
-from napari_foram.mosaic import Mosaic
 from napari_foram.reasons import one_line
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
     from pymmcore_plus import CMMCorePlus
 
     from napari_foram.frames import Frame
     from napari_foram.pipeline import CountingPipeline, FrameResult
-    from napari_foram.synthetic import TrayRender
 
 
 class FrameStream(Protocol):
     """A running live stream (`FrameSource.stream`)."""
 
     @property
-    def frames_delivered(self) -> int: ...
+    def frames_delivered(self) -> int:
+        """Frames handed on so far."""
+        ...
 
     @property
-    def error(self) -> BaseException | str | None: ...
+    def error(self) -> BaseException | str | None:
+        """Why the stream ended on its own (None while it runs well)."""
+        ...
 
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Start streaming."""
+        ...
 
-    def stop(self) -> None: ...
+    def stop(self) -> None:
+        """Stop streaming; raises what ended it, if anything did."""
+        ...
 
 
 class Acquisition(Protocol):
     """How an acquisition (`FrameSource.acquire`) ended."""
 
     @property
-    def frames_delivered(self) -> int: ...
+    def frames_delivered(self) -> int:
+        """Frames handed on."""
+        ...
 
     @property
-    def error(self) -> str | None: ...
+    def error(self) -> str | None:
+        """One-line reason the acquisition ended early, or None."""
+        ...
 
     @property
-    def cancelled(self) -> bool: ...
+    def cancelled(self) -> bool:
+        """Whether a stop (`FrameSource.cancel`) ended it."""
+        ...
 
 
 @runtime_checkable
 class FrameSource(Protocol):
     """Where a counting session's frames come from (`acquire.sources` has a Micro-Manager
-    core's, a saved scan's and a folder's)."""
+    core's, a saved scan's and a folder's).
+    """
 
     def snap(self, index: int = 0) -> Frame:
         """One frame, now."""
@@ -91,7 +104,8 @@ class FrameSource(Protocol):
         save_to: str | Path | None = None,
     ) -> Acquisition:
         """Take the frames of `plan` (a tray scan), each handed to `emit` in order on the
-        calling thread; `emit` blocking holds the acquisition."""
+        calling thread; `emit` blocking holds the acquisition.
+        """
         ...
 
     def layout(self, plan: Any) -> tuple[int, int]:
@@ -185,7 +199,7 @@ class CountingSession:
 
     @property
     def mode(self) -> str:
-        """ "idle", "snap", "scan" or "live"."""
+        """What the session does now: "idle", "snap", "scan" or "live"."""
         return self._mode
 
     @property
@@ -197,7 +211,8 @@ class CountingSession:
         """Ask the running acquisition to stop now (any thread): the field being
         processed finishes and is stored; the fields imaged but still queued are
         dropped, not processed (a scan started again images them again), and the camera
-        stops after the field it is on."""
+        stops after the field it is on.
+        """
         self._stop_requested = True
         self._stop_event.set()
         queue = self._queue
@@ -213,7 +228,8 @@ class CountingSession:
     def pause(self, paused: bool = True) -> None:
         """Pause (or resume) a running tray scan (any thread): the camera stops after the
         field it is on and the worker after the field it is processing; the fields
-        imaged meanwhile wait in the queue and are processed, in order, on resume."""
+        imaged meanwhile wait in the queue and are processed, in order, on resume.
+        """
         if self._source is None or self._mode != "scan":
             raise ValueError("no tray scan is running")
         queue = self._queue
@@ -246,7 +262,8 @@ class CountingSession:
 
     def snap(self, source: FrameSource | CMMCorePlus, *, index: int = 0) -> FrameResult:
         """Take one frame from `source` (a `FrameSource` or a Micro-Manager core) and count
-        it now (in the calling thread)."""
+        it now (in the calling thread).
+        """
         self._mode = "snap"
         try:
             result = self.pipeline.process(frame_source(source).snap(index))
@@ -446,12 +463,16 @@ def count_saved_scan(
     on_result: Callable[[FrameResult], None] | None = None,
 ) -> ScanReport:
     """Recount a tray scan saved with ``scan(..., save_to=...)`` (OME-Zarr) through
-    `pipeline`, exactly as the live scan counted it: a session's scan of the saved frames
-    (`acquire.sources.SavedScanSource`), in the order they were taken, at their stage
+    `pipeline`, exactly as the live scan counted it: its frames replayed
+    (`acquire.sources.SavedScanSource`) in the order they were taken, at their stage
     positions (so overlapping fields count each specimen once), z-stacks fused, and the
-    specimens only ever seen cut by a field edge counted at the end."""
+    specimens only ever seen cut by a field edge counted at the end. Runs in the calling
+    thread (a batch task's: its stop hooks and seeds hold for every frame).
+    """
     from napari_foram.acquire.sources import SavedScanSource
+    from napari_foram.focus import ZStackAssembler
 
+    t0 = time.perf_counter()
     source = SavedScanSource(path)
     store, sample_id = pipeline.store, pipeline.sample_id
     if store is not None and sample_id is not None:
@@ -460,117 +481,34 @@ def count_saved_scan(
             sample_id,
             {**pipeline.provenance(), "source": "saved scan", "raw_frames": str(source.scan.path)},
         )
-    return CountingSession(pipeline).scan(source, None, on_result=on_result)
+    fields, z_planes = source.layout(None)
+    fused: list[Frame] = []
+    assembler = ZStackAssembler(z_planes, fused.append)
+    processed = counted = 0
 
+    def take(frame: Frame) -> None:
+        nonlocal processed, counted
+        assembler.add(frame)
+        ready, fused[:] = list(fused), []
+        for result in pipeline.process_many(ready):
+            processed += 1
+            counted += len(result.new_rows)
+            if on_result is not None:
+                on_result(result)
 
-class SimulatedTray:
-    """The built-in simulated microscope with a synthetic tray on its stage.
-
-    Parameters
-    ----------
-    world
-        The synthetic tray (image, labels, ground truth) the camera looks at.
-    camera_shape
-        Sensor size (rows, cols).
-    seed
-        Seed of the camera noise.
-    noise
-        Shot and read noise on or off.
-    fail_after_frames, fail_after_moves
-        Fault injection: the camera fails after that many frames, the XY stage after
-        that many moves (None: never).
-    thick_specimens
-        Give each specimen its own height, so that one focal plane leaves some blurred.
-    bit_depth
-        Camera bit depth: 8 (uint8 frames) or 10, 12, 14, 16 (uint16 frames).
-    mount_rotation_deg, mount_mirror
-        A camera mounted turned and/or mirrored; its configuration carries the matching
-        pixel-size affine transform (see `acquire.create_simulated_core`).
-    """
-
-    def __init__(
-        self,
-        world: TrayRender,
-        *,
-        camera_shape: tuple[int, int] = CAMERA_SHAPE,
-        seed: int = 0,
-        noise: bool = True,
-        fail_after_frames: int | None = None,
-        fail_after_moves: int | None = None,
-        thick_specimens: bool = False,
-        bit_depth: int = 8,
-        mount_rotation_deg: int = 0,
-        mount_mirror: bool = False,
-    ) -> None:
-        from napari_foram.acquire import create_simulated_core
-        from napari_foram.acquire.simulated import height_map_from_labels
-
-        self.world = world
-        self.camera_shape = camera_shape
-        self.pixel_size_um = world.pixel_size_um
-        self.bit_depth = bit_depth
-        self.core = create_simulated_core(
-            world.image,
-            world.pixel_size_um,
-            camera_shape=camera_shape,
-            noise=noise,
-            seed=seed,
-            fail_after_frames=fail_after_frames,
-            fail_after_moves=fail_after_moves,
-            bit_depth=bit_depth,
-            mount_rotation_deg=mount_rotation_deg,
-            mount_mirror=mount_mirror,
-            # Thick specimens: each a dome of its own height, so that one focal plane
-            # leaves some blurred (what focus stacking is for).
-            height_map=(
-                height_map_from_labels(world.labels, world.specimens, world.pixel_size_um)
-                if thick_specimens
-                else None
-            ),
-        )
-        self._centres: list[tuple[float, float]] = []
-
-    def world_px_to_um(self, row: float, col: float) -> tuple[float, float]:
-        """Sample coordinates (x_um, y_um) of a world pixel (see acquire.simulated)."""
-        return (col * self.pixel_size_um, row * self.pixel_size_um)
-
-    def grid_sequence(
-        self,
-        rows: int,
-        cols: int,
-        overlap_fraction: float,
-        *,
-        z_planes: int = 1,
-        z_step_um: float | None = None,
-    ) -> Any:
-        """An MDA grid scan of rows x cols fields centred on the tray (with `z_planes`
-        focal planes per field, `z_step_um` apart, around the current focus)."""
-        from napari_foram.acquire import tray_scan_sequence
-
-        h, w = self.world.image.shape[:2]
-        centre = self.world_px_to_um((h - 1) / 2, (w - 1) / 2)
-        return tray_scan_sequence(
-            self.core,
-            rows=rows,
-            cols=cols,
-            overlap_fraction=overlap_fraction,
-            center_xy_um=centre,
-            z_planes=z_planes,
-            **({"z_step_um": z_step_um} if z_step_um is not None else {}),
-        )
-
-    def mosaic(self) -> Mosaic:
-        """An empty mosaic covering the whole tray, for the viewer."""
-        h, w = self.world.image.shape[:2]
-        return Mosaic((0.0, 0.0), (h, w), self.pixel_size_um)
-
-    def describe(self) -> dict[str, Any]:
-        """Microscope state for the store's provenance record."""
-        return {
-            "microscope": "napari-foram simulated microscope",
-            "camera_shape": list(self.camera_shape),
-            "bit_depth": self.bit_depth,
-            "colour": "mono" if self.world.image.ndim == 2 else "rgb",
-            "pixel_size_um": self.pixel_size_um,
-            "synthetic_seed": self.world.seed,
-        }
+    replayed = source.acquire(None, take)
+    assembler.flush()
+    if replayed.error is None:
+        for result in pipeline.finish():
+            counted += len(result.new_rows)
+            if on_result is not None:
+                on_result(result)
+    return ScanReport(
+        frames_acquired=replayed.frames_delivered,
+        frames_processed=processed,
+        frames_dropped=0,
+        error=replayed.error,
+        seconds=time.perf_counter() - t0,
+        fields_planned=fields,
+        specimens_counted=counted,
+    )

@@ -220,7 +220,7 @@ def _spines(
 
 
 def _fibonacci_sphere(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n nearly evenly spread unit vectors (a golden-angle spiral), randomly rotated."""
+    """N nearly evenly spread unit vectors (a golden-angle spiral), randomly rotated."""
     k = np.arange(n) + 0.5
     z = 1.0 - 2.0 * k / n
     phi = k * math.pi * (3.0 - math.sqrt(5.0))

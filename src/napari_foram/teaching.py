@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,8 @@ from napari_foram.tally import stats
 from napari_foram.tally.stats import REVIEW_CONFIRMED, REVIEW_RELABELLED
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
     from napari_foram.classify.checkpoint import ModelInfo
     from napari_foram.classify.model import FORAMNet
     from napari_foram.classify.predict import Predictor
@@ -69,12 +70,14 @@ class LabelSet:
         return int(self.labels.shape[0])
 
     def per_class(self) -> dict[str, int]:
+        """Labelled specimens per class name (every class, zero included)."""
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
     def digest(self) -> str:
         """sha256 over the labels, their specimens and their features: which data taught
-        a model (the model card's data digest)."""
+        a model (the model card's data digest).
+        """
         h = hashlib.sha256()
         for (sid, row), label in zip(self.where, self.labels, strict=True):
             h.update(f"{sid}|{row}|{self.class_names[int(label)]}\n".encode())
@@ -85,7 +88,8 @@ class LabelSet:
 def labelled_rows(specimens: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(rows, labels) of the specimens a person labelled: confirmed rows with their
     predicted class, relabelled rows with the person's class; rows that do not count
-    (duplicates, rejected) left out. Foram review's export uses the same rows."""
+    (duplicates, rejected) left out. Foram review's export uses the same rows.
+    """
     status = np.asarray(specimens["review_status"])
     keep = np.isin(status, (REVIEW_CONFIRMED, REVIEW_RELABELLED)) & stats.counted_mask(specimens)
     rows = np.flatnonzero(keep).astype(np.int64)
@@ -98,7 +102,8 @@ def gather_labels(
     sample_ids: Sequence[str] | None = None,
 ) -> LabelSet:
     """Every labelled specimen of the samples (default: all) with its pooled features in
-    `predictor`'s feature space (kept ones read, missing ones computed from the crops)."""
+    `predictor`'s feature space (kept ones read, missing ones computed from the crops).
+    """
     from napari_foram.reclassify import sample_features
 
     ids = list(sample_ids) if sample_ids is not None else store.samples()
@@ -138,7 +143,8 @@ class TaughtModel:
 
 def teachable(labels: LabelSet) -> tuple[list[int], dict[str, int]]:
     """(class indices a model can learn, classes left out with their label counts);
-    ValueError (one line) when fewer than two classes have enough labels."""
+    ValueError (one line) when fewer than two classes have enough labels.
+    """
     counts = np.bincount(labels.labels, minlength=len(labels.class_names))
     keep = [int(i) for i in np.flatnonzero(counts >= MIN_LABELS_PER_CLASS)]
     left = {
@@ -285,7 +291,8 @@ def _held_out_distances(
     """Feature distances of labelled specimens from a density fitted without them
     (stratified folds): what an unseen specimen of a taught class scores, so that the
     unsure rule flags `TAUGHT_FALSE_FLAG_RATE` of such specimens, not of the training
-    ones (which lie closer to their own class means than any new specimen)."""
+    ones (which lie closer to their own class means than any new specimen).
+    """
     from napari_foram.training.train._linear import MAX_FOLDS, stratified_folds
 
     smallest = int(np.bincount(y).min())
@@ -303,7 +310,8 @@ def _held_out_distances(
 
 def save_taught(taught: TaughtModel, folder: str | Path, *, name: str | None = None) -> Path:
     """Save a taught model as a head-only checkpoint (a few kB of head, its density and
-    its card; the backbone is rebuilt from its source on load) in `folder`."""
+    its card; the backbone is rebuilt from its source on load) in `folder`.
+    """
     from napari_foram.classify.checkpoint import save_checkpoint
 
     folder = Path(folder)
@@ -316,7 +324,8 @@ def save_taught(taught: TaughtModel, folder: str | Path, *, name: str | None = N
 
 def models_folder(store_path: str | Path) -> Path:
     """Where models taught on a store go by default: beside it, never inside it
-    (``run.zarr`` -> ``run-models/``)."""
+    (``run.zarr`` -> ``run-models/``).
+    """
     p = Path(store_path)
     return p.with_name(f"{p.name.removesuffix('.zarr')}-models")
 
@@ -479,7 +488,8 @@ def suggest_next(
 
 def model_card(info: ModelInfo) -> dict[str, Any]:
     """What a checkpoint says about itself, for people: classes, backbone, recipe, data
-    digest, held-out figures, unsure rule, when it was made and its file digest."""
+    digest, held-out figures, unsure rule, when it was made and its file digest.
+    """
     training = dict(info.training or {})
     metrics = dict(info.metrics or {})
     held: dict[str, Any] = {

@@ -47,11 +47,10 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -63,9 +62,13 @@ import pymmcore
 import useq
 from pymmcore_plus import CMMCorePlus
 
-from napari_foram.acquire.simulated import SimulatedMicroscope
 from napari_foram.frames import Frame, pixel_affine_from_micromanager
 from napari_foram.reasons import one_line
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from napari_foram.acquire.simulated import SimulatedMicroscope
 
 __all__ = [
     "AcquisitionError",
@@ -158,7 +161,8 @@ def _adapter_search_paths(adapter_path: str | Path | Sequence[str | Path] | None
 
 def _config_error(p: Path, exc: BaseException, searched: Sequence[str]) -> str:
     """One line out of MMCore's multi-line load error: which adapter, the core's reason,
-    where it looked (what a user needs to fix the path), and the configuration line."""
+    where it looked (what a user needs to fix the path), and the configuration line.
+    """
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     line = _CONFIG_LINE.match(text)
     at = f" (line {line.group('line')})" if line else ""
@@ -218,7 +222,8 @@ def load_config_core(
 
 def release_core(core: CMMCorePlus) -> None:
     """Unload every device of a core this process opened (frees the hardware for other
-    programs). Never call it on a shared core (`shared_core`): it is someone else's."""
+    programs). Never call it on a shared core (`shared_core`): it is someone else's.
+    """
     with suppress(Exception):  # a device that fails to shut down must not stop the rest
         if core.mda.is_running():
             core.mda.cancel()
@@ -344,7 +349,8 @@ class MicroscopeCapabilities:
 
 def microscope_capabilities(core: CMMCorePlus) -> MicroscopeCapabilities:
     """Check a loaded configuration: camera (bit depth, colour), XY stage, Z stage and
-    pixel size, with one sentence for each missing part saying what is turned off."""
+    pixel size, with one sentence for each missing part saying what is turned off.
+    """
     camera = core.getCameraDevice() or None
     shape = camera_frame_shape(core) if camera else ()
     xy, z = core.getXYStageDevice() or None, core.getFocusDevice() or None
@@ -443,7 +449,8 @@ def _field_of_view_um(core: CMMCorePlus) -> tuple[float, float]:
 def camera_pixel_affine(core: CMMCorePlus) -> tuple[float, float, float, float] | None:
     """The camera's orientation on the stage from the configuration's pixel-size affine
     transform: (a, b, c, d) um per pixel (see `Frame.pixel_affine` and
-    `frames.pixel_affine_from_micromanager`), None when upright or without pixel size."""
+    `frames.pixel_affine_from_micromanager`), None when upright or without pixel size.
+    """
     px = _pixel_size_or_none(core)
     if px is None:
         return None
@@ -500,7 +507,8 @@ def view_stream_running(core: CMMCorePlus) -> bool:
     """Whether a continuous camera stream that no acquisition (MDA) owns runs on `core`:
     a view-only live view (pymmcore-widgets' Live). A stream under an MDA -- a
     hardware-sequenced scan of napari-micromanager's -- is not one: stopping it would cut
-    that scan short."""
+    that scan short.
+    """
     try:
         return bool(core.isSequenceRunning()) and not core.mda.is_running()
     except Exception:  # a core mid-unload: no stream
@@ -516,7 +524,8 @@ def stop_view_stream(core: CMMCorePlus) -> None:
 
 def viewed_frame(core: CMMCorePlus) -> Frame | None:
     """The camera's newest picture from a view-only snap or live view, as a `Frame` at the
-    stage's position (None when there is none yet); for showing, never for counting."""
+    stage's position (None when there is none yet); for showing, never for counting.
+    """
     try:
         if core.isSequenceRunning():
             if core.getRemainingImageCount() == 0:

@@ -17,10 +17,8 @@ and ``getImageBitDepth`` (always 8 x bytes); its significant bits go in the stan
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pymmcore_plus import PixelFormat
 from pymmcore_plus.experimental.unicore import (
     ShutterDevice,
@@ -37,6 +35,11 @@ from napari_foram.acquire.simulated import (
     mount_affine,
 )
 from napari_foram.defaults import CAMERA_SHAPE
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
 
 __all__ = [
     "CAMERA_LABEL",

@@ -22,11 +22,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import useq
@@ -38,7 +37,6 @@ from ome_writers import (
     create_stream,
     useq_to_acquisition_settings,
 )
-from pymmcore_plus import CMMCorePlus
 from pymmcore_plus.mda import MDAEngine, mda_listeners_connected
 
 from napari_foram.acquire._mm import (
@@ -51,6 +49,11 @@ from napari_foram.acquire._mm import (
 )
 from napari_foram.frames import Frame
 from napari_foram.reasons import one_line
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+    from pymmcore_plus import CMMCorePlus
 
 __all__ = [
     "LiveStream",

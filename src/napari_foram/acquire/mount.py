@@ -25,7 +25,8 @@ def _check_mount(rotation_deg: int) -> int:
 def mount_image(window: np.ndarray, rotation_deg: int = 0, mirror: bool = False) -> np.ndarray:
     """What a camera mounted `rotation_deg` (counter-clockwise) and optionally mirrored
     records of a world-oriented `window` (rows along stage y, columns along x): mirrored
-    left-right first, then rotated (a view, no copy)."""
+    left-right first, then rotated (a view, no copy).
+    """
     out = window[:, ::-1] if mirror else window
     return np.rot90(out, k=_check_mount(rotation_deg) // 90, axes=(0, 1))
 

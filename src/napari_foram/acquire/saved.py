@@ -28,14 +28,16 @@ never reached (stopped early: no frame metadata) is not read.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_foram.frames import Frame, pixel_affine_from_micromanager
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["SavedScan", "is_saved_scan", "read_saved_scan"]
 
@@ -84,7 +86,8 @@ class SavedScan:
 
     def frames(self) -> Iterator[Frame]:
         """Every plane as a `Frame` with its stage position; the planes of a z-stack carry
-        ``metadata["mda_index"]`` = {"g": field, "z": plane}, as from a live scan."""
+        ``metadata["mda_index"]`` = {"g": field, "z": plane}, as from a live scan.
+        """
         import zarr
 
         group: Any = zarr.open_group(str(self.path), mode="r")  # zarr's node union: untyped
@@ -133,7 +136,8 @@ class SavedScan:
 
 def _axes(attrs: Any, array: Any) -> list[str]:
     """Names of an image's axes: its OME-NGFF multiscales, else the array's dimension
-    names, else (..., y, x)."""
+    names, else (..., y, x).
+    """
     multiscales = attrs.get("ome", {}).get("multiscales") or [{}]
     names = [str(a.get("name", "")) for a in multiscales[0].get("axes", [])]
     if len(names) != len(array.shape):
@@ -152,7 +156,8 @@ def _plane_metadata(
     """Each plane's frame metadata. An entry's ``storage_index`` runs over `index_axes`
     (the stored axes before y, x); the colour axis "c" is not a plane of its own (three
     entries per colour plane: the first is taken), so `planes_shape` leaves it out.
-    Entries without a storage index are taken in the order written."""
+    Entries without a storage index are taken in the order written.
+    """
     keep = [i for i, name in enumerate(index_axes) if name != "c"]
     by_plane: list[dict[str, Any] | None] = [None] * n_planes
     for entry in metas:
@@ -184,7 +189,8 @@ def _bits(value: Any) -> int | None:
 def _bit_depth(summary: dict[str, Any], info: dict[str, Any]) -> int | None:
     """Significant bits, as `acquire.camera_bit_depth` reads them live: the image's pixel
     format, or the camera's "PixelFormat" property when it says fewer (a Python camera's
-    pixel format only knows its dtype: 16 for 12 bits in uint16)."""
+    pixel format only knows its dtype: 16 for 12 bits in uint16).
+    """
     bits = _bits(info.get("pixel_format", ""))
     camera = info.get("camera_label")
     for device in summary.get("devices", []):

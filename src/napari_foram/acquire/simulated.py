@@ -42,7 +42,6 @@ import functools
 import math
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -52,6 +51,8 @@ from napari_foram.acquire.mount import _check_mount, mount_affine, mount_image
 from napari_foram.defaults import CAMERA_SHAPE
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from napari_foram.synthetic import SpecimenTruth
 
 __all__ = [
@@ -628,7 +629,8 @@ class SimulatedMicroscope:
     @property
     def window_shape(self) -> tuple[int, int]:
         """(rows, cols) of the world window the camera sees (the sensor's shape turned
-        back by the mounting)."""
+        back by the mounting).
+        """
         h, w = self.camera_shape
         return (w, h) if self.mount_rotation_deg in (90, 270) else (h, w)
 

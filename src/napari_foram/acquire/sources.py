@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_foram.frames import Frame, natural_key, read_image
 from napari_foram.reasons import one_line
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["FolderSource", "MicroManagerSource", "ReplaySource", "Replayed", "SavedScanSource"]
 
@@ -35,11 +37,13 @@ class MicroManagerSource:
         self.core = core
 
     def snap(self, index: int = 0) -> Frame:
+        """One image snapped by the core's camera now, at stage position and focus as they are."""
         from napari_foram.acquire import snap_frame
 
         return snap_frame(self.core, index=index)
 
     def stream(self, emit: Callable[[Frame], None]) -> Any:
+        """The core's live mode as a `LiveStream` handing each camera image to `emit`."""
         from napari_foram.acquire import LiveStream
 
         return LiveStream(self.core, emit)
@@ -52,6 +56,7 @@ class MicroManagerSource:
         hardware_sequencing: bool = False,
         save_to: str | Path | None = None,
     ) -> Any:
+        """Run `plan` (an MDA sequence) on the core with `run_scan`; its `ScanResult`."""
         from napari_foram.acquire import run_scan
 
         return run_scan(
@@ -63,16 +68,19 @@ class MicroManagerSource:
         )
 
     def layout(self, plan: Any) -> tuple[int, int]:
+        """(distinct stage positions, focal planes per field) of the MDA sequence `plan`."""
         from napari_foram.acquire import sequence_xy_positions, sequence_z_planes
 
         return len(sequence_xy_positions(plan)) or 1, sequence_z_planes(plan)
 
     def cancel(self) -> None:
+        """Ask the core's running MDA to stop after the current field (`cancel_scan`)."""
         from napari_foram.acquire import cancel_scan
 
         cancel_scan(self.core)
 
     def pause(self, paused: bool) -> None:
+        """Pause (or resume) the core's running MDA after the current field; the stage stays."""
         from napari_foram.acquire import pause_scan
 
         pause_scan(self.core, paused)
@@ -89,7 +97,8 @@ class Replayed:
 
 class ReplaySource:
     """Frames replayed in order: `acquire` hands each to the session, honouring pause and
-    stop between frames. `frames` is called anew for every replay."""
+    stop between frames. `frames` is called anew for every replay.
+    """
 
     def __init__(
         self, frames: Callable[[], Iterable[Frame]], *, fields: int, z_planes: int = 1
@@ -101,12 +110,14 @@ class ReplaySource:
         self._running.set()
 
     def snap(self, index: int = 0) -> Frame:
+        """Frame `index` of the replay (read anew); a `ValueError` past the last one."""
         for i, frame in enumerate(self._frames()):
             if i == index:
                 return frame
         raise ValueError(f"there is no frame {index} to snap")
 
     def stream(self, emit: Callable[[Frame], None]) -> Any:
+        """Never a stream: a replay has no live view (`ValueError` saying to scan instead)."""
         raise ValueError(f"{type(self).__name__} has no live view: count it as a scan")
 
     def acquire(
@@ -117,34 +128,45 @@ class ReplaySource:
         hardware_sequencing: bool = False,
         save_to: str | Path | None = None,
     ) -> Replayed:
+        """Hand every frame to `emit` in order, waiting while paused; how far it got.
+
+        `plan` and `hardware_sequencing` mean nothing to a replay; `save_to` is refused
+        (`ValueError`): the frames are saved already. An unreadable frame ends the replay
+        with its reason in `Replayed.error`.
+        """
         if save_to is not None:
             raise ValueError("these frames are saved already: nothing to save again")
         self._cancel.clear()
         self._running.set()
         delivered = 0
-        try:
-            for frame in self._frames():
-                while not self._running.wait(0.05):
-                    if self._cancel.is_set():
-                        break
+        frames = iter(self._frames())
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except Exception as exc:  # an unreadable frame ends the replay with its reason
+                return Replayed(delivered, one_line(exc), self._cancel.is_set())
+            while not self._running.wait(0.05):
                 if self._cancel.is_set():
-                    return Replayed(delivered, None, True)
-                emit(frame)
-                delivered += 1
-        except Exception as exc:  # an unreadable frame ends the replay with its reason
+                    break
             if self._cancel.is_set():
                 return Replayed(delivered, None, True)
-            return Replayed(delivered, one_line(exc), False)
+            emit(frame)  # the receiver's errors are the receiver's: they propagate
+            delivered += 1
         return Replayed(delivered, None, self._cancel.is_set())
 
     def layout(self, plan: Any) -> tuple[int, int]:
+        """(fields, focal planes per field) given at construction, whatever `plan` is."""
         return self._fields, self._z_planes
 
     def cancel(self) -> None:
+        """Stop the running replay before its next frame (releasing a pause)."""
         self._cancel.set()
         self._running.set()
 
     def pause(self, paused: bool) -> None:
+        """Hold (True) or release (False) the running replay between frames."""
         if paused:
             self._running.clear()
         else:
@@ -153,7 +175,8 @@ class ReplaySource:
 
 class SavedScanSource(ReplaySource):
     """A tray scan saved as OME-Zarr, replayed at its stage positions (overlapping fields
-    count each specimen once, z-stacks are fused, as the live scan did)."""
+    count each specimen once, z-stacks are fused, as the live scan did).
+    """
 
     def __init__(self, path: str | Path) -> None:
         from napari_foram.acquire.saved import read_saved_scan

@@ -21,10 +21,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from napari_foram.reasons import one_line
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["FrameQueue", "ProcessingError", "ProcessingWorker", "QueueClosed", "QueuePolicy"]
 

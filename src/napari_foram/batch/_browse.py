@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._tasks import FileResult
-
 if TYPE_CHECKING:
-    pass
+    import os
+    from pathlib import Path
+
+    from ._tasks import FileResult
 
 
 # ----------------------------------------------------------------------------- browsing

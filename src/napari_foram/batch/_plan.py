@@ -245,6 +245,19 @@ def plan_batch(
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
     root = root.resolve()
+    from napari_foram.acquire.saved import is_saved_scan
+
+    if samples_csv is None and is_saved_scan(root):
+        # One saved scan given as the folder: it is the batch, one sample named after it.
+        stem = (
+            root.name[: -len(".ome.zarr")]
+            if root.name.lower().endswith(".ome.zarr")
+            else root.stem
+        )
+        sid = safe_sample_id(stem)
+        return BatchPlan(
+            root.parent, {sid: SampleRecord(sample_id=sid)}, [SourceFile(root, root.name, sid)]
+        )
     walked, hidden = _walk(root)
     names = sorted(walked, key=natural_key)
     if samples_csv is not None:
@@ -361,7 +374,8 @@ def _plan_from_sheet(
 
 def path_sha256(path: str | os.PathLike[str]) -> str:
     """SHA-256 hex digest of a file's bytes (read in 1 MB blocks); of a folder (a saved
-    scan), of its files' relative names and bytes in name order."""
+    scan), of its files' relative names and bytes in name order.
+    """
     digest = hashlib.sha256()
     root = Path(path)
     if root.is_dir():

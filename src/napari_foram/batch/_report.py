@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._plan import FileReport, FileStatus
 
 if TYPE_CHECKING:
-    pass
+    import os
 
 
 # ----------------------------------------------------------------------------- report
@@ -80,7 +79,8 @@ class BatchReport:
 
     def summary_line(self) -> str:
         """One line: files processed / skipped / bad / ignored, specimens per sample, and
-        whether bad files left the count incomplete."""
+        whether bad files left the count incomplete.
+        """
         parts = [
             f"{self.count('processed')} files processed",
             f"{self.count('skipped')} skipped",
@@ -146,7 +146,8 @@ def _now_iso() -> str:
 
 def default_report_paths(store: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Where the report goes unless told: beside the store, ``<store>_batch_report.json``
-    and ``.csv`` (``run.zarr`` -> ``run_batch_report.json``)."""
+    and ``.csv`` (``run.zarr`` -> ``run_batch_report.json``).
+    """
     path = Path(store)
     stem = path.name[: -len(".zarr")] if path.name.lower().endswith(".zarr") else path.name
     base = path.with_name(f"{stem}_batch_report")

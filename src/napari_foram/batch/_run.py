@@ -196,7 +196,8 @@ def workers_reason(workers: int) -> str:
 
 def _refuse_frame_name(path: Path, folder: Path, what: str) -> None:
     """ValueError if `path` lies in the batch folder under a name that a later run of the
-    same folder would read as an image (it would be counted as a frame)."""
+    same folder would read as an image (it would be counted as a frame).
+    """
     real = Path(os.path.realpath(path))
     try:
         rel = real.relative_to(Path(os.path.realpath(folder)))
@@ -227,7 +228,8 @@ def resolve_checkpoint(
     model: str | os.PathLike[str], progress: ProgressCallback | None = None
 ) -> Path:
     """The checkpoint file of `model`: a path, or the cached demo model for "demo"
-    (trained at first use, reporting through `progress`): `classify.loading.checkpoint_file`."""
+    (trained at first use, reporting through `progress`): `classify.loading.checkpoint_file`.
+    """
     from napari_foram.classify.loading import checkpoint_file
 
     return checkpoint_file(model, progress)
@@ -355,7 +357,8 @@ def _triage(
     settled already (empty, unreadable, same bytes as another, already in the store).
 
     Hashing a large folder takes a while: `step` hears every file, and a set `stop`
-    ends it (`TaskCancelled`) before anything is written."""
+    ends it (`TaskCancelled`) before anything is written.
+    """
     todo: dict[str, list[SourceFile]] = {sid: [] for sid in plan.records}
     settled: dict[str, FileReport] = {}
     samples = set(store.samples())
@@ -466,7 +469,8 @@ def _run_local(
     """Tasks one after another in this process, until `stop` is set.
 
     A task under way when `stop` is set gives up (`run_chunk`), within a layer of the
-    classifier; its files go to `abandoned` and nothing of them is committed."""
+    classifier; its files go to `abandoned` and nothing of them is committed.
+    """
     for task in tasks:
         if stop.is_set():
             return
@@ -520,7 +524,8 @@ def _dask_client(
     config: BatchConfig, client: Client | None
 ) -> Iterator[tuple[Client | None, int | None]]:
     """(client, torch threads per worker): the given client, a new LocalCluster's, a
-    scheduler's, or (None, None) for a local run. Clusters made here are closed here."""
+    scheduler's, or (None, None) for a local run. Clusters made here are closed here.
+    """
     if client is not None:
         yield client, None
         return
@@ -576,7 +581,8 @@ def _ignore_interrupts() -> None:
 def _open_store(path: Path, classes: list[str]) -> TallyStore:
     """The store to append to (created with the model's classes if missing). An existing
     store keeps its classes: the model's are matched to them by name, and those it lacks
-    are added at the end (never matched by position)."""
+    are added at the end (never matched by position).
+    """
     from napari_foram.tally.store import TallyStore
 
     if path.exists() and not path.is_dir():
@@ -647,7 +653,8 @@ def run_batch(
 
     def stage(message: str) -> None:
         """A status line before the files are counted (no file count yet), and the
-        point where a stop set meanwhile ends the run: nothing is written before it."""
+        point where a stop set meanwhile ends the run: nothing is written before it.
+        """
         if stop.is_set():
             raise TaskCancelled("stopped")
         notify(0, 0, message)

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_foram.classify.rng import seeded
-from napari_foram.detect import DetectionParams
 from napari_foram.pixelsize import read_pixel_size
 from napari_foram.reasons import one_line
 
@@ -30,6 +29,7 @@ from ._plan import (
 
 if TYPE_CHECKING:
     from napari_foram.classify.predict import Predictor
+    from napari_foram.detect import DetectionParams
     from napari_foram.pipeline import FrameResult
     from napari_foram.tally.store import SpecimenBatch
 
@@ -126,7 +126,8 @@ class ChunkTask:
     @property
     def seed(self) -> int:
         """MC-dropout seed of the task: from its files' hashes, so every run of the same
-        task draws the same dropout masks wherever it runs."""
+        task draws the same dropout masks wherever it runs.
+        """
         digest = hashlib.sha256("".join(f.sha256 for f in self.files).encode()).digest()
         return int.from_bytes(digest[:8], "little") >> 1  # torch seeds are < 2**63
 
@@ -180,7 +181,7 @@ _PREDICT_LOCK = threading.Lock()
 def cached_predictor(
     model: ModelRef, device: str, torch_threads: int | None = None, precision: str = "auto"
 ) -> Predictor:
-    """This process's predictor for `model` on `device`, loaded on first use.
+    """The predictor this process holds for `model` on `device`, loaded on first use.
 
     Raises ValueError when the checkpoint found at `model.path` is not the one the client
     meant (another SHA-256: a worker on another machine with another file there).
@@ -307,8 +308,9 @@ def _specimens_of(out: FrameResult) -> SpecimenBatch | None:
     columns = specimen_columns(out.frame, out.detections, rows, pred)
     columns["frame_index"] = np.zeros(len(rows), dtype=np.int64)  # set by the writer
     return SpecimenBatch(
-        stage_x_um=np.full(len(rows), np.nan),  # files carry no stage position
-        stage_y_um=np.full(len(rows), np.nan),
+        # NaN for files (no stage position); a saved scan's frames carry theirs.
+        stage_x_um=out.sample_xy_um[rows, 0],
+        stage_y_um=out.sample_xy_um[rows, 1],
         features=pred.kept_features,
         **columns,
     )
@@ -407,9 +409,18 @@ def _recount_saved_scan(
 ) -> FileResult:
     """Count a tray scan saved as OME-Zarr as the live scan counted it: its fields in the
     order they were taken, at their stage positions, each specimen once
-    (`napari_foram.session.count_saved_scan`); one result, all its specimens."""
+    (`napari_foram.session.count_saved_scan`); one result, all its specimens.
+
+    The recount writes into a scratch store first, as the live count writes into its
+    store: a later, clearly sharper view of a specimen replaces its stored record there
+    (`CountingPipeline`'s better views need a store), so the rows handed to the writer are
+    the live count's rows.
+    """
+    import tempfile
+
     from napari_foram.pipeline import CountingPipeline
     from napari_foram.session import count_saved_scan
+    from napari_foram.tally.store import SampleRecord, SpecimenBatch, TallyStore
 
     t0 = time.perf_counter()
     file = task.files[0]
@@ -418,20 +429,47 @@ def _recount_saved_scan(
         result.error = "changed while the batch ran; run again to count it"
         return result
     predictor = cached_predictor(task.model, task.device, task.torch_threads, task.precision)
-    outs: list[FrameResult] = []
+    n_classes = len(predictor.info.class_names)
     say(f"{file.name}: counting the saved scan")
-    try:
-        with _PREDICT_LOCK, seeded(task.seed, predictor.device), _stoppable(predictor, stop):
-            pipeline = CountingPipeline(
-                predictor, detection=task.detection, mc_samples=task.mc_samples, keep_features=True
-            )
-            report = count_saved_scan(pipeline, file.path, on_result=outs.append)
-    except (ValueError, OSError, KeyError) as exc:  # an unreadable or odd saved scan
-        result.error = f"cannot read the saved scan ({one_line(exc)})"
-        return result
-    batches = [b for b in map(_specimens_of, outs) if b is not None]
-    result.specimens = concat_specimens(batches, len(predictor.info.class_names))
-    result.feature_space = predictor.feature_space if predictor.keeps_features else None
+    with tempfile.TemporaryDirectory(prefix="napari-foram-recount-") as scratch_dir:
+        scratch = TallyStore.create(
+            Path(scratch_dir) / "recount.zarr", classes=predictor.info.class_names
+        )
+        try:
+            scratch.add_sample(SampleRecord("scan"))
+            with _PREDICT_LOCK, seeded(task.seed, predictor.device), _stoppable(predictor, stop):
+                pipeline = CountingPipeline(
+                    predictor,
+                    store=scratch,
+                    sample_id="scan",
+                    detection=task.detection,
+                    mc_samples=task.mc_samples,
+                    keep_features=True,
+                )
+                outs: list[FrameResult] = []
+                report = count_saved_scan(pipeline, file.path, on_result=outs.append)
+            if report.error is not None:
+                result.error = f"cannot read the saved scan ({report.error})"
+                return result
+            rows = scratch.read_specimens("scan", crops=True)
+            features, space = scratch.read_features("scan")
+        except (ValueError, OSError, KeyError) as exc:  # an unreadable or odd saved scan
+            result.error = f"cannot read the saved scan ({one_line(exc)})"
+            return result
+        finally:
+            scratch.close()
+    n = len(rows["frame_index"])
+    fields = {f.name for f in dataclasses.fields(SpecimenBatch)} - {"crops", "features"}
+    result.specimens = (
+        SpecimenBatch(
+            **{name: rows[name] for name in fields if name in rows},
+            crops=rows["crops"],
+            features=features if space is not None and not np.isnan(features).any() else None,
+        )
+        if n
+        else concat_specimens([], n_classes)
+    )
+    result.feature_space = space
     result.n_objects = sum(len(out.detections) for out in outs)
     result.note = f"saved scan: {report.frames_processed} fields counted at their stage positions"
     result.seconds = time.perf_counter() - t0

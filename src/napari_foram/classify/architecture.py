@@ -53,16 +53,24 @@ class ConvBackbone(Protocol):
     """
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """What checkpoints record (``ModelInfo.backbone``), e.g. "vgg16"."""
+        ...
 
     @property
-    def output_shape(self) -> tuple[int, int, int]: ...
+    def output_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the last block's output for a ``CROP_SIZE`` square crop."""
+        ...
 
     @property
-    def taps(self) -> tuple[int, ...]: ...
+    def taps(self) -> tuple[int, ...]:
+        """Indices in `conv_blocks` of the layers the "pooled" layout averages, in order."""
+        ...
 
     @property
-    def tap_channels(self) -> tuple[int, ...]: ...
+    def tap_channels(self) -> tuple[int, ...]:
+        """Channels of the activations at each tap."""
+        ...
 
     def conv_blocks(self) -> nn.Sequential:
         """New conv blocks, randomly initialised (weights are loaded by the caller)."""
@@ -81,7 +89,8 @@ def flat_dim(backbone: ConvBackbone) -> int:
 
 def pooled_dim(backbone: ConvBackbone) -> int:
     """Length of the "pooled" layout's features: a whole-image and a centre mean per
-    channel of every tap."""
+    channel of every tap.
+    """
     return 2 * sum(backbone.tap_channels)
 
 
@@ -121,6 +130,7 @@ class VGG16Backbone:
         return nn.Sequential(*layers)
 
     def conv_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shapes of VGG16's conv weights and biases, keyed as torchvision's ``features``."""
         return vgg16_conv_shapes()
 
 
@@ -132,7 +142,8 @@ BACKBONES: dict[str, ConvBackbone] = {VGG16.name: VGG16}
 
 def backbone_named(name: str) -> ConvBackbone:
     """The registered backbone called `name` ("" means VGG16: records written before
-    the name was kept); one-line ValueError naming the known ones otherwise."""
+    the name was kept); one-line ValueError naming the known ones otherwise.
+    """
     if not name:
         return VGG16
     try:

@@ -176,7 +176,8 @@ def file_sha256(path: str | Path) -> str:
 
 def download_allowed(choice: bool | None = None) -> bool:
     """Whether ImageNet weights may be downloaded: `choice` when the caller made one (an
-    option, a checkbox), else yes unless ``$NAPARI_FORAM_NO_DOWNLOAD`` says no."""
+    option, a checkbox), else yes unless ``$NAPARI_FORAM_NO_DOWNLOAD`` says no.
+    """
     if choice is not None:
         return bool(choice)
     return os.environ.get(NO_DOWNLOAD_ENV, "").strip().lower() in _FALSE_WORDS
@@ -184,7 +185,8 @@ def download_allowed(choice: bool | None = None) -> bool:
 
 def _network_reason(exc: BaseException) -> str:
     """One line for a failed request: a URLError by its cause ("Name or service not
-    known", "Connection refused"), not urllib's "<urlopen error ...>" wrapping."""
+    known", "Connection refused"), not urllib's "<urlopen error ...>" wrapping.
+    """
     if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
         cause = exc.reason
         return one_line(cause) if isinstance(cause, BaseException) else str(cause)
@@ -232,7 +234,8 @@ def download_unreachable_reason(url: str | None = None) -> str:
 
 def _download_note(download: bool | None, failure: str) -> str:
     """What the missing-weights message says about the download: why it failed, or how
-    to allow it."""
+    to allow it.
+    """
     if failure:
         return f"the download of {IMAGENET_URL} failed: {failure}"
     if download is None and not download_allowed():

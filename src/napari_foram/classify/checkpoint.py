@@ -25,10 +25,9 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,6 +51,9 @@ from napari_foram.classify.model import (
     check_layout,
     describe_weights_source,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 #: Name and version of the file format; bump the version on incompatible changes.
 FORMAT_NAME = "napari-foram-classifier"

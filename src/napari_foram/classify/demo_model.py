@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,8 +44,10 @@ from napari_foram.classify.backbone import (
 from napari_foram.classify.checkpoint import new_classifier, read_model_info, save_checkpoint
 from napari_foram.classify.density import pool_features
 from napari_foram.classify.head_fit import fit_head
-from napari_foram.classify.model import FORAMNet
 from napari_foram.defaults import CAMERA_SHAPE, default_cache_dir
+
+if TYPE_CHECKING:
+    from napari_foram.classify.model import FORAMNet
 
 __all__ = [
     "DemoBackboneWarning",
@@ -489,7 +491,8 @@ def fold_pooled_head(
     sd: torch.Tensor,
 ) -> None:
     """Copy a head trained on pooled, standardised features into `model.head`, exactly
-    (`napari_foram.classify.density.fold_pooled_head_into`)."""
+    (`napari_foram.classify.density.fold_pooled_head_into`).
+    """
     from napari_foram.classify.density import fold_pooled_head_into
 
     fold_pooled_head_into(proxy, model.head, pooling, mu, sd)

@@ -23,8 +23,7 @@ in the crop rather than where.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +31,9 @@ from torch import nn
 
 from napari_foram.classify.architecture import CENTRE_MARGIN, VGG16, ConvBackbone
 from napari_foram.classify.rng import seeded
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 T = TypeVar("T")
 #: Default shrinkage of the shared covariance towards its mean variance (0 = none).
@@ -45,7 +47,8 @@ STATE_PREFIX = "density."
 def pooling_for(layout: str, backbone: ConvBackbone = VGG16) -> torch.Tensor:
     """The pooling a density uses for a model's feature layout: `pooling_matrix` for the
     flat layout (VGG16: the study's 25088 values), none (a (0, H * W) matrix) for
-    features already pooled."""
+    features already pooled.
+    """
     if layout == "flat":
         return pooling_matrix(backbone)
     _, h, w = backbone.output_shape
@@ -58,7 +61,8 @@ def columns_for(layout: str, backbone: ConvBackbone = VGG16) -> torch.Tensor | N
     (the last 1024 of `napari_foram.classify.model.POOLED_DIM`): the same statistics the
     flat layout's density pools, where 2048 dimensions from a few hundred crops made the
     shared covariance too noisy (16 % false flags on the synthetic benchmark's held-out
-    crops, against 0.6 %)."""
+    crops, against 0.6 %).
+    """
     if layout == "flat":
         return None
     start = 2 * sum(backbone.tap_channels[:-1])  # the last tap's two means
@@ -67,7 +71,8 @@ def columns_for(layout: str, backbone: ConvBackbone = VGG16) -> torch.Tensor | N
 
 def pooling_matrix(backbone: ConvBackbone = VGG16) -> torch.Tensor:
     """(2, H * W) pooling weights over the last block's grid: the global mean, and the
-    mean of its centre (VGG16: the middle 3 x 3 of 7 x 7, as the "pooled" layout's)."""
+    mean of its centre (VGG16: the middle 3 x 3 of 7 x 7, as the "pooled" layout's).
+    """
     _, h, w = backbone.output_shape
     cut_h, cut_w = round(h * CENTRE_MARGIN), round(w * CENTRE_MARGIN)
     centre = torch.zeros(h, w)
@@ -90,7 +95,8 @@ def pool_features(features: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor
 
 def pooled_proxy_head(head: nn.Sequential, in_features: int, seed: int) -> nn.Sequential:
     """A copy of a Table-1 head whose first Linear takes `in_features` pooled inputs
-    (freshly initialised from `seed`); train it, then `fold_pooled_head_into`."""
+    (freshly initialised from `seed`); train it, then `fold_pooled_head_into`.
+    """
     import copy
 
     proxy = copy.deepcopy(head)
@@ -268,7 +274,8 @@ class FeatureDensity(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, 25088) conv features -> (B,) squared Mahalanobis distance to the nearest
-        class mean, divided by D (about 1 for training-like crops)."""
+        class mean, divided by D (about 1 for training-like crops).
+        """
         z = (self._select(features) - self.mean) / self.scale
         best = torch.full((z.shape[0],), float("inf"), device=z.device)
         for mu in self.class_means:
@@ -301,7 +308,8 @@ class FeatureDensity(nn.Module):
 
 def fit_threshold(values: np.ndarray, false_flag_rate: float = DEFAULT_FALSE_FLAG_RATE) -> float:
     """The threshold that flags `false_flag_rate` of in-distribution `values` (higher = less
-    sure): their (1 - rate) quantile."""
+    sure): their (1 - rate) quantile.
+    """
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
     if v.size == 0:

@@ -9,15 +9,18 @@ model does: the training package builds on `classify`, never the other way round
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from napari_foram._progress import ProgressCallback
 from napari_foram.classify.rng import seeded
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from napari_foram._progress import ProgressCallback
 
 __all__ = [
     "OPTIMIZERS",

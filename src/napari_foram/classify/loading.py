@@ -7,15 +7,16 @@ cached and found the same way everywhere.
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from napari_foram._progress import ProgressCallback, progress_callback
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable
+
     from napari_foram.classify.predict import Predictor
 
 __all__ = ["DEMO_MODEL", "checkpoint_file", "load_predictor"]
@@ -34,7 +35,8 @@ def checkpoint_file(
     "demo" (trained at first use, reporting through `progress`; `download` says whether
     its ImageNet weights may be fetched, None: yes unless ``$NAPARI_FORAM_NO_DOWNLOAD``),
     else the file itself, which must be a regular file (a folder or a FIFO is said to be
-    one in a line: a FIFO's read would block)."""
+    one in a line: a FIFO's read would block).
+    """
     if str(model) == DEMO_MODEL:
         from napari_foram.classify.demo_model import demo_checkpoint
 

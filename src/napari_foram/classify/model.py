@@ -38,8 +38,8 @@ the weights expect travels with them (`napari_foram.classify.backbone`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -63,6 +63,9 @@ from napari_foram.classify.backbone import (
 )
 from napari_foram.classify.rng import seeded
 from napari_foram.defaults import CROP_SIZE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 __all__ = [
     "DEFAULT_DROPOUT",
@@ -203,7 +206,8 @@ def features_and_pooled(
 class Standardize(nn.Module):
     """``(x - mean) / scale`` per feature, with both kept as buffers (saved and moved with
     the head): the first layer of a "pooled" head, so that its dropout drops standardised
-    values and its weights read comparable units."""
+    values and its weights read comparable units.
+    """
 
     mean: torch.Tensor
     scale: torch.Tensor
@@ -220,6 +224,7 @@ class Standardize(nn.Module):
             self.scale.copy_(scale.to(self.scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` (N, dim) standardised: ``(x - mean) / scale``."""
         return (x - self.mean) / self.scale
 
 
@@ -321,7 +326,8 @@ class FORAMNet(nn.Module):
 
     def feature_distance(self, features: torch.Tensor) -> torch.Tensor | None:
         """(N,) distance of conv features from the training crops, or None without a
-        fitted density."""
+        fitted density.
+        """
         if self.density is None:
             return None
         out: torch.Tensor = self.density(features)

@@ -191,7 +191,8 @@ def cpu_model_name() -> str:
 
 def machine_key() -> dict[str, str]:
     """What a cached decision is valid for: CPU model, the SIMD level torch uses on it
-    (two VMs both called "AMD EPYC" may expose different instructions), torch version."""
+    (two VMs both called "AMD EPYC" may expose different instructions), torch version.
+    """
     return {
         "cpu": cpu_model_name(),
         "capability": str(torch.backends.cpu.get_cpu_capability()),
@@ -206,7 +207,8 @@ def _key_tag(key: dict[str, str]) -> str:
 
 def precision_cache_dir(cache_dir: str | Path | None = None) -> Path:
     """``<cache>/precision``; the cache root is the demo models' (``$NAPARI_FORAM_CACHE``
-    or ``~/.cache/napari-foram``) unless given."""
+    or ``~/.cache/napari-foram``) unless given.
+    """
     from napari_foram.defaults import default_cache_dir
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -254,10 +256,11 @@ def int8_available() -> bool:
 
 @contextlib.contextmanager
 def _quiet_quantization() -> Iterator[None]:
-    """torch warns on every use that eager-mode quantisation is deprecated (in favour of
+    """Torch warns on every use that eager-mode quantisation is deprecated (in favour of
     torchao, not installed here) and that ``reduce_range`` will go; the kernels are the
     current ones. Silenced only around building and the first forward (torch warns once
-    per process), so the suite's warnings-as-errors does not trip on them."""
+    per process), so the suite's warnings-as-errors does not trip on them.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
@@ -374,8 +377,9 @@ def _synthetic_crops(start: int, stop: int, seed: int) -> np.ndarray:
 
 
 def calibration_crops(n: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
-    """n synthetic crops (N, 224, 224, 3) uint8, the four classes in turn, fixed seeds:
-    the same on every machine, so decisions are comparable."""
+    """N synthetic crops (N, 224, 224, 3) uint8, the four classes in turn, fixed seeds:
+    the same on every machine, so decisions are comparable.
+    """
     if n < 1:
         raise ValueError(f"need at least one crop, got {n}")
     return _synthetic_crops(0, n, seed)
@@ -395,7 +399,8 @@ def agreement_lower_bound(agree: int, n: int, confidence: float = CONFIDENCE) ->
     """One-sided Clopper-Pearson lower confidence bound on the top-1 agreement rate when
     `agree` of `n` crops agreed: the smallest rate p with P(X >= agree | n, p) >=
     1 - `confidence`, i.e. the (1 - confidence) quantile of Beta(agree, n - agree + 1);
-    ``(1 - confidence) ** (1 / n)`` when all agreed, 0 when none (or no crop) did."""
+    ``(1 - confidence) ** (1 / n)`` when all agreed, 0 when none (or no crop) did.
+    """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     agree, n = int(agree), int(n)
@@ -412,7 +417,8 @@ def agreement_lower_bound(agree: int, n: int, confidence: float = CONFIDENCE) ->
 
 def max_disagreements(n: int, top1_min: float = TOP1_MIN, confidence: float = CONFIDENCE) -> int:
     """The most disagreements `n` checked crops may show with the lower bound still >=
-    `top1_min`; -1 when even n of n agreeing is not enough (too few crops)."""
+    `top1_min`; -1 when even n of n agreeing is not enough (too few crops).
+    """
     _check_rule(top1_min, confidence)
     d = -1
     while d + 1 <= n and agreement_lower_bound(n - d - 1, n, confidence) >= top1_min:
@@ -422,7 +428,8 @@ def max_disagreements(n: int, top1_min: float = TOP1_MIN, confidence: float = CO
 
 def min_check_crops(top1_min: float = TOP1_MIN, confidence: float = CONFIDENCE) -> int:
     """The fewest crops that can show `top1_min` (all of them agreeing): 598 for 99.5 %
-    at 95 %."""
+    at 95 %.
+    """
     _check_rule(top1_min, confidence)
     n = max(1, math.ceil(math.log(1.0 - confidence) / math.log(top1_min)))
     while agreement_lower_bound(n, n, confidence) < top1_min:  # float edge cases
@@ -528,6 +535,7 @@ class PrecisionChoice:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The choice, JSON-ready: what the precision cache keeps per model."""
         return {
             "path": self.path,
             "source": self.source,
@@ -542,6 +550,7 @@ class PrecisionChoice:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PrecisionChoice:
+        """The choice `to_dict` wrote (fields an older cache lacks take their defaults)."""
         return cls(
             path=str(d["path"]),
             source=str(d.get("source", "cache")),
@@ -571,7 +580,8 @@ class _CheckCrops:
     """The check crops in their fixed order, made batch by batch (a path rejected early
     never needs the rest): the synthetic ones rendered on demand, given ones in a fixed
     shuffled order (seed 0), so that any leading part is a fair sample of them, not one
-    class (folders are often sorted by class)."""
+    class (folders are often sorted by class).
+    """
 
     def __init__(self, crops: Crops | None, n: int) -> None:
         self.crops = crops
@@ -932,7 +942,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same folder, then rename: two processes
-    calibrating at once (Dask workers) never leave a half-written file."""
+    calibrating at once (Dask workers) never leave a half-written file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -995,7 +1006,8 @@ def _store_choice(
     cache_dir: str | Path | None,
 ) -> None:
     """Cache a decision (and int8 ranges) under this machine and `choice.model`,
-    replacing that model's earlier entry; other models' entries are kept."""
+    replacing that model's earlier entry; other models' entries are kept.
+    """
     key = machine_key()
     path = _cache_file(cache_dir, key)
     data = _read_json(path)
@@ -1113,7 +1125,8 @@ def int8_conv_for(
     cache_dir: str | Path | None = None,
 ) -> nn.Module:
     """The int8 conv blocks of a model: from cached ranges, else calibrated now on
-    `calibration_crops` (put through `preprocess`) and cached."""
+    `calibration_crops` (put through `preprocess`) and cached.
+    """
     fingerprint = model_fingerprint(model, info)
     ranges = load_int8_ranges(cache_dir, fingerprint)
     if ranges is not None:

@@ -27,8 +27,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +50,9 @@ from napari_foram.classify.precision import (
     int8_conv_for,
 )
 from napari_foram.defaults import MC_SAMPLES
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: Default crops per forward pass.
 DEFAULT_BATCH_CPU = 16
@@ -143,7 +145,8 @@ class Predictions:
         """These predictions over another class list that holds every one of ours (a
         store's, extended by classes this model does not know): columns matched by
         name, probability 0 for the classes we lack. ValueError if one of ours is
-        missing: classes are never matched by position."""
+        missing: classes are never matched by position.
+        """
         names = tuple(str(n) for n in names)
         if names == self.class_names:
             return self
@@ -232,7 +235,8 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer finaliser (xor-shift-multiply) on int64 tensors holding 32-bit
     values, in place on `x` (returned): every input bit flips about half the output
     bits. int64 products wrap, and only their low 32 bits are kept, so CPU and CUDA give
-    the same numbers. In place because it runs on (passes x crops x units) tensors."""
+    the same numbers. In place because it runs on (passes x crops x units) tensors.
+    """
     x.bitwise_and_(_MASK32)
     x.bitwise_xor_(x >> 16).mul_(0x7FEB352D).bitwise_and_(_MASK32)
     x.bitwise_xor_(x >> 15).mul_(0x846CA68B).bitwise_and_(_MASK32)
@@ -241,7 +245,8 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 def crop_keys(crops: np.ndarray, seed: int | None = None) -> np.ndarray:
     """(B,) int64 32-bit keys of uint8 crops (B, S, S, 3): a hash of each crop's pixels,
-    mixed with `seed` (None: 0). Equal crops get equal keys."""
+    mixed with `seed` (None: 0). Equal crops get equal keys.
+    """
     import hashlib
 
     salt = (int(seed or 0) * 0x9E3779B1) & _MASK32
@@ -361,7 +366,7 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def cpu_threads() -> int:
-    """torch's current intra-op thread count (to restore after `cpu_threads=` changed it)."""
+    """Torch's current intra-op thread count (to restore after `cpu_threads=` changed it)."""
     return int(torch.get_num_threads())
 
 
@@ -513,12 +518,14 @@ class Predictor:
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The checkpoint's class names, in the order of the model's outputs."""
         return self.info.class_names
 
     @property
     def precision(self) -> str:
         """The conv blocks' compute path in use: "fp32", "bf16" or "int8" (what a store's
-        provenance records as ``classify_precision``)."""
+        provenance records as ``classify_precision``).
+        """
         return self.precision_choice.path
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
@@ -531,7 +538,8 @@ class Predictor:
         self, crops: Crops, seed: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Validated crops as preprocessed (B, 3, S, S) float tensors on the device, with
-        their dropout keys (`crop_keys`)."""
+        their dropout keys (`crop_keys`).
+        """
         arr = check_crops(crops, self.info.input_size)
         cuda = self.device.type == "cuda"
         for start in range(0, arr.shape[0], self.batch_size):
@@ -575,7 +583,8 @@ class Predictor:
         """What the pooled features of this predictor's backbone are (a tally store's
         ``feature_space``): the conv tensors' digest, the input convention, the layout
         and length, and where the backbone came from (to rebuild it for a head-only
-        checkpoint trained on them)."""
+        checkpoint trained on them).
+        """
         if self._feature_space is None:
             from napari_foram.classify.checkpoint import conv_sha256
 
@@ -685,7 +694,8 @@ class Predictor:
         per-crop `keys` (n = 1: one deterministic pass, dropout off).
 
         Always fp32, whatever the conv path: the head is ~1 % of the work, and its
-        outputs are the statistics people read."""
+        outputs are the statistics people read.
+        """
         f = f.float()
         if n == 1:
             return torch.softmax(self.model.head(f), dim=-1)[None]
@@ -789,7 +799,8 @@ def choice_for_checkpoint(
 ) -> PrecisionChoice:
     """`decide_precision` for a checkpoint file, e.g. once in a batch's client so that
     its workers all use (and its provenance records) one path, and a first-use
-    calibration runs once rather than in every worker at the same time."""
+    calibration runs once rather than in every worker at the same time.
+    """
     dev = resolve_device(device)
     if precision != "auto" or dev.type == "cuda" or os.environ.get(PRECISION_ENV):
         # No model needed to decide: do not load 130 MB for nothing.

@@ -178,13 +178,13 @@ def live(
 
         # Before the model: a missing adapter is reported at once, in one line.
         core = load_config_core(config, adapter_path=adapter_path)
-    from napari_foram.live import (
-        LiveCounter,
-        SimulatedScope,
+    from napari_foram.classify.loading import load_predictor
+    from napari_foram.microscope import (
+        MicroscopeCounter,
+        SimulatedMicroscopeSettings,
         default_store_path,
         open_or_create_store,
     )
-    from napari_foram.pipeline import load_predictor
     from napari_foram.tally.store import SampleRecord
 
     predictor = load_predictor(
@@ -196,13 +196,13 @@ def live(
     )
     path = store or default_store_path()
     tally_store = open_or_create_store(path, list(predictor.info.class_names))
-    counter = LiveCounter(predictor, tally_store, mc_samples=mc)
+    counter = MicroscopeCounter(predictor, tally_store, mc_samples=mc)
     try:
         if config is not None:
             counter.connect_config(config, core=core)
         else:
             counter.connect_simulated(
-                SimulatedScope(
+                SimulatedMicroscopeSettings(
                     seed=seed,
                     rows=rows,
                     cols=cols,

@@ -85,7 +85,8 @@ DownloadWeightsOption = Annotated[
 def _use_precision(precision: str) -> str:
     """Check --precision; a path named also becomes this process's meaning of "auto"
     (``$NAPARI_FORAM_PRECISION``), so predictors built further in (the napari widgets,
-    the demo) honour it too."""
+    the demo) honour it too.
+    """
     if precision not in PRECISIONS:
         raise CommandError(f"--precision must be {', '.join(PRECISIONS)}, not {precision!r}")
     if precision != "auto":

@@ -335,8 +335,9 @@ def classify(
         raise CommandError(f"--device must be auto, cpu or cuda, not {device!r}")
     import numpy as np
 
+    from napari_foram.classify.loading import load_predictor
     from napari_foram.classify.predict import NonFiniteOutputError
-    from napari_foram.pipeline import load_predictor, predictions_unsure
+    from napari_foram.pipeline import predictions_unsure
 
     _use_precision(precision)
     predictor = load_predictor(model, device=device, precision=precision)
@@ -407,7 +408,8 @@ MIN_CLASSIFY_SIDE_PX = 32
 
 def _classify_inputs(path: Path, crop_policy: str = "native") -> tuple[Any, list[Any]]:
     """The crops of one `classify` input and where they are (None for a picture itself),
-    by the model's crop policy (`napari_foram.pictures`)."""
+    by the model's crop policy (`napari_foram.pictures`).
+    """
     import numpy as np
 
     from napari_foram.detect import CROP_SIZE, cut_crops, detect

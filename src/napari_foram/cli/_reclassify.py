@@ -1,5 +1,6 @@
 """`napari-foram reclassify` and `napari-foram model-card`: counted specimens classified
-again with another model; what a checkpoint says about itself."""
+again with another model; what a checkpoint says about itself.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def reclassify_cmd(
     counts keep theirs); classes are matched by name, never by position.
     """
     from napari_foram._progress import progress_callback
-    from napari_foram.pipeline import load_predictor
+    from napari_foram.classify.loading import load_predictor
     from napari_foram.reclassify import reclassify_store
     from napari_foram.tally.store import TallyStore
 
@@ -82,7 +83,8 @@ def model_card_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the card as JSON.")] = False,
 ) -> None:
     """What a checkpoint says about itself: classes, backbone, recipe, data digest,
-    held-out figures and unsure rule (read from its header; nothing is loaded)."""
+    held-out figures and unsure rule (read from its header; nothing is loaded).
+    """
     from napari_foram._outputs import check_input_file
     from napari_foram.classify.backbone import file_sha256
     from napari_foram.classify.checkpoint import read_model_info

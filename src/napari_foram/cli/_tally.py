@@ -23,7 +23,8 @@ def export_reviewed_cmd(
     ] = None,
 ) -> None:
     """Export the reviewed crops (confirmed or relabelled) as a labelled image folder,
-    ready for `napari-foram train`."""
+    ready for `napari-foram train`.
+    """
     from napari_foram._outputs import check_output_dir
     from napari_foram.review import export_validated_crops
     from napari_foram.tally.store import TallyStore
@@ -113,7 +114,8 @@ def check_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
 ) -> None:
     """Verify every sample of a store: metadata, array lengths, every chunk readable,
-    commit counters. Prints what is wrong; exit status 1 if anything is."""
+    commit counters. Prints what is wrong; exit status 1 if anything is.
+    """
     from dataclasses import asdict
 
     from napari_foram.tally.store.integrity import format_count, repair_store, store_problems

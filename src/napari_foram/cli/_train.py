@@ -287,7 +287,8 @@ def _check_train_paths(
     repeats: int,
 ) -> None:
     """Every file `train` reads or writes, checked before training, not after: a model
-    trained for hours must have somewhere to go, and no output may replace an input."""
+    trained for hours must have somewhere to go, and no output may replace an input.
+    """
     from napari_foram._outputs import (
         check_distinct,
         check_output_dir,
@@ -343,7 +344,8 @@ def evaluate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Score a checkpoint on labelled crops: accuracy, per-class F1, confusion matrix,
-    MC-dropout accuracy and vote, calibration (ECE), and a gallery of hard cases."""
+    MC-dropout accuracy and vote, calibration (ECE), and a gallery of hard cases.
+    """
     from napari_foram._progress import progress_callback
     from napari_foram.training.evaluate import evaluate
 

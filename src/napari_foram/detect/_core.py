@@ -1,6 +1,7 @@
 """`detect` itself: pass 2 (the specimens) after pass 1 (`_wall`), the minimum size
 rules, the split of touching specimens (`_fine_split`), and the table of what was found
-with its warnings (crops from `_crops`)."""
+with its warnings (crops from `_crops`).
+"""
 
 from __future__ import annotations
 
@@ -452,7 +453,8 @@ def _floor_warnings(
     grey on the far side from the specimens by `FLOOR_BELOW_MARGINS` times the distance
     of the specimens' level on theirs. That is the picture of an object filling most of
     the frame -- its grey became the "floor", so it was not found, and the dark surround
-    may even have been masked as a wall -- or of a black surround (a field stop)."""
+    may even have been masked as a wall -- or of a black surround (a field stop).
+    """
     sign = -1.0 if invert else 1.0
     sample = smooth.ravel()[:: max(1, smooth.size // 200_000)]
     margin = FLOOR_BELOW_MARGINS * max(abs(level - floor_level), 1.0)
@@ -470,7 +472,8 @@ def _floor_warnings(
 
 def _wall_warnings(border: np.ndarray) -> list[str]:
     """A warning when the tray wall mask covers most of the frame (few specimens can be
-    seen, or the wall pass took the floor for wall)."""
+    seen, or the wall pass took the floor for wall).
+    """
     covered = float(border.mean()) if border.size else 0.0
     if covered <= WALL_WARN_FRACTION:
         return []

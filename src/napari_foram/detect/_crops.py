@@ -1,5 +1,6 @@
 """The 224 px crops (and object masks) cut around each detection at full resolution,
-padded with the tray's colour."""
+padded with the tray's colour.
+"""
 
 from __future__ import annotations
 

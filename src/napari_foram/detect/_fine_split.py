@@ -1,7 +1,8 @@
 """Separating touching specimens on a finer grid than the detection's (`_split_fine`): the
 candidates the working grid lets through are cut again from the full-resolution frame,
 split at their necks (`_necks`) under the one-specimen rules (`_part_rules`), many
-objects at once in one mosaic."""
+objects at once in one mosaic.
+"""
 
 from __future__ import annotations
 
@@ -134,7 +135,8 @@ def _fine_view(
     img: np.ndarray, own: np.ndarray, sl: tuple[slice, slice], scale: int, fine: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """An object's box cut from the full-resolution frame at every `fine`-th pixel, and
-    its working-grid mask on that grid: (patch, mask)."""
+    its working-grid mask on that grid: (patch, mask).
+    """
     y0, x0 = sl[0].start * scale, sl[1].start * scale
     patch = img[y0 : sl[0].stop * scale : fine, x0 : sl[1].stop * scale : fine]
     ry = np.minimum((np.arange(patch.shape[0]) * fine) // scale, own.shape[0] - 1)
@@ -209,7 +211,8 @@ def _finish_parts(
 ) -> np.ndarray | None:
     """The wall and whorl guards on an object's parts (finer grid), then every pixel of
     its working-grid mask `own` given to the nearest part (0 outside, 1..k); None when
-    it stays whole."""
+    it stays whole.
+    """
     kept: np.ndarray | None = parts
     if chroma is not None:
         kept = _join_through_wall(

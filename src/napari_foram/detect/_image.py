@@ -1,5 +1,6 @@
 """Fast image helpers of the detector: strided grey copy, square dilation and erosion,
-hole filling, Otsu's level, renumbering."""
+hole filling, Otsu's level, renumbering.
+"""
 
 from __future__ import annotations
 
@@ -26,14 +27,16 @@ def _grey_small(image: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation by a (2r+1) square: two 1-D max passes, far faster than ndimage's
-    generic binary morphology on large masks."""
+    generic binary morphology on large masks.
+    """
     out = ndi.maximum_filter(mask.view(np.uint8), size=2 * radius + 1, mode="constant")
     return out.view(bool)
 
 
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary erosion by a (2r+1) square (pixels outside the frame count as set, so
-    objects at the edge are not eaten from outside)."""
+    objects at the edge are not eaten from outside).
+    """
     out = ndi.minimum_filter(mask.view(np.uint8), size=2 * radius + 1, mode="nearest")
     return out.view(bool)
 
@@ -59,7 +62,8 @@ def _otsu(values: np.ndarray) -> float:
 def _fill_holes(binary: np.ndarray, max_size: int | None = None) -> np.ndarray:
     """Fill enclosed background (faster than ndi.binary_fill_holes' iterated dilation).
 
-    `max_size`: holes of more pixels stay open (None: every hole is filled)."""
+    `max_size`: holes of more pixels stay open (None: every hole is filled).
+    """
     background, n = ndi.label(~binary)
     if n <= 1:
         return binary
@@ -131,7 +135,8 @@ def _max_per_label(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray
 
     `np.maximum.at` with both operands float64: NumPy's fast path for `ufunc.at` needs
     matching dtypes; a float32 `values` into a float64 output takes the generic path,
-    some 40 times slower on the splitter's mosaic."""
+    some 40 times slower on the splitter's mosaic.
+    """
     out = np.zeros(n, dtype=np.float64)
     np.maximum.at(out, labels, values.astype(np.float64, copy=False))
     return out

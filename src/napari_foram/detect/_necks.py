@@ -1,6 +1,7 @@
 """Splitting objects at narrow necks: one watershed basin per maximum of the distance map,
 merged back widest pass first while the pass is wide or the two sides are one specimen
-(`split_at_necks`, and the cheap tests that skip objects without a neck)."""
+(`split_at_necks`, and the cheap tests that skip objects without a neck).
+"""
 
 from __future__ import annotations
 

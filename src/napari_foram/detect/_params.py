@@ -40,7 +40,8 @@ def equivalent_diameter(area: float | np.ndarray) -> float | np.ndarray:
     """Diameter of the disc with the same area, sqrt(4 area / pi): the one size rule for
     objects (`Detections.equivalent_diameter_px`, the splitter's grid, specimen sizes in
     micrometres). Pixels from px^2, micrometres from um^2; a float for a number, a
-    float64 array for an array."""
+    float64 array for an array.
+    """
     diameter = np.sqrt(4.0 * np.asarray(area, dtype=np.float64) / np.pi)
     return diameter if diameter.ndim else float(diameter)
 

@@ -1,13 +1,18 @@
 """When two parts of an object are one specimen and when two: their colours, the wall
-between them, and a planktic's compact whorl (the rules `_necks` and `_fine_split` apply)."""
+between them, and a planktic's compact whorl (the rules `_necks` and `_fine_split` apply).
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from napari_foram.detect._image import _erode, _max_per_label, _renumber, _watershed
-from napari_foram.detect._params import DetectionParams
+
+if TYPE_CHECKING:
+    from napari_foram.detect._params import DetectionParams
 
 # The touching-specimen splitter (`_fine_split._split_fine`); figures measured on seeded
 # synthetic trays with touching groups and on the real pictures in ../shared/realdata. The
@@ -73,7 +78,8 @@ def _neck_for(colour: bool, params: DetectionParams) -> float:
 
 def _chroma(patch: np.ndarray, params: DetectionParams) -> np.ndarray | None:
     """Chromaticities (r, g, b summing to 1) of a colour patch when the colour cue is on;
-    None for grey frames."""
+    None for grey frames.
+    """
     if params.split_strict > 0 and patch.ndim == 3 and patch.shape[2] >= 3:
         rgb = patch[:, :, :3].astype(np.float32)
         return rgb / np.maximum(rgb.sum(axis=2, keepdims=True), 1.0)
@@ -130,7 +136,8 @@ def _colour_parts(
     parts: np.ndarray, chroma: np.ndarray | None, min_step: float
 ) -> np.ndarray | None:
     """Parts merged again where their mean colours differ by less than `min_step`
-    (None: one part left, or no colour to judge by)."""
+    (None: one part left, or no colour to judge by).
+    """
     if chroma is None:
         return None
     k = int(parts.max())
@@ -165,7 +172,8 @@ def _join_through_wall(
     `WALL_LEVEL`): the chambers of one test, whose suture the body level cut. Broadly:
     the pass between them on the wall (`_neck_parts`' measure) is at least `WALL_PASS`
     x the smaller part's own radius (`radius_map`, the body's distance transform).
-    None: one part left."""
+    None: one part left.
+    """
     k = int(parts.max())
     inside = parts > 0
     flat = parts[inside]
@@ -207,7 +215,8 @@ def _join_through_wall(
 
 def _compactness(mask: np.ndarray) -> float:
     """Area over the disc spanning the largest extent (Feret diameter): 1 for a disc,
-    ~0.5 for two touching discs, ~0.6-0.8 for a planktic's whorl of chambers."""
+    ~0.5 for two touching discs, ~0.6-0.8 for a planktic's whorl of chambers.
+    """
     edge = mask & ~_erode(mask, 1)
     ys, xs = np.nonzero(edge)
     if ys.size < 3:

@@ -1,6 +1,7 @@
 """The comparison splitter (a watershed cut at every valley) and what a split leaves
 behind: which components before it reached the frame edge or the wall, and the lines
-between parts (for previews)."""
+between parts (for previews).
+"""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def _cut_components(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per component before the split (indexed by its label): whether one of its parts
     reaches the frame edge, and whether one touches the masked wall (on the half-height
-    outline, as `clipped` is judged)."""
+    outline, as `clipped` is judged).
+    """
     n_comp = int(components.max())
     parent = np.zeros(int(labels.max()) + 1, dtype=np.int64)
     fg = np.flatnonzero(labels)
@@ -52,7 +54,8 @@ def _cut_components(
 
 def split_lines(labels: np.ndarray) -> np.ndarray:
     """Pixels where two different objects meet (bool, same shape): the cuts that
-    separated touching specimens, for previews."""
+    separated touching specimens, for previews.
+    """
     out = np.zeros(labels.shape, dtype=bool)
     for axis in (0, 1):
         a = labels

@@ -1,18 +1,22 @@
 """Pass 1: the tray's wall (its metallic border) and the area beyond it, masked out at the
 working scale: the study's fixed grey level after heavy smoothing (`find_border_mask`),
 then walls that level misses, found by their shape along the frame's sides
-(`find_wall_bands`)."""
+(`find_wall_bands`).
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from napari_foram.detect._image import _dilate, _erode, _fill_holes
 from napari_foram.detect._params import PICTURE_MAX_SIDE, DetectionParams
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: A wall that pass 1's fixed level missed runs along the frame edge for at least this
 #: fraction of the frame's shorter side (a wall along one side runs along all of it; a
@@ -110,7 +114,8 @@ def find_border_mask(
 def _coarse_blur(grey_small: np.ndarray, scale: int) -> tuple[np.ndarray, int]:
     """The study's heavy smoothing (a 75 px median there), on a grid of ~16 full-resolution
     px: the wall is a broad structure, and specimens sink below its level. Returns the
-    blurred coarse grid and its step in working pixels."""
+    blurred coarse grid and its step in working pixels.
+    """
     coarse_step = max(1, round(16 / scale))
     coarse = grey_small[::coarse_step, ::coarse_step]
     sigma = max(1.0, 75.0 / (scale * coarse_step) / 2.0)
@@ -197,7 +202,8 @@ def _to_working_grid(coarse: np.ndarray, step: int, shape: tuple[int, int]) -> n
     """A coarse grid of step `step` interpolated (linearly) back to the working grid of
     `shape`: the wall's outline to a working pixel, not to a coarse cell. The median
     keeps a step where the wall ends (a Gaussian's half-way point moves out into the
-    floor when the wall's rim is lit)."""
+    floor when the wall's rim is lit).
+    """
     h, w = shape
     zoomed = ndi.zoom(coarse, step, order=1, mode="nearest", grid_mode=True)
     pad = ((0, max(0, h - zoomed.shape[0])), (0, max(0, w - zoomed.shape[1])))
@@ -306,7 +312,8 @@ def _side_bands(wall: np.ndarray) -> np.ndarray:
     half its length, the depth is replaced by its running median over
     `WALL_PROFILE_WINDOW` of the side (plus a working pixel); what lies deeper is no wall
     (unless another side's band holds it). The bump stays an object of its own, against
-    the mask: clipped, not counted."""
+    the mask: clipped, not counted.
+    """
     keep = np.zeros_like(wall)
     for flip, transpose in ((False, False), (True, False), (False, True), (True, True)):
         view = wall.T if transpose else wall
@@ -329,7 +336,8 @@ def _wall_core(
     """The wall's territory: where the heavy blur (`big`, on the working grid) is past
     `half`, as bands along the frame edge at least `min_contact` long. An opening of two
     coarse cells cuts the bridges the blur builds to specimens lying near the wall (a
-    wall is several cells wide, so it stays)."""
+    wall is several cells wide, so it stays).
+    """
     core = (sign * big > sign * half) & zone
     radius = 2 * step
     core = _dilate(_erode(core, radius), radius) & core
@@ -345,7 +353,8 @@ def _seen_on_wall(seen: np.ndarray, wall: np.ndarray) -> np.ndarray:
     """`wall` with the pieces of `seen` that lie, 80 % or more of each, on it or within
     three working pixels of it: a blotch of the wall's texture, or its lit rim, which
     runs along the wall's edge -- not a specimen lying beside it or against it (most of
-    a specimen lies out on the floor)."""
+    a specimen lies out on the floor).
+    """
     near = _dilate(wall, 3)
     lab, n = ndi.label(seen & ~wall)
     if n == 0:
@@ -362,7 +371,8 @@ def _even_along_the_sides(core: np.ndarray) -> bool:
     depth from the edge there stays within a quarter of its median (median absolute
     deviation). A wall does; the dark surround of one large object in the middle of the
     frame reaches in to the object's outline on one stretch of a side and right across
-    the frame beside it."""
+    the frame beside it.
+    """
     along_some = False
     for view in (core, core[::-1], core.T, core.T[::-1]):
         n_in, n_along = view.shape
@@ -384,7 +394,8 @@ def _greys_across(
     """Median grey of `fine` one to four coarse cells inside the edge of `core`, and as
     far outside it (not in `known`). A wall ends in a step (their difference is its full
     contrast); light falling off across the tray floor is a ramp, a small difference
-    over that distance. (0, 0) when either side is too small to tell."""
+    over that distance. (0, 0) when either side is too small to tell.
+    """
     if not core.any():
         return 0.0, 0.0
     d_in = ndi.distance_transform_edt(core)
@@ -403,7 +414,8 @@ def _trace_wall(
     reaches the frame edge and lies mostly in the wall's territory `core` -- cut to that
     territory, so that a specimen touching the wall stays an object of its own (flagged
     at the wall) -- with the holes its texture leaves (not the tray floor, which reaches
-    outside the `zone`) filled."""
+    outside the `zone`) filled.
+    """
     body_px = (sign * fine > sign * half) & zone
     blab, nb = ndi.label(body_px)
     bsize = np.bincount(blab.ravel(), minlength=nb + 1).astype(np.float64)

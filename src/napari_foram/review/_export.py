@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from napari_foram._progress import ProgressCallback
-
 from ._queue import _VALIDATION_COLUMNS
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Collection, Mapping, Sequence
+
+    import numpy as np
+
+    from napari_foram._progress import ProgressCallback
     from napari_foram.tally.store import TallyStore
 
 

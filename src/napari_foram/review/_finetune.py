@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -11,11 +10,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_foram._progress import ProgressCallback
-
 from ._queue import DEFAULT_VAL_FRACTION
 
 if TYPE_CHECKING:
+    import os
+
+    from napari_foram._progress import ProgressCallback
     from napari_foram.training.train import TrainingOutcome
 
 
@@ -57,7 +57,8 @@ class FineTuneResult:
 
 def resolve_model(model: str | os.PathLike[str], progress: ProgressCallback | None = None) -> Path:
     """The checkpoint file of `model`: a path, or the cached demo model for "demo"
-    (trained at first use, reporting through `progress`)."""
+    (trained at first use, reporting through `progress`).
+    """
     from napari_foram.classify.loading import checkpoint_file
 
     return checkpoint_file(model, progress)

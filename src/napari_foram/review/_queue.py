@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from napari_foram.tally.stats import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Mapping
 
 
 #: Uncertainty measures the queue can sort by: name -> what it is (one definition, in

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +32,9 @@ from ._queue import (
 )
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
+
     from napari_foram.tally.store import TallyStore
 
 
@@ -105,7 +106,8 @@ class ReviewSession:
     ) -> ReviewSession:
         """Open the store at `path` and a session on `sample_id` (default: the first
         sample); `close` closes the store too. ValueError (one line) for a path that is
-        not a tally store or a sample it does not hold."""
+        not a tally store or a sample it does not hold.
+        """
         from napari_foram.tally.store import TallyStore
 
         store = TallyStore.open(path, mode=mode)
@@ -190,7 +192,8 @@ class ReviewSession:
     # ------------------------------------------------------------------ the queue
     def refresh(self) -> None:
         """Re-read the sample (e.g. rows a scan added since) and rebuild the queue,
-        staying on the current specimen when it is still in it."""
+        staying on the current specimen when it is still in it.
+        """
         self.data = self.store.read_specimens(self.sample_id, columns=_SESSION_COLUMNS)
         self._rebuild(keep=self.current)
 
@@ -329,7 +332,8 @@ class ReviewSession:
 
     def relabel(self, class_index: int, row: int | None = None) -> ReviewStep:
         """The specimen is of class `class_index` (0-based). The predicted class itself is
-        an accept (status confirmed); another class is relabelled with that class."""
+        an accept (status confirmed); another class is relabelled with that class.
+        """
         k = len(self.class_names)
         if isinstance(class_index, bool) or not isinstance(class_index, (int, np.integer)):
             raise ValueError(f"class index must be an integer, got {class_index!r}")
@@ -373,7 +377,8 @@ class ReviewSession:
 
     def undo(self) -> ReviewStep | None:
         """Restore the row of the last action to its previous status, reviewer and time,
-        and go back to it; None when there is nothing to undo."""
+        and go back to it; None when there is nothing to undo.
+        """
         if not self._undo:
             return None
         step = self._undo[-1]

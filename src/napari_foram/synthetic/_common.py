@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 #: The study's four high-level classes, in the order of its label files.
 CLASSES: tuple[str, ...] = ("planktic", "calcareous_benthic", "agglutinated_benthic", "sediment")
@@ -230,7 +232,8 @@ class _Layer:
 
 def check_seed(seed: object) -> int:
     """A renderer's seed as an int: a non-negative integer (numpy's too, not a bool), else
-    a one-line ValueError. The one seed check of every renderer."""
+    a one-line ValueError. The one seed check of every renderer.
+    """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +21,9 @@ from napari_foram.synthetic._common import (
 from napari_foram.synthetic._frame import _background, _composite, _draw_dust, _draw_lint, _finish
 from napari_foram.synthetic._specimen import _render_layer
 from napari_foram.synthetic._tray import _spawn, render_tray
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def render_crop(

@@ -41,7 +41,8 @@ def _touching_pair(
     i: int, a: _Layer, j: int, b: _Layer, rng: np.random.Generator, gap: int
 ) -> _Item:
     """Slide b towards a along a random direction until the masks touch (a small overlap,
-    as when one specimen rests on the edge of another)."""
+    as when one specimen rests on the edge of another).
+    """
     a_grown = ndi.binary_dilation(a.mask, structure=np.ones((3, 3), bool))
     for _ in range(8):
         ang = rng.uniform(0, 2 * math.pi)

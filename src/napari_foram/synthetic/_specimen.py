@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -21,6 +21,9 @@ from napari_foram.synthetic._common import (
     _smooth,
 )
 from napari_foram.synthetic._shapes import _SHAPES, _SIZE_UM
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _shade(

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +46,9 @@ from napari_foram.synthetic._placement import (
 )
 from napari_foram.synthetic._shapes import _SIZE_UM, _shape_planktic
 from napari_foram.synthetic._specimen import _render_layer
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 def _check_classes(
@@ -252,7 +254,8 @@ def _check_tray_args(
     border_width: tuple[float, float] | None,
 ) -> tuple[int, int, tuple[str, ...], tuple[float, float] | None]:
     """`render_tray`'s arguments checked (one-line ValueError): (rows, columns, group
-    kinds, border width)."""
+    kinds, border width).
+    """
     try:
         h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
@@ -386,7 +389,8 @@ def _place_items(
     gap: int,
 ) -> tuple[list[tuple[_Item, int, int]], int]:
     """Render every item (a pair, a group, a clipped or a free specimen) and place it:
-    ((item, row, column) of those placed, in placement order; specimens left out)."""
+    ((item, row, column) of those placed, in placement order; specimens left out).
+    """
     jobs: list[tuple[list[int], str | None]] = []
     for p in range(plan.n_pairs):
         jobs.append(([2 * p, 2 * p + 1], None))
@@ -436,7 +440,8 @@ def _paint(
     classes: tuple[str, ...],
 ) -> tuple[dict[int, dict[str, Any]], list[dict[str, Any]]]:
     """Composite the placed items onto `frame` and `labels`, ids 1..n in placement
-    order: (what each id is, the groups' kinds and ids)."""
+    order: (what each id is, the groups' kinds and ids).
+    """
     painted: dict[int, dict[str, Any]] = {}
     next_id = 1
     group_ids: list[dict[str, Any]] = []
@@ -469,7 +474,8 @@ def _truth(
     classes: tuple[str, ...],
 ) -> tuple[np.ndarray, list[SpecimenTruth]]:
     """Ground truth measured on the labels; specimens hidden entirely (never seen) are
-    dropped and the rest renumbered 1..n (`group_ids` follow). (labels, truth)."""
+    dropped and the rest renumbered 1..n (`group_ids` follow). (labels, truth).
+    """
     n_painted = len(painted)
     truth = _measure(labels, image, painted, classes)
     if len(truth) != n_painted:
@@ -486,6 +492,7 @@ def _truth(
 
 def _spawn(ss: np.random.SeedSequence) -> tuple[Any, ...]:
     """Independent generators for each stage, so that e.g. adding lint never changes the
-    specimens. The last item is a SeedSequence for the per-specimen generators."""
+    specimens. The last item is a SeedSequence for the per-specimen generators.
+    """
     kids = ss.spawn(8)
     return (*(np.random.default_rng(k) for k in kids[:7]), kids[7])

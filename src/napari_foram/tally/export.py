@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ import numpy as np
 from napari_foram.tally import stats
 
 if TYPE_CHECKING:
+    import os
+
     from matplotlib.figure import Figure
 
     from napari_foram.tally.store import TallyStore
@@ -173,6 +174,9 @@ class ClassifiedBy:
         )
 
     def read_specimens(self, sample_id: str, **kwargs: Any) -> dict[str, np.ndarray]:
+        """The sample's rows as `model` classified them: the current ones, or its history
+        entry's; a one-line `ValueError` when `model` never classified the sample.
+        """
         which = self._which(sample_id)
         if which is None:
             return self._store.read_specimens(sample_id, **kwargs)
@@ -181,6 +185,7 @@ class ClassifiedBy:
         return data if columns is None else {k: data[k] for k in ("row", *columns)}
 
     def unsure_rule(self, sample_id: str) -> stats.UnsureRule:
+        """The unsure rule `model` classified the sample with."""
         which = self._which(sample_id)
         if which is None:
             return self._store.unsure_rule(sample_id)
@@ -188,6 +193,7 @@ class ClassifiedBy:
         return stats.UnsureRule.from_dict(entry.get("unsure_rule") or {})
 
     def sample_summary(self, sample_id: str, **kwargs: Any) -> dict[str, Any]:
+        """`stats.sample_summary` of the sample as `model` classified it, with its rule."""
         return stats.sample_summary(
             self.read_specimens(sample_id),
             self._store.sample_record(sample_id),
@@ -197,6 +203,7 @@ class ClassifiedBy:
         )
 
     def model_id(self, sample_id: str) -> tuple[str, Any]:
+        """(sha256, MC N) of `model`'s classification of the sample."""
         which = self._which(sample_id)
         if which is None:
             return _model_id(self._store, sample_id)
@@ -206,7 +213,8 @@ class ClassifiedBy:
 
 def _write_csv(out_path: Path, table: Sequence[Column], rows: Sequence[Any]) -> None:
     """Write a count sheet: the table's column names, then each row's values read by its
-    columns (so header and rows cannot drift apart)."""
+    columns (so header and rows cannot drift apart).
+    """
     tmp = out_path.with_name(out_path.name + ".part")
     try:
         out_path.parent.mkdir(parents=True, exist_ok=True)

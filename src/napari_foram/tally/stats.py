@@ -169,7 +169,8 @@ class UnsureRule:
 
     def above(self, specimens: Mapping[str, np.ndarray]) -> np.ndarray:
         """(n,) bool: rows whose measure exceeds the threshold, reviews not considered
-        (e.g. on fresh predictions, which have no review columns)."""
+        (e.g. on fresh predictions, which have no review columns).
+        """
         n = len(np.asarray(specimens["class_index"]))
         if self.measure is None:
             return np.zeros(n, dtype=bool)
@@ -209,7 +210,8 @@ def counted_mask(specimens: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def final_labels(specimens: Mapping[str, np.ndarray]) -> np.ndarray:
     """(n,) int64 class of each row: the reviewed class where a person gave one, else the
-    prediction; -1 for rows that do not count (duplicates, rejected)."""
+    prediction; -1 for rows that do not count (duplicates, rejected).
+    """
     labels = np.asarray(specimens["class_index"]).astype(np.int64, copy=True)
     if "reviewed_class" in specimens:
         reviewed = np.asarray(specimens["reviewed_class"]).astype(np.int64)
@@ -407,7 +409,8 @@ def n_uncertain(
     specimens: Mapping[str, np.ndarray], threshold: float = DEFAULT_UNCERTAIN_ENTROPY
 ) -> int:
     """Counted specimens that are `unreviewed_high_entropy_mask` (entropy above
-    `threshold`, not reviewed)."""
+    `threshold`, not reviewed).
+    """
     status = specimens.get("review_status")
     mask = counted_mask(specimens) & unreviewed_high_entropy_mask(
         specimens["entropy"], status, threshold

@@ -13,10 +13,12 @@ Heads train on cached features, so the whole curve costs seconds, not VGG16 pass
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: Fit on rows, predict classes for other rows: ``fit(train_rows)(test_rows) -> labels``.
 FitPredict = Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]

@@ -29,17 +29,20 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_foram._progress import ProgressCallback
 from napari_foram.detect import CROP_SIZE, DetectionParams, detect
 from napari_foram.frames import IMAGE_SUFFIXES, read_image, to_rgb_uint8
 from napari_foram.pictures import DEFAULT_CROP_POLICY, check_crop_policy, picture_to_crop
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from napari_foram._progress import ProgressCallback
 
 #: Under the "native" policy, images up to this side are crops (centred); larger ones are
 #: frames (detected).
@@ -164,7 +167,7 @@ def _files(folder: Path) -> list[Path]:
 
 
 def shown_path(path: Path) -> str:
-    """`path` as printable text: bytes that are not UTF-8 as ``\\xff`` escapes."""
+    r"""`path` as printable text: bytes that are not UTF-8 as ``\xff`` escapes."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
@@ -410,7 +413,8 @@ def _check_crops_output(src: Path, out: Path, folders: Sequence[Path]) -> None:
     """ValueError (one line) unless `extract_crops` may write to `out`: not the source
     folder nor inside it (a rerun would read the crops as frames), no class folder of
     the output that is the source folder, nothing inside a tally store, no FIFO or
-    device where a file goes. Creates `out`, as the writer would."""
+    device where a file goes. Creates `out`, as the writer would.
+    """
     from napari_foram._outputs import check_output_dir, check_output_file
 
     real_src = os.path.realpath(src)

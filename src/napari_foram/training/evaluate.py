@@ -26,13 +26,11 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_foram._progress import ProgressCallback
 from napari_foram.training.data import (
     SPLIT_NAMES,
     LabelledCrops,
@@ -51,6 +49,11 @@ from napari_foram.training.metrics import (
     per_class_scores,
     sample_votes,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from napari_foram._progress import ProgressCallback
 
 #: Crops per gallery section.
 GALLERY_SIZE = 8

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,8 @@ from psygnal import Signal
 from qtpy.QtWidgets import QLabel
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from napari_foram.classify.checkpoint import ModelInfo
     from napari_foram.classify.predict import Predictor
     from napari_foram.tally.store import TallyStore
@@ -68,7 +69,8 @@ class ActiveModel:
 
     def label_text(self) -> str:
         """One line: "model: NAME (sha 12 hex)", or the demo model not loaded yet (a
-        long name is shortened in its middle: the card, the tooltip, has it whole)."""
+        long name is shortened in its middle: the card, the tooltip, has it whole).
+        """
         name = self.name
         if len(name) > LABEL_NAME_CHARS:
             half = (LABEL_NAME_CHARS - 1) // 2
@@ -97,7 +99,8 @@ class ActiveModel:
     ) -> None:
         """Make `source` the active model (GUI thread); ValueError (one line) if it is
         not a readable checkpoint. `predictor`: the model already loaded (e.g. the one
-        retraining made), kept instead of loading the file again."""
+        retraining made), kept instead of loading the file again.
+        """
         text = str(source).strip() or DEFAULT_MODEL
         if text != DEFAULT_MODEL and info is None:
             from napari_foram.classify.backbone import file_sha256
@@ -115,7 +118,8 @@ class ActiveModel:
 
     def note_loaded(self, predictor: Predictor) -> None:
         """A predictor of the active model was loaded (GUI thread): the demo model's
-        record is known now, so its card can be shown."""
+        record is known now, so its card can be shown.
+        """
         if self._predictor is not predictor:
             return
         if self.info is None or self.info.sha256 != predictor.info.sha256:
@@ -125,13 +129,14 @@ class ActiveModel:
     def predictor(
         self, *, progress: Callable[[int, int, str], None] | None = None, device: str = "auto"
     ) -> Predictor:
-        """The active model loaded (`pipeline.load_predictor`, as the command line does),
-        once; safe to call from a worker thread."""
+        """The active model loaded (`classify.loading.load_predictor`, as the command line does),
+        once; safe to call from a worker thread.
+        """
         with self._lock:
             source, cached = self.source, self._predictor
         if cached is not None:
             return cached
-        from napari_foram.pipeline import load_predictor
+        from napari_foram.classify.loading import load_predictor
 
         loaded = load_predictor(source, device=device, progress=progress or False)
         with self._lock:
@@ -165,7 +170,8 @@ _HUBS: weakref.WeakKeyDictionary[Any, Hub] = weakref.WeakKeyDictionary()
 def unwrap(obj: Any) -> Any:
     """The object behind napari's proxies: a plugin widget gets the viewer (and what it
     hands out: layers...) wrapped in a new `PublicOnlyProxy` each time, so identity,
-    weak references and dictionary keys need the object itself."""
+    weak references and dictionary keys need the object itself.
+    """
     for _ in range(8):
         inner = getattr(obj, "__wrapped__", None)
         if inner is None:
@@ -226,7 +232,7 @@ def bind_model_label(viewer: Any, label: QLabel) -> ActiveModel:
 
 
 class ModelLabel(QLabel):
-    """ "model: NAME (sha ...)" of a viewer's active model, its card as the tooltip."""
+    """The label "model: NAME (sha ...)" of a viewer's active model, its card as the tooltip."""
 
     def __init__(self, viewer: Any) -> None:
         super().__init__()
@@ -241,7 +247,8 @@ _WRITERS: list[tuple[weakref.ref[Any], Callable[[Any], TallyStore | None]]] = []
 
 def register_writer(owner: Any, store_of: Callable[[Any], TallyStore | None]) -> None:
     """`owner` (a widget) may hold a store open for writing: `store_of(owner)` says which
-    (None: none now). Entries go when the owner is collected."""
+    (None: none now). Entries go when the owner is collected.
+    """
     _WRITERS.append((weakref.ref(owner), store_of))
 
 
@@ -272,7 +279,8 @@ def writer_store(path: str | Path) -> TallyStore | None:
 def open_writer(path: str | Path) -> Iterator[TallyStore]:
     """The store at `path` for writing: a widget's open writer when there is one (left
     open), else opened now and closed after. ValueError (one line) when another program
-    writes it."""
+    writes it.
+    """
     held = writer_store(path)
     if held is not None:
         yield held
@@ -295,7 +303,8 @@ def open_writer(path: str | Path) -> Iterator[TallyStore]:
 def bind_model_field(viewer: Any, edit: Any, say: Callable[[str], object]) -> ActiveModel:
     """A widget's model field (a QLineEdit: "demo" or a checkpoint path) and the active
     model, one thing: the field shows it and follows it, and a model typed (Enter or
-    leaving the field) or picked there becomes the active one (`say` tells why not)."""
+    leaving the field) or picked there becomes the active one (`say` tells why not).
+    """
     from napari_foram.reasons import one_line
 
     model = active_model(viewer)

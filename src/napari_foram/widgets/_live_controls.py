@@ -13,10 +13,9 @@ for each microscope connected (simulated, a configuration file, the shared core)
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
     QGridLayout,
@@ -28,6 +27,9 @@ from qtpy.QtWidgets import (
 
 from napari_foram.widgets._qt import Section
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 #: What the view-only buttons say of themselves: their frames are never counted.
 VIEW_ONLY_TIP = (
     "pymmcore-widgets' Snap / Live: shows the camera in the 'live frame' layer, counts "
@@ -37,13 +39,15 @@ VIEW_ONLY_TIP = (
 
 class _NoCoreYet:
     """Stands in for the core a `ConfigurationWidget` is made with: Foram live loads the
-    file itself (`LiveCounter.connect_config`: the adapter folder, one-line reasons, a
-    core it owns), so the widget's own core is never used -- and none is created."""
+    file itself (`MicroscopeCounter.connect_config`: the adapter folder, one-line reasons, a
+    core it owns), so the widget's own core is never used -- and none is created.
+    """
 
 
 def config_loader(on_load: Callable[[], None]) -> Any:
     """pymmcore-widgets' `ConfigurationWidget` (path, browse, Load) whose Load connects
-    Foram live to the file's microscope (`on_load`)."""
+    Foram live to the file's microscope (`on_load`).
+    """
     from pymmcore_widgets import ConfigurationWidget
 
     class ConfigLoader(ConfigurationWidget):
@@ -68,7 +72,8 @@ _CHEVRON |= {"left": "15,6 9,12 15,18", "right": "9,6 15,12 9,18"}
 def _offline_icon(glyph: str, color: str | None) -> Path:
     """A plain chevron SVG for StageWidget's arrows when api.iconify.design cannot be
     reached (microscope PCs are often offline): pymmcore-widgets 0.12 fetches them from
-    the web and StageWidget fails without them."""
+    the web and StageWidget fails without them.
+    """
     key = f"{glyph}-{color}"
     if key not in _OFFLINE_ICONS:
         name = glyph.split(":")[-1]
@@ -116,7 +121,8 @@ def _stage_icons_offline_safe() -> None:
 def _stage_widget(device: str, core: Any) -> Any:
     """pymmcore-widgets' `StageWidget` for `device`; its "Set as Default" may not fail
     in a Qt slot: UniMMCore (the simulated microscope) refuses a Python stage as the
-    Core's default, and pymmcore-widgets 0.12 sets it when the widget is made."""
+    Core's default, and pymmcore-widgets 0.12 sets it when the widget is made.
+    """
     from pymmcore_widgets import StageWidget
 
     class Stage(StageWidget):

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import napari.viewer
     from qtpy.QtWidgets import QLabel, QProgressBar
 
-    from napari_foram.live import LiveCounter
+    from napari_foram.microscope import MicroscopeCounter
     from napari_foram.pipeline import FrameResult
     from napari_foram.widgets._qt import ActivityProgress
 
@@ -45,10 +45,11 @@ OVERVIEW_MAX_SIDE = 800
 
 class LiveDisplay:
     """The layers of the live view (see the module docstring); `LiveWidget` sets the
-    attributes below."""
+    attributes below.
+    """
 
     viewer: napari.viewer.Viewer
-    counter: LiveCounter | None
+    counter: MicroscopeCounter | None
     camera_label: QLabel
     scan_bar: QProgressBar
     _activity: ActivityProgress
@@ -67,7 +68,8 @@ class LiveDisplay:
     def _show_frames(self, results: list[FrameResult]) -> None:
         """Draw the frames that arrived since the last redraw: during a scan every one
         is pasted into the tray overview (a field skipped would stay black); otherwise
-        the newest is shown, where it lies on the tray."""
+        the newest is shown, where it lies on the tray.
+        """
         if self._mosaic is not None and OVERVIEW_LAYER in self.viewer.layers:
             pasted = False
             for result in results:
@@ -151,9 +153,10 @@ class LiveDisplay:
         self.viewer.layers.move(self.viewer.layers.index(FRAME_LAYER), 0)  # under the marks
         self.viewer.reset_view()
 
-    def _prepare_overview(self, counter: LiveCounter, sequence: Any) -> None:
+    def _prepare_overview(self, counter: MicroscopeCounter, sequence: Any) -> None:
         """An empty tray overview covering the planned fields; frames fill it as they
-        arrive (at display resolution: a 3 x 3 scan of 5 MP fields would be 45 MP)."""
+        arrive (at display resolution: a 3 x 3 scan of 5 MP fields would be 45 MP).
+        """
         px = counter.pixel_size_um()
         positions = counter.field_positions(sequence)
         key = (px, tuple(positions), counter.frame_shape())
@@ -199,7 +202,8 @@ class LiveDisplay:
 
     def _prepare_layers(self) -> None:
         """Create the frame and specimen layers before acquiring (creating a layer costs
-        far more than updating one: done now, it never stalls a running scan)."""
+        far more than updating one: done now, it never stalls a running scan).
+        """
         if self.counter is None:
             return
         shape = self.counter.frame_shape()

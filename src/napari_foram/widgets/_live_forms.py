@@ -7,8 +7,7 @@ are built: `LiveWidget.__init__` calls one builder per section.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -28,6 +27,9 @@ from qtpy.QtWidgets import (
 
 from napari_foram.widgets._live_controls import config_loader
 from napari_foram.widgets._qt import spin, with_browse
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 #: The sample form: `SampleRecord` fields and their labels (* required).
 SAMPLE_FORM = (
@@ -73,7 +75,7 @@ class LiveForms:
         mc_samples: int,
     ) -> QWidget:
         """Which microscope, where its configuration and adapters are, the store."""
-        from napari_foram.live import DEFAULT_TARGET_COUNT, default_store_path
+        from napari_foram.microscope import DEFAULT_TARGET_COUNT, default_store_path
 
         self.source = QComboBox()
         self.source.addItems(
@@ -146,7 +148,8 @@ class LiveForms:
 
     def _build_sample(self) -> QWidget:
         """The sample record: what a count sheet asks for, before counting starts. Two
-        fields per row keep the widget short enough for a laptop screen."""
+        fields per row keep the widget short enough for a laptop screen.
+        """
         self.sample_fields: dict[str, QLineEdit] = {}
         grid = QGridLayout()
         for i, (name, label) in enumerate(SAMPLE_FORM):

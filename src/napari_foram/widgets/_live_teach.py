@@ -16,7 +16,8 @@ from napari_foram.widgets.layers import SPECIMENS_LAYER
 
 def connect_live(widget: Any) -> None:
     """Wire a `LiveWidget` (widgets/live.py, which imports this module) to its
-    viewer's shared state (see the module docstring)."""
+    viewer's shared state (see the module docstring).
+    """
     viewer = widget.viewer
     state = hub(viewer)
     ref = weakref.ref(widget)
@@ -69,7 +70,8 @@ def _on_labelled_for(ref: weakref.ref[Any]) -> Any:
 
 def _update_shown(widget: Any, store: Any, outcome: labelling.LabelOutcome) -> None:
     """The live view's specimens as labelled: their class, no longer unsure; rejected
-    ones leave the view (not specimens)."""
+    ones leave the view (not specimens).
+    """
     from napari_foram.tally import stats
 
     data = store.read_specimens(

@@ -1,12 +1,12 @@
 """Small Qt building blocks the widgets share: spin boxes, path fields, scroll docks, the
-background-thread runner and napari activity-dock progress."""
+background-thread runner and napari activity-dock progress.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, Signal
 from qtpy.QtWidgets import (
@@ -22,6 +22,9 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SpinT = TypeVar("SpinT", QSpinBox, QDoubleSpinBox)
 
@@ -60,7 +63,8 @@ DOCK_WIDTH_HINT = 380
 
 class _DockScroll(QScrollArea):
     """A scroll area that asks for a laptop-sized share of the window (`sizeHint`)
-    instead of its whole contents' size; what does not fit scrolls."""
+    instead of its whole contents' size; what does not fit scrolls.
+    """
 
     def __init__(self, height_hint: int) -> None:
         super().__init__()
@@ -101,7 +105,8 @@ def scrolling(content: QWidget, height_hint: int = 360, min_height: int = 90) ->
     """`content` in a vertical scroll area: a dock taller than the screen scrolls instead
     of forcing napari's window (and every other dock) taller. `height_hint` is the height
     it asks for, `min_height` the least it keeps when docks share a column (Qt gives a
-    dock added beside another only its minimum until the user drags the divider)."""
+    dock added beside another only its minimum until the user drags the divider).
+    """
     area = _DockScroll(height_hint)
     area.setMinimumHeight(min_height)
     area.setWidgetResizable(True)
@@ -131,7 +136,8 @@ def scroll_container(
     """Put magicgui container `body` inside `outer` (a magicgui container napari docks)
     in a scroll area: magicgui's own ``scrollable=True`` is lost when napari docks the
     container (it takes ``.native``, the widget inside the scroll area). `body` stays a
-    child of `outer` for magicgui, so napari's ``reset_choices`` still reaches it."""
+    child of `outer` for magicgui, so napari's ``reset_choices`` still reaches it.
+    """
     outer.append(body)
     layout = outer.native.layout()
     layout.setContentsMargins(0, 0, 0, 0)
@@ -168,7 +174,8 @@ class Section(QWidget):
 
 class _Bridge(QObject):
     """Carries a worker thread's events to the GUI thread (a queued connection: the
-    bridge lives on the GUI thread, the worker emits from its own)."""
+    bridge lives on the GUI thread, the worker emits from its own).
+    """
 
     event = Signal(str, object)
 
@@ -232,7 +239,8 @@ class Runner:
 
     def close(self, timeout: float | None = 60.0) -> bool:
         """Ask the workers to stop, wait for them, and drop the handlers; True if all
-        ended within `timeout`."""
+        ended within `timeout`.
+        """
         self.stop.set()
         ended = self.wait(timeout)
         self._handlers.clear()
@@ -256,13 +264,15 @@ class _CloseWatch(QObject):
 
 def close_with(widget: QWidget, runner: Runner) -> None:
     """Stop and join `runner`'s threads when `widget` closes (for magicgui containers,
-    whose Qt widget has no closeEvent of ours to override)."""
+    whose Qt widget has no closeEvent of ours to override).
+    """
     _CloseWatch(widget, runner)
 
 
 class ActivityProgress:
     """A progress bar in napari's activity dock (`napari.utils.progress`), kept in step
-    with a widget's own; created on first use, closed when the work ends."""
+    with a widget's own; created on first use, closed when the work ends.
+    """
 
     def __init__(self) -> None:
         self._bar: Any = None
@@ -291,7 +301,8 @@ def _hex(rgba: tuple[float, ...]) -> str:
 
 class ClassLegend(QLabel):
     """The class colours (and the marks for unsure and uncertain specimens) as a one- or
-    two-line legend: the same colours as the layers and the plots (`class_colour`)."""
+    two-line legend: the same colours as the layers and the plots (`class_colour`).
+    """
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,5 +1,6 @@
 """Parts of the Foram review widget: its keys, the crop picture, the probability bars
-and small helpers (kept apart so that widgets/review.py holds the widget itself)."""
+and small helpers (kept apart so that widgets/review.py holds the widget itself).
+"""
 
 from __future__ import annotations
 
@@ -89,13 +90,15 @@ class ProbabilityBars(QWidget):
     # ------------------------------------------------------------------ the names
     def full_name(self, k: int) -> str:
         """Row `k`'s whole text: key number, class name (spaces for underscores) and the
-        mark of a class a person gave."""
+        mark of a class a person gave.
+        """
         mark = " \u2714" if k == self.reviewed else ""
         return f"{k + 1} {self.class_names[k].replace('_', ' ')}{mark}"
 
     def label_width(self) -> int:
         """Pixels for the names: as wide as the longest needs (bold), within what the
-        bars and values leave."""
+        bars and values leave.
+        """
         bold = QFont(self.font())
         bold.setBold(True)
         metrics = QFontMetrics(bold)
@@ -109,7 +112,8 @@ class ProbabilityBars(QWidget):
     def shown_name(self, k: int) -> str:
         """Row `k`'s text as drawn: elided in the middle where the dock is too narrow
         (the tooltip has it whole; species names such as Globigerinoides_ruber_white
-        were clipped at the right)."""
+        were clipped at the right).
+        """
         font = QFont(self.font())
         font.setBold(k == self.predicted)
         return QFontMetrics(font).elidedText(
@@ -221,7 +225,8 @@ def double_spin(low: float, high: float, value: float, step: float) -> QDoubleSp
 
 def camera_and_canvas(viewer: Any) -> tuple[Any, tuple[int, ...]]:
     """The viewer's camera and canvas size in pixels (napari >= 0.9 keeps them on
-    ``scene`` and ``canvas``; ``viewer.camera`` is deprecated there)."""
+    ``scene`` and ``canvas``; ``viewer.camera`` is deprecated there).
+    """
     scene = getattr(viewer, "scene", None)
     camera = scene.camera if scene is not None else viewer.camera
     canvas = getattr(viewer, "canvas", None)

@@ -54,7 +54,7 @@ PROGRESS_TEXT_S = 0.25
 
 
 def counts_line(report: ReclassifyReport) -> str:
-    """ "S1: planktic 5->7, sediment 3->1" (the classes whose count changed)."""
+    """The line "S1: planktic 5->7, sediment 3->1" (the classes whose count changed)."""
     changes = ", ".join(
         f"{name} {a}\u2192{b}"
         for name, a, b in zip(
@@ -261,7 +261,8 @@ class TeachPanel(QWidget):
 
     def retrain(self, auto: bool = False) -> bool:
         """Teach a head on the store's labels, save it beside the store, count again
-        (background); the new model becomes the active one."""
+        (background); the new model becomes the active one.
+        """
         return self._start("retrain", auto=auto)
 
     def reclassify(self, all_samples: bool | None = None) -> bool:
@@ -376,8 +377,9 @@ class TeachPanel(QWidget):
         self.update_state()
 
     def after_recount(self, sample_ids: list[str]) -> None:
-        """This panel classified samples again: the specimen layers are redrawn and the
-        other widgets hear of it (`Hub.recounted`; this panel too, `_on_recounted`)."""
+        """After this panel classified samples again: the specimen layers are redrawn and the
+        other widgets hear of it (`Hub.recounted`; this panel too, `_on_recounted`).
+        """
         store = self.store
         if store is None:
             return
@@ -389,7 +391,8 @@ class TeachPanel(QWidget):
 
     def _on_recounted(self, store_path: Path, sample_ids: list[str]) -> None:
         """Samples of this store were classified again (here or by Train classifier):
-        the review re-reads and re-orders them."""
+        the review re-reads and re-orders them.
+        """
         owner, store = self.owner, self.store
         if store is None or Path(store.path).resolve() != Path(store_path).resolve():
             return
@@ -401,8 +404,9 @@ class TeachPanel(QWidget):
         owner._show()
 
     def apply_suggest(self) -> None:
-        """ "Suggest next" chosen as the queue's order: its rows in
-        `review.suggested_order` (kept features, current probabilities)."""
+        """The queue put in "suggest next" order when that is chosen: its rows in
+        `review.suggested_order` (kept features, current probabilities).
+        """
         from dataclasses import replace
 
         from napari_foram.review._queue import SUGGEST_NEXT, suggested_order

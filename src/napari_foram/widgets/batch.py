@@ -91,7 +91,8 @@ CLOCK_MS = 1000
 
 def default_store_path(folder: str | Path) -> Path | None:
     """The store a folder is counted into unless the user names one: beside the folder,
-    ``<folder>_tally.zarr``; None for a path that is not a folder (or the root)."""
+    ``<folder>_tally.zarr``; None for a path that is not a folder (or the root).
+    """
     path = Path(folder).expanduser()
     if not path.name or not path.is_dir():
         return None
@@ -100,7 +101,8 @@ def default_store_path(folder: str | Path) -> Path | None:
 
 def wrappable(text: str) -> str:
     """`text` with a zero-width break after every path separator: a long path then wraps
-    in a narrow dock instead of widening it (or being cut off)."""
+    in a narrow dock instead of widening it (or being cut off).
+    """
     return text.replace("/", "/\u200b").replace("\\", "\\\u200b")
 
 
@@ -114,7 +116,8 @@ def _uses_cuda(device: str) -> bool:
 
 def display_view(view: FrameView) -> FrameView:
     """`view` with its image ready to show: RGB uint8, contrast stretched. Run off the
-    GUI thread: on a 2592 x 1944 frame this is ~0.7 s of numpy."""
+    GUI thread: on a 2592 x 1944 frame this is ~0.7 s of numpy.
+    """
     import dataclasses
 
     if view.image is None:
@@ -377,7 +380,8 @@ class BatchWidget(QWidget):
     # ------------------------------------------------------------------ pickers
     def _folder_changed(self, text: str) -> None:
         """A folder typed, pasted or browsed: its default store, unless the user chose
-        a store (typed in the field or picked with its button)."""
+        a store (typed in the field or picked with its button).
+        """
         if self._store_chosen and self.store_edit.text().strip():
             return
         store = default_store_path(text.strip()) if text.strip() else None
@@ -458,13 +462,15 @@ class BatchWidget(QWidget):
 
     def cancel(self) -> None:
         """Stop now: the file being counted is dropped (nothing of it is written); the
-        files counted before it stay in the store."""
+        files counted before it stay in the store.
+        """
         if self.is_running():
             self.runner.stop.set()
             self.cancel_button.setEnabled(False)
             self._say("cancelling: dropping the file in flight, keeping the files counted")
 
     def is_running(self) -> bool:
+        """Whether a batch run's thread is still going."""
         return self.runner.busy("batch")
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -473,7 +479,8 @@ class BatchWidget(QWidget):
 
     def closeEvent(self, event: Any) -> None:  # Qt names it
         """Stop the run (the file in flight is dropped) and wait for it: no thread of
-        this widget outlives it."""
+        this widget outlives it.
+        """
         self._draw_timer.stop()
         self._clock.stop()
         self.runner.close()
@@ -481,7 +488,8 @@ class BatchWidget(QWidget):
 
     def _forget_other_store(self, store: Path) -> None:
         """Remove the layers of the store shown before when `store` is another one: the
-        canvas then shows one store, the one the next file goes to."""
+        canvas then shows one store, the one the next file goes to.
+        """
         old = self._layers_store
         self._layers_store = store
         if old is None or _same_path(old, store):
@@ -557,7 +565,8 @@ class BatchWidget(QWidget):
 
     def _show_time(self) -> None:
         """Elapsed time, files done and, once a file is done, the time left (counting
-        down between files)."""
+        down between files).
+        """
         if not self.is_running() and self.report is not None:
             self._clock.stop()
             return
@@ -719,7 +728,8 @@ def _same_path(a: Path, b: Path) -> bool:
 def run_summary(report: BatchReport) -> str:
     """What a run did, each number one thing: this run's files and specimens, the files
     already in the store, the bad ones; for a cancelled run, what was kept, what was
-    dropped in flight and what is left for the next run."""
+    dropped in flight and what is left for the next run.
+    """
     processed = report.count("processed")
     specimens = sum(f.n_specimens for f in report.files if f.status == "processed")
     kept = f"{processed} file(s) counted in this run ({specimens} specimens)"

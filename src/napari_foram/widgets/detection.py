@@ -43,6 +43,7 @@ def auto_threshold_text(params: DetectionParams | None = None) -> str:
 
 
 def auto_threshold_tooltip(params: DetectionParams | None = None) -> str:
+    """What the automatic threshold is, in full: the "automatic threshold" box's tooltip."""
     p = params or DetectionParams()
     if p.threshold_method == "otsu":
         return "the grey level of Otsu's two-class split of the tray floor's pixels"
@@ -83,7 +84,8 @@ def run_detection(
     data: np.ndarray, params: DetectionParams, pixel_size_um: float | None = None
 ) -> tuple[Any, np.ndarray]:
     """Detect on one frame: (the detections, the split-line mask). Qt-free, so the
-    widget runs it off the GUI thread."""
+    widget runs it off the GUI thread.
+    """
     det = detect(data, params, crops=False, pixel_size_um=pixel_size_um)
     return det, split_lines(det.labels)
 
@@ -95,7 +97,8 @@ def show_detections(
     pixel_size_um: float | None = None,
 ) -> str:
     """Detect on `image_layer` and show labels, centres and split lines; returns a
-    one-line summary that names the minimum size and the rule that set it."""
+    one-line summary that names the minimum size and the rule that set it.
+    """
     det, cuts = run_detection(frame_data(viewer, image_layer), params, pixel_size_um)
     return draw_detections(viewer, image_layer, det, cuts)
 
@@ -122,7 +125,8 @@ def draw_detections(
     viewer: napari.Viewer, image_layer: napari.layers.Image, det: Any, cuts: np.ndarray
 ) -> str:
     """Show detections (from `run_detection`) on `image_layer`; the summary line. The
-    layers are made once and updated in place."""
+    layers are made once and updated in place.
+    """
     scale = det.work_scale
     # Detections are in the frame's pixels; the image may be drawn in micrometres (a
     # reader's scale) and shifted: the preview layers take the image's own transform so
@@ -173,7 +177,8 @@ def draw_detections(
 
 def keep_marks_on_top(viewer: napari.Viewer) -> bool:
     """Move the preview's layers above every other layer (an image added after them
-    hid them); True when something moved."""
+    hid them); True when something moved.
+    """
     layers = viewer.layers
     mine = [i for i, layer in enumerate(layers) if layer.name in PREVIEW_LAYERS]
     if not mine:

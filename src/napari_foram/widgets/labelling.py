@@ -90,10 +90,14 @@ class LabelOutcome:
 
     @property
     def n(self) -> int:
+        """Specimens this labelling touched."""
         return len(self.rows)
 
     @property
     def message(self) -> str:
+        """What was done, in one line for the viewer's notification (e.g. "s1: 3
+        specimen(s) labelled Globigerina (2 confirmed, 1 relabelled)").
+        """
         where = f"{self.sample_id}"
         if self.action == "reject":
             return f"{where}: {self.n} specimen(s) rejected (not specimens)"
@@ -116,7 +120,8 @@ def _is_points(layer: Any) -> bool:
 
 def target_of(viewer: Any, layer: Any) -> LabelTarget | None:
     """Where `layer`'s points are in a store, or None when it is not a layer of counted
-    specimens (cheap: reads no store)."""
+    specimens (cheap: reads no store).
+    """
     if layer is None or not _is_points(layer):
         return None
     meta = dict(layer.metadata or {})
@@ -172,7 +177,8 @@ def rows_of(store: TallyStore, target: LabelTarget, layer: Any) -> np.ndarray:
 def restyle(layer: Any, store: TallyStore, sample_id: str, rows: np.ndarray) -> None:
     """Colour `layer`'s points from the store: border = the class each counts as (grey
     when unsure), filled when a person labelled it, a grey cross when rejected. Points
-    without a row keep their look."""
+    without a row keep their look.
+    """
     from napari_foram.tally import stats
     from napari_foram.tally.export import UNSURE_COLOUR, class_colour
 
@@ -220,7 +226,8 @@ def refresh_layers(
     viewer: Any, store_path: str | Path, sample_ids: list[str] | None = None
 ) -> list[str]:
     """Restyle every specimens layer of `viewer` that shows `store_path` (after a
-    retrain or a recount); the names of the layers redrawn."""
+    retrain or a recount); the names of the layers redrawn.
+    """
     from napari_foram.tally.store import TallyStore
 
     want = Path(store_path).resolve()
@@ -250,7 +257,8 @@ def refresh_layers(
 # ----------------------------------------------------------------------------- labelling
 def selection(viewer: Any) -> tuple[Any, LabelTarget, np.ndarray] | None:
     """(active layer, where it is, selected point indices) when the active layer is a
-    specimens layer with a selection, else None."""
+    specimens layer with a selection, else None.
+    """
     layer = viewer.layers.selection.active
     target = target_of(viewer, layer)
     if target is None:
@@ -272,7 +280,8 @@ def label_points(
 ) -> LabelOutcome:
     """Label points of `layer`: `action` "class" (as `class_index`, 0-based) or "reject".
     ValueError (one line) when they cannot be (no such class, not in the store, the store
-    being written by another program)."""
+    being written by another program).
+    """
     target = target_of(viewer, layer)
     if target is None:
         raise ValueError(f"layer {layer.name!r} shows no specimens of a tally store")
@@ -375,13 +384,15 @@ def key_action(event: QKeyEvent) -> tuple[str, int] | None:
 
 def handles_key(viewer: Any, event: QKeyEvent) -> bool:
     """Whether a key pressed on the canvas labels the selected specimens (then other
-    key handlers, Foram review's included, leave it alone)."""
+    key handlers, Foram review's included, leave it alone).
+    """
     return key_action(event) is not None and selection(viewer) is not None
 
 
 class CanvasKeys(QObject):
     """The event filter on napari's canvas that turns 1..9 / X into labels (one per
-    viewer, installed by every widget of ours that is shown)."""
+    viewer, installed by every widget of ours that is shown).
+    """
 
     def __init__(self, viewer: Any) -> None:
         super().__init__()
@@ -389,6 +400,9 @@ class CanvasKeys(QObject):
         self.last: LabelOutcome | Exception | None = None
 
     def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:
+        """True for a 1..9 / X key press while specimens are selected: they are labelled
+        (or why not is shown) and the key goes no further; False for anything else.
+        """
         if not isinstance(event, QKeyEvent) or event.type() != QEvent.Type.KeyPress:
             return False
         viewer = self._viewer()

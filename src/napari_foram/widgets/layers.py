@@ -7,8 +7,6 @@ and the tests show the same thing.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -19,6 +17,9 @@ from napari_foram.mosaic import Mosaic
 from napari_foram.tally.export import class_colour
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+    from pathlib import Path
+
     import napari
 
     from napari_foram.pipeline import FrameResult
@@ -79,7 +80,8 @@ def zoomed_in(shown: list[Shown], zoom: float) -> bool:
 def labels_for(shown: list[Shown], zoom: float, selected: Collection[int] = ()) -> list[str]:
     """The text beside each specimen: all when zoomed in far enough to read them
     (`zoomed_in`), else only the uncertain, unsure and selected ones. A specimen the
-    model's unsure rule puts in no class reads "unsure", never a class it is not given."""
+    model's unsure rule puts in no class reads "unsure", never a class it is not given.
+    """
     from napari_foram.tally.export import UNSURE_LABEL
 
     everyone = zoomed_in(shown, zoom)
@@ -264,7 +266,8 @@ def apply_store_rule(viewer: Any, layer: Any) -> int:
     each counts as, the unsure colour where the store's unsure rule says so) and mark
     the unsure ones in the features (``unsure``; their label reads "unsure"). The number
     of unsure points; 0 when the layer's points are no store's rows or the store cannot
-    be read (the layer keeps its look)."""
+    be read (the layer keeps its look).
+    """
     from napari_foram.tally import stats
     from napari_foram.tally.export import UNSURE_LABEL
     from napari_foram.tally.store import TallyStore
@@ -299,7 +302,8 @@ def apply_store_rule(viewer: Any, layer: Any) -> int:
 
 def relayout_labels(viewer: Any, layer: Any) -> None:
     """Show the wanted labels of a managed layer that fit at the current zoom (selected
-    points first, then unsure ones), all once a typical specimen is big enough."""
+    points first, then unsure ones), all once a typical specimen is big enough.
+    """
     if WANTED_LABEL not in layer.features or not len(layer.data):
         return
     zoom = viewer_zoom(viewer)
@@ -322,7 +326,8 @@ def relayout_labels(viewer: Any, layer: Any) -> None:
 
 def _follow_zoom(viewer: Any, name: str) -> None:
     """Lay out layer `name`'s labels again as the zoom changes (once per viewer and
-    layer name; the layer may be replaced meanwhile)."""
+    layer name; the layer may be replaced meanwhile).
+    """
     import weakref
 
     from napari_foram.widgets._active import hub, unwrap
@@ -409,7 +414,8 @@ def update_specimen_layers(
 
 def camera_line(info: dict[str, Any], frame: Any = None) -> str:
     """One line naming the camera, its pixel size and bit depth (from the microscope's
-    description, or the newest frame's metadata)."""
+    description, or the newest frame's metadata).
+    """
     meta = dict(getattr(frame, "metadata", {}) or {})
     camera = info.get("camera") or meta.get("camera")
     scope = info.get("microscope")
@@ -465,7 +471,8 @@ def display_uint8(
 ) -> np.ndarray:
     """`image` as uint8 for display: stretched between `limits` when given, else by
     `to_uint8`'s rule (the camera's depth). `rgb` makes every frame (H, W, 3), so that one
-    layer can show grey and colour files alike without being made again."""
+    layer can show grey and colour files alike without being made again.
+    """
     from napari_foram.frames import to_uint8
 
     if limits is not None:
@@ -624,7 +631,8 @@ CROP_GRID_GAP = 0.5
 
 def crop_grid(crops: Any, max_px: int = CROP_GRID_MAX_PX) -> tuple[np.ndarray, int, int]:
     """The crops (n, h, w, 3) as one picture in rows of `columns`: (the picture, columns,
-    step), where `step` is the pixel stride the crops were shown at (1: whole size)."""
+    step), where `step` is the pixel stride the crops were shown at (1: whole size).
+    """
     n, h, w = (int(v) for v in crops.shape[:3])
     columns = max(1, math.ceil(math.sqrt(n)))
     rows = max(1, math.ceil(n / columns))
@@ -659,7 +667,8 @@ def show_crop_grids(
     what the viewer shows already (a frame): not a stack at the origin over the frame's
     corner with a dims slider of its own (issue 27). Made again in place when it exists;
     the layer names. The layer's metadata is the reader's (one entry per crop) plus
-    ``grid`` (columns, tile size), so `crop_tile_centre` finds a crop."""
+    ``grid`` (columns, tile size), so `crop_tile_centre` finds a crop.
+    """
     from napari_foram._reader import store_layer_data
 
     images = [(d, k) for d, k, kind in store_layer_data(store) if kind == "image"]

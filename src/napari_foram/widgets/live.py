@@ -1,6 +1,6 @@
 """Foram live: count at the microscope -- connect, describe the sample, snap, live, scan.
 
-A thin Qt widget over `napari_foram.live.LiveCounter`. Every slow call (building the
+A thin Qt widget over `napari_foram.microscope.MicroscopeCounter`. Every slow call (building the
 classifier, connecting, acquiring, classifying) runs on one background thread; results
 reach the GUI thread through a Qt signal and are drawn by a timer at most four times a
 second, so neither a fast camera nor a slow classifier can stall the interface.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,6 @@ from qtpy.QtWidgets import (
 )
 
 from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
-from napari_foram.mosaic import Mosaic
 from napari_foram.pipeline import prediction_columns
 from napari_foram.reasons import one_line
 from napari_foram.tally import stats
@@ -56,9 +54,12 @@ from napari_foram.widgets.layers import (
 __all__ = ["FRAME_LAYER", "OVERVIEW_LAYER", "SPECIMENS_LAYER", "UNCERTAIN_LAYER", "LiveWidget"]
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import napari.viewer
 
-    from napari_foram.live import LiveCounter
+    from napari_foram.microscope import MicroscopeCounter
+    from napari_foram.mosaic import Mosaic
     from napari_foram.pipeline import FrameResult
 
 #: The table row of the specimens worth a person's look (`stats.unreviewed_high_entropy_mask`; the
@@ -108,7 +109,7 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
         self.specimens = specimens
         self.bit_depth = bit_depth  # of the simulated camera
         self.mono = mono
-        self.counter: LiveCounter | None = None
+        self.counter: MicroscopeCounter | None = None
         self.last_outcome: dict[str, object] = {}
         self._pending: list[FrameResult] = []
         self._shown: list[Shown] = []  # every counted specimen of the sample, as drawn
@@ -219,7 +220,7 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
     # ------------------------------------------------------------------ actions
     def connect_microscope(self) -> None:
         """Build the classifier and the store, connect the microscope (background)."""
-        from napari_foram.live import SimulatedScope
+        from napari_foram.microscope import SimulatedMicroscopeSettings
 
         simulated = self.source.currentIndex() == 0
         shared = self.source.currentIndex() == 2
@@ -232,7 +233,7 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
             self._set_status("choose a Micro-Manager configuration file first")
             return
         # The simulated tray is made to fit the scan set below (rows x cols at overlap).
-        scope = SimulatedScope(
+        scope = SimulatedMicroscopeSettings(
             seed=int(self.seed.value()),
             camera_shape=self.camera_shape,
             rows=int(self.rows.value()),
@@ -249,8 +250,8 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
         download = self._download_choice if self.download_weights.isChecked() else False
 
         def work() -> object:
-            from napari_foram.live import LiveCounter, open_or_create_store
-            from napari_foram.pipeline import load_predictor
+            from napari_foram.classify.loading import load_predictor
+            from napari_foram.microscope import MicroscopeCounter, open_or_create_store
 
             if self.counter is not None:
                 self.counter.close()
@@ -293,7 +294,7 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
             backbone = f"{info.backbone_id or info.backbone_weights} ({info.input_convention})"
             store = open_or_create_store(store_path, list(predictor.info.class_names))
             try:
-                counter = LiveCounter(predictor, store, mc_samples=mc, target_count=target)
+                counter = MicroscopeCounter(predictor, store, mc_samples=mc, target_count=target)
                 if simulated:
                     counter.connect_simulated(scope)
                 elif shared:
@@ -314,7 +315,8 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
 
     def _choose_download(self, checked: bool) -> None:
         """A click on "download weights if missing" is the user's choice: it wins over
-        ``$NAPARI_FORAM_NO_DOWNLOAD``."""
+        ``$NAPARI_FORAM_NO_DOWNLOAD``.
+        """
         self._download_choice = checked
 
     def start_demo(self, sample_id: str = "DEMO-001") -> None:
@@ -454,7 +456,7 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
         self._update_buttons()
 
     # ------------------------------------------------------------------ GUI thread
-    def _counter_with_sample(self) -> LiveCounter | None:
+    def _counter_with_sample(self) -> MicroscopeCounter | None:
         if self.counter is None or self.counter.sample_id is None:
             self._set_status("connect a microscope and start a sample first")
             return None
@@ -533,7 +535,8 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
 
     def _connected(self, outcome: object) -> None:
         """After a connect: the new microscope's read-outs and controls, or, when it
-        failed, none of the old one's (it is let go before connecting)."""
+        failed, none of the old one's (it is let go before connecting).
+        """
         counter = self.counter
         if counter is None or isinstance(outcome, Exception):
             why = f"not connected: {one_line(outcome)}" if isinstance(outcome, Exception) else ""
@@ -664,7 +667,8 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
 
     def _refresh_tally(self) -> None:
         """The table: the tally widget's rows (`tally_table` of `stats.assemblage`, the
-        numbers of the CSV and the plot too), count and % of forams, and the uncertain."""
+        numbers of the CSV and the plot too), count and % of forams, and the uncertain.
+        """
         from napari_foram.widgets.tally import tally_table
 
         if self.counter is None:
@@ -694,11 +698,13 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
 
     def closeEvent(self, event: Any) -> None:  # Qt names it
         """Stop the acquisition, wait for the worker and release the store when the widget
-        goes away: no thread of it outlives it."""
+        goes away: no thread of it outlives it.
+        """
         self.shutdown()
         super().closeEvent(event)
 
     def event(self, event: QEvent | None) -> bool:  # Qt names it
+        """Release the store when napari takes this widget out of its dock."""
         # napari removes a dock by taking the widget out of it (no close): released then.
         # Docked, the napari window is watched too: closing napari closes no dock widget.
         if event is not None and event.type() == QEvent.Type.ParentChange:
@@ -713,13 +719,15 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
         return super().event(event)
 
     def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:  # Qt
+        """Release the store when the watched napari window closes."""
         if watched is self._watched and event is not None and event.type() == QEvent.Type.Close:
             self.shutdown()
         return super().eventFilter(watched, event)
 
     def shutdown(self) -> None:
         """What `closeEvent` does (idempotent): the acquisition stopped, the worker
-        joined, the microscope let go and the store's writer lock released."""
+        joined, the microscope let go and the store's writer lock released.
+        """
         if self._shut:
             return
         self._timer.stop()
@@ -730,7 +738,8 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
 
     def _release(self) -> None:
         """The part of `shutdown` that needs no Qt object of the widget: it also runs
-        when napari deletes the widget without closing it (`viewer.close()`)."""
+        when napari deletes the widget without closing it (`viewer.close()`).
+        """
         if self._shut:
             return
         self._shut = True
@@ -749,7 +758,8 @@ class LiveWidget(LiveDisplay, LiveForms, QWidget):
 def open_live_viewer(title: str, **widget_options: Any) -> LiveWidget:
     """A napari window with Foram live docked on the right (what `napari-foram demo` and
     `napari-foram live` open); `widget_options` go to `LiveWidget`. Start the event loop
-    with ``napari.run()``."""
+    with ``napari.run()``.
+    """
     import napari
 
     viewer = napari.Viewer(title=title)

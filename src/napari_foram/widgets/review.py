@@ -364,7 +364,8 @@ class ReviewWidget(QWidget):
 
     def open_store(self, path: str | Path) -> bool:
         """Open a tally store for reviewing (read-only when another program writes it)
-        and show its first sample; False (and a one-line message) if it cannot be."""
+        and show its first sample; False (and a one-line message) if it cannot be.
+        """
         from napari_foram.tally.store import TallyStore
 
         self.close_store()
@@ -427,7 +428,8 @@ class ReviewWidget(QWidget):
     # ------------------------------------------------------------------ teaching
     def classes_changed(self) -> None:
         """The store's classes grew (a class added by name, or by a model that knows
-        more): the keys, the filter and the bars follow."""
+        more): the keys, the filter and the bars follow.
+        """
         self._fill_classes(keep=True)
         if self.session is not None and self._store is not None:
             self.session.class_names = self._store.class_names
@@ -505,6 +507,9 @@ class ReviewWidget(QWidget):
 
     # ------------------------------------------------------------------ actions
     def keyPressEvent(self, event: QKeyEvent | None) -> None:
+        """A review key (`key_action`) acts on the current specimen, except Enter while
+        one of this widget's controls has the keyboard; other keys go on to Qt.
+        """
         if event is None:
             return
         action = key_action(event)
@@ -516,13 +521,15 @@ class ReviewWidget(QWidget):
 
     def _control_has_focus(self) -> bool:
         """Whether one of this widget's controls (a dropdown, a checkbox, a button, a spin
-        box, a text field) has the keyboard: Enter is then that control's, not "accept"."""
+        box, a text field) has the keyboard: Enter is then that control's, not "accept".
+        """
         focus = QApplication.focusWidget()
         if focus is None or focus is self or focus is self.crop_label:
             return False
         return self.isAncestorOf(focus) and isinstance(focus, (*CONTROL_TYPES, QLineEdit))
 
     def showEvent(self, event: Any) -> None:
+        """Once shown, watch the window's canvas for the review and labelling keys."""
         super().showEvent(event)
         # Docked, the widget shares napari's window: watch its canvas (a QOpenGLWidget,
         # found through Qt, not napari's private attributes) for the review keys.
@@ -535,6 +542,12 @@ class ReviewWidget(QWidget):
         labelling.install_canvas_keys(self.viewer, window)
 
     def eventFilter(self, watched: QObject | None, event: QEvent | None) -> bool:
+        """Key presses seen before their target: on the canvas a review key acts on the
+        current specimen (unless specimens are selected: `labelling` labels those); a text
+        field or spin box keeps the review keys typed into it, another control keeps
+        Enter, and neither passes them on to this widget as review actions. True when
+        the key was handled here.
+        """
         if not isinstance(event, QKeyEvent) or event.type() != QEvent.Type.KeyPress:
             return super().eventFilter(watched, event)
         if isinstance(watched, CONTROL_TYPES) and not isinstance(watched, QAbstractSpinBox):
@@ -679,7 +692,8 @@ class ReviewWidget(QWidget):
     # ------------------------------------------------------------------ show in frame
     def show_in_frame(self) -> str | None:
         """Centre the viewer on the current specimen (see the module docstring); the
-        name of the layer it is shown in, or None."""
+        name of the layer it is shown in, or None.
+        """
         from napari_foram._reader import store_layer_data
 
         session = self.session
@@ -757,6 +771,7 @@ class ReviewWidget(QWidget):
         return None if self.store_path is None else default_export_dir(self.store_path)
 
     def is_running(self) -> bool:
+        """Whether an export or fine-tune thread is still going."""
         return self.runner.busy()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -769,7 +784,8 @@ class ReviewWidget(QWidget):
 
     def fine_tune(self) -> bool:
         """Export the validated crops, then train a new checkpoint beside the store from
-        the current model, on a background thread."""
+        the current model, on a background thread.
+        """
         return self._start("fine-tune")
 
     def _start(self, what: str) -> bool:
@@ -843,7 +859,8 @@ class ReviewWidget(QWidget):
 
     def closeEvent(self, event: Any) -> None:
         """Wait for an export or fine-tuning to end (no thread outlives the widget), then
-        release the store and napari's canvas."""
+        release the store and napari's canvas.
+        """
         self.runner.close(None)
         self.teach.close_panel()
         self.close_store()

@@ -70,7 +70,8 @@ def tally_table(summary: dict[str, Any], classes: list[str]) -> dict[str, Any]:
 
 def summary_line(summary: dict[str, Any]) -> str:
     """One line under the table: progress, per gram, P/B, unsure specimens (with a rule),
-    specimens worth a look."""
+    specimens worth a look.
+    """
     from napari_foram.tally import stats
 
     parts = [f"{summary['total_forams']} / {summary['target']} forams"]
@@ -164,7 +165,8 @@ class TallyWidget(Container):
 
     def _follow_viewer(self, viewer: Any) -> None:
         """Show the active model; re-read the table when specimens of this store are
-        labelled on the canvas or counted again (`_active.Hub`)."""
+        labelled on the canvas or counted again (`_active.Hub`).
+        """
         from napari_foram.widgets._active import bind_model_label, hub
 
         bind_model_label(viewer, self.model_label.native)
@@ -272,7 +274,8 @@ class TallyWidget(Container):
 
     def _theme_chart(self, ax: Any) -> None:
         """The chart in the viewer's theme (white on napari's dark theme was a glaring
-        box): background and text from napari's public theme registry."""
+        box): background and text from napari's public theme registry.
+        """
         from napari.utils.theme import get_theme
 
         try:

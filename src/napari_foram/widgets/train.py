@@ -190,15 +190,18 @@ class TrainWidget(QWidget):
 
     def sizeHint(self) -> QSize:  # Qt names it
         """A dock column as wide as Foram review needs beside it (it was squeezed below
-        its own width), and no wider: the canvas keeps half a 1366 px window."""
+        its own width), and no wider: the canvas keeps half a 1366 px window.
+        """
         return QSize(TRAIN_DOCK_WIDTH, 420)
 
     # ------------------------------------------------------------------ fields
     @property
     def source(self) -> str:
+        """What to train from, the `SOURCES` key chosen: "folder" or "store"."""
         return str(self.source_box.currentData())
 
     def set_source(self, key: str) -> None:
+        """Choose what to train from by its `SOURCES` key ("folder" or "store")."""
         self.source_box.setCurrentIndex(self.source_box.findData(key))
 
     def _on_source(self, *_: object) -> None:
@@ -246,6 +249,7 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ control
     def is_running(self) -> bool:
+        """Whether the training thread is still going."""
         return self.runner.busy()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -468,7 +472,8 @@ class TrainWidget(QWidget):
 
     def show_report(self) -> list[str]:
         """The report's confusion matrix, learning curve and reliability diagram as image
-        layers side by side, the view on them; the layer names."""
+        layers side by side, the view on them; the layer names.
+        """
         import imageio.v3 as iio
 
         result = self.last_result
@@ -501,7 +506,8 @@ class TrainWidget(QWidget):
 
     def _look_at(self, width: float, height: float) -> None:
         """Centre the view on the report (0..width, 0..height) and fit it in the canvas
-        (its size from Qt: the largest OpenGL widget of the window)."""
+        (its size from Qt: the largest OpenGL widget of the window).
+        """
         from qtpy.QtOpenGLWidgets import QOpenGLWidget
 
         from napari_foram.widgets._review_parts import camera_and_canvas

@@ -53,7 +53,8 @@ def _jsonable(value: Any, where: str) -> Any:
 
 def _is_zombie(pid: int) -> bool:
     """True if `pid` is a zombie (exited, not reaped: containers without an init process
-    keep a killed writer in this state), read from Linux's /proc; False elsewhere."""
+    keep a killed writer in this state), read from Linux's /proc; False elsewhere.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
@@ -65,7 +66,8 @@ def _is_zombie(pid: int) -> bool:
 
 def _pid_alive(pid: int) -> bool:
     """True if a process with this PID runs on this machine (a zombie is dead: it holds
-    no files and will never write again)."""
+    no files and will never write again).
+    """
     if pid <= 0:
         return False
     if sys.platform == "win32":  # pragma: no cover - os.kill(pid, 0) would kill it there
@@ -297,7 +299,8 @@ def _filled_column(name: str, n: int, k: int) -> np.ndarray:
 def _compressor(level: int = 0) -> Any:
     """Zstd with its frame checksum: a chunk whose bytes changed (a flipped bit on disk, a
     file copied halfway) fails to decode instead of reading as other numbers. Stores
-    written before carry no checksum and read as before."""
+    written before carry no checksum and read as before.
+    """
     from zarr.codecs import ZstdCodec
 
     return ZstdCodec(level=level, checksum=True)
@@ -305,7 +308,8 @@ def _compressor(level: int = 0) -> Any:
 
 def _create_column(group: Any, name: str, rows: int, k: int = 0) -> None:
     """Add column `name` to an old sample group: `rows` rows of its fill value (no chunk
-    is written until a value differs)."""
+    is written until a value differs).
+    """
     dtype, fill, tail = _COLUMNS[name]
     trailing = tuple(k if t == "K" else int(t) for t in tail)
     arr = group.create_array(
@@ -360,7 +364,8 @@ def _trim_arrays(arrays: Mapping[str, Any], n: int, m: int, sample_id: str) -> i
 
 def _half_made(sample_dir: Path) -> bool:
     """True for a sample folder that `add_sample` left half made: its ``zarr.json`` reads
-    well, says "not initialised" and nothing committed (anything else may hold data)."""
+    well, says "not initialised" and nothing committed (anything else may hold data).
+    """
     try:
         meta = json.loads((sample_dir / "zarr.json").read_text(encoding="utf-8"))
         attrs = meta["attributes"]

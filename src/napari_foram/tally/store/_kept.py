@@ -68,7 +68,8 @@ def class_width(group: Any) -> int:
 def padded(values: np.ndarray, width: int, k: int, fill: float = 0.0) -> np.ndarray:
     """Per-class `values` (n, >= width) as (n, k): the first `width` columns kept, the rest
     `fill` (columns beyond `width` are an unfinished widening; beyond `k`, classes this
-    reader does not know yet)."""
+    reader does not know yet).
+    """
     values = np.asarray(values)
     width = min(width, values.shape[1], k)
     if values.shape[1] == k and width == k:
@@ -81,7 +82,8 @@ def padded(values: np.ndarray, width: int, k: int, fill: float = 0.0) -> np.ndar
 def widen(arrays: Mapping[str, Any], group: Any, k: int) -> bool:
     """Make the per-class arrays `k` wide, zeros in the new columns of existing rows; then
     record ``class_width``. Returns True when anything changed (the caller reopens the
-    arrays: zarr keeps shapes in the objects)."""
+    arrays: zarr keeps shapes in the objects).
+    """
     width = class_width(group)
     if width >= k:
         return False
@@ -130,7 +132,8 @@ def check_feature_space(space: Mapping[str, Any]) -> dict[str, Any]:
 
 def same_space(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
     """Whether features of spaces `a` and `b` are interchangeable (same backbone tensors,
-    input convention, layout and length; the compute path may differ)."""
+    input convention, layout and length; the compute path may differ).
+    """
     if not a or not b:
         return False
     keys = ("backbone_sha256", "input_convention", "layout", "dim")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +18,9 @@ from napari_foram.tally.stats import (
     REVIEW_REJECTED,
     REVIEW_RELABELLED,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 #: The value of the root attribute "schema" that marks a napari-foram tally store.
 SCHEMA_NAME = "napari-foram-tally"
@@ -310,9 +312,10 @@ class SpecimenBatch:
         return int(np.asarray(self.frame_index).shape[0])
 
     def in_classes(self, where: np.ndarray, k: int) -> SpecimenBatch:
-        """This batch with its per-class columns moved to a store's `k` classes: the
+        """The batch with its per-class columns moved to a store's `k` classes: the
         model's class j goes to column ``where[j]`` (`TallyStore.class_map`, by name),
-        the store's other classes get probability 0."""
+        the store's other classes get probability 0.
+        """
         import dataclasses
 
         where = np.asarray(where, dtype=np.int64)

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +34,9 @@ from napari_foram.defaults import CROP_SIZE
 
 from ._kept import PER_CLASS_ARRAYS
 from ._schema import _COLUMNS, _ROWS_PER_CHUNK
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 #: Name of the seal array in a sample group.
 SEAL_ARRAY = "row_seal"
@@ -58,7 +60,8 @@ def sealed_columns(attrs: Mapping[str, Any]) -> tuple[str, ...]:
 
 def create_seal_array(group: Any, rows: int) -> Any:
     """The sample's seal array, `rows` rows of UNSEALED (chunks written out, so every
-    committed row has its chunk file), and the attribute naming the sealed columns."""
+    committed row has its chunk file), and the attribute naming the sealed columns.
+    """
     from ._files import _compressor
 
     arr = group.create_array(
@@ -119,7 +122,8 @@ def row_seals(
     names: Sequence[str],
 ) -> np.ndarray:
     """Seals of `rows` of `sample_id`, from their values in `columns` (one entry per row
-    for every name in `names`) and their crop digests."""
+    for every name in `names`) and their crop digests.
+    """
     rows = np.asarray(rows, dtype=np.int64)
     fixed: list[np.ndarray] = []
     per_class: list[tuple[np.ndarray, np.ndarray]] = []
@@ -150,7 +154,8 @@ def seal_rows(
     crops: np.ndarray | None = None,
 ) -> None:
     """Seal `rows` (indices, or a slice of committed rows) from what the arrays hold now;
-    `crops` are their new crops when the caller has them (else the kept crop digests)."""
+    `crops` are their new crops when the caller has them (else the kept crop digests).
+    """
     seal = arrays[SEAL_ARRAY]
     idx = (
         np.arange(*rows.indices(seal.shape[0]))
@@ -200,7 +205,8 @@ def marker_for(rows: np.ndarray, n: int) -> str | list[int]:
 def seal_mismatches(group: Any, sample_id: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows whose crop disagrees with its digest, rows whose seal disagrees), among the
     `n` committed rows of a sample group; unsealed rows and rows being resealed are not
-    checked. Empty when the sample has no seal array (written before seals existed)."""
+    checked. Empty when the sample has no seal array (written before seals existed).
+    """
     none = np.zeros(0, dtype=np.int64)
     if SEAL_ARRAY not in group or n == 0:
         return none, none

@@ -284,7 +284,8 @@ class TallyStore:
 
     def _damage(self, sample_id: str, problem: str) -> DamagedSampleError:
         """The error for a damaged sample (a writer remembers it and leaves it alone; a
-        reader looks again next time: `check --repair` may have run meanwhile)."""
+        reader looks again next time: `check --repair` may have run meanwhile).
+        """
         if self.mode == "a":
             self._damaged.setdefault(sample_id, problem)
         return DamagedSampleError(
@@ -349,7 +350,6 @@ class TallyStore:
         Incomplete samples a killed writer left (never initialised) are not listed:
         readers skip them and a writer removes them.
         """
-
         with self._mutex:
             out: dict[str, str] = {}
             sdir = self._samples_dir()
@@ -372,13 +372,13 @@ class TallyStore:
 
     def quarantined(self) -> list[dict[str, Any]]:
         """Samples `napari-foram check --repair` moved into ``quarantine/`` (id, where,
-        why, when), oldest first."""
+        why, when), oldest first.
+        """
         value = self._root.attrs.get("quarantined", [])
         return [dict(v) for v in value] if isinstance(value, list) else []
 
     def check_sample(self, sample_id: str, *, decode: bool = False) -> None:
         """Raise `DamagedSampleError` naming the first damaged part of a sample, if any."""
-
         found = sample_problems(
             self._samples_dir() / sample_id, len(self._class_names), decode=decode
         )
@@ -387,7 +387,6 @@ class TallyStore:
 
     def add_sample(self, record: SampleRecord) -> None:
         """Add a sample (its record and empty columns); ValueError if the id exists."""
-
         if not isinstance(record, SampleRecord):
             raise ValueError(f"expected a SampleRecord, got {type(record).__name__}")
         with self._mutex:
@@ -510,7 +509,8 @@ class TallyStore:
     def latest_provenance(self, sample_id: str, key: str, default: Any = None) -> Any:
         """The newest value of provenance `key` for a sample (`default` if no entry has
         it): the one way to read a setting, since later entries may only note other
-        things (frames counted per frame at the end of a scan) and keep no copy of it."""
+        things (frames counted per frame at the end of a scan) and keep no copy of it.
+        """
         for entry in reversed(self.provenance_history(sample_id)):
             if entry.get(key) is not None:
                 return entry[key]
@@ -537,7 +537,8 @@ class TallyStore:
     def sample_summary(self, sample_id: str, **kwargs: Any) -> dict[str, Any]:
         """`stats.sample_summary` of a sample with its record and its `unsure_rule`: the
         numbers every widget, count sheet and plot shows. `kwargs` go to it (target, z,
-        uncertain_entropy, non_foram_classes)."""
+        uncertain_entropy, non_foram_classes).
+        """
         return stats.sample_summary(
             self.read_specimens(sample_id),
             self.sample_record(sample_id),
@@ -861,7 +862,8 @@ class TallyStore:
 
     def class_map(self, names: Sequence[str]) -> np.ndarray:
         """(len(names),) store index of each of a model's classes, matched by name;
-        ValueError naming those the store lacks (`add_classes` adds them)."""
+        ValueError naming those the store lacks (`add_classes` adds them).
+        """
         missing = [n for n in names if n not in self._class_names]
         if missing:
             raise ValueError(
@@ -929,7 +931,8 @@ class TallyStore:
     ) -> tuple[np.ndarray, dict[str, Any] | None]:
         """Kept features of committed rows, (len(rows), D) float32 (NaN rows: none kept),
         and their space; ``(zeros (len, 0), None)`` when the sample keeps none. A chunk
-        that cannot be read counts as not kept (they are a cache; see `_kept`)."""
+        that cannot be read counts as not kept (they are a cache; see `_kept`).
+        """
         with self._mutex:
             group = self._sample_group(sample_id)
             n = _counter(group.attrs, "n_committed")
@@ -958,14 +961,16 @@ class TallyStore:
     # ------------------------------------------------------------------ reclassification
     def classification_history(self, sample_id: str) -> list[dict[str, Any]]:
         """Classifications a later model replaced, oldest first: each with its model,
-        when it was replaced, its counts then and where its columns are kept."""
+        when it was replaced, its counts then and where its columns are kept.
+        """
         with self._mutex:
             hist = self._sample_group(sample_id).attrs.get("classification_history", [])
             return [dict(e) for e in hist]
 
     def read_classification(self, sample_id: str, index: int) -> dict[str, np.ndarray]:
         """The classification columns of history entry `index` (as `read_specimens` would
-        have returned them then), with the review columns of today."""
+        have returned them then), with the review columns of today.
+        """
         with self._mutex:
             hist = self.classification_history(sample_id)
             if not 0 <= index < len(hist):
@@ -1261,8 +1266,8 @@ class TallyStore:
         self, sample_id: str, names: Sequence[str], optional_chunks: Sequence[str] = ()
     ) -> None:
         """DamagedSampleError unless the metadata and every chunk file of the committed
-        rows of arrays `names` are there (stat calls only; decoding is `_decoded`'s)."""
-
+        rows of arrays `names` are there (stat calls only; decoding is `_decoded`'s).
+        """
         found = sample_problems(
             self._samples_dir() / sample_id,
             len(self._class_names),
@@ -1274,7 +1279,8 @@ class TallyStore:
 
     def _decoded(self, sample_id: str, name: str, read: Any) -> np.ndarray:
         """`read()` as an array; a chunk that cannot be decoded becomes a one-line
-        DamagedSampleError naming the sample and array (zarr's own message names neither)."""
+        DamagedSampleError naming the sample and array (zarr's own message names neither).
+        """
         try:
             return np.asarray(read())
         except Exception as exc:  # codec errors (e.g. Zstd), size mismatches, JSON errors
@@ -1288,7 +1294,8 @@ class TallyStore:
     def counts(self, sample_id: str) -> np.ndarray:
         """Counted specimens per class, (K,) int64: reviewed labels override predictions;
         duplicates and rejected rows are left out. The model's unsure rule is not applied
-        here (every row has its class): `sample_summary` applies it."""
+        here (every row has its class): `sample_summary` applies it.
+        """
         data = self.read_specimens(sample_id, columns=_COUNT_COLUMNS)
         return stats.class_counts(data, len(self._class_names))
 
@@ -1302,7 +1309,8 @@ def _classification_columns(
     columns: Mapping[str, np.ndarray], n: int, k: int
 ) -> dict[str, np.ndarray]:
     """`replace_classification`'s columns checked: every classification column, n rows,
-    the stored dtypes, classes in range, probabilities finite and in [0, 1]."""
+    the stored dtypes, classes in range, probabilities finite and in [0, 1].
+    """
     out: dict[str, np.ndarray] = {}
     for name in CLASSIFICATION_COLUMNS:
         if name not in columns:

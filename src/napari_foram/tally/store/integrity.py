@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +29,10 @@ from ._files import _WriterLock, check_root_attrs, read_zarr_json
 from ._kept import PER_CLASS_ARRAYS
 from ._schema import _COLUMNS, _OPTIONAL_COLUMNS, _ROWS_PER_CHUNK, SampleRecord
 from ._seal import SEAL_ARRAY, seal_mismatches, seal_rows, sealed_columns
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
 #: Folder inside the store that `repair_store` moves unreadable parts into.
 QUARANTINE_DIR = "quarantine"
@@ -107,7 +109,6 @@ def chunk_keys(meta: dict[str, Any], rows: int) -> list[str]:
 
 def _expected_arrays(n_classes: int) -> dict[str, tuple[str, tuple[int, ...], str]]:
     """Array name -> (dtype, trailing shape, which counter gives its rows)."""
-
     out: dict[str, tuple[str, tuple[int, ...], str]] = {}
     for name, (dtype, _, tail) in _COLUMNS.items():
         out[name] = (dtype, tuple(n_classes if t == "K" else int(t) for t in tail), "n_committed")
@@ -152,7 +153,6 @@ def sample_problems(
         With `decode`, also compare every sealed row with its seal (`_seal.py`): a chunk
         copied in from another sample or another place decodes well, but fails this.
     """
-
     sid = sample_dir.name
     try:
         meta = read_json(sample_dir / "zarr.json")
@@ -297,7 +297,8 @@ def _seal_problems(sample_dir: Path, rows: int) -> list[Problem]:
 def _prediction_mismatch(sample_dir: Path, rows: int, found: list[Problem]) -> list[Problem]:
     """A row's class must be the arg-max of its probabilities (they are written
     together): a chunk of one of them copied in from elsewhere decodes well and passes
-    its checksum, but not this."""
+    its checksum, but not this.
+    """
     import zarr
 
     if not rows or any(p.array in ("class_index", "mean_probs") for p in found):
@@ -329,7 +330,6 @@ def store_problems(root: Path, *, decode: bool = True) -> tuple[list[Problem], l
 
     ValueError if `root` is no tally store at all (its root metadata is unreadable).
     """
-
     meta = read_zarr_json(root)
     attrs = meta.get("attributes", {})
     check_root_attrs(attrs, root)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from napari_foram._progress import ProgressCallback
 from napari_foram.classify.checkpoint import nonfinite_tensor, save_checkpoint
 from napari_foram.classify.density import (
     DEFAULT_FALSE_FLAG_RATE,
@@ -34,6 +32,11 @@ from napari_foram.training.metrics import mean_sd
 from ._config import RunResult, TrainConfig, TrainingOutcome
 from ._model import build_base_model, compute_features
 from ._runs import _run_row, _write_csv, grid_configs, train_run
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from napari_foram._progress import ProgressCallback
 
 
 def train_classifier(
@@ -252,7 +255,8 @@ def train_classifier(
 
 def _refuse_diverged(run: RunResult, split: dict[str, np.ndarray]) -> None:
     """ValueError (one line, nothing written) when `run` diverged: a NaN/inf validation
-    loss or NaN/inf weights. Such a model answers NaN for every crop."""
+    loss or NaN/inf weights. Such a model answers NaN for every crop.
+    """
     problems = []
     if len(split["val"]) and not np.isfinite(run.val_loss):
         problems.append(f"validation loss {run.val_loss}")
@@ -273,7 +277,8 @@ MIN_PER_CLASS = 3
 
 def check_trainable(data: LabelledCrops) -> None:
     """One-line ValueError when `data` cannot train a classifier: a single class, a class
-    folder with no readable image, or a class with fewer than `MIN_PER_CLASS` images."""
+    folder with no readable image, or a class with fewer than `MIN_PER_CLASS` images.
+    """
     counts = data.counts()
     root = data.root
     if root is not None:
@@ -346,7 +351,8 @@ def _refit_on_all(
 ) -> str:
     """`TrainConfig.refit_all`: the pooled-linear head fitted again, in place, on every
     labelled crop, with the chosen L2 weight and temperature. Returns what the saved head
-    was fitted on, for the training record."""
+    was fitted on, for the training record.
+    """
     from ._linear import fit_linear_head
 
     trained_on = f"the training split ({len(split['train'])} crops)"
@@ -383,7 +389,8 @@ def _decide_precision(
     """Decide this machine's CPU compute path for the new model on its own held-out crops
     (`napari_foram.classify.precision.decide_precision_on_crops`), so ``auto`` never
     reuses another model's decision; cached under the saved file's digest. With fewer
-    held-out crops than the rule needs, fp32 stays ("not enough evidence"), at once."""
+    held-out crops than the rule needs, fp32 stays ("not enough evidence"), at once.
+    """
     from napari_foram.classify.precision import decide_precision_on_crops
     from napari_foram.classify.predict import fp32_reference
 
@@ -407,7 +414,8 @@ def _held_out_calibration(
     run: RunResult, features: torch.Tensor, labels: np.ndarray, name: str
 ) -> dict[str, Any]:
     """Accuracy and ECE of the MC mean (`MC_SAMPLES` passes) on held-out crops, as users
-    read it (and the deterministic ECE beside it)."""
+    read it (and the deterministic ECE beside it).
+    """
     from napari_foram.classify.predict import Predictor
     from napari_foram.defaults import MC_SAMPLES
     from napari_foram.training.metrics import calibration
@@ -438,7 +446,8 @@ def _learning_curve(
     heads trained on n per class of the training crops, scored on the held-out ones. The
     pooled-linear recipe reuses the L2 weight the full run chose (no inner
     cross-validation per point: seconds instead of minutes); the temperature does not
-    change the arg-max, so it is skipped."""
+    change the arg-max, so it is skipped.
+    """
     from napari_foram.training.curve import learning_curve
 
     from ._head import train_head

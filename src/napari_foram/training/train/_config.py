@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_foram.classify.backbone import check_convention
-from napari_foram.classify.checkpoint import ModelInfo
 from napari_foram.classify.head_fit import (
     OPTIMIZERS,
 )
@@ -20,6 +18,11 @@ from napari_foram.classify.model import (
 )
 from napari_foram.pictures import check_crop_policy
 from napari_foram.training.train._linear import DEFAULT_WEIGHT_DECAYS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from napari_foram.classify.checkpoint import ModelInfo
 
 #: First layer of VGG16 block 4 in ``vgg16().features``: fine-tuning unfreezes from here.
 FINE_TUNE_FROM_LAYER = 17

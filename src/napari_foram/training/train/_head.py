@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from napari_foram._progress import ProgressCallback
 from napari_foram.classify.density import (
     fit_on_pooled,
 )
@@ -27,9 +25,15 @@ from napari_foram.classify.model import FORAMNet, feature_function
 from napari_foram.classify.predict import resolve_device
 from napari_foram.classify.rng import seeded
 
-from ._config import TrainConfig
 from ._linear import fit_linear_head
 from ._model import augment, fold_standardisation, preprocess, unfold_standardisation
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from napari_foram._progress import ProgressCallback
+
+    from ._config import TrainConfig
 
 
 def train_head(

@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from napari_foram._progress import ProgressCallback
 from napari_foram.classify.model import Standardize
 from napari_foram.classify.rng import seeded
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from napari_foram._progress import ProgressCallback
 
 #: L2 weights tried by cross-validation (per feature weight, added to the mean loss).
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 1e-1)

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from napari_foram._progress import ProgressCallback
 from napari_foram.classify.backbone import to_network_input
 from napari_foram.classify.checkpoint import ModelInfo, conv_sha256
 from napari_foram.classify.model import FEATURE_LAYOUTS, FORAMNet
 from napari_foram.classify.predict import Predictor
 from napari_foram.classify.rng import seeded
 
-from ._config import TrainConfig
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from napari_foram._progress import ProgressCallback
+
+    from ._config import TrainConfig
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -189,7 +193,8 @@ def fold_standardisation(head: nn.Sequential, mu: torch.Tensor, sd: torch.Tensor
 
 def unfold_standardisation(head: nn.Sequential, mu: torch.Tensor, sd: torch.Tensor) -> None:
     """The inverse of `fold_standardisation`: make a head that takes raw features x take
-    (x - mu) / sd instead, computing the same function (exact, in place)."""
+    (x - mu) / sd instead, computing the same function (exact, in place).
+    """
     first = next(m for m in head.modules() if isinstance(m, nn.Linear))
     with torch.no_grad():
         w = first.weight.clone()

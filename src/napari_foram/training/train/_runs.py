@@ -6,25 +6,29 @@ import csv
 import itertools
 import time
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from napari_foram._progress import ProgressCallback
-from napari_foram.classify.checkpoint import ModelInfo
 from napari_foram.classify.head_fit import head_scores as _head_scores
-from napari_foram.classify.model import (
-    FORAMNet,
-)
-from napari_foram.training.data import (
-    LabelledCrops,
-)
 
 from ._config import DEFAULT_GRID, RunResult, TrainConfig
 from ._head import fine_tune_conv, train_head
 from ._model import _fresh_model, compute_features
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+
+    from napari_foram._progress import ProgressCallback
+    from napari_foram.classify.checkpoint import ModelInfo
+    from napari_foram.classify.model import (
+        FORAMNet,
+    )
+    from napari_foram.training.data import (
+        LabelledCrops,
+    )
 
 
 def train_run(

@@ -1,6 +1,6 @@
 """Counting at the microscope: one object that the live widget and `napari-foram live` share.
 
-`LiveCounter` holds a microscope (a Micro-Manager configuration, or the built-in simulated
+`MicroscopeCounter` holds a microscope (a Micro-Manager configuration, or the built-in simulated
 tray), a classifier, a tally store and the sample being counted. It switches samples in
 one call, and runs snaps, live preview and tray scans through a `CountingSession`
 (blocking calls: the widget runs them on a worker thread, the command line in its own).
@@ -10,23 +10,23 @@ No Qt here; no pymmcore-plus either (that lives in the adapter, `acquire._mm*`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
+from napari_foram.defaults import MC_SAMPLES
+from napari_foram.demo_scene import SimulatedMicroscopeSettings
 from napari_foram.detect import DetectionParams
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from napari_foram.acquire import MicroscopeCapabilities
     from napari_foram.classify.predict import Predictor
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.frames import Frame
     from napari_foram.pipeline import CountingPipeline, FrameResult
-    from napari_foram.session import CountingSession, ScanReport, SimulatedTray
+    from napari_foram.session import CountingSession, ScanReport
     from napari_foram.tally.stats import UnsureRule
     from napari_foram.tally.store import SampleRecord, TallyStore
 
@@ -35,27 +35,7 @@ if TYPE_CHECKING:
 DEFAULT_TARGET_COUNT = 300
 
 
-@dataclass(frozen=True)
-class SimulatedScope:
-    """Settings of the built-in simulated microscope: a synthetic tray on a stage.
-
-    `bit_depth` is the camera's (8: uint8 frames; 10, 12, 14, 16: uint16 frames) and
-    `mono` gives a monochrome camera, which sees the tray's luma.
-    """
-
-    seed: int = 7
-    camera_shape: tuple[int, int] = CAMERA_SHAPE
-    rows: int = 3  # the tray covers this grid of fields at `overlap`
-    cols: int = 3
-    overlap: float = 0.25
-    specimens: int = 45
-    touching_pairs: int = 2
-    thick_specimens: bool = False  # depth-dependent blur, for focus stacking
-    bit_depth: int = 8
-    mono: bool = False
-
-
-class LiveCounter:
+class MicroscopeCounter:
     """A microscope, a classifier and a tally store, counting one sample at a time.
 
     Parameters
@@ -95,7 +75,7 @@ class LiveCounter:
         # A core napari-micromanager (or pymmcore-gui) opened: used, never unloaded.
         self.core_is_shared = False
         self.capabilities: MicroscopeCapabilities | None = None
-        self.tray: SimulatedTray | None = None
+        self.rig: SimulatedMicroscopeRig | None = None
         self.microscope_info: dict[str, Any] = {}
         self.sample_id: str | None = None
         self.pipeline: CountingPipeline | None = None
@@ -103,36 +83,14 @@ class LiveCounter:
         self._snaps = 0
 
     # ---------------------------------------------------------------- microscope
-    def connect_simulated(self, scope: SimulatedScope | None = None) -> None:
+    def connect_simulated(self, settings: SimulatedMicroscopeSettings | None = None) -> None:
         """Use the built-in simulated microscope over a synthetic tray."""
-        from napari_foram.demo_scene import DemoScan, make_demo_world
-        from napari_foram.session import SimulatedTray
+        from napari_foram.demo_scene import build_simulated_rig
 
-        scope = scope or SimulatedScope()
-        plan = DemoScan(
-            rows=scope.rows,
-            cols=scope.cols,
-            camera_shape=scope.camera_shape,
-            overlap_fraction=scope.overlap,
-            specimens=scope.specimens,
-            touching_pairs=scope.touching_pairs,
-        )
-        world = make_demo_world(scope.seed, plan)
-        if scope.mono:
-            # A monochrome camera records luminance: ITU-R BT.601 luma of the RGB tray.
-            luma = world.image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-            grey = np.clip(luma + 0.5, 0, 255).astype(np.uint8)
-            world = replace(world, image=grey)
-        self.tray = SimulatedTray(
-            world,
-            camera_shape=scope.camera_shape,
-            seed=scope.seed,
-            thick_specimens=scope.thick_specimens,
-            bit_depth=scope.bit_depth,
-        )
+        self.rig = build_simulated_rig(settings or SimulatedMicroscopeSettings())
         self._disconnect()
-        self.core = self.tray.core
-        self.microscope_info = self.tray.describe()
+        self.core = self.rig.core
+        self.microscope_info = self.rig.describe()
         self._check_microscope()
 
     def connect_config(
@@ -140,25 +98,27 @@ class LiveCounter:
     ) -> None:
         """Use a Micro-Manager hardware configuration file (real device adapters), found
         in `adapter_path` or where ``MICROMANAGER_PATH`` / ``mmcore use`` point; `core`:
-        one `acquire.load_config_core` already loaded with it (this counter owns it)."""
+        one `acquire.load_config_core` already loaded with it (this counter owns it).
+        """
         from napari_foram.acquire import load_config_core
 
         if core is None:
             core = load_config_core(path, adapter_path=adapter_path or None)
         self._disconnect()
-        self.core, self.tray = core, None
+        self.core, self.rig = core, None
         self.microscope_info = {"microscope": "Micro-Manager", "config": str(path)}
         self._check_microscope()
 
     def connect_shared(self, core: Any = None) -> None:
         """Use the microscope napari-micromanager or pymmcore-gui already opened in this
         process: `core` (napari-micromanager's window's), else ``CMMCorePlus.instance()``.
-        Its configuration is theirs: closing this counter leaves it loaded and unchanged."""
+        Its configuration is theirs: closing this counter leaves it loaded and unchanged.
+        """
         from napari_foram.acquire import shared_core
 
         core = shared_core(core)
         self._disconnect()
-        self.core, self.tray, self.core_is_shared = core, None, True
+        self.core, self.rig, self.core_is_shared = core, None, True
         config = ""
         with suppress(Exception):
             config = str(core.systemConfigurationFile() or "")
@@ -179,11 +139,12 @@ class LiveCounter:
 
     def _disconnect(self) -> None:
         """Let go of the current microscope: a core this counter loaded is unloaded (the
-        hardware is free for other programs), a shared one is left as it is."""
+        hardware is free for other programs), a shared one is left as it is.
+        """
         from napari_foram.acquire import release_core
 
         self.stop()
-        if self.core is not None and self.tray is None and not self.core_is_shared:
+        if self.core is not None and self.rig is None and not self.core_is_shared:
             release_core(self.core)
         self.core, self.core_is_shared, self.capabilities = None, False, None
 
@@ -194,12 +155,14 @@ class LiveCounter:
 
     def mm_core(self) -> Any:
         """The connected Micro-Manager core (a `CMMCorePlus`; `UniMMCore` for the
-        simulated microscope), for pymmcore-widgets' controls; None before connecting."""
+        simulated microscope), for pymmcore-widgets' controls; None before connecting.
+        """
         return self.core
 
     def viewing_live(self) -> bool:
         """Whether a view-only live view (pymmcore-widgets' Live) runs on the core: nothing
-        of it is counted (another tool's acquisition is not one)."""
+        of it is counted (another tool's acquisition is not one).
+        """
         from napari_foram.acquire import view_stream_running
 
         return self.core is not None and not self.busy and view_stream_running(self.core)
@@ -213,7 +176,8 @@ class LiveCounter:
 
     def viewed_frame(self) -> Frame | None:
         """The camera's newest picture from a view-only snap or live view, as a `Frame`
-        placed where the stage stands (None if there is none); never counted."""
+        placed where the stage stands (None if there is none); never counted.
+        """
         from napari_foram.acquire import viewed_frame
 
         return None if self.core is None else viewed_frame(self.core)
@@ -295,7 +259,8 @@ class LiveCounter:
         """The MDA sequence of a tray scan of rows x cols fields: centred on the simulated
         tray, or on where the stage stands with a real microscope. ``z_planes > 1`` takes
         a z-stack per field (`z_step_um` apart, around the current focus), counted from
-        its fused extended-depth-of-field image."""
+        its fused extended-depth-of-field image.
+        """
         from napari_foram.acquire import tray_scan_sequence
 
         core = self._need_core()
@@ -304,8 +269,8 @@ class LiveCounter:
             raise ValueError(next(n for n in caps.notes if not n.startswith("No Z")))
         if caps is not None and z_planes > 1 and not caps.can_z_stack:
             raise ValueError(next(n for n in caps.notes if n.startswith("No Z")))
-        if self.tray is not None:
-            return self.tray.grid_sequence(
+        if self.rig is not None:
+            return self.rig.grid_sequence(
                 rows, cols, overlap, z_planes=z_planes, z_step_um=z_step_um
             )
         return tray_scan_sequence(
@@ -395,7 +360,8 @@ class LiveCounter:
     def unsure_rule(self) -> UnsureRule:
         """The classifier's unsure rule (empty if it has none): what the pipeline records
         in the sample's provenance, so counting new predictions with it agrees with the
-        store's `sample_summary`."""
+        store's `sample_summary`.
+        """
         from napari_foram.pipeline import model_unsure_rule
         from napari_foram.tally.stats import UnsureRule
 
@@ -403,14 +369,16 @@ class LiveCounter:
 
     def summary(self) -> dict[str, Any] | None:
         """`TallyStore.sample_summary` of the current sample (None before one is started):
-        the numbers the tally widget and the exports show."""
+        the numbers the tally widget and the exports show.
+        """
         if self.sample_id is None:
             return None
         return self.store.sample_summary(self.sample_id, target=self.target_count)
 
     def tally(self) -> dict[str, int]:
         """Counts per class of the current sample, as stored (reviewed labels win; the
-        specimens the model's unsure rule calls unsure are in no class: `unsure`)."""
+        specimens the model's unsure rule calls unsure are in no class: `unsure`).
+        """
         names = list(self.store.class_names)
         summary = self.summary()
         if summary is None:
@@ -434,7 +402,8 @@ class LiveCounter:
 
     def close(self) -> None:
         """Stop anything running, let go of the microscope (a shared core keeps its
-        configuration) and close the store."""
+        configuration) and close the store.
+        """
         self._disconnect()
         self.store.close()
 
