@@ -467,6 +467,41 @@ def _check_overlap(overlap_fraction: float) -> float:
     return float(overlap_fraction)
 
 
+#: "Read it from the core" for `core_frame`'s optional arguments.
+_FROM_CORE: Any = object()
+
+
+def core_frame(
+    core: CMMCorePlus,
+    image: np.ndarray,
+    *,
+    index: int = 0,
+    stage_xy_um: Any = _FROM_CORE,
+    pixel_size_um: Any = _FROM_CORE,
+    pixel_affine: Any = _FROM_CORE,
+    source: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Frame:
+    """A `Frame` of `image`, taken on `core` now: the one place a frame is made from a
+    core (snaps, scans, live streams, the view-only live view). The stage position, pixel
+    size and camera orientation are read from the core unless given (a scan or a stream
+    passes what it read once, off the camera's thread); ``metadata["bit_depth"]`` is the
+    camera's unless `metadata` says otherwise.
+    """
+    meta = dict(metadata or {})
+    meta.setdefault("bit_depth", camera_bit_depth(core))
+    return Frame(
+        image=image,
+        index=index,
+        stage_xy_um=_stage_xy_or_none(core) if stage_xy_um is _FROM_CORE else stage_xy_um,
+        pixel_size_um=_pixel_size_or_none(core) if pixel_size_um is _FROM_CORE else pixel_size_um,
+        timestamp=time.time(),
+        source=_source(core) if source is None else source,
+        metadata=meta,
+        pixel_affine=camera_pixel_affine(core) if pixel_affine is _FROM_CORE else pixel_affine,
+    )
+
+
 def snap_frame(core: CMMCorePlus, *, index: int = 0) -> Frame:
     """Snap one image now (live preview, focus checks) as a `Frame`.
 
@@ -487,19 +522,11 @@ def snap_frame(core: CMMCorePlus, *, index: int = 0) -> Frame:
         image = core.getImage()
     except Exception as exc:
         raise AcquisitionError(f"snap failed: {one_line(exc)}") from exc
-    return Frame(
-        image=np.asarray(image),
+    return core_frame(
+        core,
+        np.asarray(image),
         index=index,
-        stage_xy_um=_stage_xy_or_none(core),
-        pixel_size_um=_pixel_size_or_none(core),
-        timestamp=time.time(),
-        source=_source(core),
-        metadata={
-            "exposure_ms": float(core.getExposure()),
-            "camera": core.getCameraDevice(),
-            "bit_depth": camera_bit_depth(core),
-        },
-        pixel_affine=camera_pixel_affine(core),
+        metadata={"exposure_ms": float(core.getExposure()), "camera": core.getCameraDevice()},
     )
 
 
@@ -535,14 +562,7 @@ def viewed_frame(core: CMMCorePlus) -> Frame | None:
             image = np.asarray(core.getImage())
     except Exception:  # no picture yet, or the camera went away
         return None
-    return Frame(
-        image=image,
-        stage_xy_um=_stage_xy_or_none(core),
-        pixel_size_um=_pixel_size_or_none(core),
-        source="view only (not counted)",
-        metadata={"bit_depth": camera_bit_depth(core)},
-        pixel_affine=camera_pixel_affine(core),
-    )
+    return core_frame(core, image, source="view only (not counted)")
 
 
 # -------------------------------------------------------------------------- planning

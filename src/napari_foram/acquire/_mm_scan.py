@@ -46,14 +46,16 @@ from napari_foram.acquire._mm import (
     _stage_xy_or_none,
     camera_bit_depth,
     camera_pixel_affine,
+    core_frame,
 )
-from napari_foram.frames import Frame
 from napari_foram.reasons import one_line
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
 
     from pymmcore_plus import CMMCorePlus
+
+    from napari_foram.frames import Frame
 
 __all__ = [
     "LiveStream",
@@ -341,12 +343,12 @@ class _FrameHandler:
             # Ring-buffer slots (sequenced acquisitions) are reused: own the pixels.
             image = np.array(img, copy=True) if img.base is not None else img
             index = self.delivered + len(self.engine.failures)
-            frame = Frame(
-                image=image,  # trust img.shape, not the metadata's pixel type (GRAY8 for RGB)
+            frame = core_frame(
+                self.core,
+                image,  # trust img.shape, not the metadata's pixel type (GRAY8 for RGB)
                 index=index,
                 stage_xy_um=stage,
                 pixel_size_um=float(px) if px else None,
-                timestamp=time.time(),
                 source=self.source,
                 metadata={
                     "exposure_ms": float(meta.get("exposure_ms", self.core.getExposure())),
@@ -577,12 +579,11 @@ class LiveStream:
                 if core.getRemainingImageCount() > 0:
                     # Circular-buffer slots are reused by the camera thread: copy.
                     image = np.array(core.popNextImage(), copy=True)
-                    frame = Frame(
-                        image=image,
+                    frame = core_frame(
+                        core,
+                        image,
                         index=self.frames_delivered,
-                        stage_xy_um=_stage_xy_or_none(core),
                         pixel_size_um=px,
-                        timestamp=time.time(),
                         source=source,
                         metadata={
                             "exposure_ms": float(core.getExposure()),
