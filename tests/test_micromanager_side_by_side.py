@@ -214,8 +214,12 @@ def test_closing_foram_lives_dock_leaves_napari_micromanager_working(
     qtbot.waitUntil(lambda: len(set(viewer.layers) - before) > 0, timeout=TIMEOUT_MS)
     (layer,) = set(viewer.layers) - before
     assert layer.metadata.get("napari_micromanager")
-    data = np.asarray(layer.data)
-    assert data.shape[-2:] == (512, 512) and data.reshape(-1, 512, 512).max(axis=(1, 2)).all()
+    assert np.asarray(layer.data).shape[-2:] == (512, 512)
+    # napari-micromanager fills its layer from queued Qt signals: every frame arrives.
+    qtbot.waitUntil(
+        lambda: np.asarray(layer.data).reshape(-1, 512, 512).max(axis=(1, 2)).all(),
+        timeout=TIMEOUT_MS,
+    )
     assert loads == [str(DEMO_CFG)]
 
 

@@ -107,7 +107,13 @@ def _live_command(*args: str, env: dict[str, str] | None = None):
     code = "from napari_foram.cli import main; raise SystemExit(main())"
     return subprocess.run(
         [sys.executable, "-c", code, "live", "--headless", "--mode", "snap", *args],
-        env={**os.environ, "PYMM_LOG_LEVEL": "CRITICAL", **(env or {})},
+        # Without PYMM_SIGNALS_BACKEND: pymmcore-widgets, once imported by a GUI test of
+        # this process, sets it to "qt", and a headless command would warn about it.
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PYMM_SIGNALS_BACKEND"},
+            "PYMM_LOG_LEVEL": "CRITICAL",
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=120,
