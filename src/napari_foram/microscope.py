@@ -362,7 +362,7 @@ class MicroscopeCounter:
         in the sample's provenance, so counting new predictions with it agrees with the
         store's `sample_summary`.
         """
-        from napari_foram.pipeline import model_unsure_rule
+        from napari_foram.tally.columns import model_unsure_rule
         from napari_foram.tally.stats import UnsureRule
 
         return UnsureRule.from_dict(model_unsure_rule(self.predictor.info))

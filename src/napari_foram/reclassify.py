@@ -15,7 +15,7 @@ Where the features come from (``ReclassifyReport.source``):
   specimen on two cores), and their pooled features are kept for next time.
 
 A "pooled" model classifies from features with dropout keys hashed from the features
-(`napari_foram.classify.predict.feature_keys`), whichever way they came, so the answer
+(`napari_foram.classify.mc_dropout.feature_keys`), whichever way they came, so the answer
 is the same in the widget and on the command line. Classes are matched by name: a
 model with classes the store lacks extends the store's list first (old counts keep
 their classes); the store never maps one model's column onto another's by position.
@@ -207,7 +207,7 @@ def reclassify_sample(
     replaced = {k: latest[k] for k in MODEL_KEYS if k in latest}
     replaced["counted_at"] = latest.get("set_at", "")
     replaced["class_names_then"] = replaced.pop("class_names", None) or names
-    from napari_foram.pipeline import model_provenance, prediction_columns
+    from napari_foram.tally.columns import model_provenance, prediction_columns
 
     provenance = {k: v for k, v in latest.items() if k not in (*MODEL_KEYS, "set_at", "from_row")}
     provenance.pop("reclassified_rows", None)

@@ -1,17 +1,15 @@
-"""Running a batch: the single writer, local or Dask tasks, resuming."""
+"""Running a batch: the single writer, local tasks (Dask ones: `_dask`), resuming."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 import os
 import signal
 import stat
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +20,8 @@ import numpy as np
 from napari_foram._outputs import file_kind
 from napari_foram.defaults import MC_SAMPLES
 from napari_foram.detect import DetectionParams
-from napari_foram.reasons import one_line
 
+from ._dask import _dask_client, _run_dask, max_workers, workers_reason
 from ._plan import (
     DEFAULT_FILES_PER_TASK,
     DEFAULT_MAX_MEGAPIXELS,
@@ -172,26 +170,6 @@ class BatchConfig:
             if plan is not None:
                 _refuse_frame_name(path, plan.folder, what)
         check_distinct(outputs)
-
-
-#: Local Dask workers allowed per CPU core: each worker is a process with its own VGG16
-#: (~0.6 GB); past a few per core they only add memory and start-up time.
-MAX_WORKERS_PER_CORE = 4
-
-
-def max_workers() -> int:
-    """The most local Dask workers a batch accepts on this machine."""
-    return MAX_WORKERS_PER_CORE * (os.cpu_count() or 1)
-
-
-def workers_reason(workers: int) -> str:
-    """One line: why `workers` local workers are refused."""
-    cores = os.cpu_count() or 1
-    return (
-        f"{workers} workers is more than {MAX_WORKERS_PER_CORE} x the {cores} CPU "
-        f"core(s) of this machine ({max_workers()}); each worker process holds its own "
-        "VGG16 (~0.6 GB)"
-    )
 
 
 def _refuse_frame_name(path: Path, folder: Path, what: str) -> None:
@@ -482,102 +460,6 @@ def _run_local(
         yield task, results
 
 
-def _run_dask(
-    client: Client, tasks: list[ChunkTask], stop: threading.Event, abandoned: list[str]
-) -> Generator[tuple[ChunkTask, list[FileResult]], None, None]:
-    """Tasks on a Dask cluster, results yielded in task order.
-
-    A window of tasks runs ahead (two per worker thread), so workers never wait for the
-    writer while results, which hold crops (150 kB each), do not pile up in memory.
-    """
-    window = max(2, 2 * sum(client.nthreads().values()))
-    pending = iter(tasks)
-    running: deque[tuple[ChunkTask, Any]] = deque()
-
-    def submit() -> None:
-        task = next(pending, None)
-        if task is not None:
-            running.append((task, client.submit(run_chunk, task, pure=False)))
-
-    try:
-        for _ in range(window):
-            submit()
-        while running:
-            task, future = running[0]
-            while not future.done() and not stop.wait(0.2):
-                pass
-            if stop.is_set():
-                # Tasks under way are cancelled on the workers: nothing of them is kept.
-                abandoned.extend(f.name for t, _ in running for f in t.files)
-                return
-            running.popleft()
-            results = future.result()
-            submit()
-            yield task, results
-    finally:
-        for _, future in running:
-            future.cancel()
-
-
-@contextlib.contextmanager
-def _dask_client(
-    config: BatchConfig, client: Client | None
-) -> Iterator[tuple[Client | None, int | None]]:
-    """(client, torch threads per worker): the given client, a new LocalCluster's, a
-    scheduler's, or (None, None) for a local run. Clusters made here are closed here.
-    """
-    if client is not None:
-        yield client, None
-        return
-    if not config.workers and not config.scheduler:
-        yield None, None
-        return
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise ValueError(
-            "Dask workers need dask.distributed: pip install 'dask[distributed]'"
-        ) from None
-    if config.scheduler:
-        try:
-            remote = Client(config.scheduler, timeout="10s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ValueError(
-                f"cannot reach the Dask scheduler at {config.scheduler} ({one_line(exc)})"
-            ) from None
-        try:
-            yield remote, None
-        finally:
-            with contextlib.suppress(Exception):
-                remote.close()
-        return
-    # Processes, one thread each: the GIL-bound parts (reading, detection) run in parallel
-    # and each process's torch gets its share of the cores.
-    cluster = LocalCluster(
-        n_workers=config.workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
-    local = Client(cluster)
-    try:
-        # A Ctrl-C in the terminal reaches the worker processes too: they leave stopping
-        # to this process, which cancels their tasks and closes the cluster.
-        local.run(_ignore_interrupts)
-        yield local, max(1, (os.cpu_count() or 1) // config.workers)
-    finally:
-        with contextlib.suppress(Exception):
-            local.close()
-        with contextlib.suppress(Exception):
-            cluster.close()
-
-
-def _ignore_interrupts() -> None:
-    """Ignore SIGINT in this (worker) process; run on a worker's main thread."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _open_store(path: Path, classes: list[str]) -> TallyStore:
     """The store to append to (created with the model's classes if missing). An existing
     store keeps its classes: the model's are matched to them by name, and those it lacks
@@ -642,7 +524,7 @@ def run_batch(
     """
     from napari_foram.classify.checkpoint import read_model_info
     from napari_foram.classify.predict import choice_for_checkpoint
-    from napari_foram.pipeline import model_provenance
+    from napari_foram.tally.columns import model_provenance
 
     t_start = time.perf_counter()
     stop = stop or threading.Event()

@@ -299,7 +299,7 @@ def concat_specimens(batches: list[SpecimenBatch], n_classes: int) -> SpecimenBa
 
 def _specimens_of(out: FrameResult) -> SpecimenBatch | None:
     """The counted specimens of a pipeline result as store rows (frame_index still 0)."""
-    from napari_foram.pipeline import specimen_columns
+    from napari_foram.tally.columns import specimen_columns
     from napari_foram.tally.store import SpecimenBatch
 
     rows, pred = out.new_rows, out.predictions

@@ -6,18 +6,10 @@ the precision and on the CPU: with AVX-512 bf16 or VNNI, bf16 autocast or int8 k
 beat fp32 several times; without them bf16 is slower than fp32. No single setting suits
 every lab PC, so ``precision="auto"`` measures on the machine itself.
 
-Paths (`PATHS`; all channels-last, the head and the MC statistics always fp32):
-
-``fp32``
-    The reference.
-``bf16``
-    The conv blocks under CPU bf16 autocast (oneDNN bf16 kernels; fp32 weights kept).
-``int8``
-    Post-training static quantisation of the conv blocks with PyTorch's own x86 backend
-    (fbgemm/oneDNN): each conv fused with its ReLU, per-channel int8 weights, uint8
-    activations whose ranges come from a histogram of the activations of a fixed set of
-    calibration crops (`calibration_crops`). The features leave the blocks dequantised
-    to fp32.
+Paths (`PATHS`, built in `precision_paths`; the head and the MC statistics always fp32):
+``fp32``, the reference; ``bf16``, the conv blocks under CPU bf16 autocast; ``int8``,
+post-training static quantisation of the conv blocks, with activation ranges from fixed
+synthetic calibration crops (`calibration_crops`).
 
 Choice (`choose_precision`, `calibrate`): on first use with a model on a machine, the
 fast paths are checked against fp32 on check crops distinct from the calibration crops:
@@ -66,42 +58,74 @@ a decision made on a model's own validation crops is what every later ``auto`` p
 of that model on that machine uses. int8 ranges always come from the fixed synthetic
 calibration crops, so the cached ranges and a rebuild of them are the same.
 
-All paths are per-crop deterministic: a crop's output does not depend on what else is in
-its batch (fixed quantisation ranges, no batch statistics), which the tests check.
+All paths are per-crop deterministic (`precision_paths`), which the tests check.
+
+This module measures and decides (`calibrate`, `choose_precision`,
+`decide_precision_on_crops`, `decide_precision`) and keeps the machine key, the model
+fingerprint and the cache entries; the parts it builds on are modules of their own, their
+public names re-exported here: `precision_paths` (the compute paths), `precision_rule`
+(the acceptance rule, `PathFigures`, `PrecisionChoice`), `precision_crops` (the
+calibration and check crops) and `precision_cache` (the cache's files).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import statistics
-import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from napari_foram.classify.model import feature_function
+from napari_foram.classify.precision_cache import (
+    _cache_file,
+    _ranges_file,
+    _read_json,
+    _write_atomic,
+    precision_cache_dir,
+)
+from napari_foram.classify.precision_crops import (
+    CALIBRATION_SEED,
+    _CheckCrops,
+    calibration_crops,
+)
+from napari_foram.classify.precision_paths import (
+    PATHS,
+    PRECISION_CHOICES,
+    PRECISION_ENV,
+    build_int8_conv,
+    conv_runner,
+    int8_available,
+)
+from napari_foram.classify.precision_rule import (
+    CONFIDENCE,
+    MEAN_ABS_DIFF_MAX,
+    MIN_SPEEDUP,
+    TOP1_MIN,
+    PathFigures,
+    PrecisionChoice,
+    _check_rule,
+    _Tally,
+    agreement_lower_bound,
+    max_disagreements,
+    min_check_crops,
+    pick,
+)
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from napari_foram.classify.checkpoint import ModelInfo
     from napari_foram.classify.model import FORAMNet
-
-#: Crops as `napari_foram.classify.predict` takes them (written here too: predict imports
-#: this module, never the other way round).
-Crops = np.ndarray | Sequence[np.ndarray]
+    from napari_foram.classify.precision_crops import Crops
 
 #: Builds the fp32 predictor a calibration compares every path with: ``reference(model,
 #: info, batch_size)`` (`napari_foram.classify.predict.fp32_reference`). Passed in rather
@@ -136,28 +160,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Compute paths of the conv blocks, the reference first.
-PATHS: tuple[str, ...] = ("fp32", "bf16", "int8")
-#: What ``--precision`` accepts: a path, or "auto" (measure and choose on this machine).
-PRECISION_CHOICES: tuple[str, ...] = ("auto", *PATHS)
-#: Environment variable that overrides what "auto" means (a path name), e.g. to pin fp32.
-PRECISION_ENV = "NAPARI_FORAM_PRECISION"
-#: A fast path must agree with fp32 on at least this share of top-1 classes ...
-TOP1_MIN = 0.995
-#: ... and its MC mean probabilities may differ from fp32's by at most this on average.
-MEAN_ABS_DIFF_MAX = 0.01
-#: ... and be at least this much faster, or fp32 stays (a 3 % "win" is noise).
-MIN_SPEEDUP = 1.1
-#: ... all three read with this confidence: the one-sided Clopper-Pearson lower bound
-#: of the top-1 agreement on the check crops must reach `TOP1_MIN`.
-CONFIDENCE = 0.95
 #: Bump when the paths, the crops or the rule change: old cached decisions are ignored
 #: (2: the confidence-bound rule on 600 crops replaced the point estimate on 32).
 CALIBRATION_VERSION = 2
-#: Renderer seeds of the calibration crops (int8 ranges) and of the check crops
-#: (speed and agreement): disjoint, and far from the demo model's training seeds.
-CALIBRATION_SEED = 7_700_000
-CHECK_SEED = 7_800_000
 #: Defaults for a first-use calibration. 600 check crops: the fewest, in whole batches,
 #: that can show 99.5 % at 95 % (598, all agreeing; `min_check_crops`).
 N_CALIBRATION = 16
@@ -201,20 +206,6 @@ def machine_key() -> dict[str, str]:
     }
 
 
-def _key_tag(key: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def precision_cache_dir(cache_dir: str | Path | None = None) -> Path:
-    """``<cache>/precision``; the cache root is the demo models' (``$NAPARI_FORAM_CACHE``
-    or ``~/.cache/napari-foram``) unless given.
-    """
-    from napari_foram.defaults import default_cache_dir
-
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / "precision"
-
-
 def model_fingerprint(model: FORAMNet, info: ModelInfo) -> str:
     """A digest of what agreement depends on: all weights and the input convention.
 
@@ -230,391 +221,6 @@ def model_fingerprint(model: FORAMNet, info: ModelInfo) -> str:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-# --- int8 ---------------------------------------------------------------------------
-
-
-def _quant_engine() -> str | None:
-    engines = torch.backends.quantized.supported_engines
-    for name in ("x86", "fbgemm"):
-        if name in engines:
-            return name
-    return None
-
-
-def int8_available() -> bool:
-    """Whether this torch has the x86 quantised kernels (not on ARM builds)."""
-    if _quant_engine() is None:
-        return False
-    try:
-        import torch.ao.quantization  # noqa: F401
-    except ImportError:  # a future torch without eager-mode quantisation
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _quiet_quantization() -> Iterator[None]:
-    """Torch warns on every use that eager-mode quantisation is deprecated (in favour of
-    torchao, not installed here) and that ``reduce_range`` will go; the kernels are the
-    current ones. Silenced only around building and the first forward (torch warns once
-    per process), so the suite's warnings-as-errors does not trip on them.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        yield
-
-
-class _QuantizedBlocks(nn.Module):
-    """Float in, float out: quantise, run the (fused, int8) conv blocks, dequantise."""
-
-    def __init__(self, blocks: nn.Sequential) -> None:
-        super().__init__()
-        from torch.ao.quantization import DeQuantStub, QuantStub
-
-        self.quant = QuantStub()
-        self.blocks = blocks
-        self.dequant = DeQuantStub()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dequant(self.blocks(self.quant(x)))
-
-
-def _prepare_int8(conv: nn.Sequential) -> nn.Module:
-    """A copy of the conv blocks, conv+ReLU fused, with activation observers (still fp32)."""
-    import torch.ao.quantization as tq
-
-    engine = _quant_engine()
-    if engine is None:
-        raise RuntimeError("int8 needs PyTorch's x86 quantised kernels (not in this build)")
-    # Process-wide: the packed weights are built for, and run with, this engine.
-    torch.backends.quantized.engine = engine
-    blocks = copy.deepcopy(conv).float().eval()
-    pairs = [
-        [str(i), str(i + 1)]
-        for i in range(len(blocks) - 1)
-        if isinstance(blocks[i], nn.Conv2d) and isinstance(blocks[i + 1], nn.ReLU)
-    ]
-    with _quiet_quantization():
-        blocks = tq.fuse_modules(blocks, pairs)
-        wrapped = _QuantizedBlocks(blocks).eval()
-        # Histogram observers pick ranges that minimise the quantisation error instead
-        # of spanning rare outliers (min/max ranges doubled the feature error here).
-        wrapped.qconfig = tq.get_default_qconfig(engine)
-        tq.prepare(wrapped, inplace=True)
-    return wrapped
-
-
-def _observer_state(prepared: nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        k: v.detach().clone()
-        for k, v in prepared.state_dict().items()
-        if "activation_post_process" in k
-    }
-
-
-def build_int8_conv(
-    conv: nn.Sequential,
-    *,
-    calibration: Iterable[torch.Tensor] | None = None,
-    state: dict[str, torch.Tensor] | None = None,
-) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """int8 conv blocks of `conv` (left untouched), and their activation-range state.
-
-    Give either `calibration`, preprocessed (B, 3, 224, 224) float batches whose fp32
-    activations set the ranges, or `state`, the ranges of an earlier calibration (cached).
-    """
-    prepared = _prepare_int8(conv)
-    if state is not None:
-        missing = set(_observer_state(prepared)) - set(state)
-        if missing:
-            raise ValueError(f"int8 range state lacks {sorted(missing)[:2]}")
-        prepared.load_state_dict(state, strict=False)
-    elif calibration is not None:
-        with torch.inference_mode():
-            for x in calibration:
-                prepared(x.float())
-    else:
-        raise ValueError("build_int8_conv needs calibration batches or a saved state")
-    ranges = _observer_state(prepared)
-    import torch.ao.quantization as tq
-
-    with _quiet_quantization(), torch.inference_mode():
-        quantized = tq.convert(prepared.eval(), inplace=False)
-        # torch's once-per-process deprecation warnings fire on the first forward.
-        quantized(torch.zeros(1, 3, 32, 32).contiguous(memory_format=torch.channels_last))
-    return quantized, ranges
-
-
-def conv_runner(
-    conv: Callable[[torch.Tensor], torch.Tensor], path: str, int8_conv: nn.Module | None = None
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function (B, 3, S, S) float -> flattened fp32 features for a path."""
-    if path == "fp32":
-        return lambda x: torch.flatten(conv(x), 1)
-    if path == "bf16":
-
-        def bf16(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-                out = conv(x)
-            return torch.flatten(out, 1).float()
-
-        return bf16
-    if path == "int8":
-        if int8_conv is None:
-            raise ValueError("int8 needs the quantised conv blocks (build_int8_conv)")
-        q = int8_conv
-        return lambda x: torch.flatten(q(x), 1)
-    raise ValueError(f"unknown precision path {path!r} (use one of {', '.join(PATHS)})")
-
-
-def _synthetic_crops(start: int, stop: int, seed: int) -> np.ndarray:
-    from napari_foram.synthetic import CLASSES, render_crop
-
-    return np.stack([render_crop(CLASSES[i % len(CLASSES)], seed + i) for i in range(start, stop)])
-
-
-def calibration_crops(n: int, seed: int = CALIBRATION_SEED) -> np.ndarray:
-    """N synthetic crops (N, 224, 224, 3) uint8, the four classes in turn, fixed seeds:
-    the same on every machine, so decisions are comparable.
-    """
-    if n < 1:
-        raise ValueError(f"need at least one crop, got {n}")
-    return _synthetic_crops(0, n, seed)
-
-
-# --- the acceptance rule ----------------------------------------------------------------
-
-
-def _check_rule(top1_min: float, confidence: float) -> None:
-    if not 0.0 < top1_min < 1.0:
-        raise ValueError(f"top1_min must be in (0, 1), got {top1_min}")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-
-
-def agreement_lower_bound(agree: int, n: int, confidence: float = CONFIDENCE) -> float:
-    """One-sided Clopper-Pearson lower confidence bound on the top-1 agreement rate when
-    `agree` of `n` crops agreed: the smallest rate p with P(X >= agree | n, p) >=
-    1 - `confidence`, i.e. the (1 - confidence) quantile of Beta(agree, n - agree + 1);
-    ``(1 - confidence) ** (1 / n)`` when all agreed, 0 when none (or no crop) did.
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    agree, n = int(agree), int(n)
-    if n < 0 or not 0 <= agree <= n:
-        raise ValueError(f"need 0 <= agree <= n, got {agree} of {n}")
-    if agree == 0:
-        return 0.0
-    if agree == n:
-        return float((1.0 - confidence) ** (1.0 / n))
-    from scipy.stats import beta
-
-    return float(beta.ppf(1.0 - confidence, agree, n - agree + 1))
-
-
-def max_disagreements(n: int, top1_min: float = TOP1_MIN, confidence: float = CONFIDENCE) -> int:
-    """The most disagreements `n` checked crops may show with the lower bound still >=
-    `top1_min`; -1 when even n of n agreeing is not enough (too few crops).
-    """
-    _check_rule(top1_min, confidence)
-    d = -1
-    while d + 1 <= n and agreement_lower_bound(n - d - 1, n, confidence) >= top1_min:
-        d += 1
-    return d
-
-
-def min_check_crops(top1_min: float = TOP1_MIN, confidence: float = CONFIDENCE) -> int:
-    """The fewest crops that can show `top1_min` (all of them agreeing): 598 for 99.5 %
-    at 95 %.
-    """
-    _check_rule(top1_min, confidence)
-    n = max(1, math.ceil(math.log(1.0 - confidence) / math.log(top1_min)))
-    while agreement_lower_bound(n, n, confidence) < top1_min:  # float edge cases
-        n += 1
-    while n > 1 and agreement_lower_bound(n - 1, n - 1, confidence) >= top1_min:
-        n -= 1
-    return n
-
-
-# --- measuring and choosing -------------------------------------------------------------
-
-
-@dataclass
-class PathFigures:
-    """One path against fp32 on the check crops.
-
-    `n_crops` crops were checked (fewer than `n_planned` when the path was rejected
-    early or the time budget ran out), `disagreements` of them got another top-1 class
-    than fp32, and `lower_bound` is the one-sided Clopper-Pearson lower confidence bound
-    on the agreement rate from those counts (the rule reads it at `n_planned` crops).
-    """
-
-    path: str
-    crops_per_s: float  # median of the timed batches (0: never timed)
-    top1_agreement: float  # share of the checked crops with fp32's class (MC mean argmax)
-    mean_abs_prob_diff: float  # mean |p - p_fp32| over crops and classes (MC means)
-    max_abs_prob_diff: float
-    n_crops: int
-    agrees: bool  # accepted by the rule
-    note: str = ""  # why accepted, rejected or not decided
-    disagreements: int = 0
-    lower_bound: float = 0.0
-    n_planned: int = 0
-
-
-@dataclass
-class PrecisionChoice:
-    """The path a predictor uses, and why."""
-
-    path: str
-    source: str  # "calibrated", "cache", "asked", "environment", "device"
-    machine: dict[str, str] = field(default_factory=dict)
-    figures: dict[str, PathFigures] = field(default_factory=dict)
-    model: str = ""  # `model_fingerprint` the agreement was measured with
-    threads: int = 0
-    seconds: float = 0.0  # how long the calibration took
-    note: str = ""  # the decision in words (e.g. "not enough evidence: ...")
-    #: The rule and the check it was applied on: ``crops`` (what they were),
-    #: ``n_asked`` and ``n_planned`` (the crops asked for, and those the rule was read
-    #: on: fewer when ``capped_by_budget``), ``max_disagreements`` (at ``n_planned``),
-    #: ``top1_min``, ``confidence``, ``bound``, ``max_seconds``.
-    check: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def speedup(self) -> float:
-        """Chosen path's speed over fp32's (1.0 when not measured)."""
-        fp32 = self.figures.get("fp32")
-        mine = self.figures.get(self.path)
-        if fp32 is None or mine is None or fp32.crops_per_s <= 0:
-            return 1.0
-        return mine.crops_per_s / fp32.crops_per_s
-
-    def describe(self) -> str:
-        """One line for people: what was chosen, from what."""
-        if self.source == "asked":
-            return f"classifier precision {self.path} (as asked)"
-        if self.source == "environment":
-            return f"classifier precision {self.path} (from ${PRECISION_ENV})"
-        if self.source == "device":
-            return f"classifier precision {self.path} (GPU)"
-        parts = []
-        for name, fig in self.figures.items():
-            text = f"{name} {fig.crops_per_s:.1f}/s" if fig.crops_per_s > 0 else name
-            if name != "fp32" and fig.n_crops:
-                agree = fig.n_crops - fig.disagreements
-                text += (
-                    f" top-1 {agree}/{fig.n_crops} ({fig.disagreements} disagreeing),"
-                    f" lower bound {100 * fig.lower_bound:.2f}%"
-                    f" diff {fig.mean_abs_prob_diff:.4f}"
-                )
-            if name != "fp32" and fig.note:
-                text += f": {fig.note}"
-            parts.append(text)
-        how = "measured now" if self.source == "calibrated" else "cached"
-        check = self.check
-        if check:
-            capped = (
-                f" (cut from {check['n_asked']} to fit the {check.get('max_seconds', 0):.0f} s"
-                " budget)"
-                if check.get("capped_by_budget") and "n_asked" in check
-                else ""
-            )
-            how += (
-                f" on {check.get('n_planned', '?')} {check.get('crops', 'check crops')}{capped};"
-                f" rule: {100 * float(check.get('confidence', CONFIDENCE)):.0f}% "
-                f"{check.get('bound', 'lower')} lower bound on top-1 agreement >= "
-                f"{100 * float(check.get('top1_min', TOP1_MIN)):.1f}%"
-            )
-        segments = [how, *([self.note] if self.note else []), *parts]
-        return (
-            f"classifier precision {self.path}: {self.speedup:.2f}x fp32 on "
-            f"{self.machine.get('cpu', 'this CPU')} ({'; '.join(segments)})"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The choice, JSON-ready: what the precision cache keeps per model."""
-        return {
-            "path": self.path,
-            "source": self.source,
-            "machine": dict(self.machine),
-            "figures": {k: asdict(v) for k, v in self.figures.items()},
-            "model": self.model,
-            "threads": self.threads,
-            "seconds": self.seconds,
-            "note": self.note,
-            "check": dict(self.check),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PrecisionChoice:
-        """The choice `to_dict` wrote (fields an older cache lacks take their defaults)."""
-        return cls(
-            path=str(d["path"]),
-            source=str(d.get("source", "cache")),
-            machine={str(k): str(v) for k, v in d.get("machine", {}).items()},
-            figures={k: PathFigures(**v) for k, v in d.get("figures", {}).items()},
-            model=str(d.get("model", "")),
-            threads=int(d.get("threads", 0)),
-            seconds=float(d.get("seconds", 0.0)),
-            note=str(d.get("note", "")),
-            check=dict(d.get("check", {})),
-        )
-
-
-def pick(figures: dict[str, PathFigures]) -> str:
-    """The fastest path that agrees with fp32 and beats it by `MIN_SPEEDUP`, else fp32."""
-    fp32 = figures["fp32"].crops_per_s
-    best, best_speed = "fp32", fp32
-    for name, fig in figures.items():
-        if name == "fp32" or not fig.agrees or fig.crops_per_s < MIN_SPEEDUP * fp32:
-            continue
-        if fig.crops_per_s > best_speed:
-            best, best_speed = name, fig.crops_per_s
-    return best
-
-
-class _CheckCrops:
-    """The check crops in their fixed order, made batch by batch (a path rejected early
-    never needs the rest): the synthetic ones rendered on demand, given ones in a fixed
-    shuffled order (seed 0), so that any leading part is a fair sample of them, not one
-    class (folders are often sorted by class).
-    """
-
-    def __init__(self, crops: Crops | None, n: int) -> None:
-        self.crops = crops
-        self.order = None if crops is None else np.random.default_rng(0).permutation(len(crops))
-        self.n = n
-
-    def get(self, start: int, stop: int) -> np.ndarray:
-        if self.crops is None or self.order is None:
-            return _synthetic_crops(start, stop, CHECK_SEED)
-        idx = self.order[start:stop]
-        if isinstance(self.crops, np.ndarray):
-            return np.ascontiguousarray(self.crops[idx])
-        return np.stack([np.asarray(self.crops[int(i)]) for i in idx])
-
-
-@dataclass
-class _Tally:
-    """A path's running counts against fp32."""
-
-    n: int = 0
-    disagree: int = 0
-    abs_sum: float = 0.0
-    abs_max: float = 0.0
-    times: list[float] = field(default_factory=list)
-    verdict: str = ""  # "", "accepted", "rejected", "undecided"
-    note: str = ""
-
-    def add(self, out: np.ndarray, ref: np.ndarray) -> None:
-        diff = np.abs(out - ref)
-        self.n += int(ref.shape[0])
-        self.disagree += int(np.sum(out.argmax(axis=1) != ref.argmax(axis=1)))
-        self.abs_sum += float(diff.sum())
-        self.abs_max = max(self.abs_max, float(diff.max()))
 
 
 def calibrate(
@@ -922,37 +528,6 @@ def calibrate(
     choice = done(path, note, figures)
     say(n_plan, n_plan, choice.path)
     return choice, ranges
-
-
-def _cache_file(cache_dir: str | Path | None, key: dict[str, str]) -> Path:
-    return precision_cache_dir(cache_dir) / f"choice-{_key_tag(key)}.json"
-
-
-def _ranges_file(cache_dir: str | Path | None, key: dict[str, str], model: str) -> Path:
-    return precision_cache_dir(cache_dir) / f"int8-{_key_tag(key)}-{model[:16]}.safetensors"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same folder, then rename: two processes
-    calibrating at once (Dask workers) never leave a half-written file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def cached_choice(

@@ -44,7 +44,7 @@ def _check_pixel_size(value: float | None) -> float | None:
 
 
 def _workers_help() -> str:
-    # The bound is batch._run.max_workers(); not imported here, so that --help stays quick.
+    # The bound is batch._dask.max_workers(); not imported here, so that --help stays quick.
     return (
         "Worker processes of a local Dask cluster (0: none); at most 4 x the CPU cores "
         f"({4 * (os.cpu_count() or 1)} here)."
@@ -236,7 +236,7 @@ def batch_cmd(
     """
     from napari_foram._progress import progress_callback
     from napari_foram.batch import BatchConfig, plan_batch, resolve_checkpoint, run_batch
-    from napari_foram.batch._run import max_workers, workers_reason
+    from napari_foram.batch._dask import max_workers, workers_reason
     from napari_foram.detect import DetectionParams
 
     if device not in ("auto", "cpu", "cuda"):
@@ -337,7 +337,7 @@ def classify(
 
     from napari_foram.classify.loading import load_predictor
     from napari_foram.classify.predict import NonFiniteOutputError
-    from napari_foram.pipeline import predictions_unsure
+    from napari_foram.tally.columns import predictions_unsure
 
     _use_precision(precision)
     predictor = load_predictor(model, device=device, precision=precision)

@@ -185,11 +185,11 @@ def mc_sample_probs(
     mc_samples
         S >= 1 passes with dropout on.
     seed
-        Mixed into each crop's dropout key (`napari_foram.classify.predict.feature_keys`).
+        Mixed into each crop's dropout key (`napari_foram.classify.mc_dropout.feature_keys`).
     """
     import torch
 
-    from napari_foram.classify.predict import feature_keys
+    from napari_foram.classify.mc_dropout import feature_keys
 
     n = int(mc_samples)
     if n < 1:

@@ -6,7 +6,7 @@ hand computation on a few fixed predictions.
 
 Conventions: K classes indexed 0 .. K-1; a confusion matrix has true classes in rows and
 predicted classes in columns; ties in an argmax or a vote go to the lowest class index
-(as `napari_foram.classify.predict.mc_statistics` does); metrics that are undefined
+(as `napari_foram.classify.mc_dropout.mc_statistics` does); metrics that are undefined
 (precision of a class never predicted, recall of a class absent from the data) are NaN,
 never a silent 0.
 """

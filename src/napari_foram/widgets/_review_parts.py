@@ -234,6 +234,10 @@ def camera_and_canvas(viewer: Any) -> tuple[Any, tuple[int, ...]]:
     return camera, size
 
 
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
 def login_name() -> str:
     try:
         return getpass.getuser()

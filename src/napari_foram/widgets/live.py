@@ -28,9 +28,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_foram.defaults import CAMERA_SHAPE, MC_SAMPLES
-from napari_foram.pipeline import prediction_columns
 from napari_foram.reasons import one_line
 from napari_foram.tally import stats
+from napari_foram.tally.columns import prediction_columns
 from napari_foram.widgets._active import ModelLabel
 from napari_foram.widgets._live_controls import CameraControls
 from napari_foram.widgets._live_display import FRAME_LAYER, OVERVIEW_LAYER, LiveDisplay

@@ -35,16 +35,11 @@ shows first the specimens whose label would help the model most (uncertain, unli
 labelled ones: `review._queue.suggested_order`). The "current model" field is the
 viewer's active model (`_active`), shown and followed by every widget of the plugin.
 
-"Show in frame": tally stores keep crops, not frames, so the specimen is shown where it
-lies on the sample: the sample's specimens as points at their stage positions (the
-layers the store reader makes; a tray mosaic from a scan in the same viewer lines up with
-them, both are in micrometres), the view centred on it and the point selected. A sample
-counted without stage positions (image folders) opens its crops stack at the specimen.
+"Show in frame" shows the specimen where it lies on the sample (`_review_frame`).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +73,6 @@ from napari_foram.review import (
     STATUS_FILTERS,
     QueueFilter,
     ReviewSession,
-    default_checkpoint_path,
     default_export_dir,
 )
 
@@ -88,25 +82,26 @@ from napari_foram.tally.stats import REVIEW_NONE
 from napari_foram.widgets import labelling
 from napari_foram.widgets._active import ModelLabel, bind_model_field, hub, register_writer
 from napari_foram.widgets._qt import Runner, Section, scroll_layout, with_browse
+
+# The highlight layer's name is importable from here too (tests, scripts).
+from napari_foram.widgets._review_frame import HIGHLIGHT_LAYER as HIGHLIGHT_LAYER
+from napari_foram.widgets._review_frame import show_specimen_in_frame
 from napari_foram.widgets._review_parts import (
     CROP_DISPLAY_PX,
     ProbabilityBars,
-    camera_and_canvas,
+    _one_line,
     crop_pixmap,
     double_spin,
     key_action,
     login_name,
 )
+from napari_foram.widgets._review_retrain import export_or_fine_tune
 
 if TYPE_CHECKING:
     import napari.viewer
 
     from napari_foram.tally.store import TallyStore
 
-#: Layer that marks the specimen under review.
-HIGHLIGHT_LAYER = "review specimen"
-#: Visible width around a specimen after "show in frame", in specimen diameters.
-FRAME_VIEW_DIAMETERS = 10.0
 #: Measure names as the widget shows them.
 MEASURE_LABELS = {
     "mutual_information": "mutual information",
@@ -129,10 +124,6 @@ def _inside_a_box(edit: QLineEdit) -> bool:
 
 def _is_enter(event: QKeyEvent) -> bool:
     return int(event.key()) in _ENTER_KEYS
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 class ReviewWidget(QWidget):
@@ -691,76 +682,10 @@ class ReviewWidget(QWidget):
 
     # ------------------------------------------------------------------ show in frame
     def show_in_frame(self) -> str | None:
-        """Centre the viewer on the current specimen (see the module docstring); the
+        """Centre the viewer on the current specimen (`show_specimen_in_frame`); the
         name of the layer it is shown in, or None.
         """
-        from napari_foram._reader import store_layer_data
-
-        session = self.session
-        row = session.current if session is not None else None
-        if session is None or row is None or self.store_path is None:
-            return None
-        spec = session.specimen(row)
-        sid = session.sample_id
-        y, x = spec["stage_yx_um"]
-        wanted = f"{sid} specimens" if math.isfinite(x) and math.isfinite(y) else f"{sid} crops"
-        try:
-            if wanted not in self.viewer.layers:
-                for data, kwargs, kind in store_layer_data(self.store_path):
-                    if kwargs.get("name") == wanted:
-                        getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-        except (ValueError, OSError, LookupError, TypeError) as exc:
-            self.message.setText(_one_line(f"cannot show the sample: {exc}"))
-            return None
-        if wanted not in self.viewer.layers:
-            # Not counted (a duplicate or rejected row has no point): the crops, then.
-            self.message.setText(f"row {row} has no position on the sample")
-            return None
-        layer = self.viewer.layers[wanted]
-        layer.visible = True
-        if wanted.endswith("crops") and "grid" in layer.metadata:
-            # Batch folders shows the crops as a grid beside the frame: centre the crop.
-            from napari_foram.widgets.layers import crop_tile_centre
-
-            centre = crop_tile_centre(layer, row)
-            if centre is not None:
-                camera, canvas = camera_and_canvas(self.viewer)
-                side = float(layer.metadata["grid"]["tile_px"]) * float(layer.scale[-1])
-                camera.center = centre
-                camera.zoom = min(canvas) / max(3 * side, 1e-6)
-                self.message.setText(f"no stage position: crop {row} of the {wanted!r} grid")
-                return wanted
-        if wanted.endswith("crops"):
-            self.viewer.layers.selection.active = layer
-            self.viewer.dims.set_current_step(0, row)
-            self.message.setText(f"no stage position: crop {row} of the {wanted!r} stack")
-            return wanted
-        rows = np.asarray(layer.features["row"]) if "row" in layer.features else np.zeros(0)
-        hits = np.flatnonzero(rows == row)
-        if hits.size:
-            layer.selected_data = {int(hits[0])}
-        size = float(np.ravel(layer.size)[hits[0]]) if hits.size else 100.0
-        self._highlight(np.array([[y, x]]), size)
-        camera, canvas = camera_and_canvas(self.viewer)
-        camera.center = (y, x)
-        camera.zoom = min(canvas) / max(size * FRAME_VIEW_DIAMETERS, 1e-6)
-        self.message.setText(f"row {row} at x = {x:.0f} um, y = {y:.0f} um on {sid}")
-        return wanted
-
-    def _highlight(self, yx: np.ndarray, size: float) -> None:
-        if HIGHLIGHT_LAYER in self.viewer.layers:
-            layer = self.viewer.layers[HIGHLIGHT_LAYER]
-            layer.data = yx
-            layer.size = size * 1.4
-        else:
-            self.viewer.add_points(
-                yx,
-                name=HIGHLIGHT_LAYER,
-                size=size * 1.4,
-                face_color="transparent",
-                border_color="magenta",
-                border_width=0.12,
-            )
+        return show_specimen_in_frame(self)
 
     # ------------------------------------------------------------------ export / retrain
     def export_dir(self) -> Path | None:
@@ -805,41 +730,7 @@ class ReviewWidget(QWidget):
         return True
 
     def _work(self, what: str, store_path: Path, out: Path, model: str) -> None:
-        from napari_foram.classify.checkpoint import read_model_info
-        from napari_foram.review import export_validated_crops, fine_tune, resolve_model
-        from napari_foram.tally.store import TallyStore
-
-        emit = self.runner.emit
-
-        def progress(done: int, total: int, message: str = "") -> None:
-            emit("progress", done, total, message)
-
-        try:
-            base = None
-            if what == "fine-tune":
-                base = resolve_model(model, progress=progress)
-            # A reader of its own: the GUI thread keeps writing verdicts meanwhile.
-            with TallyStore.open(store_path, mode="r") as store:
-                classes = store.class_names
-                if base is not None and list(read_model_info(base).class_names) != classes:
-                    raise ValueError(
-                        f"the model's classes {list(read_model_info(base).class_names)} "
-                        f"differ from the store's {classes}"
-                    )
-                exported = export_validated_crops(store, out, progress=progress)
-            if base is None:
-                emit("finished", what, exported)
-                return
-            result = fine_tune(
-                out,
-                base,
-                default_checkpoint_path(store_path),
-                progress=progress,
-                **self.fine_tune_options,
-            )
-            emit("finished", what, result)
-        except Exception as exc:  # shown to the user, not swallowed
-            emit("finished", what, exc)
+        export_or_fine_tune(what, store_path, out, model, self.runner.emit, self.fine_tune_options)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.work_bar.setRange(0, max(total, 1))
