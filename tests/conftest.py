@@ -9,6 +9,7 @@ without a CUDA driver; doing both makes the crash impossible in the suite.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("PYMM_LOG_LEVEL", "CRITICAL")
@@ -49,7 +50,8 @@ def realdata() -> Path:
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint of VGG16 + the study's head with random weights (seed 0), four classes:
-    the real network's speed and shapes, with arbitrary classes."""
+    the real network's speed and shapes, with arbitrary classes.
+    """
     from napari_foram.classify.checkpoint import ModelInfo, save_checkpoint
     from napari_foram.classify.model import build_model
     from napari_foram.synthetic import CLASSES
@@ -66,6 +68,25 @@ def random_predictor(random_checkpoint: Path) -> object:
     from napari_foram.classify.predict import Predictor
 
     return Predictor.from_checkpoint(random_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _internet_refused_at_once() -> Iterator[None]:
+    """The suite never uses the internet; make a try fail in a millisecond, not a DNS wait.
+
+    pyconify (pymmcore-widgets' stage icons, in Foram live) asks api.iconify.design for
+    every icon missing from its cache, three requests an icon: without internet each
+    waits for its DNS lookup to fail (~0.15 s; ~20 s for every Connect of Foram live).
+    A proxy on this machine's discard port refuses at once, so the widget draws its own
+    icons, as it does offline, straight away. A proxy already set is kept; servers on
+    this machine (the download tests') are reached directly.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        if not any(os.environ.get(k) for k in ("https_proxy", "HTTPS_PROXY", "all_proxy")):
+            mp.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+            if not any(os.environ.get(k) for k in ("no_proxy", "NO_PROXY")):
+                mp.setenv("NO_PROXY", "localhost,127.0.0.1,::1")
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -233,7 +233,8 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def weights_server(no_weights: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_FileServer]:
     """No weights on the machine, the download allowed (the suite's opt-out lifted, the
-    proxies out of the way, no remembered "unreachable"), and a local file server."""
+    proxies out of the way, no remembered "unreachable"), and a local file server.
+    """
     monkeypatch.delenv(NO_DOWNLOAD_ENV, raising=False)
     for name in ("http_proxy", "https_proxy", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
@@ -255,7 +256,8 @@ def _serve(server: _FileServer, name: str, data: bytes, declared: int | None = N
 
 def _vgg16_file_bytes(seed: int) -> tuple[bytes, str]:
     """A VGG16 conv state_dict as torch.save bytes, and torchvision's kind of file name
-    for it (the sha256 prefix that torch hub checks)."""
+    for it (the sha256 prefix that torch hub checks).
+    """
     buffer = io.BytesIO()
     torch.save(_random_vgg16_state(seed), buffer)
     data = buffer.getvalue()

@@ -462,7 +462,10 @@ def test_batch_widget_counts_a_folder(make_napari_viewer, qtbot, checkpoint, tmp
     # The last file, its specimens circled in class colours, and the crops gallery.
     assert viewer.layers[FRAME_LAYER].metadata["file"] == "S1/tray2.png"
     assert len(viewer.layers[SPECIMENS_LAYER].data) == counts[1]
-    assert viewer.layers["S1 crops"].data.shape == (sum(counts), 224, 224, 3)
+    # The crops as one grid picture beside the frame (no extra slider), one tile a crop.
+    crops = viewer.layers["S1 crops"]
+    assert crops.rgb and crops.data.ndim == 3
+    assert crops.metadata["grid"]["n"] == sum(counts)
     table = widget.table
     # This run's files, their specimens, bad files; the store's total apart.
     assert [table.item(0, c).text() for c in range(5)] == [

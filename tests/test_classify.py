@@ -77,7 +77,8 @@ def features(predictor: Predictor, crops: np.ndarray) -> torch.Tensor:
 
 def _reference_mc(model: FORAMNet, f: torch.Tensor, n: int, seed: int) -> dict[str, np.ndarray]:
     """The whole head run n times per crop, every layer (the deterministic ones too), with
-    each crop's dropout masks as `dropout_uniforms` defines them; statistics in numpy."""
+    each crop's dropout masks as `dropout_uniforms` defines them; statistics in numpy.
+    """
     from napari_foram.classify.predict import dropout_uniforms, feature_keys
 
     keys = torch.from_numpy(feature_keys(f, seed))

@@ -115,22 +115,45 @@ def test_synth_writes_trays_truth_and_imagefolder(tmp_path, capsys):
         assert iio.imread(crops[0]).shape == (224, 224, 3)
 
 
+#: What `bench`'s JSON must hold, by the part that measures it.
+BENCH_KEYS = {
+    "machine": ("device", "cpu_count", "torch"),
+    "detection": ("detect_s_per_frame_5mp_rgb",),
+    "store": ("store_specimens_per_s", "store_rss_growth_ratio"),
+    "pipeline": ("pipeline_frames_per_s", "pipeline_s_per_new_specimen"),
+    "classification": ("mc_overhead_ratio", "vgg16_bare_crops_per_s"),
+}
+
+
+@pytest.mark.slow
 def test_bench_quick_writes_json(tmp_path, capsys):
+    """The whole command (~60 s on 2 cores: its classification part alone runs ~64 VGG16
+    passes, its batch part starts two Dask clusters, its teaching part runs 128 passes);
+    test_bench_parts_give_their_figures is the default suite's version.
+    """
     out = tmp_path / "bench.json"
     # --quick keeps VGG16 passes to a handful of crops.
     assert main(["bench", "--quick", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    for key in (
-        "device",
-        "cpu_count",
-        "torch",
-        "detect_s_per_frame_5mp_rgb",
-        "store_specimens_per_s",
-        "store_rss_growth_ratio",
-        "pipeline_frames_per_s",
-        "pipeline_s_per_new_specimen",
-        "mc_overhead_ratio",
-        "vgg16_bare_crops_per_s",
-    ):
+    for key in (k for keys in BENCH_KEYS.values() for k in keys):
         assert key in data, key
     assert not any(k.endswith("_error") for k in data), data
+
+
+def test_bench_parts_give_their_figures():
+    """The parts of `bench` that have a size to shrink, each at its smallest, give the
+    figures the JSON must hold; classification, batch and teaching have no smaller
+    setting than --quick, so only the slow test above runs them.
+    """
+    from napari_foram import bench
+
+    data = bench.machine_info("cpu")
+    data.update(bench.bench_detection(repeats=1))
+    data.update(bench.bench_store(200))
+    data.update(bench.bench_pipeline("cpu", quick=True, precision="fp32"))
+    for part, keys in BENCH_KEYS.items():
+        if part != "classification":
+            for key in keys:
+                assert key in data, key
+    assert data["store_specimens"] == 200 and data["store_specimens_per_s"] > 0
+    assert data["pipeline_frames_per_s"] > 0

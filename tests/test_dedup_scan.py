@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_foram.demo import DemoScan, make_demo_world
+from napari_foram.demo_scene import DemoScan, make_demo_world
 from napari_foram.synthetic import CLASSES
 
 pytestmark = pytest.mark.acquisition
@@ -24,8 +24,9 @@ def predictor(random_predictor):
 
 @pytest.mark.parametrize("overlap", [0.10, 0.30])
 def test_tray_scan_with_small_overlap_counts_ground_truth(predictor, overlap):
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
 
     # 3 x 3 fields of 400 x 500 px: at 10 % overlap (40 px) most specimens on a field
     # boundary are cut in both fields and must still be counted once.
@@ -38,7 +39,7 @@ def test_tray_scan_with_small_overlap_counts_ground_truth(predictor, overlap):
         touching_pairs=0,
     )
     world = make_demo_world(11, scan)
-    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=1)
+    tray = SimulatedMicroscopeRig(world, camera_shape=scan.camera_shape, seed=1)
     pipeline = CountingPipeline(predictor, mc_samples=1)
     results = []
     report = CountingSession(pipeline).scan(
@@ -58,8 +59,8 @@ def test_tray_scan_with_small_overlap_counts_ground_truth(predictor, overlap):
 
 def test_fifty_live_frames_of_one_field_count_each_specimen_once(predictor):
     from napari_foram.acquire import snap_frame
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import SimulatedTray
 
     scan = DemoScan(
         rows=1,
@@ -70,7 +71,7 @@ def test_fifty_live_frames_of_one_field_count_each_specimen_once(predictor):
         touching_pairs=0,
     )
     world = make_demo_world(5, scan)
-    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=2)  # noisy camera
+    tray = SimulatedMicroscopeRig(world, camera_shape=scan.camera_shape, seed=2)  # noisy camera
     pipeline = CountingPipeline(predictor, mc_samples=1)
     for i in range(50):
         pipeline.process(snap_frame(tray.core, index=i))
@@ -81,8 +82,9 @@ def test_fifty_live_frames_of_one_field_count_each_specimen_once(predictor):
 
 
 def test_rescanning_a_stored_sample_resumes_without_recounting(predictor, tmp_path):
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     scan = DemoScan(
@@ -94,7 +96,7 @@ def test_rescanning_a_stored_sample_resumes_without_recounting(predictor, tmp_pa
         touching_pairs=0,
     )
     world = make_demo_world(3, scan)
-    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=3)
+    tray = SimulatedMicroscopeRig(world, camera_shape=scan.camera_shape, seed=3)
     path = tmp_path / "resume.zarr"
     store = TallyStore.create(path, classes=list(CLASSES))
     store.add_sample(SampleRecord("S1"))
@@ -118,13 +120,14 @@ def test_rescanning_a_stored_sample_resumes_without_recounting(predictor, tmp_pa
 def test_frames_classified_in_one_batch_equal_frame_by_frame(predictor, tmp_path):
     """Cross-frame batching (what a GPU session does) changes nothing in the store."""
     from napari_foram.acquire import run_scan
+    from napari_foram.demo_scene import SimulatedMicroscopeRig
     from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.session import CountingSession
     from napari_foram.tally.store import SampleRecord, TallyStore
 
-    scan = DemoScan(rows=2, cols=2, camera_shape=(400, 500), overlap_fraction=0.3, specimens=10)
+    scan = DemoScan(rows=2, cols=2, camera_shape=(400, 500), overlap_fraction=0.3, specimens=6)
     world = make_demo_world(23, scan)
-    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=3, noise=False)
+    tray = SimulatedMicroscopeRig(world, camera_shape=scan.camera_shape, seed=3, noise=False)
     frames: list = []
     assert run_scan(tray.core, tray.grid_sequence(2, 2, 0.3), on_frame=frames.append).error is None
     columns = ["frame_index", "stage_x_um", "stage_y_um", "area_px", "class_index", "mean_probs"]
@@ -148,7 +151,7 @@ def test_frames_classified_in_one_batch_equal_frame_by_frame(predictor, tmp_path
         np.testing.assert_allclose(one[key], batched[key], rtol=0, atol=1e-5)
 
     # And a session with max_batch > 1 counts the same as the pipelines above.
-    tray = SimulatedTray(world, camera_shape=scan.camera_shape, seed=3, noise=False)
+    tray = SimulatedMicroscopeRig(world, camera_shape=scan.camera_shape, seed=3, noise=False)
     pipeline = CountingPipeline(predictor, mc_samples=1)
     session = CountingSession(pipeline, max_batch=4)
     assert session.scan(tray.core, tray.grid_sequence(2, 2, 0.3)).frames_processed == 4

@@ -57,13 +57,14 @@ def test_headless_demo_counts_every_specimen_once(tmp_path, random_checkpoint):
 
 @pytest.mark.acquisition
 def test_camera_failure_mid_scan_keeps_what_was_counted(tmp_path, random_checkpoint):
-    from napari_foram.demo import make_demo_world
-    from napari_foram.pipeline import CountingPipeline, load_predictor
-    from napari_foram.session import CountingSession, SimulatedTray
+    from napari_foram.classify.loading import load_predictor
+    from napari_foram.demo_scene import SimulatedMicroscopeRig, make_demo_world
+    from napari_foram.pipeline import CountingPipeline
+    from napari_foram.session import CountingSession
     from napari_foram.tally.store import SampleRecord, TallyStore
 
     world = make_demo_world(3, SMALL_SCAN)
-    tray = SimulatedTray(world, camera_shape=SMALL_SCAN.camera_shape, fail_after_frames=2)
+    tray = SimulatedMicroscopeRig(world, camera_shape=SMALL_SCAN.camera_shape, fail_after_frames=2)
     predictor = load_predictor(random_checkpoint, progress=False)
     store = TallyStore.create(tmp_path / "s.zarr", classes=list(CLASSES))
     store.add_sample(SampleRecord("S1"))

@@ -350,7 +350,23 @@ def _damage_any_file(data: object, store: Path) -> Path:
     return target
 
 
+#: Damaged stores per run: each costs ~0.3 s (copy, open, append, count, check, repair).
+#: The default suite draws a few on every run (hypothesis draws anew each time); the slow
+#: one draws many.
+FUZZ_EXAMPLES = 10
+FUZZ_EXAMPLES_SLOW = 60
+
+
 def test_fuzz_damaged_sample_never_changed_never_silently_wrong(template):
+    _fuzz_damaged_sample(template, FUZZ_EXAMPLES)
+
+
+@pytest.mark.slow
+def test_fuzz_many_damaged_samples_never_changed_never_silently_wrong(template):
+    _fuzz_damaged_sample(template, FUZZ_EXAMPLES_SLOW)
+
+
+def _fuzz_damaged_sample(template, max_examples: int) -> None:
     import shutil
 
     from hypothesis import HealthCheck, given, settings
@@ -358,7 +374,7 @@ def test_fuzz_damaged_sample_never_changed_never_silently_wrong(template):
 
     source, truth = template
 
-    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck))
     @given(data=hst.data())
     def run(data: object) -> None:
         import tempfile

@@ -22,8 +22,11 @@ from napari_foram.synthetic import CLASSES, render_crop
 
 # Small calibrations: enough to exercise every step, a few seconds each. The real rule
 # (99.5 % at 95 %) needs >= 598 crops, so these lower `top1_min` until their crop count
-# can show it (12 crops: 77.9 %; 2 crops: 22.4 %); the rule itself is tested below.
-SMALL = {"n_calibration": 4, "n_check": 12, "batch_size": 4, "timing_batches": 1, "top1_min": 0.75}
+# can show it (8 crops: 68.8 %; 2 crops: 22.4 %); the rule itself is tested below.
+SMALL = {"n_calibration": 2, "n_check": 8, "batch_size": 4, "timing_batches": 1, "top1_min": 0.65}
+#: Calibration crops for the int8 ranges in these tests (the default, `N_CALIBRATION`, is
+#: 16): the ranges only need to exist and be fixed; their quality is the bench's concern.
+INT8_CALIBRATION = 2
 TINY = {"n_calibration": 1, "n_check": 2, "batch_size": 1, "top1_min": 0.2}
 
 
@@ -41,8 +44,9 @@ def random_model():
 
 @pytest.fixture(scope="module")
 def trained_model():
-    """ImageNet VGG16 (Keras weights, caffe input) + a head trained on 16 synthetic crops'
-    fp32 features: decisive outputs, like a real model's, unlike a random head's."""
+    """ImageNet VGG16 (Keras weights, caffe input) + a head trained on 8 synthetic crops'
+    fp32 features: decisive outputs, like a real model's, unlike a random head's.
+    """
     from napari_foram.classify.backbone import locate_imagenet_weights
     from napari_foram.classify.demo_model import train_head_on_features
 
@@ -51,8 +55,8 @@ def trained_model():
         pytest.skip("no ImageNet VGG16 weights on this machine ($NAPARI_FORAM_VGG16_WEIGHTS)")
     model, info = new_classifier(CLASSES, backbone_weights="imagenet", seed=0)
     assert info.input_convention == "caffe"  # the shared Keras weights file
-    crops = np.stack([render_crop(CLASSES[i % 4], 500 + i) for i in range(16)])
-    labels = np.arange(16) % 4
+    crops = np.stack([render_crop(CLASSES[i % 4], 500 + i) for i in range(8)])
+    labels = np.arange(8) % 4
     features = Predictor(model, info, device="cpu", precision="fp32").extract_features(crops)
     train_head_on_features(features, labels, model.head, max_epochs=12, patience=12)
     return model, info
@@ -68,8 +72,8 @@ def test_auto_picks_a_path_that_agrees_with_fp32(trained_model, tmp_path, auto_e
     assert choice.source == "calibrated"
     assert choice.path in P.PATHS
     assert set(choice.figures) >= {"fp32"}
-    assert all(f.crops_per_s > 0 and 0 < f.n_crops <= 12 for f in choice.figures.values())
-    assert all(f.n_planned == 12 for f in choice.figures.values())
+    assert all(f.crops_per_s > 0 and 0 < f.n_crops <= 8 for f in choice.figures.values())
+    assert all(f.n_planned == 8 for f in choice.figures.values())
     # The rule: the winner agrees and is the fastest agreeing path by MIN_SPEEDUP.
     fp32 = choice.figures["fp32"].crops_per_s
     winner = choice.figures[choice.path]
@@ -84,7 +88,7 @@ def test_auto_picks_a_path_that_agrees_with_fp32(trained_model, tmp_path, auto_e
     auto = Predictor(model, info, device="cpu", precision="auto", precision_cache=tmp_path)
     assert auto.precision == choice.path
     assert auto.precision_choice.source == "cache"
-    crops = _fresh_crops(8)
+    crops = _fresh_crops(4)
     ref = Predictor(model, info, device="cpu", precision="fp32").predict(crops)
     got = auto.predict(crops)
     assert np.mean(got.class_index == ref.class_index) >= P.TOP1_MIN
@@ -94,7 +98,8 @@ def test_auto_picks_a_path_that_agrees_with_fp32(trained_model, tmp_path, auto_e
 @pytest.mark.slow
 def test_every_fast_path_agrees_on_held_out_crops(trained_model, tmp_path):
     """bf16 and int8 against fp32 on 64 held-out crops (the full check of the bench,
-    smaller), with the default calibration of the int8 ranges."""
+    smaller), with the default calibration of the int8 ranges.
+    """
     model, info = trained_model
     crops = _fresh_crops(64, seed=700)
     ref = Predictor(model, info, device="cpu", precision="fp32").predict(crops)
@@ -163,15 +168,26 @@ def test_decision_cached_and_invalidated_by_torch_or_cpu(
 
 
 @pytest.fixture(scope="module")
-def int8_cache(tmp_path_factory):
-    """One cache for the int8 tests: its ranges are calibrated once (16 crops, fp32)."""
-    return tmp_path_factory.mktemp("int8-cache")
+def int8_cache(tmp_path_factory, random_model):
+    """One cache for the int8 tests: the random model's ranges calibrated once, by an int8
+    predictor as at first use, on `INT8_CALIBRATION` crops (fp32 histograms of all 13
+    conv outputs cost ~2 s a crop; 16 crops were most of this file's time).
+    """
+    cache = tmp_path_factory.mktemp("int8-cache")
+    if P.int8_available():
+        model, info = random_model
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(P, "N_CALIBRATION", INT8_CALIBRATION)
+            Predictor(model, info, device="cpu", precision="int8", precision_cache=cache)
+        assert len(list((cache / "precision").glob("int8-*.safetensors"))) == 1
+    return cache
 
 
 @pytest.mark.parametrize("path", ["fp32", "bf16", "int8"])
 def test_a_crop_gets_the_same_result_in_any_batch(random_model, int8_cache, path):
     """Counts must not depend on batching (issue 14), on every path: int8 ranges are
-    fixed by the calibration, never taken from the batch."""
+    fixed by the calibration, never taken from the batch.
+    """
     if path == "int8" and not P.int8_available():
         pytest.skip("no x86 quantised kernels in this torch")
     model, info = random_model
@@ -366,7 +382,8 @@ def touchy_model():
     """A random VGG16 whose head reads standardised features (standardisation over 8
     crops folded into its first layer, as the random-backbone demo model does): its
     classes vary from crop to crop and follow small feature changes, unlike a plain
-    random model's, which gives every crop the same class."""
+    random model's, which gives every crop the same class.
+    """
     from torch import nn
 
     model = build_model(len(CLASSES), backbone_weights="none", seed=0)
@@ -386,7 +403,8 @@ def test_a_disagreeing_path_is_rejected_after_few_crops(touchy_model):
     """int8 with absurd activation ranges (calibrated on near-black inputs: every
     activation saturates) is a real path that disagrees with fp32; with the full plan of
     600 crops it is out at its first disagreement, and the check stops there: no path
-    is left to win, so fp32 does not run on the other ~600 crops either."""
+    is left to win, so fp32 does not run on the other ~600 crops either.
+    """
     if not P.int8_available():
         pytest.skip("no x86 quantised kernels in this torch")
     model, info = touchy_model
@@ -415,7 +433,8 @@ def test_a_disagreeing_path_is_rejected_after_few_crops(touchy_model):
 def test_too_few_crops_or_too_little_time_keeps_fp32(touchy_model, tmp_path, auto_env):
     """The tiny model under the real rule: 32 check crops (the former default) can never
     show 99.5 %, so nothing runs and fp32 stays, "not enough evidence"; a budget too
-    short for 600 crops at the measured speeds likewise, after the timed batches."""
+    short for 600 crops at the measured speeds likewise, after the timed batches.
+    """
     model, info = touchy_model
     choice = P.choose_precision(
         model, info, reference=fp32_reference, cache_dir=tmp_path, n_check=32
@@ -450,14 +469,15 @@ def test_too_few_crops_or_too_little_time_keeps_fp32(touchy_model, tmp_path, aut
 def test_the_fastest_path_that_passes_wins_and_slower_ones_stop(random_model):
     """The mechanics of acceptance with a rule 4 crops can meet (45 % at 95 %): the
     fastest path still racing is checked to the end; a slower one stops at the timed
-    batch. (The random model gives every crop the same class on every path.)"""
+    batch; the random model gives every crop the same class on every path.
+    """
     model, info = random_model
     paths = ("fp32", "bf16", "int8") if P.int8_available() else ("fp32", "bf16")
     choice, _ = P.calibrate(
         model,
         info,
         paths=paths,
-        n_calibration=2,
+        n_calibration=1,
         n_check=4,
         batch_size=2,
         timing_batches=1,
@@ -490,7 +510,8 @@ def test_decision_on_a_trained_models_own_crops(random_checkpoint, tmp_path, aut
     """`decide_precision_on_crops` (what training calls after saving a model) checks the
     given crops and caches the decision under the model's fingerprint, where every later
     "auto" predictor of that checkpoint on this machine finds it; another model gets its
-    own entry."""
+    own entry.
+    """
     from dataclasses import replace
 
     from napari_foram.classify.checkpoint import load_checkpoint

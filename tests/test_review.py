@@ -510,7 +510,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_fine_tuning_keeps_the_current_models_backbone(tmp_path: Path) -> None:
     """A full checkpoint whose conv tensors are the recorded random backbone's is retrained
-    from that source; one whose backbone changed (phase 2) from its own tensors."""
+    from that source; one whose backbone changed (phase 2) from its own tensors.
+    """
     import torch
 
     from napari_foram.classify.checkpoint import new_classifier, read_model_info, save_checkpoint

@@ -1,5 +1,6 @@
 """The "Foram review" widget: keys pressed in the widget change the store, the tally and
-the export; filters, the target mode, "show in frame", and retraining from the export."""
+the export; filters, the target mode, "show in frame", and retraining from the export.
+"""
 
 from __future__ import annotations
 

@@ -583,7 +583,8 @@ def test_summary_when_sediment_outnumbers_forams() -> None:
 
 def test_wilson_interval_holds_the_proportion_even_at_the_ends():
     """At k = n rounding once left the upper bound at 1 - 1e-16: a negative error bar
-    that made the tally plot of a one-class sample fail."""
+    that made the tally plot of a one-class sample fail.
+    """
     from napari_foram.tally.stats import wilson_interval
 
     k = np.arange(0, 400)
@@ -597,7 +598,8 @@ def test_wilson_interval_holds_the_proportion_even_at_the_ends():
 
 def test_preallocated_rows_left_by_a_writer_are_trimmed_without_alarm(store_path: Path) -> None:
     """Arrays grow 4096 rows at a time; a writer that never closed leaves that slack
-    above the counter. It holds no data: trimmed silently, never called "dropped"."""
+    above the counter. It holds no data: trimmed silently, never called "dropped".
+    """
     import subprocess
     import sys
     import warnings

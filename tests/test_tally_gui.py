@@ -301,7 +301,8 @@ def test_live_tally_csv_and_plot_show_the_same_numbers(
     make_napari_viewer, qtbot, tmp_path, random_checkpoint
 ):
     """Issue 15: Foram live said 32.6 % planktic of 43 specimens (sediment included),
-    the tally and the CSV 46.7 % of 30 forams. All four now read `stats.assemblage`."""
+    the tally and the CSV 46.7 % of 30 forams. All four now read `stats.assemblage`.
+    """
     import csv
 
     from napari_foram.tally.export import class_slug, export_csv, tally_figure

@@ -334,12 +334,21 @@ def test_model_card_of_a_taught_model(store_path: Path, counted, base, tmp_path:
     json.dumps(card)
 
 
-def test_reclassify_store_skips_empty_samples_and_refuses_unknown(store_path, base) -> None:
+def test_reclassify_store_skips_empty_samples_and_refuses_unknown(
+    store_path, counted, base
+) -> None:
+    _, truth = counted
     _, predictor = base
     with TallyStore.open(store_path, mode="a") as store:
+        # A taught (pooled) head classifies again from the kept features, in milliseconds;
+        # the base model's flat head would put every crop through VGG16 again (that path
+        # is test_kept_features_and_crops_give_the_same_recount's).
+        _label(store, truth)
+        taught = teach(gather_labels(store, predictor), predictor)
+        model = Predictor(taught.model, taught.info, device="cpu", precision="fp32")
         store.add_sample(SampleRecord("EMPTY"))
-        assert [r.sample_id for r in reclassify_store(store, predictor, mc_samples=1)] == [SAMPLE]
+        assert [r.sample_id for r in reclassify_store(store, model, mc_samples=1)] == [SAMPLE]
         with pytest.raises(ValueError, match="no sample 'NOPE'"):
-            reclassify_store(store, predictor, sample_ids=["NOPE"])
+            reclassify_store(store, model, sample_ids=["NOPE"])
         feats, source = sample_features(store, SAMPLE, predictor)
         assert source == "kept" and np.isfinite(feats).all()

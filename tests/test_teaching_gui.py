@@ -37,7 +37,8 @@ SCREEN = (1366, 768)
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-backbone model (seed 0) whose backbone a head-only taught checkpoint
-    can rebuild; its head is untrained (the store's first counts are arbitrary)."""
+    can rebuild; its head is untrained (the store's first counts are arbitrary).
+    """
     from napari_foram.classify.checkpoint import new_classifier, save_checkpoint
 
     model, info = new_classifier(CLASSES, backbone_weights="none", seed=0)
@@ -49,7 +50,8 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> Path:
     """24 specimens (6 per class) on a stage, with arbitrary first predictions and the
-    pooled features of `base_model`'s backbone kept (as a count keeps them)."""
+    pooled features of `base_model`'s backbone kept (as a count keeps them).
+    """
     rng = np.random.default_rng(3)
     n = len(TRUE)
     probs = rng.dirichlet(np.ones(len(CLASSES)), size=n).astype(np.float32)
@@ -98,7 +100,8 @@ def _shot(viewer, name: str, qtbot) -> Path:
 
 def _assert_docks_fit(window, docks, *, half: bool = True) -> None:
     """The canvas keeps half the window (`half`); no dock's contents are cut at the
-    right."""
+    right.
+    """
     from qtpy.QtOpenGLWidgets import QOpenGLWidget
     from qtpy.QtWidgets import QScrollArea
 
@@ -236,7 +239,7 @@ def test_retrain_reclassify_and_suggest_next_in_review(
     make_napari_viewer, qtbot, store_path, base_model, tmp_path
 ):
     from napari_foram import teaching
-    from napari_foram.pipeline import load_predictor
+    from napari_foram.classify.loading import load_predictor
     from napari_foram.reclassify import reclassify_store
     from napari_foram.review._queue import SUGGEST_NEXT, suggested_order
     from napari_foram.widgets._active import active_model
@@ -442,7 +445,8 @@ def test_train_widget_and_the_active_model_in_every_widget(
 
 def test_label_on_batch_and_live_specimen_layers(make_napari_viewer, qtbot, store_path):
     """Batch folders' "batch specimens" (one counted file, rows by centroid) and Foram
-    live's "counted specimens" (rows by stage position) take the class keys too."""
+    live's "counted specimens" (rows by stage position) take the class keys too.
+    """
     from napari_foram.widgets import labelling
     from napari_foram.widgets._active import hub
     from napari_foram.widgets.batch import SPECIMENS_LAYER as BATCH_LAYER

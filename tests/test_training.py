@@ -390,8 +390,15 @@ def test_grid_and_repeats_write_tables_and_checkpoint(tmp_path: Path) -> None:
 
     data = _crops_in_memory(tmp_path, n_per_class=5)
     feats, _ = _separable_features(5, 25088, seed=2)
+    # No learning curve: its heads (5 repeats per point) are not what this test checks,
+    # and each builds a VGG16 (test_small_data.py checks the curve).
     config = TrainConfig(
-        recipe="study", backbone_weights="none", lr=1e-3, max_epochs=4, patience=2
+        recipe="study",
+        backbone_weights="none",
+        lr=1e-3,
+        max_epochs=4,
+        patience=2,
+        learning_curve=False,
     )
     grid = {"dropout": [0.1, 0.4], "hidden_units": [(8, 4)]}
     out = train_classifier(
@@ -437,9 +444,11 @@ def test_cli_train_then_evaluate_end_to_end(tmp_path: Path, capsys: pytest.Captu
     _write_class_folder(data)
     (data / "red" / "broken.png").write_bytes(b"garbage")
     ckpt = tmp_path / "model.safetensors"
+    # --no-learning-curve: the curve is test_small_data.py's subject, and costs 5 heads
+    # (each on a fresh VGG16) per point here.
     rc = main(
         ["train", str(data), "-o", str(ckpt), "--backbone-weights", "none", "--epochs", "2",
-         "--lr", "1e-3", "--device", "cpu"]
+         "--lr", "1e-3", "--device", "cpu", "--no-learning-curve"]
     )  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -568,7 +577,8 @@ def test_folded_standardisation_matches_training_on_standardised_features() -> N
 
 def test_warm_start_from_a_checkpoint_head_keeps_what_it_learnt(tmp_path: Path) -> None:
     """init_head: phase 1 starts from a checkpoint's head (through the standardised
-    feature space and back, exactly); with a vanishing learning rate nothing moves."""
+    feature space and back, exactly); with a vanishing learning rate nothing moves.
+    """
     import torch
     from torch import nn
 
@@ -593,6 +603,7 @@ def test_warm_start_from_a_checkpoint_head_keeps_what_it_learnt(tmp_path: Path) 
         lr=1e-3,
         max_epochs=5,
         patience=5,
+        learning_curve=False,  # not checked here; each of its heads builds a VGG16
     )
     train_classifier(data, tmp_path / "first.safetensors", first, features=feats)
     again = TrainConfig(
@@ -602,6 +613,7 @@ def test_warm_start_from_a_checkpoint_head_keeps_what_it_learnt(tmp_path: Path) 
         lr=1e-12,
         max_epochs=1,
         init_head=str(tmp_path / "first.safetensors"),
+        learning_curve=False,  # each of its heads would load first.safetensors again
     )
     train_classifier(data, tmp_path / "again.safetensors", again, features=feats)
     m1, _ = load_checkpoint(tmp_path / "first.safetensors")
@@ -617,7 +629,8 @@ def test_warm_start_from_a_checkpoint_head_keeps_what_it_learnt(tmp_path: Path) 
 
 def test_pooled_phase1_folds_into_the_table1_head() -> None:
     """Class information in the channel means: the pooled head learns it, and the folded
-    Table-1 head gives exactly the proxy's predictions on the raw 25088 features."""
+    Table-1 head gives exactly the proxy's predictions on the raw 25088 features.
+    """
     gen = torch.Generator().manual_seed(0)
     labels = np.repeat(np.arange(3), 20)
     channel_means = torch.rand(3, 512, generator=gen)
@@ -646,7 +659,7 @@ def test_trained_checkpoint_carries_density_and_unsure_rule(tmp_path: Path) -> N
     ckpt = tmp_path / "m.safetensors"
     rc = main(
         ["train", str(data), "-o", str(ckpt), "--backbone-weights", "none", "--epochs", "2",
-         "--device", "cpu"]
+         "--device", "cpu", "--no-learning-curve"]
     )  # fmt: skip
     assert rc == 0
     model, info = load_checkpoint(ckpt)

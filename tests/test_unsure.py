@@ -36,7 +36,8 @@ MI_RULE = {"measure": "mutual_information", "threshold": 0.2, "target_coverage":
 def _specimens() -> dict[str, np.ndarray]:
     """Ten rows: mutual information 0.5 on rows 0-4 (above the 0.2 threshold), 0.1 on the
     rest; row 1 confirmed, row 2 dubious, row 3 rejected, row 4 a duplicate, row 5
-    relabelled, so row 0 (planktic) is the only unsure one under MI_RULE."""
+    relabelled, so row 0 (planktic) is the only unsure one under MI_RULE.
+    """
     classes = np.array([0, 0, 1, 2, 0, 0, 1, 2, 3, 0])
     probs = np.full((10, 4), 0.1, dtype=np.float32)
     probs[np.arange(10), classes] = 0.7
@@ -137,7 +138,8 @@ def test_a_reviewed_specimen_is_never_unsure() -> None:
 
 def test_unsure_and_high_entropy_are_two_rules() -> None:
     """`unsure_mask` applies the model's rule (here mutual information) to counted rows;
-    `unreviewed_high_entropy_mask` flags any unreviewed row for a look by its entropy."""
+    `unreviewed_high_entropy_mask` flags any unreviewed row for a look by its entropy.
+    """
     d = _specimens()
     d["entropy"] = np.where(np.arange(10) >= 5, 1.0, 0.1)  # high entropy: rows 5-9
     status = d["review_status"]
@@ -204,7 +206,8 @@ def _batch(mi: list[float], pred: list[int], seed: int = 0) -> SpecimenBatch:
 @pytest.fixture
 def rule_store(tmp_path: Path) -> Path:
     """S1 counted by a model with MI_RULE: 6 rows, rows 1 and 4 above the threshold, row
-    4 then confirmed by a person; S2 by an old model without a rule."""
+    4 then confirmed by a person; S2 by an old model without a rule.
+    """
     path = tmp_path / "rule.zarr"
     with TallyStore.create(path, classes=CLASSES) as store:
         store.add_sample(SampleRecord("S1", depth=1.0, dry_weight_g=1.0))
@@ -394,11 +397,11 @@ def test_pipeline_records_the_models_rule(
 
 
 def test_live_counter_tally_counts_unsure_apart(rule_predictor: Any, tmp_path: Path) -> None:
-    from napari_foram.live import LiveCounter
+    from napari_foram.microscope import MicroscopeCounter
 
     classes = list(rule_predictor.info.class_names)
     with TallyStore.create(tmp_path / "live.zarr", classes=classes) as store:
-        counter = LiveCounter(rule_predictor, store, mc_samples=1)
+        counter = MicroscopeCounter(rule_predictor, store, mc_samples=1)
         assert counter.unsure() == 0 and counter.summary() is None
         counter.start_sample(SampleRecord("L1"))
         assert counter.unsure_rule.measure == "entropy"

@@ -12,6 +12,7 @@ for each microscope connected (simulated, a configuration file, the shared core)
 
 from __future__ import annotations
 
+import os
 import tempfile
 from contextlib import suppress
 from pathlib import Path
@@ -100,22 +101,50 @@ def _shift(direction: str, k: int, times: int) -> str:
     return f"0 {step}" if direction in ("up", "down") else f"{step} 0"
 
 
-def _stage_icons_offline_safe() -> None:
-    """StageWidget's icons: pyconify's (the web, or its cache), else `_offline_icon`."""
+#: Set after the first icon the web could not give: on an offline PC each lookup waits for
+#: its DNS failure (~0.16 s here, ~120 lookups per Connect: 20 s), so later ones skip it.
+_ICONS_OFFLINE = False
+
+
+def _icons_offline() -> bool:
+    """Whether icons are not fetched from the web: one fetch failed already, or this
+    process was told not to download (``$NAPARI_FORAM_NO_DOWNLOAD``, as for weights).
+    """
+    return _ICONS_OFFLINE or os.environ.get("NAPARI_FORAM_NO_DOWNLOAD", "") not in ("", "0")
+
+
+def _icons_offline_safe() -> None:
+    """pymmcore-widgets' icons (pyconify: api.iconify.design, or its cache) with one web
+    attempt per process at most: StageWidget's arrows fall back to `_offline_icon` (it
+    fails without them), the other buttons to superqt's own fallback.
+    """
+    import superqt.iconify
     from pymmcore_widgets.control import _stage_widget
 
     fetch = _stage_widget.svg_path
     if getattr(fetch, "napari_foram_offline_safe", False):
         return
 
-    def svg_path(glyph: str, color: str | None = None, **kwargs: Any) -> Path:
+    def online(glyph: Any, *args: Any, **kwargs: Any) -> Path:
+        global _ICONS_OFFLINE
+        if _icons_offline():
+            raise OSError("offline: icons are not fetched from the web")
         try:
-            return Path(fetch(glyph, color=color, **kwargs))
+            return Path(fetch(glyph, *args, **kwargs))
         except OSError:  # no network, no cached icon (requests' errors are OSErrors)
+            _ICONS_OFFLINE = True
+            raise
+
+    def stage_icon(glyph: str, color: str | None = None, **kwargs: Any) -> Path:
+        try:
+            return online(glyph, color=color, **kwargs)
+        except OSError:
             return _offline_icon(glyph, color)
 
-    svg_path.napari_foram_offline_safe = True  # type: ignore[attr-defined]
-    _stage_widget.svg_path = svg_path  # type: ignore[assignment]
+    online.napari_foram_offline_safe = True  # type: ignore[attr-defined]
+    stage_icon.napari_foram_offline_safe = True  # type: ignore[attr-defined]
+    _stage_widget.svg_path = stage_icon  # type: ignore[assignment]
+    superqt.iconify.svg_path = online  # type: ignore[assignment]
 
 
 def _stage_widget(device: str, core: Any) -> Any:
@@ -192,6 +221,7 @@ class CameraControls(QWidget):
             SnapButton,
         )
 
+        _icons_offline_safe()  # before any button asks the web for its icon
         self.unbind()
         self.core = core
         self.note.setVisible(False)
@@ -217,7 +247,6 @@ class CameraControls(QWidget):
         camera_box.addWidget(view)
         self._add("camera", Section("Camera: exposure, view", camera))
 
-        _stage_icons_offline_safe()
         stages = QWidget()
         stage_box = QVBoxLayout(stages)
         stage_box.setContentsMargins(0, 0, 0, 0)
