@@ -66,9 +66,15 @@ def shared_core():
     if core.isSequenceRunning():
         core.stopSequenceAcquisition()
     core.mda.cancel()
-    core.unloadAllDevices()
     for wrapped in ("loadSystemConfiguration", "_nmm_original_loadSystemConfiguration"):
         core.__dict__.pop(wrapped, None)
+    # napari-micromanager's widgets outlive its window (its clean-up runs only when napari
+    # closes) and stay connected to this core; unloading it, here or in a later test,
+    # would call their slots on devices that are gone. Later tests get a core of their
+    # own: this one is left as it is, no longer the process's instance.
+    import pymmcore_plus.core._mmcore_plus as mmcore_plus
+
+    mmcore_plus._instance = None
 
 
 @pytest.fixture
