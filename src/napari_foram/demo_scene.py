@@ -85,33 +85,30 @@ class SimulatedMicroscopeSettings:
     @classmethod
     def for_scan(cls, seed: int, scan: DemoScan, **kwargs: Any) -> SimulatedMicroscopeSettings:
         """Settings whose tray `scan` covers exactly (the demo's)."""
-        return cls(
-            seed=seed,
-            camera_shape=scan.camera_shape,
-            rows=scan.rows,
-            cols=scan.cols,
-            overlap=scan.overlap_fraction,
-            specimens=scan.specimens,
-            touching_pairs=scan.touching_pairs,
-            **kwargs,
-        )
+        given = {mine: getattr(scan, theirs) for mine, theirs in _SCAN_FIELDS.items()}
+        return cls(seed=seed, **given, **kwargs)
 
     @property
     def scan(self) -> DemoScan:
         """The grid of camera fields the tray is made for."""
-        return DemoScan(
-            rows=self.rows,
-            cols=self.cols,
-            camera_shape=self.camera_shape,
-            overlap_fraction=self.overlap,
-            specimens=self.specimens,
-            touching_pairs=self.touching_pairs,
-        )
+        return DemoScan(**{theirs: getattr(self, mine) for mine, theirs in _SCAN_FIELDS.items()})
+
+
+#: `SimulatedMicroscopeSettings` field -> the `DemoScan` field it sets (one list, both ways).
+_SCAN_FIELDS = {
+    "rows": "rows",
+    "cols": "cols",
+    "camera_shape": "camera_shape",
+    "overlap": "overlap_fraction",
+    "specimens": "specimens",
+    "touching_pairs": "touching_pairs",
+}
 
 
 def build_simulated_rig(settings: SimulatedMicroscopeSettings) -> SimulatedMicroscopeRig:
-    """The simulated microscope over the seeded tray of `settings`: the one place the demo,
-    Foram live, ``napari-foram live --simulate`` and the benchmark build it.
+    """The simulated microscope over the seeded tray of `settings`: how the demo, Foram live
+    and ``napari-foram live --simulate`` build it (the benchmark and tests that need a
+    tray of their own give `SimulatedMicroscopeRig` their world directly).
     """
     world = make_demo_world(settings.seed, settings.scan)
     if settings.mono:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_foram.frames import Frame, natural_key, read_image
+from napari_foram.frames import IMAGE_SUFFIXES, Frame, natural_key, read_image
 from napari_foram.reasons import one_line
 
 if TYPE_CHECKING:
@@ -194,9 +194,12 @@ class FolderSource(ReplaySource):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ValueError(f"{self.folder}: not a folder")
-        suffixes = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
         self.files = sorted(
-            (p for p in self.folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes),
+            (
+                p
+                for p in self.folder.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            ),
             key=lambda p: natural_key(p.name),
         )
         if not self.files:
