@@ -281,6 +281,9 @@ def test_a_sequenced_micromanager_mda_is_not_cut_short_by_a_foram_snap(
     widget.snap()
     qtbot.waitUntil(lambda: "snap" in widget.last_outcome, timeout=TIMEOUT_MS)
     qtbot.waitUntil(lambda: not core.mda.is_running(), timeout=TIMEOUT_MS)
+    # frameReady is delivered through Qt's queue: the last frames may land after the MDA
+    # reports done. A snap that cut the burst short would leave fewer, and this times out.
+    qtbot.waitUntil(lambda: len(frames) >= 60, timeout=TIMEOUT_MS)
     assert len(frames) == 60
 
 
