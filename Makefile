@@ -12,6 +12,9 @@ BIN    := $(VENV)/bin
 TORCH  ?= 'torch>=2.2' 'torchvision>=0.17'
 OUT    ?= demo-out
 PYTEST_ARGS ?=
+# The suite runs on this many pytest-xdist workers, a test file per worker at a time (a
+# file's module fixtures are built once); 0 runs it in one process, as a bare `pytest`.
+TEST_WORKERS ?= 2
 # ImageNet VGG16 weights: a file named by NAPARI_FORAM_VGG16_WEIGHTS is used first. Where
 # the project's shared folder holds the Keras weights (our machines and CI), point the
 # variable at them, so the demo and the suite run the real ImageNet path; a value already
@@ -41,7 +44,7 @@ test: $(VENV)/.setup-test xvfb
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 setup: $(VENV)/.setup-demo
 setup-test: $(VENV)/.setup-test

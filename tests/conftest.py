@@ -29,6 +29,13 @@ import torchvision  # noqa: F401
 
 import napari_foram  # noqa: F401  (blocks triton first)
 
+# Under pytest-xdist (`make test`: two workers) each worker takes its share of the cores
+# for torch's intra-op threads: two workers with a thread per core each would run four
+# busy threads on two cores, and every forward pass would wait on the other's.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, torch.get_num_threads() // _WORKERS))
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -99,3 +106,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: run with -m slow or RUN_SLOW=1"))
+        if "slow" in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(1800))  # [tool.pytest] timeout is for the rest

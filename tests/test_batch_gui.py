@@ -20,7 +20,7 @@ N_FILES = 50
 
 
 def _folder(root: Path) -> Path:
-    """50 files in two samples; one in five holds a specimen (VGG16 costs ~0.2 s a crop
+    """50 files in two samples; one in ten holds a specimen (VGG16 costs ~0.2 s a crop
     on two cores), the rest are empty trays of varied kind and shape.
     """
     folder = root / "trays"
@@ -29,7 +29,7 @@ def _folder(root: Path) -> Path:
     for i in range(N_FILES):
         sample = "S1" if i % 2 else "S2"
         shape = (128, 160) if i % 3 else (144, 128)
-        n = 1 if i % 5 == 0 else 0
+        n = 1 if i % 10 == 0 else 0
         image = render_tray(
             i, shape=shape, n_specimens=n, clipped=False, touching_pairs=0, border=False
         ).image

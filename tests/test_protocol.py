@@ -11,11 +11,11 @@ from napari_foram.training.protocol import ProtocolArm, benchmark_data, run_arm,
 
 @pytest.fixture(scope="module")
 def tiny():
-    return benchmark_data(n_train_per_class=5, n_held_per_class=2, n_ood_per_kind=1)
+    return benchmark_data(n_train_per_class=3, n_held_per_class=2, n_ood_per_kind=1)
 
 
 def test_benchmark_is_balanced_and_disjoint(tiny):
-    assert len(tiny.train) == 20 and len(tiny.held_out) == 8
+    assert len(tiny.train) == 12 and len(tiny.held_out) == 8
     assert sorted(set(tiny.ood_kinds)) == sorted(tiny.ood_kinds)  # one of each kind
     # Held-out crops come from other trays: no crop is shared.
     train_bytes = {c.tobytes() for c in tiny.train.crops}

@@ -159,33 +159,24 @@ def _cli(*argv: str) -> dict:
 COLUMNS = ["stage_x_um", "stage_y_um", "area_px", "class_index", "mean_probs"]
 
 
-def _live_and_recounts(tmp_path, live_args: list[str], model) -> dict:
-    """`live ... --save-raw X.ome.zarr --store A`; the saved scan recounted in this
-    process (`session.count_saved_scan`, what `batch` runs) into C; then `batch` of a
-    folder whose sample S1 holds X into B. Returns the live and batch JSON, the three
-    stores' S1 rows and B's tally.
+def _live_and_recounts(
+    tmp_path, live_args: list[str], model, rows: int = 2, cols: int = 2
+) -> dict:
+    """`live ... --save-raw X.ome.zarr --store A` over rows x cols fields; then `batch` of a
+    folder whose sample S1 holds X into B, and `batch X.ome.zarr` itself into D (both
+    recount through `session.count_saved_scan`). Returns the live and batch JSON, the
+    stores' rows and B's tally.
     """
-    from napari_foram.classify.predict import Predictor
-    from napari_foram.microscope import open_or_create_store
-    from napari_foram.pipeline import CountingPipeline
-    from napari_foram.session import count_saved_scan
-    from napari_foram.tally.store import SampleRecord, TallyStore
+    from napari_foram.tally.store import TallyStore
 
     raw = tmp_path / "X.ome.zarr"
     common = ["--model", str(model), "--mc", "1", "--device", "cpu"]
     live = _cli(
-        "live", "--headless", "--mode", "scan", "--rows", "2", "--cols", "2",
+        "live", "--headless", "--mode", "scan", "--rows", str(rows), "--cols", str(cols),
         "--save-raw", str(raw), "--store", str(tmp_path / "A.zarr"), "--sample-id", "S1",
         *common, *live_args,
     )  # fmt: skip
-    assert live["error"] is None and live["frames_processed"] == 4, live
-
-    predictor = Predictor.from_checkpoint(model, device="cpu")
-    recount = open_or_create_store(tmp_path / "C.zarr", list(predictor.info.class_names))
-    recount.add_sample(SampleRecord(sample_id="S1"))
-    pipeline = CountingPipeline(predictor, store=recount, sample_id="S1", mc_samples=1)
-    assert count_saved_scan(pipeline, raw).frames_processed == 4
-    recount.close()
+    assert live["error"] is None and live["frames_processed"] == rows * cols, live
 
     folder = tmp_path / "frames"
     (folder / "S1").mkdir(parents=True)
@@ -199,14 +190,14 @@ def _live_and_recounts(tmp_path, live_args: list[str], model) -> dict:
     assert list(direct["samples"]) == ["X"], direct["samples"]
     with TallyStore.open(tmp_path / "D.zarr") as store:
         direct_rows = store.read_specimens("X", columns=COLUMNS)
-    rows = {"D": direct_rows}
-    for name in ("A", "B", "C"):
+    rows_of = {"D": direct_rows}
+    for name in ("A", "B"):
         with TallyStore.open(tmp_path / f"{name}.zarr") as store:
-            rows[name] = store.read_specimens("S1", columns=COLUMNS)
+            rows_of[name] = store.read_specimens("S1", columns=COLUMNS)
             if name == "B":
                 counts = store.counts("S1")
                 batch_tally = {c: int(n) for c, n in zip(store.class_names, counts, strict=True)}
-    return {"live": live, "batch": batch, "batch_tally": batch_tally, "rows": rows}
+    return {"live": live, "batch": batch, "batch_tally": batch_tally, "rows": rows_of}
 
 
 def _same_specimens(rows_a, rows_b) -> None:
@@ -228,12 +219,10 @@ def _same_specimens(rows_a, rows_b) -> None:
 def _check_recounts(runs: dict) -> None:
     live, batch = runs["live"], runs["batch"]
     assert live["specimens"] > 0
-    # Recounted from the saved frames: specimen for specimen what the live count stored.
-    _same_specimens(runs["rows"]["A"], runs["rows"]["C"])
     # `batch`: the live tally, the live number of specimens.
     (line,) = batch["files"]
     assert line["status"] == "processed" and line["file"] == "S1/X.ome.zarr", line
-    assert "4 fields" in line["reason"]
+    assert f"{live['frames_processed']} fields" in line["reason"]
     assert batch["samples"]["S1"]["total"] == live["specimens"]
     assert runs["batch_tally"] == live["tally"]
     # Specimen for specimen too (positions, the view kept, classes): batch recounts into a
@@ -242,11 +231,15 @@ def _check_recounts(runs: dict) -> None:
     _same_specimens(runs["rows"]["A"], runs["rows"]["D"])
 
 
+# ~25 s on two cores; its twin in the default suite, on the C++ core's colour camera, is
+# test_mm_cpp.py::test_colour_scan_with_the_cli_recounted_by_batch_gives_the_live_tally.
+@pytest.mark.slow
 def test_live_colour_scan_saved_raw_and_recounted_by_batch_gives_the_live_tally(
     tmp_path, random_checkpoint
 ):
-    # The simulated microscope's default camera is the colour one.
-    runs = _live_and_recounts(tmp_path, ["--simulate"], random_checkpoint)
+    # The simulated microscope's default camera is the colour one. Two fields, one
+    # overlap: the better view of a specimen in both is the one every count keeps.
+    runs = _live_and_recounts(tmp_path, ["--simulate"], random_checkpoint, rows=1, cols=2)
     assert runs["rows"]["A"]["stage_x_um"].size == runs["live"]["specimens"]
     _check_recounts(runs)
 

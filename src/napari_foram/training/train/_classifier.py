@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -459,14 +460,19 @@ def _learning_curve(
         weight_decays=(float(run.phase1.get("weight_decay", run.config.weight_decays[0])),),
     )
     names = run.info.class_names
+    # Every fit starts from the same head (`_fresh_model` draws it from `config.seed`, and
+    # loads `init_head` where one is given): drawn once, copied per fit. Building the whole
+    # network per fit drew a new VGG16 each time (a second or more on a CPU) for a head
+    # of a few hundred thousand weights.
+    start_head = _fresh_model(base[0], base[1], config, names)[0].head
 
     def fit(rows: np.ndarray) -> Any:
-        model, _ = _fresh_model(base[0], base[1], config, names)
-        train_head(model.head, features, labels, rows, np.zeros(0, np.int64), config)
+        head = copy.deepcopy(start_head)
+        train_head(head, features, labels, rows, np.zeros(0, np.int64), config)
 
         def predict(test_rows: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return model.head(features[test_rows].float()).argmax(1).numpy()
+                return head(features[test_rows].float()).argmax(1).numpy()
 
         return predict
 
