@@ -484,13 +484,14 @@ def test_batch_widget_counts_a_folder(make_napari_viewer, qtbot, checkpoint, tmp
 
 
 def test_counts_do_not_depend_on_files_per_task(local_run, trays, checkpoint, tmp_path):
-    """MC-dropout masks belong to each specimen, so cutting the folder into tasks of 1 file
-    or of a whole sample (3 files; 4 and more cut it alike) gives the uninterrupted run's
-    store exactly (MC statistics included); the reference ran tasks of 2.
+    """MC-dropout masks belong to each specimen, so cutting the folder into tasks of one
+    file gives the uninterrupted run's store exactly (MC statistics included): the
+    reference ran tasks of 2 files (a sample's 3 files in two tasks), the killed and
+    Dask runs below cut it again their own ways.
     """
     folder, _ = trays
     reference = _export_rows(local_run[1].export_csv)
-    for per_task in (1, 4):
+    for per_task in (1,):
         store = tmp_path / f"per{per_task}.zarr"
         export = tmp_path / f"per{per_task}.csv"
         run_batch(_config(folder, store, checkpoint, files_per_task=per_task, export=export))

@@ -214,6 +214,11 @@ def test_tray_scan_with_z_stacks_fuses_each_field_and_counts_ground_truth(predic
     assert pipeline.specimens_counted == len(_whole_truth(world))
 
 
+# ~15 s on two cores (two scans of the full-size simulated tray). In the default suite,
+# test_demo.py's headless demo scans the simulated microscope through the same counter,
+# test_mm_cpp.py runs `live --headless` on the C++ core, and test_dedup_scan.py resumes
+# a stored sample without recounting.
+@pytest.mark.slow
 def test_live_command_headless_scans_and_resumes(tmp_path, random_checkpoint):
     import json
 
