@@ -9,6 +9,7 @@ without a CUDA driver; doing both makes the crash impossible in the suite.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,6 +94,40 @@ def _internet_refused_at_once() -> Iterator[None]:
             mp.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
             if not any(os.environ.get(k) for k in ("no_proxy", "NO_PROXY")):
                 mp.setenv("NO_PROXY", "localhost,127.0.0.1,::1")
+        yield
+
+
+def _wait_by_the_clock(self: object, ms: int) -> None:
+    """`qtbot.wait(ms)` (and so `qtbot.waitUntil`, which waits 10 ms between its checks)
+    as a loop bounded by the clock: Qt events processed until `ms` have passed.
+
+    pytest-qt's own wait runs a nested `QEventLoop` that a single-shot 10 ms `QTimer`
+    quits. A slot that calls `QApplication.processEvents()` (napari's progress bars do, on
+    every update: Foram live's scan progress, batch's) can handle that timer inside its
+    own call, where the quit is lost: the wait, and `waitUntil`'s timeout with it, never
+    ends (pytest-qt issue 284). Seen here as a test idle in that loop for minutes; on CI
+    it held the suite until CI's clock ran out.
+    """
+    from qtpy.QtCore import QCoreApplication, QEvent, QEventLoop
+
+    deadline = time.monotonic() + max(0, ms) / 1000
+    while True:
+        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 10)
+        # What a returning event loop does: objects given to deleteLater() go now.
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.002))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _qt_waits_end_on_time() -> Iterator[None]:
+    """Every `qtbot.wait` / `waitUntil` of the suite ends on time (`_wait_by_the_clock`)."""
+    from pytestqt.qtbot import QtBot
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(QtBot, "wait", _wait_by_the_clock)
         yield
 
 
