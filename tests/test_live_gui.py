@@ -341,3 +341,21 @@ def test_failed_connect_clears_the_old_microscope(
     assert text.startswith("not connected:") and "missing.cfg" in text and "\n" not in text
     assert "um/px" not in text and widget.controls.exposure is None
     widget.close()
+
+
+def test_activity_progress_is_drawn_from_the_event_loop_with_the_latest_figures(qtbot):
+    """The progress bar of napari runs the event loop on every change; Foram live's updates
+    are applied later, from the loop itself, never inside the slot that made them.
+    """
+    from napari_foram.widgets._qt import ActivityProgress
+
+    activity = ActivityProgress()
+    for done in range(1, 4):
+        activity.update(done, 9, "Foram live scan")
+    assert activity._bar is None  # nothing drawn from inside the caller
+    qtbot.waitUntil(lambda: activity._bar is not None, timeout=5_000)
+    assert (activity._bar.n, activity._bar.total) == (3, 9)  # one change, the latest
+    activity.update(5, 9, "Foram live scan")
+    activity.close()  # a change not yet drawn is dropped with the bar
+    qtbot.wait(50)
+    assert activity._bar is None

@@ -8,7 +8,7 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from qtpy.QtCore import QEvent, QObject, QSize, Qt, Signal
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFrame,
@@ -272,14 +272,37 @@ def close_with(widget: QWidget, runner: Runner) -> None:
 class ActivityProgress:
     """A progress bar in napari's activity dock (`napari.utils.progress`), kept in step
     with a widget's own; created on first use, closed when the work ends.
+
+    napari's bar calls ``QApplication.processEvents()`` on every change. Changed from
+    inside one of our slots, it would run the event loop there: a queued result could
+    enter its slot again before the first call returned. So `update` only records the
+    latest figures, and a zero-delay timer applies them from the event loop itself, one
+    change for however many updates came in between.
     """
 
     def __init__(self) -> None:
         self._bar: Any = None
+        self._latest: tuple[int, int, str] | None = None
+        self._timer = QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self._apply)
 
     def update(self, done: int, total: int, description: str) -> None:
+        """Show `done` of `total` with `description` (applied once control returns to
+        the event loop).
+        """
+        self._latest = (done, total, description)
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def _apply(self) -> None:
         from napari.utils import progress
 
+        if self._latest is None:
+            return
+        done, total, description = self._latest
+        self._latest = None
         if self._bar is None:
             self._bar = progress(total=max(total, 1), desc=description)
         bar = self._bar
@@ -290,6 +313,9 @@ class ActivityProgress:
         bar.refresh()
 
     def close(self) -> None:
+        """Drop a change not yet shown and close the bar."""
+        self._timer.stop()
+        self._latest = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None
