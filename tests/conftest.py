@@ -103,10 +103,10 @@ def _wait_by_the_clock(self: object, ms: int) -> None:
 
     pytest-qt's own wait runs a nested `QEventLoop` that a single-shot 10 ms `QTimer`
     quits. A slot that calls `QApplication.processEvents()` (napari's progress bars do, on
-    every update: Foram live's scan progress, batch's) can handle that timer inside its
-    own call, where the quit is lost: the wait, and `waitUntil`'s timeout with it, never
-    ends (pytest-qt issue 284). Seen here as a test idle in that loop for minutes; on CI
-    it held the suite until CI's clock ran out.
+    every change: Foram live's scan progress, drawn from a timer slot) can handle that
+    timer inside its own call, where the quit is lost: the wait, and `waitUntil`'s
+    timeout with it, never ends (pytest-qt issue 284). Seen here as a test idle in that
+    loop for minutes; on CI it held the suite until CI's clock ran out.
     """
     from qtpy.QtCore import QCoreApplication, QEvent, QEventLoop
 

@@ -16,8 +16,6 @@ menu path today.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -41,30 +39,8 @@ SHARED_SOURCE = "Micro-Manager already open in this napari"
 TIMEOUT_MS = 120_000
 
 
-@pytest.fixture(scope="module")
-def retired_cores():
-    """The cores this module's tests used, kept alive until its last test has ended.
-
-    A core that napari-micromanager's widgets still hold (see `shared_core`) is neither
-    unloaded nor dropped mid-module: garbage collection would destroy it at an arbitrary
-    moment of a later test, its devices still loaded, while its notification thread
-    delivers to Qt. Once every viewer is closed and its widgets deleted, nothing is
-    connected to them: their devices are unloaded, here, one core at a time.
-    """
-    from qtpy.QtCore import QCoreApplication, QEvent
-
-    cores: list[object] = []
-    yield cores
-    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-    QCoreApplication.processEvents()
-    for core in cores:
-        with contextlib.suppress(Exception):
-            core.unloadAllDevices()
-    cores.clear()
-
-
 @pytest.fixture
-def shared_core(retired_cores):
+def shared_core():
     """The process-wide core, pointed at the demo adapters; unloaded afterwards. Yields it
     with the list of configuration files loaded into it.
 
@@ -93,12 +69,11 @@ def shared_core(retired_cores):
     for wrapped in ("loadSystemConfiguration", "_nmm_original_loadSystemConfiguration"):
         core.__dict__.pop(wrapped, None)
     # napari-micromanager's widgets outlive its window (its clean-up runs only when napari
-    # closes) and stay connected to this core; unloading it here would call their slots
-    # on devices that are gone. Later tests get a core of their own: this one is no
-    # longer the process's instance, and is retired until the module ends.
+    # closes) and stay connected to this core; unloading it, here or in a later test,
+    # would call their slots on devices that are gone. Later tests get a core of their
+    # own: this one is left as it is, no longer the process's instance.
     import pymmcore_plus.core._mmcore_plus as mmcore_plus
 
-    retired_cores.append(core)
     mmcore_plus._instance = None
 
 
